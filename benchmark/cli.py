@@ -1,0 +1,152 @@
+"""The ``bench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from benchmark.config import PROFILES, RUN_PROFILES, RunParams
+from benchmark.errors import BenchError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def decorator(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = fn
+        return fn
+
+    return decorator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Knowledge-injection benchmark harness.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one method on one task")
+    run.add_argument("--method", required=True)
+    run.add_argument("--task", required=True)
+    run.add_argument("--dataset", help="registered data set or a .jsonl file (default: the task's)")
+    run.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
+    run.add_argument("--profile", default="quick", choices=PROFILES)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a parameter (run.x, task.x, method.x or a unique bare name)")
+    run.add_argument("--out", type=Path, default=Path("runs"), help="result folder (default: runs)")
+    run.add_argument("--force", action="store_true", help="recompute even if a result exists")
+
+    lst = sub.add_parser("list", help="list methods, tasks and data sets")
+    lst.add_argument("--params", action="store_true", help="also show every parameter and its default")
+    return parser
+
+
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.config import parse_overrides
+    from benchmark.runner import RunRequest, run
+
+    request = RunRequest(
+        method=args.method,
+        task=args.task,
+        dataset=args.dataset,
+        model=args.model,
+        profile=args.profile,
+        seed=args.seed,
+        device=args.device,
+        overrides=parse_overrides(args.overrides),
+        out=args.out,
+        force=args.force,
+    )
+    try:
+        outcome = run(request)
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished episodes are saved, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    print_outcome(outcome)
+    return 0
+
+
+def print_outcome(outcome) -> None:
+    from benchmark.registry import TASKS
+
+    result = outcome.result
+    task_cls = TASKS.get(result["task"])
+    header = (f"{result['method']} on {result['task']}/{result['dataset']} "
+              f"(model {result['model']}, profile {result['profile']}, seed {result['seed']})")
+    print(header)
+    if outcome.reused:
+        print("(already complete: shown from the result file; --force recomputes)")
+    elif outcome.resumed_episodes:
+        print(f"(resumed: {outcome.resumed_episodes} episodes taken from the interrupted attempt)")
+    print(task_cls.summary(result["scores"]))
+    cost = result["cost"]
+    parts = [f"wall {cost.get('wall_s', 0):.1f}s"]
+    if cost.get("train_tokens"):
+        parts.append(f"train {int(cost['train_tokens'])} tokens at {cost['train_tokens_per_s']:.0f} tok/s")
+    parts.append(f"peak RSS {cost['peak_rss_bytes'] / 2**20:.0f} MiB")
+    parts.append(f"footprint {cost['footprint_bytes']} bytes")
+    print("cost: " + ", ".join(parts))
+    print(f"result: {outcome.path}")
+
+
+@command("list")
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from benchmark.registry import DATASETS, METHODS, TASKS
+
+    for title, registry in (("methods", METHODS), ("tasks", TASKS), ("datasets", DATASETS)):
+        rows = []
+        for name, cls in registry.items():
+            reason = cls.unavailable_reason()
+            rows.append((name, "yes" if reason is None else f"no: {reason}", cls.description))
+        print(f"{title}:")
+        print(tabulate(rows, headers=("name", "runs here", "description"), tablefmt="simple"))
+        print()
+    if args.params:
+        print_params("run", RunParams, RUN_PROFILES)
+        for registry in (TASKS, METHODS):
+            for name, cls in registry.items():
+                print_params(f"{registry.kind} {name}", cls.Params, cls.profiles)
+    return 0
+
+
+def print_params(title: str, params_cls: type, profiles: dict) -> None:
+    fields = dataclasses.fields(params_cls)
+    if not fields:
+        return
+    print(f"{title} parameters (default; per-profile overrides):")
+    for f in fields:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        per_profile = ", ".join(f"{p}={v[f.name]}" for p, v in profiles.items() if f.name in v)
+        print(f"  {f.name} = {default!r}" + (f"  ({per_profile})" if per_profile else ""))
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    try:
+        return COMMANDS[args.command](args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

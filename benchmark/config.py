@@ -1,0 +1,144 @@
+"""Profiles and ``--set`` overrides.
+
+Every tunable lives in a dataclass (``RunParams`` here, a ``Params`` class on each method and task).
+A profile (``smoke``, ``quick``, ``paper``) replaces some defaults; ``--set key=value`` replaces any
+field afterwards. Keys are ``run.x``, ``task.x``, ``method.x`` or a bare ``x`` found in exactly one
+of those scopes. The resolved values are recorded in every result file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from benchmark.errors import BenchError
+
+PROFILES = ("smoke", "quick", "paper")
+SCOPES = ("run", "task", "method")
+
+
+@dataclass
+class RunParams:
+    """Settings shared by every method and task."""
+
+    prompt_format: str = "raw"  # "raw" (the paper's "Question: q Answer:") or "chat"
+    fewshot: int = 1  # demonstrations before a raw prompt (0 = the paper's bare prompt)
+    max_new_tokens: int = 10
+    eval_batch_size: int = 16
+    precision: str = "bf16-autocast"  # "fp32" | "bf16-autocast" | "bf16"
+    targets: str = "dataset"  # target-sentence generator: dataset | local | openai
+    num_targets: int = 0  # target sentences per context; 0 = all the generator gives
+    data_path: str = ""  # a data file or folder instead of the data set's default location
+
+
+RUN_PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {"eval_batch_size": 8, "precision": "fp32"},
+    "quick": {},
+    "paper": {"precision": "bf16", "targets": "openai", "fewshot": 0},
+}
+
+DEFAULT_MODELS = {
+    "smoke": "tiny-random-llama",
+    "quick": "smollm2-135m-instruct",
+    "paper": "mistralai/Mistral-7B-v0.1",
+}
+
+
+def parse_value(key: str, raw: str, default: Any, annotation: Any = None) -> Any:
+    """Convert a ``--set`` string to the type of the field it replaces."""
+    kind = type(default)
+    try:
+        if isinstance(default, bool):
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, str):
+            return raw
+        if isinstance(default, (list, tuple)):
+            items = [s.strip() for s in raw.split(",") if s.strip()]
+            inner = type(default[0]) if default else _inner_type(annotation)
+            return kind(parse_value(key, s, inner()) for s in items) if inner else kind(items)
+        if default is None:
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                return raw
+    except ValueError:
+        pass
+    raise BenchError(f"bad value for --set {key}: {raw!r} is not a {kind.__name__}")
+
+
+def _inner_type(annotation: Any) -> type | None:
+    args = typing.get_args(annotation)
+    return args[0] if args and isinstance(args[0], type) else None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """``["a=1", "method.lr=2e-5"]`` -> ``{"a": "1", "method.lr": "2e-5"}``."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"bad --set {pair!r}: expected key=value")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def build_params(
+    scopes: Mapping[str, tuple[type, Mapping[str, Any]]], profile: str, overrides: Mapping[str, str]
+) -> dict[str, Any]:
+    """Instantiate each scope's dataclass with its profile defaults, then apply ``--set`` overrides.
+
+    ``scopes`` maps a scope name to (dataclass, {profile: {field: value}}).
+    """
+    if profile not in PROFILES:
+        raise BenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    values: dict[str, dict[str, Any]] = {}
+    fields: dict[str, dict[str, dataclasses.Field]] = {}
+    hints: dict[str, dict[str, Any]] = {}
+    for scope, (cls, profiles) in scopes.items():
+        fields[scope] = {f.name: f for f in dataclasses.fields(cls)}
+        hints[scope] = typing.get_type_hints(cls)
+        values[scope] = dict(profiles.get(profile, {}))
+        unknown = set(values[scope]) - set(fields[scope])
+        if unknown:
+            raise ValueError(f"profile {profile!r} sets unknown {scope} fields {sorted(unknown)}")
+    for key, raw in overrides.items():
+        scope, name = _locate(key, fields)
+        instance_default = values[scope].get(name, _default(fields[scope][name]))
+        values[scope][name] = parse_value(key, raw, instance_default, hints[scope].get(name))
+    return {scope: cls(**values[scope]) for scope, (cls, _) in scopes.items()}
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _locate(key: str, fields: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
+    scope, dot, name = key.partition(".")
+    if dot and scope in fields:
+        if name not in fields[scope]:
+            known = ", ".join(sorted(fields[scope]))
+            raise BenchError(f"unknown --set key {key!r}: {scope} has no {name!r} (known: {known})")
+        return scope, name
+    owners = [s for s in fields if key in fields[s]]
+    if not owners:
+        raise BenchError(f"unknown --set key {key!r}; `bench list --params` shows the valid keys")
+    if len(owners) > 1:
+        choices = " or ".join(f"{s}.{key}" for s in owners)
+        raise BenchError(f"ambiguous --set key {key!r}: write {choices}")
+    return owners[0], key

@@ -1,0 +1,93 @@
+"""Name -> class registries for methods, tasks and data sets.
+
+Built-ins register themselves with a decorator when their module is imported. Outside packages
+register through the entry-point groups ``selfparam_bench.methods``, ``selfparam_bench.tasks`` and
+``selfparam_bench.datasets``: each entry point names a class (or a module whose import registers
+one), so a third party adds a method without touching this repository.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, TypeVar
+
+from benchmark.errors import BenchError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of classes with lazy loading of built-ins and entry points."""
+
+    def __init__(self, kind: str, group: str, builtin_package: str) -> None:
+        self.kind = kind
+        self.group = group
+        self.builtin_package = builtin_package
+        self._items: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            setattr(obj, "name", name)
+            return obj
+
+        return decorator
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        import_module(self.builtin_package)  # its __init__ imports every built-in module
+        for ep in entry_points(group=self.group):
+            if ep.name in self._items:
+                continue
+            obj = ep.load()
+            if isinstance(obj, type):  # an entry point may name the class itself
+                self.register(ep.name)(obj)
+
+    def get(self, name: str) -> T:
+        self._load()
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._items, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(sorted(self._items))
+            raise BenchError(f"unknown {self.kind} {name!r}{hint}; known: {known}") from None
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        self._load()
+        return sorted(self._items.items())
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._items
+
+
+METHODS: Registry[Any] = Registry("method", "selfparam_bench.methods", "methods")
+TASKS: Registry[Any] = Registry("task", "selfparam_bench.tasks", "tasks")
+DATASETS: Registry[Any] = Registry("dataset", "selfparam_bench.datasets", "tasks.data")
+
+
+def register_method(name: str) -> Callable[[T], T]:
+    """Class decorator: make a ``Method`` subclass available as ``--method name``."""
+    return METHODS.register(name)
+
+
+def register_task(name: str) -> Callable[[T], T]:
+    """Class decorator: make a ``Task`` subclass available as ``--task name``."""
+    return TASKS.register(name)
+
+
+def register_dataset(name: str) -> Callable[[T], T]:
+    """Class decorator: make a ``Dataset`` loader available as ``--dataset name``."""
+    return DATASETS.register(name)

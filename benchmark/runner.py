@@ -1,0 +1,214 @@
+"""The runner: everything generic about a run (config, seeds, resume, timing, result files)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import resource
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, RunParams, build_params
+from benchmark.errors import BenchError, UnavailableError
+from benchmark.models import LM, load_lm
+from benchmark.registry import METHODS, TASKS
+from benchmark.results import (
+    SCHEMA_VERSION,
+    PartialLog,
+    config_hash,
+    git_commit,
+    package_versions,
+    partial_path,
+    result_path,
+    write_json_atomic,
+)
+
+
+@dataclass
+class RunRequest:
+    """What ``bench run`` was asked for; ``None`` fields take the profile's defaults."""
+
+    method: str
+    task: str
+    dataset: str | None = None
+    model: str | None = None
+    profile: str = "quick"
+    seed: int = 0
+    device: str = "auto"
+    overrides: dict[str, str] = field(default_factory=dict)
+    out: Path = Path("runs")
+    force: bool = False
+
+
+@dataclass
+class RunOutcome:
+    path: Path
+    result: dict[str, Any]
+    reused: bool  # the finished result file already existed
+    resumed_episodes: int  # episodes taken from an interrupted earlier attempt
+
+
+@dataclass
+class ResolvedRun:
+    """A request with its classes found, its parameters built and its result file named."""
+
+    request: RunRequest
+    method_cls: type
+    task_cls: type
+    dataset: str
+    model: str
+    params: dict[str, Any]
+    identity: dict[str, Any]
+    config: dict[str, Any]
+    path: Path
+
+
+def resolve(request: RunRequest) -> ResolvedRun:
+    """Check names, availability and ``--set`` keys; raises ``BenchError`` before any work."""
+    method_cls = METHODS.get(request.method)
+    task_cls = TASKS.get(request.task)
+    for kind, cls in (("method", method_cls), ("task", task_cls)):
+        reason = cls.unavailable_reason()
+        if reason:
+            raise UnavailableError(f"{kind} {cls.name!r} cannot run here: {reason}")
+    params = build_params(
+        {
+            "run": (RunParams, RUN_PROFILES),
+            "task": (task_cls.Params, task_cls.profiles),
+            "method": (method_cls.Params, method_cls.profiles),
+        },
+        request.profile,
+        request.overrides,
+    )
+    dataset = request.dataset or task_cls.default_dataset
+    model = request.model or DEFAULT_MODELS[request.profile]
+    identity = {
+        "task": task_cls.name,
+        "method": method_cls.name,
+        "dataset": dataset,
+        "model": model,
+        "profile": request.profile,
+        "seed": request.seed,
+    }
+    config = {
+        **identity,
+        "device": request.device,
+        "params": {scope: dataclasses.asdict(p) for scope, p in params.items()},
+    }
+    return ResolvedRun(
+        request=request,
+        method_cls=method_cls,
+        task_cls=task_cls,
+        dataset=dataset,
+        model=model,
+        params=params,
+        identity=identity,
+        config=config,
+        path=result_path(request.out, identity, config),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def episode_seed(seed: int, episode: str) -> int:
+    """A seed per episode, so a resumed episode is computed exactly as the first attempt would."""
+    return zlib.crc32(f"{seed}:{episode}".encode())
+
+
+def run(request: RunRequest, lm: LM | None = None) -> RunOutcome:
+    """Run (or resume, or reuse) one method on one task; returns the result and its file."""
+    resolved = resolve(request)
+    path = resolved.path
+    if path.exists() and not request.force:
+        import json
+
+        return RunOutcome(path, json.loads(path.read_text()), reused=True, resumed_episodes=0)
+
+    run_params: RunParams = resolved.params["run"]
+    seed_everything(request.seed)
+    if lm is None:
+        lm = load_lm(
+            resolved.model,
+            device=request.device,
+            precision=run_params.precision,
+            prompt_format=run_params.prompt_format,
+            seed=request.seed,
+            fewshot=run_params.fewshot,
+        )
+    task = resolved.task_cls(
+        resolved.params["task"], run_params, resolved.dataset, run_params.data_path, request.seed
+    )
+    task.prepare(lm)  # every data error is raised here, before anything is written
+
+    def make_method():
+        return resolved.method_cls(lm, resolved.params["method"], run_params, request.seed)
+
+    log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config)})
+    done = [] if request.force else log.load()
+    done_ids = {r["episode"] for r in done}
+    episodes = task.episodes()
+    log.start([r for r in done if r["episode"] in episodes])
+    started = datetime.now(timezone.utc)
+    pending = [e for e in episodes if e not in done_ids]
+    bar = tqdm(pending, desc=f"{resolved.method_cls.name} on {resolved.task_cls.name}", unit="episode",
+               disable=len(episodes) < 2, file=sys.stderr)
+    records = list(done)
+    for episode in bar:
+        seed_everything(episode_seed(request.seed, episode))
+        tick = time.perf_counter()
+        record = task.run_episode(episode, make_method)
+        record.setdefault("cost", {})["wall_s"] = time.perf_counter() - tick
+        log.append(record)
+        records.append(record)
+    order = {e: i for i, e in enumerate(episodes)}
+    records.sort(key=lambda r: order[r["episode"]])
+
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        **resolved.identity,
+        "config": resolved.config,
+        "overrides": dict(request.overrides),
+        "model_info": {**lm.info, "max_length": lm.max_length, "prompt_format": lm.prompt_format,
+                       "fewshot": lm.fewshot},
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "scores": task.aggregate(records),
+        "cost": total_cost(records),
+        "episodes": records,
+    }
+    write_json_atomic(path, result)
+    log.remove()
+    return RunOutcome(path, result, reused=False, resumed_episodes=len(done_ids & set(episodes)))
+
+
+def total_cost(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run-level cost from the episodes: seconds, training tokens and throughput, memory, storage."""
+    sums: dict[str, float] = {}
+    for record in records:
+        for key, value in record.get("cost", {}).items():
+            if isinstance(value, (int, float)):
+                sums[key] = sums.get(key, 0) + value
+    train_s = sums.get("train_s", 0.0)
+    footprints = [r.get("footprint", {}) for r in records]
+    return {
+        **sums,
+        "train_tokens_per_s": sums.get("train_tokens", 0) / train_s if train_s else None,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "footprint_bytes": max((f.get("extra_bytes", 0) for f in footprints), default=0),
+        "changed_params": max((f.get("changed_params", 0) for f in footprints), default=0),
+    }

@@ -1,0 +1,60 @@
+"""The records that flow between data sets, tasks and methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QA:
+    """A question with its accepted answers (the first is the canonical one)."""
+
+    question: str
+    answers: tuple[str, ...]
+
+    def sentence(self) -> str:
+        """The paper's target-sentence form: "Question: … Answer: …"."""
+        return f"Question: {self.question} Answer: {self.answers[0]}"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One context of a QA data set: its text, the probes that score it and optional training QA.
+
+    ``train_qa`` are question-answer pairs the data set itself provides for training (phrased
+    differently from the probes); they feed the ``dataset`` target-sentence generator.
+    """
+
+    id: str
+    text: str
+    probes: tuple[QA, ...]
+    train_qa: tuple[QA, ...] = ()
+    source: str = ""  # "file:line" for error messages
+
+
+@dataclass
+class Context:
+    """What a method receives to inject: the text and its target sentences, never the probes."""
+
+    id: str
+    text: str
+    targets: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A question to answer. ``context`` is set only for the C+Q oracle."""
+
+    id: str
+    question: str
+    context: str | None = None
+    chat: bool = False  # True: ``question`` is a complete user message for the chat template
+
+
+@dataclass
+class Footprint:
+    """The storage a method adds (the paper's column S), measured rather than asserted."""
+
+    extra_bytes: int = 0
+    changed_params: int = 0
+    detail: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,77 @@
+"""The Method interface and the two reference rows: Base, C+Q (the ceiling) and Base, Q (the floor)."""
+
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from benchmark.config import RunParams
+from benchmark.models import LM
+from benchmark.registry import register_method
+from benchmark.types import Context, Footprint, Prompt
+
+
+@dataclass
+class NoParams:
+    """For methods without settings of their own."""
+
+
+class Method(ABC):
+    """Turns the base model plus injected contexts into something that answers prompts.
+
+    A fresh instance serves one episode: the runner builds a new one for every batch or sequence,
+    so nothing leaks between episodes. Subclasses that train must work on their own copy of the
+    weights (``lm.clone_model()``), never on ``lm.model``, which is shared and stays the original.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    uses_targets: ClassVar[bool] = False  # needs generated target sentences in its contexts
+    sees_gold_context: ClassVar[bool] = False  # only the C+Q oracle
+
+    def __init__(self, lm: LM, params: Any, run: RunParams, seed: int = 0) -> None:
+        self.lm = lm
+        self.params = params
+        self.run = run
+        self.seed = seed
+        self.model: torch.nn.Module = lm.model
+        self.stats: dict[str, float] = {"train_tokens": 0, "train_s": 0.0}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this method cannot run on this machine (missing package, checkpoint, GPU), or None."""
+        return None
+
+    def inject(self, contexts: list[Context]) -> None:
+        """Absorb the contexts: train, index or remember. Called once per batch or sequence step."""
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        """Answers, in order. The default asks ``self.model`` with the run's prompt format."""
+        texts = [self.lm.format_prompt(p) for p in prompts]
+        return self.lm.generate(
+            texts,
+            max_new_tokens=self.run.max_new_tokens,
+            batch_size=self.run.eval_batch_size,
+            model=self.model,
+            progress="answering",
+        )
+
+    def footprint(self) -> Footprint:
+        """Extra state kept beyond the base model; Base methods keep none."""
+        return Footprint()
+
+
+@register_method("base_q")
+class BaseQ(Method):
+    description = "Base, Q: the untouched model answers without the context (the floor)"
+
+
+@register_method("base_cq")
+class BaseCQ(Method):
+    description = "Base, C+Q: the gold context in the prompt (the ceiling)"
+    sees_gold_context = True

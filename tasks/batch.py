@@ -1,0 +1,65 @@
+"""Batch injection: N contexts injected at once, then every probe answered (the paper's Table 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from benchmark.registry import register_task
+from tasks.base import MethodFactory
+from tasks.qa import QATask, Stopwatch, per_context, summarize_contexts
+
+
+@dataclass
+class BatchParams:
+    num_contexts: int = 20  # contexts injected together (the paper: 100 and 500)
+    episodes: int = 1  # independent batches over consecutive, disjoint slices of the data
+
+
+@register_task("batch")
+class BatchTask(QATask):
+    description = "batch injection: inject N contexts at once, then answer all their questions"
+    Params = BatchParams
+    profiles = {"smoke": {"num_contexts": 3}, "quick": {}, "paper": {"num_contexts": 100}}
+
+    def needed_documents(self) -> int:
+        return self.params.num_contexts * self.params.episodes
+
+    def episodes(self) -> list[str]:
+        return [f"batch-{i}" for i in range(self.params.episodes)]
+
+    def _doc_ids(self, episode: str) -> list[str]:
+        index = int(episode.rsplit("-", 1)[1])
+        n = self.params.num_contexts
+        return [doc.id for doc in self.documents[index * n : (index + 1) * n]]
+
+    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
+        doc_ids = self._doc_ids(episode)
+        method = make_method()
+        watch = Stopwatch()
+        contexts = self.contexts(method, doc_ids)
+        with watch("inject_s"):
+            method.inject(contexts)
+        with watch("eval_s"):
+            predictions = self.probe(method, doc_ids)
+        footprint = method.footprint()
+        return {
+            "episode": episode,
+            "context_ids": doc_ids,
+            "num_targets": sum(len(c.targets) for c in contexts),
+            "predictions": predictions,
+            "per_context": per_context(predictions),
+            "cost": {**watch.seconds, **method.stats},
+            "footprint": {"extra_bytes": footprint.extra_bytes, "changed_params": footprint.changed_params,
+                          **footprint.detail},
+        }
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        contexts = [scores for r in records for scores in r["per_context"].values()]
+        return summarize_contexts(contexts, self.seed)
+
+    @classmethod
+    def summary(cls, scores: dict[str, Any]) -> str:
+        from benchmark.report import score_table
+
+        return score_table(scores)

@@ -1,0 +1,129 @@
+"""What the QA tasks (batch, sequential) share: loading documents, targets, probing and scoring."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import BenchError
+from benchmark.metrics import qa_acc, qa_f1, summarize
+from benchmark.models import LM
+from benchmark.registry import DATASETS
+from benchmark.targets import check_no_leakage, make_targets
+from benchmark.types import Context, Document, Prompt
+from methods.base import Method
+from tasks.base import Task
+
+
+def load_documents(dataset: str, data_path: str, limit: int | None, seed: int) -> list[Document]:
+    """Documents of a registered QA data set, or of a JSON-lines file given as the data set."""
+    if dataset.endswith(".jsonl") or Path(dataset).is_file():
+        dataset, data_path = "qa-jsonl", dataset
+    cls = DATASETS.get(dataset)
+    if getattr(cls, "kind", "qa") != "qa":
+        raise BenchError(f"dataset {dataset!r} is not a QA data set (it holds {cls.kind} data)")
+    reason = cls.unavailable_reason()
+    if reason:
+        raise BenchError(f"dataset {dataset!r} is unavailable: {reason}")
+    documents = cls(path=data_path, seed=seed).documents(limit)
+    if limit is not None and len(documents) < limit:
+        raise BenchError(f"dataset {dataset!r} has {len(documents)} contexts, fewer than the {limit} asked for")
+    return documents
+
+
+class QATask(Task):
+    """Base of the QA tasks: documents, their target sentences and context-free probing."""
+
+    documents: list[Document]
+
+    def needed_documents(self) -> int:
+        raise NotImplementedError
+
+    def prepare(self, lm: LM) -> None:
+        self.lm = lm
+        self.documents = load_documents(self.dataset, self.data_path, self.needed_documents(), 0)
+        self.by_id = {doc.id: doc for doc in self.documents}
+        for doc in self.documents:
+            probe = max(doc.probes, key=lambda qa: len(qa.question))
+            prompt = lm.format_prompt(Prompt(doc.id, probe.question, doc.text))
+            lm.check_fits(prompt, f"context {doc.id!r} ({doc.source or self.dataset})", self.run.max_new_tokens)
+        self._targets: dict[str, list[str]] | None = None
+
+    def targets(self) -> dict[str, list[str]]:
+        """Target sentences for every document, made once per run and checked for leakage."""
+        if self._targets is None:
+            self._targets = make_targets(self.documents, self.run, self.lm, self.seed)
+            check_no_leakage(self.documents, self._targets)
+        return self._targets
+
+    def contexts(self, method: Method, doc_ids: list[str]) -> list[Context]:
+        targets = self.targets() if method.uses_targets else {}
+        return [Context(d, self.by_id[d].text, list(targets.get(d, []))) for d in doc_ids]
+
+    def probe(self, method: Method, doc_ids: list[str]) -> list[dict[str, Any]]:
+        """Ask every probe of the given documents; one scored record per question."""
+        prompts, meta = [], []
+        for doc_id in doc_ids:
+            doc = self.by_id[doc_id]
+            context = doc.text if method.sees_gold_context else None
+            for qa in doc.probes:
+                prompts.append(Prompt(doc_id, qa.question, context))
+                meta.append((doc_id, qa))
+        answers = method.generate(prompts)
+        if len(answers) != len(prompts):
+            raise RuntimeError(f"{method.name} returned {len(answers)} answers for {len(prompts)} prompts")
+        return [
+            {
+                "context_id": doc_id,
+                "question": qa.question,
+                "answers": list(qa.answers),
+                "prediction": answer,
+                "f1": qa_f1(answer, qa.answers),
+                "acc": qa_acc(answer, qa.answers),
+            }
+            for (doc_id, qa), answer in zip(meta, answers)
+        ]
+
+
+def per_context(predictions: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean F1 and acc of each context's questions (the paper averages per context first)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for p in predictions:
+        grouped.setdefault(p["context_id"], []).append(p)
+    return {
+        cid: {
+            "qa_f1": sum(p["f1"] for p in rows) / len(rows),
+            "acc": sum(p["acc"] for p in rows) / len(rows),
+        }
+        for cid, rows in grouped.items()
+    }
+
+
+def summarize_contexts(contexts: list[dict[str, float]], seed: int) -> dict[str, Any]:
+    """Means over contexts with bootstrap 95% intervals."""
+    return {
+        metric: summarize([c[metric] for c in contexts], seed=seed) for metric in ("qa_f1", "acc")
+    }
+
+
+class Stopwatch:
+    """Accumulates wall seconds under named keys: ``with watch("inject"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, key: str) -> "_Lap":
+        return _Lap(self, key)
+
+
+class _Lap:
+    def __init__(self, watch: Stopwatch, key: str) -> None:
+        self.watch, self.key = watch, key
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.watch.seconds[self.key] = self.watch.seconds.get(self.key, 0.0) + elapsed
