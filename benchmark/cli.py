@@ -8,21 +8,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 from benchmark.config import PROFILES, RUN_PROFILES, RunParams
 from benchmark.errors import BenchError
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
-def command(name: str):
-    def decorator(fn: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = fn
-        return fn
-
-    return decorator
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Knowledge-injection benchmark harness.")
@@ -42,12 +30,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("runs"), help="result folder (default: runs)")
     run.add_argument("--force", action="store_true", help="recompute even if a result exists")
 
+    run.set_defaults(handler=cmd_run)
+
     lst = sub.add_parser("list", help="list methods, tasks and data sets")
     lst.add_argument("--params", action="store_true", help="also show every parameter and its default")
+    lst.set_defaults(handler=cmd_list)
+
+    # Further subcommands live in benchmark/commands/, one module each with register(subparsers).
+    for module in command_modules():
+        module.register(sub)
     return parser
 
 
-@command("run")
+def command_modules() -> list:
+    import importlib
+    import pkgutil
+
+    from benchmark import commands
+
+    return [
+        importlib.import_module(f"benchmark.commands.{info.name}")
+        for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name)
+    ]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.config import parse_overrides
     from benchmark.runner import RunRequest, run
@@ -97,7 +103,6 @@ def print_outcome(outcome) -> None:
     print(f"result: {outcome.path}")
 
 
-@command("list")
 def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

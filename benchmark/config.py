@@ -75,7 +75,8 @@ def parse_value(key: str, raw: str, default: Any, annotation: Any = None) -> Any
                 return raw
     except ValueError:
         pass
-    raise BenchError(f"bad value for --set {key}: {raw!r} is not a {kind.__name__}")
+    expected = {bool: "true/false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
+    raise BenchError(f"bad value for --set {key}: {raw!r} is not {expected}")
 
 
 def _inner_type(annotation: Any) -> type | None:

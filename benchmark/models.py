@@ -62,11 +62,9 @@ class LM:
     def format_prompt(self, prompt: Prompt) -> str:
         """The text given to the model for one question (the paper's format by default)."""
         if prompt.chat or self.prompt_format == "chat":
-            content = prompt.question
-            if not prompt.chat:
-                content = f"{prompt.question}\nAnswer in a few words."
-                if prompt.context is not None:
-                    content = f"Context: {prompt.context}\n{content}"
+            content = prompt.question if prompt.chat else f"{prompt.question}\nAnswer in a few words."
+            if prompt.context is not None:
+                content = f"Context: {prompt.context}\n\n{content}"
             return self.apply_chat_template(content)
         if self.prompt_format != "raw":
             raise BenchError(f"unknown prompt_format {self.prompt_format!r}; use raw or chat")

@@ -43,12 +43,20 @@ class Context:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A question to answer. ``context`` is set only for the C+Q oracle."""
+    """A question to answer.
+
+    ``context`` is set by the task only for the C+Q oracle; retrieval methods set it to what they
+    retrieved (``dataclasses.replace``). ``chat`` marks a complete user message for the chat
+    template (recommendation); ``max_new_tokens`` and ``multiline`` let a task ask for long,
+    multi-line answers instead of the run's short one-line default.
+    """
 
     id: str
     question: str
     context: str | None = None
-    chat: bool = False  # True: ``question`` is a complete user message for the chat template
+    chat: bool = False
+    max_new_tokens: int | None = None
+    multiline: bool = False
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Knowledge-injection methods; importing this package registers the built-ins."""
+"""Knowledge-injection methods. Every module here registers its methods when imported."""
 
-from methods import base  # noqa: F401
+from benchmark.discovery import import_submodules
 from methods.base import Method
+
+import_submodules(__name__)
 
 __all__ = ["Method"]

@@ -51,15 +51,26 @@ class Method(ABC):
         """Absorb the contexts: train, index or remember. Called once per batch or sequence step."""
 
     def generate(self, prompts: list[Prompt]) -> list[str]:
-        """Answers, in order. The default asks ``self.model`` with the run's prompt format."""
-        texts = [self.lm.format_prompt(p) for p in prompts]
-        return self.lm.generate(
-            texts,
-            max_new_tokens=self.run.max_new_tokens,
-            batch_size=self.run.eval_batch_size,
-            model=self.model,
-            progress="answering",
-        )
+        """Answers, in order. The default asks ``self.model`` with the run's prompt format.
+
+        Prompts are grouped by their generation settings (answer length, one line or many).
+        """
+        answers: list[str] = [""] * len(prompts)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault((p.max_new_tokens or self.run.max_new_tokens, p.multiline), []).append(i)
+        for (max_new_tokens, multiline), indices in groups.items():
+            outputs = self.lm.generate(
+                [self.lm.format_prompt(prompts[i]) for i in indices],
+                max_new_tokens=max_new_tokens,
+                batch_size=self.run.eval_batch_size,
+                model=self.model,
+                stop_at_newline=not multiline,
+                progress="answering",
+            )
+            for i, output in zip(indices, outputs):
+                answers[i] = output
+        return answers
 
     def footprint(self) -> Footprint:
         """Extra state kept beyond the base model; Base methods keep none."""

@@ -1,3 +1,5 @@
-"""Tasks; importing this package registers the built-ins."""
+"""Tasks. Every module here registers its tasks when imported (data loaders live in tasks.data)."""
 
-from tasks import batch  # noqa: F401
+from benchmark.discovery import import_submodules
+
+import_submodules(__name__)
