@@ -1,0 +1,20 @@
+"""Where the harness finds local copies of the public data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from benchmark.results import REPO_ROOT
+
+
+def shared_data_dir() -> Path:
+    """``$SELFPARAM_BENCH_DATA``, else ``shared/data`` beside the repository checkout."""
+    env = os.environ.get("SELFPARAM_BENCH_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path | None:
+    """A file or folder under the shared data folder, or None when it is not there."""
+    path = shared_data_dir().joinpath(*parts)
+    return path if path.exists() else None
