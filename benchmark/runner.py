@@ -91,10 +91,11 @@ def resolve(request: RunRequest) -> ResolvedRun:
     )
     dataset = request.dataset or task_cls.default_dataset
     model = request.model or DEFAULT_MODELS[request.profile]
+    data_file = Path(dataset).resolve() if Path(dataset).is_file() else None
     identity = {
         "task": task_cls.name,
         "method": method_cls.name,
-        "dataset": dataset,
+        "dataset": data_file.name if data_file else dataset,
         "model": model,
         "profile": request.profile,
         "seed": request.seed,
@@ -102,6 +103,7 @@ def resolve(request: RunRequest) -> ResolvedRun:
     config = {
         **identity,
         "device": request.device,
+        "data_file": str(data_file) if data_file else None,
         "params": {scope: dataclasses.asdict(p) for scope, p in params.items()},
     }
     return ResolvedRun(

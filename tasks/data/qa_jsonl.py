@@ -31,7 +31,5 @@ class QAJsonl(QADataset):
                     source=where,
                 )
             )
-            if limit is not None and len(docs) >= limit:
-                break
-        check_documents(docs)
-        return docs
+        check_documents(docs)  # the whole file is checked, so a bad line is never silently skipped
+        return docs[:limit]

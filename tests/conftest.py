@@ -1,0 +1,42 @@
+"""Shared fixtures: the tiny random model and a CLI runner that captures output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmark.paths import shared_data_dir
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    from benchmark.models import load_lm
+
+    return load_lm("tiny-random-llama", precision="fp32")
+
+
+@pytest.fixture
+def bench(capsys):
+    """Run ``bench ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from benchmark.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared data folder; tests that need it skip cleanly when it is absent."""
+    folder = shared_data_dir()
+    if not folder.is_dir():
+        pytest.skip(f"shared data folder {folder} is absent")
+    return folder
