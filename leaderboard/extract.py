@@ -1,0 +1,210 @@
+"""Pulling numbers out of result files, defensively.
+
+Each task writes its own score keys (batch: ``qa_f1``/``acc``; sequential: per-step scores and a
+retention matrix; recommendation: Recall@1 under the filters r1..r4). These helpers accept the
+spellings those tasks use and return ``None`` for anything absent, so a renderer shows "—" instead
+of failing or inventing a number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+Summary = dict[str, Any]  # {"mean", "ci_low", "ci_high", "n"}
+
+# Keys under which a sequential result may keep its per-step mean QA-F1 and its retention matrix.
+STEP_KEYS = ("per_step", "per_step_qa_f1", "qa_f1_per_step", "step_qa_f1", "steps", "step_f1", "curve")
+MATRIX_KEYS = ("retention_matrix", "matrix", "qa_f1_matrix", "step_context_f1")
+RULES = ("r1", "r2", "r3", "r4")
+
+
+def number(value: Any) -> float | None:
+    """A finite float, or None for missing, non-numeric and NaN values."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def is_summary(value: Any) -> bool:
+    return isinstance(value, dict) and number(value.get("mean")) is not None
+
+
+def as_summary(value: Any) -> Summary | None:
+    """A summary dict from a summary dict or a bare number (then without interval)."""
+    if is_summary(value):
+        return value
+    if number(value) is not None:
+        return {"mean": number(value), "ci_low": None, "ci_high": None, "n": None}
+    return None
+
+
+def scores(result: dict[str, Any]) -> dict[str, Any]:
+    value = result.get("scores")
+    return value if isinstance(value, dict) else {}
+
+
+def metric(result: dict[str, Any], *names: str) -> Summary | None:
+    """The first of ``names`` that the result's scores hold as a summary (or a number)."""
+    found = scores(result)
+    for name in names:
+        summary = as_summary(found.get(name))
+        if summary is not None:
+            return summary
+    return None
+
+
+def summary_metrics(result: dict[str, Any]) -> dict[str, Summary]:
+    """Every top-level score that is a mean (with or without interval), in the file's order."""
+    return {k: v for k, v in scores(result).items() if is_summary(v)}
+
+
+def _mean_of(value: Any) -> float | None:
+    if isinstance(value, dict):
+        for key in ("mean", "qa_f1", "f1"):
+            inner = value.get(key)
+            if isinstance(inner, dict):
+                inner = inner.get("mean")
+            if number(inner) is not None:
+                return number(inner)
+        return None
+    return number(value)
+
+
+def _series(value: Any) -> list[float | None] | None:
+    """A list of per-step values from a list or a {step: value} mapping."""
+    if isinstance(value, list) and value:
+        return [_mean_of(v) for v in value]
+    if isinstance(value, dict) and value and all(str(k).lstrip("-").isdigit() for k in value):
+        steps = sorted(value, key=lambda k: int(k))
+        last = int(steps[-1])
+        by_step = {int(k): _mean_of(value[k]) for k in steps}
+        return [by_step.get(i) for i in range(last + 1)]
+    return None
+
+
+def step_curve(result: dict[str, Any]) -> list[float | None] | None:
+    """Mean QA-F1 after each step 0..L of a sequential run, or None when it has none."""
+    found = scores(result)
+    for container in (found, found.get("qa_f1"), found.get("sequential")):
+        if not isinstance(container, dict):
+            continue
+        for key in STEP_KEYS:
+            series = _series(container.get(key))
+            if series and any(v is not None for v in series):
+                return series
+    series = _series(found.get("qa_f1"))  # qa_f1 itself given per step
+    if series and any(v is not None for v in series):
+        return series
+    matrix = retention_matrix(result)
+    if matrix:
+        rows = [[v for v in row if v is not None] for row in matrix]
+        return [sum(r) / len(r) if r else None for r in rows]
+    return None
+
+
+def retention_matrix(result: dict[str, Any]) -> list[list[float | None]] | None:
+    """Step × context mean QA-F1 of a sequential run, or None."""
+    found = scores(result)
+    for container in (found, found.get("qa_f1"), found.get("sequential")):
+        if not isinstance(container, dict):
+            continue
+        for key in MATRIX_KEYS:
+            value = container.get(key)
+            if isinstance(value, dict) and isinstance(value.get("mean"), list):
+                value = value["mean"]
+            if isinstance(value, list) and value and all(isinstance(r, list) for r in value):
+                return [[_mean_of(v) for v in row] for row in value]
+    return None
+
+
+def recall(result: dict[str, Any], rule: str, k: int = 1) -> Summary | None:
+    """Recall@k under filter ``rule`` (r1..r4) of a recommendation run, or None."""
+    found = scores(result)
+    flat = (
+        rule, f"recall@{k}_{rule}", f"{rule}_recall@{k}", f"r@{k}_{rule}", f"recall{k}_{rule}",
+        f"{rule}@{k}", f"recall_at_{k}_{rule}", f"{rule}_recall_at_{k}",
+    )
+    for name in flat:
+        value = found.get(name)
+        if is_summary(value) and (name != rule or k == 1):
+            return value
+        if isinstance(value, dict):  # e.g. {"r1": {"recall@1": {...}, "recall@5": {...}}}
+            for inner in (f"recall@{k}", f"@{k}", str(k), f"r@{k}"):
+                if is_summary(value.get(inner)):
+                    return value[inner]
+    for outer in (f"recall@{k}", f"recall_at_{k}", f"r@{k}", "recall"):
+        value = found.get(outer)
+        if isinstance(value, dict):
+            inner = value.get(rule)
+            if isinstance(inner, dict) and not is_summary(inner):
+                inner = inner.get(f"@{k}", inner.get(str(k)))
+            summary = as_summary(inner)
+            if summary is not None:
+                return summary
+    return None
+
+
+def params(result: dict[str, Any], scope: str) -> dict[str, Any]:
+    value = result.get("config", {}).get("params", {}).get(scope, {})
+    return value if isinstance(value, dict) else {}
+
+
+def num_contexts(result: dict[str, Any]) -> int | None:
+    """Contexts injected per batch (batch task), from the recorded task parameters."""
+    value = params(result, "task").get("num_contexts")
+    return value if isinstance(value, int) else None
+
+
+def cost(result: dict[str, Any], key: str) -> float | None:
+    value = result.get("cost")
+    return number(value.get(key)) if isinstance(value, dict) else None
+
+
+def num_targets(result: dict[str, Any]) -> int:
+    """Target sentences handed to the method over all episodes (0 for methods that use none)."""
+    total = 0
+    for episode in result.get("episodes") or []:
+        if isinstance(episode, dict) and number(episode.get("num_targets")) is not None:
+            total += int(episode["num_targets"])
+    return total
+
+
+def generator_label(result: dict[str, Any]) -> str:
+    """Which target-sentence generator a run used: ``targets`` plus any generator-model setting."""
+    run = params(result, "run")
+    label = str(run.get("targets", "—"))
+    extras = []
+    for scope in ("run", "method"):
+        for key, value in sorted(params(result, scope).items()):
+            if "generator" in key and value not in (None, "", 0):
+                extras.append(f"{key}={value}")
+    return f"{label} ({', '.join(extras)})" if extras else label
+
+
+def config_without_seed(result: dict[str, Any]) -> str:
+    """The settings of a run apart from its seed, to tell apart runs that differ only in seed."""
+    import json
+
+    config = dict(result.get("config") or {})
+    config.pop("seed", None)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def pooled(results: Iterable[dict[str, Any]], value) -> Summary | None:
+    """One cell from several runs: the latest configuration's seeds, averaged.
+
+    A single run keeps its bootstrap interval. Several seeds give the mean of their means, with
+    the lowest and highest seed mean as the interval (``n`` = number of seeds).
+    """
+    runs = [r for r in results if value(r) is not None]
+    if not runs:
+        return None
+    latest = max(runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
+    chosen = [r for r in runs if config_without_seed(r) == config_without_seed(latest)]
+    if len(chosen) == 1:
+        return value(chosen[0])
+    means = [value(r)["mean"] for r in chosen]
+    return {"mean": sum(means) / len(means), "ci_low": min(means), "ci_high": max(means),
+            "n": len(means), "seeds": len(means)}

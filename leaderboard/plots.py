@@ -1,0 +1,84 @@
+"""PNG figures for the leaderboard: scores with their intervals, and retention curves.
+
+Figures are byte-for-byte reproducible: the Agg backend, matplotlib's default style (not the
+user's matplotlibrc), fixed size and resolution, and no "Software" metadata in the PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from leaderboard import extract  # noqa: E402
+from leaderboard.board import LABELS, Board, metric_value  # noqa: E402
+from leaderboard.paper import display  # noqa: E402
+
+Result = dict[str, Any]
+_RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
+
+
+def _label(run: Result, runs: list[Result]) -> str:
+    """The method's name, with profile and seed when the board has several runs of it."""
+    name = display(str(run["method"]))
+    if sum(1 for r in runs if r["method"] == run["method"]) > 1:
+        name += f" ({run.get('profile')}, seed {run.get('seed')})"
+    return name
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def scores_plot(board: Board, path: Path) -> bool:
+    """Horizontal bars of the board's main score with 95% intervals; False if nothing to draw."""
+    if not board.metrics:
+        return False
+    metric = board.metrics[0]
+    points = [(r, metric_value(r, metric)) for r in board.runs]
+    points = [(r, s) for r, s in points if s is not None]
+    if not points:
+        return False
+    with plt.style.context("default"), matplotlib.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(points) + 1.2))
+        labels = [_label(r, board.runs) for r, _ in points][::-1]
+        means = [s["mean"] for _, s in points][::-1]
+        lows = [s["mean"] - s["ci_low"] if s.get("ci_low") is not None else 0.0 for _, s in points][::-1]
+        highs = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in points][::-1]
+        ax.barh(range(len(points)), means, xerr=[lows, highs], color="#4C72B0", capsize=3)
+        ax.set_yticks(range(len(points)), labels)
+        ax.set_xlabel(f"{LABELS.get(metric, metric)} (mean, 95% CI)")
+        ax.set_xlim(0, max(1.0, max(m + h for m, h in zip(means, highs))))
+        ax.set_title(board.title)
+        fig.tight_layout()
+        _save(fig, path)
+    return True
+
+
+def retention_plot(board: Board, path: Path) -> bool:
+    """Mean QA-F1 after each step, one line per run; False when no run has per-step scores."""
+    curves = [(r, extract.step_curve(r)) for r in board.runs]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        return False
+    with plt.style.context("default"), matplotlib.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for run, curve in curves:
+            steps = [i for i, v in enumerate(curve) if v is not None]
+            ax.plot(steps, [curve[i] for i in steps], marker="o", markersize=3, label=_label(run, board.runs))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step (contexts injected so far)")
+        ax.set_ylabel("QA-F1 over the sequence's contexts")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"retention · {board.dataset} · {board.model}")
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        _save(fig, path)
+    return True

@@ -1,0 +1,223 @@
+"""The paper's four tables, rebuilt from result files.
+
+1. Batch injection: QA-F1 by model × number of contexts, with the storage class S beside the
+   measured footprint in bytes.
+2. Conversational recommendation: Recall@1 under r1..r4 for INSPIRED and REDIAL.
+3. Sequential injection: mean QA-F1 after each step 0..L.
+4. Target-sentence generator ablation: QA-F1 of the methods that train on target sentences, by
+   generator.
+
+A cell without a result shows "—". Runs that differ only in seed are averaged (see
+``extract.pooled``); of several configurations for one cell the most recent one is shown.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable
+
+from leaderboard import extract
+from leaderboard.paper import (
+    PAPER_TABLE1,
+    PAPER_TABLE1_DATASET,
+    STORAGE,
+    display,
+    method_rank,
+    paper_model,
+)
+from leaderboard.render import MISSING, Table, fmt_bytes, fmt_score
+
+Result = dict[str, Any]
+TABLE_IDS = ("1", "2", "3", "4")
+DATASET_ORDER = ("inspired", "redial")
+
+
+def _group(results: list[Result], key: Callable[[Result], Any]) -> dict[Any, list[Result]]:
+    groups: dict[Any, list[Result]] = defaultdict(list)
+    for r in results:
+        groups[key(r)].append(r)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
+
+
+def _methods(results: list[Result]) -> list[str]:
+    return sorted({str(r["method"]) for r in results}, key=method_rank)
+
+
+def _of(results: list[Result], **match: Any) -> list[Result]:
+    return [r for r in results if all(r.get(k) == v for k, v in match.items())]
+
+
+def _f1(r: Result):
+    return extract.metric(r, "qa_f1")
+
+
+def _footprint(r: Result):
+    return extract.as_summary(extract.cost(r, "footprint_bytes"))
+
+
+# ---- Table 1 ------------------------------------------------------------------------------------
+def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list[Table]:
+    batch = [r for r in results if r.get("task") == "batch" and extract.num_contexts(r) is not None]
+    tables = []
+    for (dataset, profile), runs in _group(batch, lambda r: (r["dataset"], r.get("profile"))).items():
+        columns = sorted({(str(r["model"]), extract.num_contexts(r)) for r in runs})
+        compared = {c for c in columns if paper and _comparable(dataset, *c)}
+        headers = ["Method", "S"]
+        for model, n in columns:
+            headers += [f"{model} · {n} QA-F1", "S bytes"] + (["paper"] if (model, n) in compared else [])
+        rows = []
+        for method in _methods(runs):
+            row = [display(method), STORAGE.get(method, MISSING)]
+            for model, n in columns:
+                cell = [r for r in runs if r["method"] == method and r["model"] == model
+                        and extract.num_contexts(r) == n]
+                footprint = extract.pooled(cell, _footprint)
+                row += [fmt_score(extract.pooled(cell, _f1), ci), fmt_bytes(footprint and footprint["mean"])]
+                if (model, n) in compared:
+                    row.append(_paper_cell(dataset, model, n, method))
+            rows.append(row)
+        notes = ["S: storage class in the number n of injected contexts; S bytes: the measured "
+                 "footprint (extra state the method keeps). — = no result."]
+        if compared:
+            notes.append(f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) where the "
+                         "model, data set and number of contexts match.")
+        tables.append(Table(f"Table 1 — batch injection, QA-F1 ({dataset}, profile {profile})",
+                            headers, rows, notes))
+    if paper:
+        tables.append(paper_table1())
+    return tables
+
+
+def _comparable(dataset: str, model: str, n: int | None) -> bool:
+    """Whether the paper's Table 1 has this data set, model and number of contexts."""
+    return dataset == PAPER_TABLE1_DATASET and (paper_model(model), n) in PAPER_TABLE1
+
+
+def _paper_cell(dataset: str, model: str, n: int | None, method: str) -> str:
+    name = paper_model(model)
+    if dataset != PAPER_TABLE1_DATASET or name is None:
+        return MISSING
+    value = PAPER_TABLE1.get((name, n), {}).get(method)
+    return MISSING if value is None else f"{value:.4f}"
+
+
+def paper_table1() -> Table:
+    """The published Table 1 numbers this harness knows, for reference."""
+    columns = sorted(PAPER_TABLE1, key=lambda c: (c[0], c[1]))
+    methods = sorted({m for v in PAPER_TABLE1.values() for m in v}, key=method_rank)
+    rows = [
+        [display(m), STORAGE.get(m, MISSING)]
+        + [MISSING if m not in PAPER_TABLE1[c] else f"{PAPER_TABLE1[c][m]:.4f}" for c in columns]
+        for m in methods
+    ]
+    headers = ["Method", "S"] + [f"{model} · {n}" for model, n in columns]
+    return Table(f"Table 1 as published (QA-F1, {PAPER_TABLE1_DATASET})", headers, rows,
+                 ["The published values this harness carries; — = not transcribed."])
+
+
+# ---- Table 2 ------------------------------------------------------------------------------------
+def table2(results: list[Result], ci: bool = False) -> list[Table]:
+    rec = [r for r in results if r.get("task") == "recommendation"]
+    tables = []
+    for (model, profile), runs in _group(rec, lambda r: (r["model"], r.get("profile"))).items():
+        datasets = sorted({str(r["dataset"]) for r in runs},
+                          key=lambda d: (DATASET_ORDER.index(d) if d in DATASET_ORDER else 99, d))
+        headers = ["Method"] + [f"{d.upper()} {rule}" for d in datasets for rule in extract.RULES]
+        rows = []
+        for method in _methods(runs):
+            row = [display(method)]
+            for dataset in datasets:
+                cell = _of(runs, method=method, dataset=dataset)
+                for rule in extract.RULES:
+                    row.append(fmt_score(extract.pooled(cell, lambda r, rule=rule: extract.recall(r, rule)), ci))
+            rows.append(row)
+        notes = ["Recall@1. r1: no filter; r2: items already mentioned in the dialog dropped; "
+                 "r3: matches at edit distance > 2 dropped; r4: both. — = no result."]
+        tables.append(Table(f"Table 2 — conversational recommendation, Recall@1 ({model}, profile {profile})",
+                            headers, rows, notes))
+    return tables
+
+
+# ---- Table 3 ------------------------------------------------------------------------------------
+def table3(results: list[Result], ci: bool = False) -> list[Table]:
+    seq = [r for r in results if r.get("task") == "sequential"]
+    tables = []
+    key = lambda r: (r["dataset"], r["model"], r.get("profile"))  # noqa: E731
+    for (dataset, model, profile), runs in _group(seq, key).items():
+        curves = {id(r): extract.step_curve(r) for r in runs}
+        steps = max((len(c) for c in curves.values() if c), default=0)
+        headers = ["Method"] + [str(i) for i in range(steps)]
+        rows = []
+        for method in _methods(runs):
+            cell = _of(runs, method=method)
+            row = [display(method)]
+            for i in range(steps):
+                def at(r: Result, i: int = i):
+                    curve = curves[id(r)]
+                    return extract.as_summary(curve[i]) if curve and i < len(curve) else None
+                row.append(fmt_score(extract.pooled(cell, at), ci, digits=3))
+            rows.append(row)
+        notes = ["Mean QA-F1 over all contexts of a sequence after each step (step 0 = before any "
+                 "injection), averaged over sequences. — = no result."]
+        tables.append(Table(f"Table 3 — sequential injection, QA-F1 per step ({dataset}, {model}, "
+                            f"profile {profile})", headers, rows, notes))
+    return tables
+
+
+# ---- Table 4 ------------------------------------------------------------------------------------
+def table4(results: list[Result], ci: bool = False) -> list[Table]:
+    trained = [r for r in results if r.get("task") == "batch" and extract.num_targets(r) > 0
+               and extract.num_contexts(r) is not None]
+    tables = []
+    for (profile,), runs in _group(trained, lambda r: (r.get("profile"),)).items():
+        columns = sorted({(str(r["dataset"]), str(r["model"]), extract.num_contexts(r)) for r in runs})
+        row_keys = sorted({(str(r["method"]), extract.generator_label(r)) for r in runs},
+                          key=lambda k: (method_rank(k[0]), k[1]))
+        headers = ["Method", "Generator"] + [f"{d} · {m} · {n}" for d, m, n in columns]
+        rows = []
+        for method, generator in row_keys:
+            row = [display(method), generator]
+            for dataset, model, n in columns:
+                cell = [r for r in runs if r["method"] == method and extract.generator_label(r) == generator
+                        and r["dataset"] == dataset and r["model"] == model and extract.num_contexts(r) == n]
+                row.append(fmt_score(extract.pooled(cell, _f1), ci))
+            rows.append(row)
+        notes = ["Batch-injection QA-F1 of the methods that train on target sentences, by the "
+                 "generator of those sentences (dataset: the data set's own QA pairs; local: the "
+                 "model's instruct variant; openai: an OpenAI-compatible endpoint). — = no result."]
+        tables.append(Table(f"Table 4 — target-sentence generator ablation (profile {profile})",
+                            headers, rows, notes))
+    return tables
+
+
+def paper_tables(results: list[Result], which: tuple[str, ...] = TABLE_IDS, ci: bool = False,
+                 paper: bool = False) -> list[tuple[str, list[Table]]]:
+    """(table id, tables) for each table asked for; an id with no results gives an empty list."""
+    builders = {
+        "1": lambda: table1(results, ci, paper),
+        "2": lambda: table2(results, ci),
+        "3": lambda: table3(results, ci),
+        "4": lambda: table4(results, ci),
+    }
+    return [(t, builders[t]()) for t in which]
+
+
+TITLES = {
+    "1": "Table 1 — batch injection",
+    "2": "Table 2 — conversational recommendation",
+    "3": "Table 3 — sequential injection",
+    "4": "Table 4 — target-sentence generator ablation",
+}
+
+
+def render_all(results: list[Result], which: tuple[str, ...] = TABLE_IDS, fmt: str = "markdown",
+               ci: bool = False, paper: bool = False) -> str:
+    """Every table asked for, with a one-line placeholder for those that have no results."""
+    parts = []
+    for table_id, tables in paper_tables(results, which, ci, paper):
+        if not tables:
+            title = TITLES[table_id]
+            parts.append(f"### {title}\n\nNo results yet.\n" if fmt == "markdown"
+                         else f"{title}\n{'=' * len(title)}\nNo results yet.\n")
+        parts += [t.render(fmt) for t in tables]
+    return "\n".join(parts)

@@ -1,0 +1,80 @@
+"""``bench leaderboard``: ranked tables per task × data set × model, plots, same bytes twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resultfiles import batch, recommendation, sequential, write
+
+from leaderboard.board import board_table, boards
+
+
+def _results(folder: Path) -> None:
+    write(folder, batch("base_q", 0.02))
+    write(folder, batch("selfparam", 0.41, footprint=2048))
+    write(folder, batch("base_cq", 0.52))
+    write(folder, batch("base_cq", 0.60, model="other-model"))
+    write(folder, sequential("selfparam", [0.0, 0.5, 0.45, 0.4]))
+    write(folder, sequential("base_q", [0.0, 0.02, 0.02, 0.02]))
+    write(folder, recommendation("base_q", "redial", [0.1, 0.2, 0.3, 0.4], spelling="nested"))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_boards_are_ranked_per_task_dataset_model(tmp_path):
+    from leaderboard.load import load_results
+
+    _results(tmp_path / "results")
+    found = boards(load_results([tmp_path / "results"]).results)
+    assert [b.title for b in found] == [
+        "batch · fictional · other-model",
+        "batch · fictional · smollm2-135m-instruct",
+        "recommendation · redial · smollm2-135m-instruct",
+        "sequential · fictional · smollm2-135m-instruct",
+    ]
+    main = found[1]
+    assert [r["method"] for r in main.runs] == ["base_cq", "selfparam", "base_q"]  # best QA-F1 first
+    assert main.metrics == ["qa_f1", "acc"]
+    assert found[2].metrics == ["r1", "r2", "r3", "r4"]
+    table = board_table(main)
+    assert table.headers[4:6] == ["QA-F1 [95% CI]", "acc [95% CI]"]
+    selfparam = table.rows[1]
+    assert selfparam[:4] == ["2", "SELF-PARAM", "quick", "0"]
+    assert selfparam[6:] == ["12.5", "500", "2.0 KiB", "30.0", "2026-11-20", "01234567"]
+
+
+def test_page_plots_links_and_identical_bytes(tmp_path, bench):
+    results, out = tmp_path / "results", tmp_path / "board"
+    _results(results)
+    (out / "plots").mkdir(parents=True)
+    (out / "plots" / "stale.png").write_bytes(b"old")
+    code, stdout, err = bench("leaderboard", "--results", results, "--out", out)
+    assert code == 0, err
+    assert "7 runs in 4 tables, 5 plots, 1 stale plots removed" in stdout
+    page = (out / "README.md").read_text()
+    assert "## batch · fictional · smollm2-135m-instruct" in page
+    assert "![retention curves, sequential · fictional · smollm2-135m-instruct]" \
+           "(plots/sequential__fictional__smollm2-135m-instruct__retention.png)" in page
+    assert "(../results/batch/fictional/smollm2-135m-instruct/selfparam__quick__seed0__" in page
+    assert "### Table 3 — sequential injection, QA-F1 per step" in page
+    assert "### Table 1 as published" in page
+    for link in [line.split("](")[1].rstrip(")") for line in page.splitlines() if line.startswith("![")]:
+        data = (out / link).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in data
+    assert not (out / "plots" / "stale.png").exists()
+    first = _snapshot(out)
+    code, _, _ = bench("leaderboard", "--results", results, "--out", out)
+    assert code == 0
+    assert _snapshot(out) == first
+
+
+def test_empty_results_folder(tmp_path, bench):
+    (tmp_path / "results").mkdir()
+    code, _, err = bench("leaderboard", "--results", tmp_path / "results", "--out", tmp_path / "board")
+    assert code == 0, err
+    page = (tmp_path / "board" / "README.md").read_text()
+    assert "No results yet." in page
+    code, _, err = bench("leaderboard", "--results", tmp_path / "absent", "--out", tmp_path / "board")
+    assert code == 2 and "no results folder" in err
