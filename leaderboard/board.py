@@ -19,13 +19,21 @@ from leaderboard.render import MISSING, Table, fmt_bytes, fmt_number, fmt_score
 
 Result = dict[str, Any]
 
-# The main score of each known task first (ranking key), then the others it reports, in this order.
+# The score columns of each known task, main score (the ranking key) first. Dotted names reach
+# into nested scores; recommendation's r1..r4 are Recall@1 under each filter.
 PREFERRED = {
     "batch": ("qa_f1", "acc"),
-    "sequential": ("qa_f1", "efficacy", "retention", "final_qa_f1", "acc"),
-    "recommendation": ("r1", "r2", "r3", "r4", "recall@1_r1", "recall@1_r2", "recall@1_r3", "recall@1_r4"),
+    "sequential": ("qa_f1", "efficacy.qa_f1", "before.qa_f1", "acc"),
+    "recommendation": ("r1", "r2", "r3", "r4", "recall@5_r1", "recall@10_r1"),
 }
-LABELS = {"qa_f1": "QA-F1", "acc": "acc"}
+LABELS = {
+    "qa_f1": "QA-F1",
+    "efficacy.qa_f1": "efficacy QA-F1",
+    "before.qa_f1": "QA-F1 before injection",
+    "r1": "R@1 r1", "r2": "R@1 r2", "r3": "R@1 r3", "r4": "R@1 r4",
+    "recall@5_r1": "R@5 r1", "recall@10_r1": "R@10 r1",
+}
+TASK_LABELS = {("sequential", "qa_f1"): "QA-F1 after the last step"}
 MAX_SCORE_COLUMNS = 6
 
 
@@ -56,19 +64,19 @@ def metric_value(result: Result, name: str) -> dict[str, Any] | None:
 
 
 def board_metrics(task: str, runs: list[Result]) -> list[str]:
-    """The score columns of one board: the task's preferred keys present in any run, then the rest."""
+    """The score columns of one board: a known task's columns that some run has; for another
+    task every top-level mean it reports."""
+    if task in PREFERRED:
+        return [m for m in PREFERRED[task] if any(metric_value(r, m) for r in runs)]
     present: dict[str, None] = {}
     for run in runs:
         for name in extract.summary_metrics(run):
             present[name] = None
-    if task == "recommendation":
-        rules = [r for r in extract.RULES if any(extract.recall(run, r) for run in runs)]
-        spelled = {f"recall@1_{r}" for r in extract.RULES} | set(extract.RULES)
-        others = sorted(n for n in present if n not in spelled)
-        return (rules + others)[:MAX_SCORE_COLUMNS]
-    preferred = [n for n in PREFERRED.get(task, ()) if n in present]
-    others = sorted(n for n in present if n not in preferred)
-    return (preferred + others)[:MAX_SCORE_COLUMNS]
+    return sorted(present)[:MAX_SCORE_COLUMNS]
+
+
+def label(task: str, name: str) -> str:
+    return TASK_LABELS.get((task, name), LABELS.get(name, name))
 
 
 def boards(results: list[Result]) -> list[Board]:
@@ -108,7 +116,7 @@ def _date(result: Result) -> str:
 def board_table(board: Board, link_from: Path | None = None) -> Table:
     """The board as a table; with ``link_from``, method names link to their result files."""
     headers = ["#", "method", "profile", "seed"]
-    headers += [f"{LABELS.get(m, m)} [95% CI]" for m in board.metrics]
+    headers += [f"{label(board.task, m)} [95% CI]" for m in board.metrics]
     headers += ["inject s", "train tok/s", "footprint", "wall s", "date", "commit"]
     rows = []
     for rank, run in enumerate(board.runs, start=1):

@@ -46,10 +46,15 @@ def scores(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def metric(result: dict[str, Any], *names: str) -> Summary | None:
-    """The first of ``names`` that the result's scores hold as a summary (or a number)."""
-    found = scores(result)
+    """The first of ``names`` that the result's scores hold as a summary (or a number).
+
+    A dotted name reaches into a nested score: ``efficacy.qa_f1`` is ``scores["efficacy"]["qa_f1"]``.
+    """
     for name in names:
-        summary = as_summary(found.get(name))
+        value: Any = scores(result)
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        summary = as_summary(value)
         if summary is not None:
             return summary
     return None
@@ -112,8 +117,8 @@ def retention_matrix(result: dict[str, Any]) -> list[list[float | None]] | None:
             continue
         for key in MATRIX_KEYS:
             value = container.get(key)
-            if isinstance(value, dict) and isinstance(value.get("mean"), list):
-                value = value["mean"]
+            if isinstance(value, dict):  # {"mean": matrix} or {"qa_f1": matrix, "acc": matrix}
+                value = value.get("mean", value.get("qa_f1"))
             if isinstance(value, list) and value and all(isinstance(r, list) for r in value):
                 return [[_mean_of(v) for v in row] for row in value]
     return None

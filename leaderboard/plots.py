@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from leaderboard import extract  # noqa: E402
-from leaderboard.board import LABELS, Board, metric_value  # noqa: E402
+from leaderboard.board import Board, label, metric_value  # noqa: E402
 from leaderboard.paper import display  # noqa: E402
 
 Result = dict[str, Any]
@@ -54,7 +54,7 @@ def scores_plot(board: Board, path: Path) -> bool:
         highs = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in points][::-1]
         ax.barh(range(len(points)), means, xerr=[lows, highs], color="#4C72B0", capsize=3)
         ax.set_yticks(range(len(points)), labels)
-        ax.set_xlabel(f"{LABELS.get(metric, metric)} (mean, 95% CI)")
+        ax.set_xlabel(f"{label(board.task, metric)} (mean, 95% CI)")
         ax.set_xlim(0, max(1.0, max(m + h for m, h in zip(means, highs))))
         ax.set_title(board.title)
         fig.tight_layout()

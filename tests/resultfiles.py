@@ -44,15 +44,22 @@ def batch(method: str, f1: float, **kw: Any) -> dict[str, Any]:
 
 
 def sequential(method: str, steps: list[float], **kw: Any) -> dict[str, Any]:
-    scores = {"per_step": [summary(v) for v in steps],
-              "retention_matrix": [[v] * 3 for v in steps],
-              "qa_f1": summary(sum(steps) / len(steps))}
+    """The shape tasks/sequential.py writes: per-step rows, a mean matrix, efficacy and retention."""
+    length = len(steps) - 1
+    scores = {"qa_f1": summary(steps[-1]), "acc": summary(steps[-1]),
+              "steps": [{"step": i, "injected": i, "qa_f1": summary(v), "acc": summary(v)}
+                        for i, v in enumerate(steps)],
+              "matrix": {"qa_f1": [[v] * length for v in steps]},
+              "efficacy": {"qa_f1": summary(max(steps))},
+              "retention": [{"distance": k, "qa_f1": summary(steps[-1])} for k in range(length)],
+              "before": {"qa_f1": summary(steps[0])}}
     return result("sequential", method, scores, num_contexts=None, **kw)
 
 
 def recommendation(method: str, dataset: str, recalls: list[float], spelling: str = "flat", **kw: Any):
-    if spelling == "flat":
-        scores = {f"r{i + 1}": summary(v) for i, v in enumerate(recalls)}
+    if spelling == "flat":  # as tasks/recommendation.py writes it
+        scores = {f"recall@1_r{i + 1}": summary(v) for i, v in enumerate(recalls)}
+        scores["recall@5_r1"] = summary(min(1.0, recalls[0] * 2))
     else:  # nested: {"recall@1": {"r1": {...}}}
         scores = {"recall@1": {f"r{i + 1}": summary(v) for i, v in enumerate(recalls)}}
     return result("recommendation", method, scores, dataset=dataset, num_contexts=None, **kw)

@@ -16,7 +16,8 @@ def _results(folder: Path) -> None:
     write(folder, batch("base_cq", 0.60, model="other-model"))
     write(folder, sequential("selfparam", [0.0, 0.5, 0.45, 0.4]))
     write(folder, sequential("base_q", [0.0, 0.02, 0.02, 0.02]))
-    write(folder, recommendation("base_q", "redial", [0.1, 0.2, 0.3, 0.4], spelling="nested"))
+    write(folder, recommendation("base_q", "redial", [0.1, 0.2, 0.3, 0.4]))
+    write(folder, recommendation("selfparam", "redial", [0.3, 0.2, 0.3, 0.4], spelling="nested"))
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -37,7 +38,11 @@ def test_boards_are_ranked_per_task_dataset_model(tmp_path):
     main = found[1]
     assert [r["method"] for r in main.runs] == ["base_cq", "selfparam", "base_q"]  # best QA-F1 first
     assert main.metrics == ["qa_f1", "acc"]
-    assert found[2].metrics == ["r1", "r2", "r3", "r4"]
+    assert found[2].metrics == ["r1", "r2", "r3", "r4", "recall@5_r1"]
+    assert [r["method"] for r in found[2].runs] == ["selfparam", "base_q"]
+    assert found[3].metrics == ["qa_f1", "efficacy.qa_f1", "before.qa_f1", "acc"]
+    assert board_table(found[3]).headers[4:6] == ["QA-F1 after the last step [95% CI]", "efficacy QA-F1 [95% CI]"]
+    assert board_table(found[3]).rows[0][4:6] == ["0.4000 [0.3500, 0.4500]", "0.5000 [0.4500, 0.5500]"]
     table = board_table(main)
     assert table.headers[4:6] == ["QA-F1 [95% CI]", "acc [95% CI]"]
     selfparam = table.rows[1]
@@ -52,7 +57,7 @@ def test_page_plots_links_and_identical_bytes(tmp_path, bench):
     (out / "plots" / "stale.png").write_bytes(b"old")
     code, stdout, err = bench("leaderboard", "--results", results, "--out", out)
     assert code == 0, err
-    assert "7 runs in 4 tables, 5 plots, 1 stale plots removed" in stdout
+    assert "8 runs in 4 tables, 5 plots, 1 stale plots removed" in stdout
     page = (out / "README.md").read_text()
     assert "## batch · fictional · smollm2-135m-instruct" in page
     assert "![retention curves, sequential · fictional · smollm2-135m-instruct]" \
