@@ -16,8 +16,14 @@ from methods.base import Method
 from tasks.base import Task
 
 
-def load_documents(dataset: str, data_path: str, limit: int | None, seed: int) -> list[Document]:
-    """Documents of a registered QA data set, or of a JSON-lines file given as the data set."""
+def load_documents(
+    dataset: str, data_path: str, limit: int | None, seed: int, strict: bool = True
+) -> list[Document]:
+    """Documents of a registered QA data set, or of a JSON-lines file given as the data set.
+
+    ``strict`` makes a data set with fewer than ``limit`` contexts an error; without it the caller
+    gets what there is and decides.
+    """
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         dataset, data_path = "qa-jsonl", dataset
     cls = DATASETS.get(dataset)
@@ -27,7 +33,7 @@ def load_documents(dataset: str, data_path: str, limit: int | None, seed: int) -
     if reason:
         raise BenchError(f"dataset {dataset!r} is unavailable: {reason}")
     documents = cls(path=data_path, seed=seed).documents(limit)
-    if limit is not None and len(documents) < limit:
+    if strict and limit is not None and len(documents) < limit:
         raise BenchError(f"dataset {dataset!r} has {len(documents)} contexts, fewer than the {limit} asked for")
     return documents
 
@@ -40,9 +46,13 @@ class QATask(Task):
     def needed_documents(self) -> int:
         raise NotImplementedError
 
+    def load_documents(self) -> list[Document]:
+        """The documents this run uses; a task may override how shortages are handled."""
+        return load_documents(self.dataset, self.data_path, self.needed_documents(), 0)
+
     def prepare(self, lm: LM) -> None:
         self.lm = lm
-        self.documents = load_documents(self.dataset, self.data_path, self.needed_documents(), 0)
+        self.documents = self.load_documents()
         self.by_id = {doc.id: doc for doc in self.documents}
         for doc in self.documents:
             probe = max(doc.probes, key=lambda qa: len(qa.question))

@@ -1,0 +1,182 @@
+"""Sequential injection with retention (the paper's sequential table and retention matrix).
+
+Each episode is one sequence of L contexts, run on a fresh method: step 0 probes every context of
+the sequence before anything is injected, then each step injects one context and probes ALL the
+sequence's contexts again. The result holds the matrix step x position (mean over sequences), the
+per-step mean QA-F1, efficacy (the context injected at this step) and retention by distance (the
+context injected k steps earlier).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from benchmark.errors import BenchError
+from benchmark.metrics import summarize
+from benchmark.registry import register_task
+from benchmark.report import fmt_ci
+from benchmark.types import Document
+from tasks.base import MethodFactory
+from tasks.qa import QATask, Stopwatch, load_documents, per_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SequentialParams:
+    num_sequences: int = 2  # independent sequences over consecutive, disjoint slices of the data
+    sequence_length: int = 5  # contexts injected one per step in each sequence (L)
+
+
+@register_task("sequential")
+class SequentialTask(QATask):
+    description = "sequential injection: one context per step, all of the sequence probed after each step"
+    Params = SequentialParams
+    profiles = {
+        "smoke": {"num_sequences": 2, "sequence_length": 3},
+        "quick": {},
+        "paper": {"num_sequences": 50, "sequence_length": 20},  # the first 1000 contexts
+    }
+
+    def needed_documents(self) -> int:
+        return self.params.num_sequences * self.params.sequence_length
+
+    def load_documents(self) -> list[Document]:
+        """Use what the data set has: fewer whole sequences, or one shorter one, with a warning."""
+        asked_n, asked_l = self.params.num_sequences, self.params.sequence_length
+        if asked_n < 1 or asked_l < 1:
+            raise BenchError("num_sequences and sequence_length must be at least 1")
+        documents = load_documents(self.dataset, self.data_path, asked_n * asked_l, 0, strict=False)
+        if not documents:
+            raise BenchError(f"dataset {self.dataset!r} has no contexts")
+        length = min(asked_l, len(documents))
+        count = min(asked_n, len(documents) // length) if length else 0
+        if (count, length) != (asked_n, asked_l):
+            log.warning(
+                "dataset %r has %d contexts, fewer than the %d x %d asked for: running %d sequence(s) of %d",
+                self.dataset, len(documents), asked_n, asked_l, count, length,
+            )
+        self.num_sequences, self.sequence_length = count, length
+        return documents[: count * length]
+
+    def episodes(self) -> list[str]:
+        return [f"seq-{i}" for i in range(self.num_sequences)]
+
+    def _doc_ids(self, episode: str) -> list[str]:
+        index = int(episode.rsplit("-", 1)[1])
+        n = self.sequence_length
+        return [doc.id for doc in self.documents[index * n : (index + 1) * n]]
+
+    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
+        doc_ids = self._doc_ids(episode)
+        method = make_method()
+        watch = Stopwatch()
+        contexts = self.contexts(method, doc_ids)
+        steps: list[dict[str, Any]] = []
+        for step in range(len(doc_ids) + 1):
+            if step > 0:
+                with watch("inject_s"):
+                    method.inject([contexts[step - 1]])
+            with watch("eval_s"):
+                predictions = self.probe(method, doc_ids)
+            steps.append({
+                "step": step,
+                "injected": doc_ids[step - 1] if step else None,
+                "per_context": per_context(predictions),
+                "footprint_bytes": method.footprint().extra_bytes,
+                "predictions": predictions,
+            })
+        footprint = method.footprint()
+        return {
+            "episode": episode,
+            "context_ids": doc_ids,
+            "num_targets": sum(len(c.targets) for c in contexts),
+            "matrix": {m: episode_matrix(steps, doc_ids, m) for m in metrics_of(steps)},
+            "steps": steps,
+            "cost": {**watch.seconds, **method.stats},
+            "footprint": {"extra_bytes": footprint.extra_bytes, "changed_params": footprint.changed_params,
+                          **footprint.detail},
+        }
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return aggregate_sequences(records, self.seed)
+
+    @classmethod
+    def summary(cls, scores: dict[str, Any]) -> str:
+        return sequential_summary(scores)
+
+
+def metrics_of(steps: list[dict[str, Any]]) -> list[str]:
+    """The metrics every context has at every step (qa_f1, acc, and retrieval ones when present)."""
+    keys = [set(scores) for step in steps for scores in step["per_context"].values()]
+    common = set.intersection(*keys) if keys else set()
+    return [m for m in ("qa_f1", "acc") if m in common] + sorted(common - {"qa_f1", "acc"})
+
+
+def episode_matrix(steps: list[dict[str, Any]], doc_ids: list[str], metric: str) -> list[list[float]]:
+    """Rows are steps 0..L, columns are the contexts in injection order."""
+    return [[step["per_context"][d][metric] for d in doc_ids] for step in steps]
+
+
+def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Per-step means, the mean matrix, efficacy and retention by distance, with bootstrap CIs.
+
+    Intervals resample (sequence, context) cells, the unit the paper averages over. The headline
+    ``qa_f1`` / ``acc`` are the final step's: all contexts, after the whole sequence is injected.
+    """
+    metrics = [m for m in records[0]["matrix"] if all(m in r["matrix"] for r in records)]
+    cubes = {m: np.asarray([r["matrix"][m] for r in records], dtype=float) for m in metrics}  # seq x step x pos
+    n_seq, n_steps, length = cubes[metrics[0]].shape
+    steps = []
+    for s in range(n_steps):
+        row: dict[str, Any] = {"step": s, "injected": s}
+        row.update({m: summarize(cube[:, s, :].ravel().tolist(), seed=seed) for m, cube in cubes.items()})
+        steps.append(row)
+    retention = []
+    for k in range(length):  # context injected at step s - k, seen at step s (k = 0: efficacy)
+        row = {"distance": k}
+        for m, cube in cubes.items():
+            cells = [cube[q, s, s - 1 - k] for q in range(n_seq) for s in range(k + 1, n_steps)]
+            row[m] = summarize(cells, seed=seed)
+        retention.append(row)
+    final = {m: steps[-1][m] for m in metrics}
+    return {
+        **final,
+        "num_sequences": n_seq,
+        "sequence_length": length,
+        "steps": steps,
+        "matrix": {m: cube.mean(axis=0).round(6).tolist() for m, cube in cubes.items()},
+        "efficacy": {m: retention[0][m] for m in metrics},
+        "retention": retention,
+        "before": {m: steps[0][m] for m in metrics},
+    }
+
+
+MATRIX_MAX_LENGTH = 10  # longer sequences print without the matrix (it stays in the result file)
+
+
+def sequential_summary(scores: dict[str, Any]) -> str:
+    """The per-step table, retention by distance, efficacy and (short sequences) the matrix."""
+    from tabulate import tabulate
+
+    metrics = [m for m in ("qa_f1", "acc") if m in scores["efficacy"]]
+    n_seq, length = scores["num_sequences"], scores["sequence_length"]
+    parts = [f"{n_seq} sequence(s) of {length} contexts; means over sequences x contexts, 95% CI"]
+    rows = [[row["step"]] + [fmt_ci(row[m]) for m in metrics] for row in scores["steps"]]
+    parts.append(tabulate(rows, headers=["step (injected)"] + metrics, tablefmt="github"))
+    rows = [[row["distance"]] + [fmt_ci(row[m]) for m in metrics] + [row[metrics[0]]["n"]]
+            for row in scores["retention"]]
+    parts.append("retention: score of the context injected k steps before the probe (k = 0: efficacy)")
+    parts.append(tabulate(rows, headers=["k"] + metrics + ["n"], tablefmt="github"))
+    parts.append("efficacy " + ", ".join(f"{m} {fmt_ci(scores['efficacy'][m])}" for m in metrics)
+                 + "; before injection " + ", ".join(f"{m} {fmt_ci(scores['before'][m])}" for m in metrics))
+    if length <= MATRIX_MAX_LENGTH:
+        matrix = scores["matrix"][metrics[0]]
+        rows = [[s] + [f"{v:.2f}" for v in row] for s, row in enumerate(matrix)]
+        parts.append(f"{metrics[0]} matrix (rows: step, columns: context in injection order)")
+        parts.append(tabulate(rows, headers=["step"] + [str(i + 1) for i in range(length)], tablefmt="github"))
+    return "\n\n".join(parts)

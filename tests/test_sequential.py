@@ -1,0 +1,154 @@
+"""The sequential task: step count, matrix shape and values, fresh methods, step-0 probing, sizes."""
+
+import json
+import logging
+
+import pytest
+
+from benchmark.registry import METHODS, register_method
+from benchmark.runner import RunRequest, run
+from methods.base import Method
+from tasks.qa import load_documents
+
+EVENTS: list[tuple[int, str, list[str]]] = []  # (instance number, "inject" | "generate", context ids)
+
+
+def gold_answers(dataset: str = "fictional", limit: int = 20) -> dict[str, str]:
+    return {qa.question: qa.answers[0] for d in load_documents(dataset, "", limit, 0) for qa in d.probes}
+
+
+@pytest.fixture
+def recording_methods():
+    """Two test methods that never call the model: one remembers every injected context, one only
+    the latest. Both answer a probe with its gold answer iff they remember the probe's context,
+    and log every call with the instance that made it."""
+    gold: dict[str, str] = {}
+    instances: list[Method] = []
+
+    class Recording(Method):
+        keep_all = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.number = len(instances)
+            self.memory: list[str] = []
+            instances.append(self)
+
+        def inject(self, contexts):
+            ids = [c.id for c in contexts]
+            EVENTS.append((self.number, "inject", ids))
+            self.memory = self.memory + ids if self.keep_all else ids
+
+        def generate(self, prompts):
+            EVENTS.append((self.number, "generate", sorted({p.id for p in prompts})))
+            return [gold[p.question] if p.id in self.memory else "" for p in prompts]
+
+    register_method("test-remember-all")(type("RememberAll", (Recording,), {"keep_all": True}))
+    register_method("test-remember-last")(type("RememberLast", (Recording,), {"keep_all": False}))
+    EVENTS.clear()
+    yield gold, instances
+    for name in ("test-remember-all", "test-remember-last"):
+        METHODS._items.pop(name, None)
+
+
+def run_seq(tmp_path, lm, method="test-remember-all", dataset=None, **sizes):
+    overrides = {k: str(v) for k, v in sizes.items()}
+    request = RunRequest(method=method, task="sequential", dataset=dataset, profile="smoke", out=tmp_path,
+                         overrides=overrides)
+    return run(request, lm=lm)
+
+
+def test_step_count_and_matrix_shape(tmp_path, recording_methods, tiny_lm):
+    gold, _ = recording_methods
+    gold.update(gold_answers())
+    outcome = run_seq(tmp_path, tiny_lm, num_sequences=2, sequence_length=4)
+    data = json.loads(outcome.path.read_text())
+    scores = data["scores"]
+    assert (scores["num_sequences"], scores["sequence_length"]) == (2, 4)
+    assert len(data["episodes"]) == 2
+    for record in data["episodes"]:
+        assert [s["step"] for s in record["steps"]] == [0, 1, 2, 3, 4]
+        assert [s["injected"] for s in record["steps"]] == [None] + record["context_ids"]
+        for step in record["steps"]:  # every step probes every context of the sequence
+            assert set(step["per_context"]) == set(record["context_ids"])
+            assert {p["context_id"] for p in step["predictions"]} == set(record["context_ids"])
+    for metric in ("qa_f1", "acc"):
+        matrix = scores["matrix"][metric]
+        assert len(matrix) == 5 and all(len(row) == 4 for row in matrix)
+        # remembered contexts score 1, the others 0: the matrix is strictly lower triangular
+        assert matrix == [[1.0 if j < s else 0.0 for j in range(4)] for s in range(5)]
+    assert [round(s["qa_f1"]["mean"], 6) for s in scores["steps"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert scores["steps"][0]["qa_f1"]["n"] == 8  # 2 sequences x 4 contexts
+    assert scores["qa_f1"] == scores["steps"][-1]["qa_f1"]
+    assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
+    assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 1.0, 1.0, 1.0]
+    assert [r["qa_f1"]["n"] for r in scores["retention"]] == [8, 6, 4, 2]
+    assert scores["before"]["qa_f1"]["mean"] == 0.0
+
+
+def test_retention_by_distance_sees_forgetting(tmp_path, recording_methods, tiny_lm):
+    gold, _ = recording_methods
+    gold.update(gold_answers())
+    scores = run_seq(tmp_path, tiny_lm, method="test-remember-last", num_sequences=2, sequence_length=3).result["scores"]
+    assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
+    assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
+    assert [round(s["qa_f1"]["mean"], 6) for s in scores["steps"]] == [0.0, round(1 / 3, 6), round(1 / 3, 6),
+                                                                       round(1 / 3, 6)]
+
+
+def test_fresh_method_per_sequence_and_step0_probes_first(tmp_path, recording_methods, tiny_lm):
+    gold, instances = recording_methods
+    gold.update(gold_answers())
+    outcome = run_seq(tmp_path, tiny_lm, num_sequences=3, sequence_length=3)
+    assert len(instances) == 3 and len({id(m) for m in instances}) == 3
+    sequences = [r["context_ids"] for r in outcome.result["episodes"]]
+    assert len({c for seq in sequences for c in seq}) == 9  # disjoint slices of the data
+    for number, seq in enumerate(sequences):
+        calls = [(kind, ids) for n, kind, ids in EVENTS if n == number]
+        # probes of all contexts first (step 0), then one injection and a full probe per step
+        expected = [("generate", sorted(seq))]
+        for context in seq:
+            expected += [("inject", [context]), ("generate", sorted(seq))]
+        assert calls == expected
+        assert instances[number].memory == seq  # it saw its own sequence and nothing else
+
+
+def test_fewer_contexts_than_asked_uses_what_exists(tmp_path, recording_methods, tiny_lm, caplog):
+    gold, _ = recording_methods
+    path = tmp_path / "three.jsonl"
+    lines = []
+    for i in range(3):
+        lines.append(json.dumps({"id": f"c{i}", "context": f"Item {i} is blue.",
+                                 "probes": [{"question": f"What colour is item {i}?", "answers": ["blue"]}]}))
+        gold[f"What colour is item {i}?"] = "blue"
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="tasks.sequential"):
+        scores = run_seq(tmp_path, tiny_lm, dataset=str(path), num_sequences=2, sequence_length=2).result["scores"]
+    assert (scores["num_sequences"], scores["sequence_length"]) == (1, 2)
+    assert "fewer than the 2 x 2 asked for" in caplog.text
+    scores = run_seq(tmp_path, tiny_lm, dataset=str(path), num_sequences=1, sequence_length=5).result["scores"]
+    assert (scores["num_sequences"], scores["sequence_length"]) == (1, 3)
+    assert len(scores["matrix"]["qa_f1"]) == 4
+
+
+def test_cli_prints_step_table_and_retention(tmp_path, recording_methods, bench):
+    gold, _ = recording_methods
+    gold.update(gold_answers())
+    code, out, err = bench("run", "--method", "test-remember-last", "--task", "sequential", "--profile", "smoke",
+                           "--out", tmp_path)
+    assert code == 0, err
+    assert "step (injected)" in out and "retention" in out and "efficacy qa_f1 1.0000" in out
+    assert "qa_f1 matrix" in out
+
+
+def test_squad_sequences_from_shared_data(tmp_path, recording_methods, tiny_lm, shared_data):
+    if not (shared_data / "squad" / "dev-v1.1.part_a.json").is_file():
+        pytest.skip("shared SQuAD copy is absent")
+    gold, instances = recording_methods
+    gold.update(gold_answers("squad", 4))
+    outcome = run_seq(tmp_path, tiny_lm, dataset="squad", num_sequences=2, sequence_length=2)
+    scores = outcome.result["scores"]
+    assert outcome.result["dataset"] == "squad"
+    assert [r["context_ids"] for r in outcome.result["episodes"]] == [["squad-000-000", "squad-000-001"],
+                                                                      ["squad-000-002", "squad-000-003"]]
+    assert scores["matrix"]["qa_f1"] == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
