@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean reference leaderboard
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The quick reference runs of every method that runs here into results/ (hours on a small CPU;
+# finished runs are kept), then the leaderboard page rebuilt from them.
+reference: $(STAMP)
+	$(BIN)/python -m benchmark.reference
+	$(BIN)/bench leaderboard
+
+leaderboard: $(STAMP)
+	$(BIN)/bench leaderboard
 
 clean:
 	rm -rf $(VENV)
