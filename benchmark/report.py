@@ -12,6 +12,9 @@ def fmt_ci(score: dict[str, Any], digits: int = 4) -> str:
     return f"{score['mean']:.{digits}f} [{score['ci_low']:.{digits}f}, {score['ci_high']:.{digits}f}]"
 
 
-def score_table(scores: dict[str, Any], keys: tuple[str, ...] = ("qa_f1", "acc")) -> str:
+SCORE_KEYS = ("qa_f1", "acc", "retrieval_recall@1", "retrieval_recall@k")  # the last two: retrievers only
+
+
+def score_table(scores: dict[str, Any], keys: tuple[str, ...] = SCORE_KEYS) -> str:
     rows = [(key, fmt_ci(scores[key]), scores[key]["n"]) for key in keys if key in scores]
     return tabulate(rows, headers=("metric", "mean [95% CI]", "n"), tablefmt="github")

@@ -15,6 +15,9 @@ from benchmark.types import Context, Document, Prompt
 from methods.base import Method
 from tasks.base import Task
 
+# Scored when the method retrieves (it exposes ``last_retrieved``): was the gold context first / in the top k?
+RETRIEVAL_METRICS = ("retrieval_recall@1", "retrieval_recall@k")
+
 
 def load_documents(
     dataset: str, data_path: str, limit: int | None, seed: int, strict: bool = True
@@ -83,7 +86,7 @@ class QATask(Task):
         answers = method.generate(prompts)
         if len(answers) != len(prompts):
             raise RuntimeError(f"{method.name} returned {len(answers)} answers for {len(prompts)} prompts")
-        return [
+        records = [
             {
                 "context_id": doc_id,
                 "question": qa.question,
@@ -94,6 +97,13 @@ class QATask(Task):
             }
             for (doc_id, qa), answer in zip(meta, answers)
         ]
+        retrieved = getattr(method, "last_retrieved", None)  # retrievers: context ids per prompt, best first
+        if retrieved is not None and len(retrieved) == len(records):
+            for record, ids in zip(records, retrieved):
+                record["retrieved"] = list(ids)
+                record["retrieval_recall@1"] = float(ids[:1] == [record["context_id"]])
+                record["retrieval_recall@k"] = float(record["context_id"] in ids)
+        return records
 
 
 def per_context(predictions: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -101,20 +111,24 @@ def per_context(predictions: list[dict[str, Any]]) -> dict[str, dict[str, float]
     grouped: dict[str, list[dict[str, Any]]] = {}
     for p in predictions:
         grouped.setdefault(p["context_id"], []).append(p)
-    return {
+    scores = {
         cid: {
             "qa_f1": sum(p["f1"] for p in rows) / len(rows),
             "acc": sum(p["acc"] for p in rows) / len(rows),
         }
         for cid, rows in grouped.items()
     }
+    for cid, rows in grouped.items():
+        for key in RETRIEVAL_METRICS:
+            if all(key in p for p in rows):
+                scores[cid][key] = sum(p[key] for p in rows) / len(rows)
+    return scores
 
 
 def summarize_contexts(contexts: list[dict[str, float]], seed: int) -> dict[str, Any]:
     """Means over contexts with bootstrap 95% intervals."""
-    return {
-        metric: summarize([c[metric] for c in contexts], seed=seed) for metric in ("qa_f1", "acc")
-    }
+    metrics = ("qa_f1", "acc") + tuple(k for k in RETRIEVAL_METRICS if contexts and all(k in c for c in contexts))
+    return {metric: summarize([c[metric] for c in contexts], seed=seed) for metric in metrics}
 
 
 class Stopwatch:
