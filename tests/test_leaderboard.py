@@ -83,3 +83,15 @@ def test_empty_results_folder(tmp_path, bench):
     assert "No results yet." in page
     code, _, err = bench("leaderboard", "--results", tmp_path / "absent", "--out", tmp_path / "board")
     assert code == 2 and "no results folder" in err
+
+
+def test_reference_plan_skips_what_does_not_apply():
+    from benchmark.reference import plan
+
+    cells, notes = plan(methods=["base_q", "base_cq"], tasks=["batch", "recommendation"], datasets=["fictional", "redial"])
+    chosen = {(c.method, c.task, c.dataset) for c in cells}
+    assert ("base_q", "batch", "fictional") in chosen and ("base_cq", "batch", "fictional") in chosen
+    assert ("base_cq", "recommendation", "redial") not in chosen  # no gold context to show
+    assert all(c.task != "sequential" for c in cells)
+    if any("redial" in n and "data not present" in n for n in notes):
+        assert ("base_q", "recommendation", "redial") not in chosen
