@@ -1,0 +1,320 @@
+"""Conversational recommendation (the paper's INSPIRED / ReDial experiment), scored by Recall@k r1–r4.
+
+Injected material: training conversations, "System: …" / "User: …" lines. Probes: the
+recommendation points of the test dialogs, asked with the paper's recommender prompt through the
+chat template (greedy); the reply is parsed and scored in ``tasks.crs_scoring``.
+
+Episodes: the method is built and injected once per run, then the probes are answered in shards
+of ``probes_per_episode``; each shard is an episode, saved when done, so an interrupted run
+resumes at the first unfinished shard (re-injecting once, with the same seed). Sharding splits the
+evaluation only: every shard is answered by the same injected model, as in one episode.
+
+Target sentences (for methods that train on them) come from the conversations themselves: at
+every recommender turn that names a movie not mentioned before, "Question: <the last few turns>
+Which movies should the recommender suggest next? Answer: <those titles>". They teach the mapping
+the probe asks for — dialog so far -> recommended titles — in the paper's "Question: … Answer: …"
+form. ``--set targets=local`` (or ``openai``) generates QA pairs from the conversation text
+instead, as the paper did with gpt-4o-mini.
+
+Base, C+Q does not apply: a recommendation point has no gold context to put in the prompt (the
+dialog is the prompt already); the retrieval methods are the way to put training conversations in
+context.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from benchmark.errors import BenchError
+from benchmark.metrics import summarize
+from benchmark.models import LM
+from benchmark.registry import DATASETS, register_task
+from benchmark.targets import check_no_leakage, make_targets
+from benchmark.types import QA, Context, Document, Prompt
+from methods.base import Method
+from tasks.base import MethodFactory, Task
+from tasks.crs_scoring import FILTER_NAMES, FILTERS, KS, TitleMatcher, parse_recommendations, score_list
+from tasks.data.crs import SYSTEM, Conversation, CRSDataset, RecProbe, Turn, parse_dialog, render_turns
+
+# The recommender prompt of the paper's CRS evaluation, character for character.
+RECOMMENDER_PROMPT = (
+    "Pretend you are a movie recommender system. \n I will give you a conversation between a user and "
+    "you (a recommender system). Based on the conversation, you reply me with 20 recommendations "
+    "without extra sentences.\n Here is the conversation: {}"
+)
+# SmolLM2-135M-Instruct answers the paper's prompt by continuing the dialog ("System: …") rather
+# than listing titles (3 of 3 probes tried); without the empty "System: " slot and with this last
+# line it writes a numbered list (3 of 3). ``prompt_style=list`` adds it; ``paper`` is the original.
+LIST_INSTRUCTION = "\n\nNow list 20 movie titles, one per line, numbered 1 to 20."
+PROMPT_STYLES = ("paper", "list")
+TARGET_QUESTION = "Which movies should the recommender suggest next?"
+
+
+@dataclass
+class RecommendationParams:
+    num_probes: int = 40  # recommendation points asked, evenly spaced over the test file; 0 = all
+    probes_per_episode: int = 16  # probes answered and saved together (the unit a run resumes by)
+    num_conversations: int = 20  # training conversations injected (first N with a recommendation); 0 = all
+    max_list_tokens: int = 160  # generation budget for the 20-title list (the paper: 512)
+    prompt_style: str = "paper"  # paper: the paper's prompt verbatim | list: plus a closing "list 20 titles" line
+    candidates: str = "entities"  # titles a line may map to: entities (the paper's code) | items
+    max_distance: int = 2  # r3/r4 drop matches farther than this edit distance (the paper: 2)
+    target_turns: int = 6  # dialog turns quoted in a target sentence's question
+
+
+@register_task("recommendation")
+class RecommendationTask(Task):
+    description = "conversational recommendation (INSPIRED, ReDial): inject conversations, Recall@k r1-r4"
+    Params = RecommendationParams
+    profiles = {
+        "smoke": {"num_probes": 4, "probes_per_episode": 2, "num_conversations": 3, "max_list_tokens": 24},
+        "quick": {"prompt_style": "list"},
+        "paper": {"num_probes": 0, "probes_per_episode": 256, "num_conversations": 0, "max_list_tokens": 512},
+    }
+    default_dataset = "redial"
+    dataset_kind = "crs"
+
+    # ---- data ------------------------------------------------------------------------------
+    def prepare(self, lm: LM) -> None:
+        p = self.params
+        if p.candidates not in ("entities", "items"):
+            raise BenchError(f"candidates must be 'entities' or 'items', not {p.candidates!r}")
+        if p.prompt_style not in PROMPT_STYLES:
+            raise BenchError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, not {p.prompt_style!r}")
+        if p.probes_per_episode < 1 or p.num_probes < 0 or p.num_conversations < 0 or p.max_list_tokens < 1:
+            raise BenchError("num_probes and num_conversations must be >= 0, probes_per_episode and "
+                             "max_list_tokens >= 1")
+        self.lm = lm
+        data = self._dataset()
+        self.catalogue = data.catalogue()
+        self.probes = select_evenly(data.probes(), p.num_probes)
+        for probe in self.probes:
+            missing = [i for i in probe.gold + probe.seen if i not in self.catalogue.titles]
+            if missing:
+                raise BenchError(f"probe {probe.id!r}: entity ids {missing[:5]} are not in entity2id.json")
+        self.conversations = self._training_conversations(data.conversations())
+        self.prompts: dict[str, str] = {}
+        self.dropped_turns: dict[str, int] = {}
+        for probe in self.probes:
+            self.prompts[probe.id], self.dropped_turns[probe.id] = self._fit(probe)
+        titles = self.catalogue.titles
+        pool = titles.values() if p.candidates == "entities" else [titles[i] for i in self.catalogue.items if i in titles]
+        self.matcher = TitleMatcher(pool)
+        self._method: Method | None = None
+        self._targets: dict[str, list[str]] | None = None
+
+    def _dataset(self) -> CRSDataset:
+        cls = DATASETS.get(self.dataset)
+        if getattr(cls, "kind", "qa") != "crs":
+            known = ", ".join(n for n, c in DATASETS.items() if getattr(c, "kind", "qa") == "crs")
+            raise BenchError(f"dataset {self.dataset!r} is not a recommendation data set; use one of: {known}")
+        reason = cls.unavailable_reason()
+        if reason:
+            raise BenchError(f"dataset {self.dataset!r} is unavailable: {reason}")
+        return cls(path=self.data_path, seed=self.seed)
+
+    def _training_conversations(self, conversations: list[Conversation]) -> list[Conversation]:
+        """The first N conversations in which the recommender names a new movie (all have targets)."""
+        usable = [c for c in conversations if recommendation_qa(c, self.params.target_turns)]
+        if not usable:
+            raise BenchError(f"no training conversation of {self.dataset!r} has a recommendation turn")
+        n = self.params.num_conversations
+        if n and len(usable) < n:
+            raise BenchError(f"{self.dataset!r} has {len(usable)} usable training conversations, "
+                             f"fewer than the {n} asked for")
+        return usable[:n] if n else usable
+
+    def _fit(self, probe: RecProbe) -> tuple[str, int]:
+        """The probe's prompt; the oldest turns are dropped if it would not fit the model window."""
+        reserve = self.params.max_list_tokens
+        starts = turn_starts(probe.dialog)
+        for dropped in range(max(1, len(starts) - 1)):  # the last start is the empty reply slot
+            dialog = probe.dialog[starts[dropped]:] if dropped else probe.dialog
+            question = build_question(dialog, self.params.prompt_style)
+            text = self.lm.format_prompt(Prompt(probe.id, question, chat=True))
+            if len(self.lm.encode(text)) + reserve <= self.lm.max_length:
+                return question, dropped
+        raise BenchError(f"probe {probe.id!r}: even its last turn with a {reserve}-token answer does not "
+                         f"fit model {self.lm.name!r} ({self.lm.max_length} tokens)")
+
+    # ---- injection ---------------------------------------------------------------------------
+    def targets(self) -> dict[str, list[str]]:
+        """Target sentences per conversation, made once per run and checked against the probes."""
+        if self._targets is None:
+            turns = self.params.target_turns
+            documents = [Document(c.id, c.text(), (), tuple(recommendation_qa(c, turns)), c.source)
+                         for c in self.conversations]
+            self._targets = make_targets(documents, self.run, self.lm, self.seed)
+            titles = self.catalogue.titles
+            probe_docs = [
+                Document(p.id, p.dialog, (QA(target_question(parse_dialog(p.dialog)[-turns:]),
+                                             tuple(titles[g] for g in p.gold)),))
+                for p in self.probes
+            ]
+            check_no_leakage(probe_docs, self._targets)
+        return self._targets
+
+    def contexts(self, method: Method) -> list[Context]:
+        targets = self.targets() if method.uses_targets else {}
+        return [Context(c.id, c.text(), list(targets.get(c.id, []))) for c in self.conversations]
+
+    def _injected(self, make_method: MethodFactory) -> tuple[Method, dict[str, Any]]:
+        """The run's injected method, built on first use; the second value describes the injection."""
+        if self._method is not None:
+            return self._method, {}
+        from benchmark.runner import episode_seed, seed_everything
+
+        method = make_method()
+        if method.sees_gold_context:
+            raise BenchError(
+                f"method {method.name!r} does not apply to the recommendation task: a recommendation "
+                "point has no gold context (the dialog is already the prompt); use base_q, or a "
+                "retrieval method to put training conversations in context"
+            )
+        contexts = self.contexts(method)
+        seed_everything(episode_seed(self.seed, "inject"))  # the same injection whichever shard runs it
+        tick = time.perf_counter()
+        method.inject(contexts)
+        self._method = method
+        return method, {"inject_s": time.perf_counter() - tick, "num_contexts": len(contexts),
+                        "num_targets": sum(len(c.targets) for c in contexts)}
+
+    # ---- episodes ----------------------------------------------------------------------------
+    def episodes(self) -> list[str]:
+        size = self.params.probes_per_episode
+        return [f"probes-{i:04d}" for i in range(0, len(self.probes), size)]
+
+    def _shard(self, episode: str) -> list[RecProbe]:
+        start = int(episode.rsplit("-", 1)[1])
+        return self.probes[start : start + self.params.probes_per_episode]
+
+    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
+        shard = self._shard(episode)
+        before = dict(self._method.stats) if self._method is not None else {}
+        method, injection = self._injected(make_method)
+        prompts = [Prompt(p.id, self.prompts[p.id], chat=True, max_new_tokens=self.params.max_list_tokens,
+                          multiline=True) for p in shard]
+        tick = time.perf_counter()
+        answers = method.generate(prompts)
+        eval_s = time.perf_counter() - tick
+        if len(answers) != len(prompts):
+            raise RuntimeError(f"{method.name} returned {len(answers)} answers for {len(prompts)} prompts")
+        tick = time.perf_counter()
+        predictions = self.score(shard, answers)
+        score_s = time.perf_counter() - tick
+        footprint = method.footprint()
+        stats = {k: v - before.get(k, 0) if isinstance(v, (int, float)) else v for k, v in method.stats.items()}
+        cost = {**stats, "eval_s": eval_s, "score_s": score_s}
+        if injection:
+            cost["inject_s"] = injection.pop("inject_s")
+        return {
+            "episode": episode,
+            "probe_ids": [p.id for p in shard],
+            **injection,
+            "predictions": predictions,
+            "cost": cost,
+            "footprint": {"extra_bytes": footprint.extra_bytes, "changed_params": footprint.changed_params,
+                          **footprint.detail},
+        }
+
+    def score(self, probes: list[RecProbe], answers: list[str]) -> list[dict[str, Any]]:
+        titles = self.catalogue.titles
+        items = [parse_recommendations(a) for a in answers]
+        matches = self.matcher.match([line for lines in items for line in lines])
+        records, offset = [], 0
+        for probe, answer, lines in zip(probes, answers, items):
+            matched = matches[offset : offset + len(lines)]
+            offset += len(lines)
+            gold = [titles[g] for g in probe.gold]
+            record = {
+                "probe_id": probe.id,
+                "dialog_id": probe.dialog_id,
+                "gold": gold,
+                "output": answer,
+                "items": lines,
+                "matches": [[title, distance] for title, distance in matched],
+                "hits": score_list(matched, gold, [titles[s] for s in probe.seen], self.params.max_distance),
+            }
+            if self.dropped_turns.get(probe.id):
+                record["turns_dropped"] = self.dropped_turns[probe.id]
+            records.append(record)
+        return records
+
+    # ---- scores ------------------------------------------------------------------------------
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        predictions = [p for r in records for p in r["predictions"]]
+        scores: dict[str, Any] = {}
+        for name in FILTERS:
+            for k in KS:
+                values = [h for p in predictions for h in p["hits"][name][str(k)]]
+                scores[f"recall@{k}_{name}"] = summarize(values, seed=self.seed)
+        scores["list_length"] = summarize([len(p["items"]) for p in predictions], seed=self.seed)
+        near = [sum(d <= self.params.max_distance for _, d in p["matches"]) / len(p["matches"])
+                for p in predictions if p["matches"]]
+        if near:  # replies with no parsable line have no share to report
+            scores["in_catalogue"] = summarize(near, seed=self.seed)
+        return scores
+
+    @classmethod
+    def summary(cls, scores: dict[str, Any]) -> str:
+        from tabulate import tabulate
+
+        from benchmark.report import fmt_ci
+
+        rows = []
+        for name in FILTERS:
+            row = [FILTER_NAMES[name], fmt_ci(scores[f"recall@1_{name}"])]
+            row += [f"{scores[f'recall@{k}_{name}']['mean']:.4f}" for k in KS[1:]]
+            rows.append(row + [scores[f"recall@1_{name}"]["n"]])
+        headers = ["filter", "Recall@1 [95% CI]"] + [f"Recall@{k}" for k in KS[1:]] + ["gold items"]
+        table = tabulate(rows, headers=headers, tablefmt="github")
+        length, near = scores["list_length"], scores.get("in_catalogue")
+        note = f"{length['mean']:.1f} list lines per reply over {length['n']} probes"
+        if near:
+            note += f"; {near['mean']:.0%} of lines within the edit-distance limit of a catalogue title"
+        return f"{table}\n{note}"
+
+
+def select_evenly(probes: list[RecProbe], n: int) -> list[RecProbe]:
+    """``n`` probes spread evenly over the file (all when n is 0 or too large): many dialogs, not a few."""
+    if not n or n >= len(probes):
+        return probes
+    return [probes[i * len(probes) // n] for i in range(n)]
+
+
+def build_question(dialog: str, style: str) -> str:
+    """The user message for one probe: the paper's prompt around the dialog, in the given style."""
+    if style == "list":
+        slot = "\nSystem: "
+        body = dialog[: -len(slot)] if dialog.endswith(slot) else dialog
+        return RECOMMENDER_PROMPT.format(body) + LIST_INSTRUCTION
+    return RECOMMENDER_PROMPT.format(dialog)
+
+
+def turn_starts(dialog: str) -> list[int]:
+    """Offsets in a probe's dialog where each turn line begins ("User: " / "System: ")."""
+    starts = [0]
+    for marker in ("\nUser: ", "\nSystem: "):
+        index = dialog.find(marker, 1)
+        while index != -1:
+            starts.append(index)
+            index = dialog.find(marker, index + 1)
+    return sorted(set(starts))
+
+
+def target_question(turns: list[Turn] | tuple[Turn, ...]) -> str:
+    return f"{render_turns(turns)}\n{TARGET_QUESTION}"
+
+
+def recommendation_qa(conversation: Conversation, window: int) -> list[QA]:
+    """A QA pair at every recommender turn that names movies not mentioned earlier in the dialog."""
+    pairs, mentioned = [], set()
+    for i, turn in enumerate(conversation.turns):
+        new = [m for m in turn.movies if m.lower() not in mentioned]
+        if turn.speaker == SYSTEM and new and i > 0:
+            pairs.append(QA(target_question(conversation.turns[max(0, i - window) : i]), (", ".join(new),)))
+        mentioned.update(m.lower() for m in turn.movies)
+    return pairs
+
