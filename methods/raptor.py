@@ -67,7 +67,7 @@ class Raptor(RetrievalMethod):
     Params = RaptorParams
     profiles = {
         "smoke": {"chunk_tokens": 48, "min_nodes": 3, "summary_tokens": 16, "max_context_tokens": 256},
-        "quick": {"summary_tokens": 64, "max_layers": 2},
+        "quick": {"summary_tokens": 64, "max_layers": 2, "top_k": 3},
         "paper": {},
     }
 

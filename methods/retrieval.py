@@ -88,6 +88,10 @@ class RetrievalParams:
     top_k: int = 3  # passages put in the prompt, best first
     chunk_tokens: int = 256  # passage size in model tokens (whole sentences)
     max_context_tokens: int = 2000  # budget for the retrieved text (also cut to the model window)
+    # best_last puts the best passage right before the question. Measured on fictional, 20 contexts,
+    # SmolLM2-135M, BM25 top-3 with retrieval recall@1 = 1.0: QA-F1 0.63 best_last, 0.14 best_first
+    # (the small model answers from whichever passage comes last).
+    order: str = "best_last"  # or best_first
 
 
 class RetrievalMethod(Method):
@@ -168,6 +172,10 @@ class RetrievalMethod(Method):
         if not kept:
             ids = self.lm.tokenizer(passages[0].text, add_special_tokens=False)["input_ids"][:budget]
             kept = [self.lm.tokenizer.decode(ids)]
+        if self.params.order == "best_last":
+            kept.reverse()
+        elif self.params.order != "best_first":
+            raise BenchError(f"unknown order {self.params.order!r}; use best_first or best_last")
         context = SEPARATOR.join(kept)
         while len(self.lm.encode(self.lm.format_prompt(dataclasses.replace(prompt, context=context)))) + answer > self.lm.max_length:
             ids = self.lm.tokenizer(context, add_special_tokens=False)["input_ids"]

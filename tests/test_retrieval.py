@@ -131,6 +131,18 @@ def test_generate_prepends_retrieved_text_and_records_ids(tiny_lm, monkeypatch):
     assert "Halvessa" in seen[0] and seen[0].index("Context:") < seen[0].index("Question:")
 
 
+@pytest.mark.parametrize("order", ["best_last", "best_first"])
+def test_passage_order_in_the_prompt(order, tiny_lm, monkeypatch):
+    method = make(BM25, BM25Params(top_k=2, order=order), tiny_lm)
+    method.inject(CORPUS)
+    seen: list[str] = []
+    monkeypatch.setattr(tiny_lm, "generate", lambda prompts, **kw: seen.extend(prompts) or [""] * len(prompts))
+    method.generate([Prompt("volcano", "When did Mount Oskarra erupt?")])
+    second = method.passages[method.search(["When did Mount Oskarra erupt?"], 2)[0][1]].text
+    best_at, second_at = seen[0].index("Oskarra is a volcano"), seen[0].index(second)
+    assert (best_at > second_at) == (order == "best_last")
+
+
 def test_empty_index_asks_without_context(tiny_lm, monkeypatch):
     method = make(DenseRetrieval, DPRParams(), tiny_lm)
     seen: list[str] = []
