@@ -138,10 +138,12 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         steps.append(row)
     retention = []
     for k in range(length):  # context injected at step s - k, seen at step s (k = 0: efficacy)
-        row = {"distance": k}
+        row: dict[str, Any] = {"distance": k, "gain": {}}
+        cells = [(q, s, s - 1 - k) for q in range(n_seq) for s in range(k + 1, n_steps)]
         for m, cube in cubes.items():
-            cells = [cube[q, s, s - 1 - k] for q in range(n_seq) for s in range(k + 1, n_steps)]
-            row[m] = summarize(cells, seed=seed)
+            row[m] = summarize([cube[q, s, j] for q, s, j in cells], seed=seed)
+            # the same cells minus their step-0 score: what injection added, whatever the context's difficulty
+            row["gain"][m] = summarize([cube[q, s, j] - cube[q, 0, j] for q, s, j in cells], seed=seed)
         retention.append(row)
     final = {m: steps[-1][m] for m in metrics}
     return {
@@ -151,6 +153,7 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         "steps": steps,
         "matrix": {m: cube.mean(axis=0).round(6).tolist() for m, cube in cubes.items()},
         "efficacy": {m: retention[0][m] for m in metrics},
+        "efficacy_gain": dict(retention[0]["gain"]),
         "retention": retention,
         "before": {m: steps[0][m] for m in metrics},
     }
@@ -168,10 +171,12 @@ def sequential_summary(scores: dict[str, Any]) -> str:
     parts = [f"{n_seq} sequence(s) of {length} contexts; means over sequences x contexts, 95% CI"]
     rows = [[row["step"]] + [fmt_ci(row[m]) for m in metrics] for row in scores["steps"]]
     parts.append(tabulate(rows, headers=["step (injected)"] + metrics, tablefmt="github"))
-    rows = [[row["distance"]] + [fmt_ci(row[m]) for m in metrics] + [row[metrics[0]]["n"]]
+    first = metrics[0]
+    rows = [[row["distance"]] + [fmt_ci(row[m]) for m in metrics] + [fmt_ci(row["gain"][first]), row[first]["n"]]
             for row in scores["retention"]]
-    parts.append("retention: score of the context injected k steps before the probe (k = 0: efficacy)")
-    parts.append(tabulate(rows, headers=["k"] + metrics + ["n"], tablefmt="github"))
+    parts.append("retention: score of the context injected k steps before the probe (k = 0: efficacy); "
+                 f"gain: minus the same contexts' {first} at step 0")
+    parts.append(tabulate(rows, headers=["k"] + metrics + [f"gain {first}", "n"], tablefmt="github"))
     parts.append("efficacy " + ", ".join(f"{m} {fmt_ci(scores['efficacy'][m])}" for m in metrics)
                  + "; before injection " + ", ".join(f"{m} {fmt_ci(scores['before'][m])}" for m in metrics))
     if length <= MATRIX_MAX_LENGTH:

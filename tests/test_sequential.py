@@ -83,6 +83,8 @@ def test_step_count_and_matrix_shape(tmp_path, recording_methods, tiny_lm):
     assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
     assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 1.0, 1.0, 1.0]
     assert [r["qa_f1"]["n"] for r in scores["retention"]] == [8, 6, 4, 2]
+    assert [r["gain"]["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 1.0, 1.0, 1.0]
+    assert scores["efficacy_gain"]["acc"]["mean"] == 1.0
     assert scores["before"]["qa_f1"]["mean"] == 0.0
 
 
@@ -92,6 +94,7 @@ def test_retention_by_distance_sees_forgetting(tmp_path, recording_methods, tiny
     scores = run_seq(tmp_path, tiny_lm, method="test-remember-last", num_sequences=2, sequence_length=3).result["scores"]
     assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
     assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
+    assert [r["gain"]["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
     assert [round(s["qa_f1"]["mean"], 6) for s in scores["steps"]] == [0.0, round(1 / 3, 6), round(1 / 3, 6),
                                                                        round(1 / 3, 6)]
 
