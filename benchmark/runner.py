@@ -72,12 +72,16 @@ class ResolvedRun:
     path: Path
 
 
-def resolve(request: RunRequest) -> ResolvedRun:
-    """Check names, availability and ``--set`` keys; raises ``BenchError`` before any work."""
+def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
+    """Check names, availability and ``--set`` keys; raises ``BenchError`` before any work.
+
+    ``check_available=False`` names the result file without asking whether this machine can run
+    the method: a sweep's driver names the files of cells that a cluster's workers check and run.
+    """
     method_cls = METHODS.get(request.method)
     task_cls = TASKS.get(request.task)
     for kind, cls in (("method", method_cls), ("task", task_cls)):
-        reason = cls.unavailable_reason()
+        reason = cls.unavailable_reason() if check_available else None
         if reason:
             raise UnavailableError(f"{kind} {cls.name!r} cannot run here: {reason}")
     params = build_params(

@@ -1,0 +1,81 @@
+"""``bench sweep SPEC.yaml``: every cell of a spec as one ordinary run, locally or on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep", help="run a grid of methods x tasks x data sets x models x seeds from a YAML spec",
+        description="Run every cell of a sweep spec (see sweeps/*.yaml). Cells whose result file "
+                    "exists are skipped, so the same command resumes an interrupted sweep.")
+    parser.add_argument("spec", type=Path, help="the sweep spec (YAML)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: one cell after another in this process (default); ray: one Ray task per cell")
+    parser.add_argument("--address", help="Ray cluster to join (e.g. auto or ray://head:10001); "
+                                           "without it a local Ray instance is started")
+    parser.add_argument("--num-cpus", type=float, help="CPUs of the local Ray instance (default: the spec's ray.num_cpus)")
+    parser.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance (default: the spec's ray.num_gpus or all)")
+    parser.add_argument("--out", type=Path, help="result folder (default: the spec's out)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter in every cell (replaces the spec's value)")
+    parser.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
+                        help="run only the cells with these values (axes: method task dataset model profile seed)")
+    parser.add_argument("--force", action="store_true", help="recompute cells whose result exists")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    parser.set_defaults(handler=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.config import parse_overrides
+    from benchmark.sweep import (FAILED, LocalExecutor, RayExecutor, import_ray, load_spec,
+                                 print_summary, run_sweep, with_only)
+
+    if args.executor == "ray" and not args.dry_run:
+        import_ray()  # says how to install it before any work
+    sweep = load_spec(args.spec, overrides=parse_overrides(args.overrides), out=args.out, force=args.force)
+    if args.only:
+        sweep = with_only(sweep, parse_overrides(args.only))
+    if args.dry_run:
+        return dry_run(sweep)
+    if args.executor == "ray":
+        executor = RayExecutor(
+            address=args.address,
+            num_cpus=args.num_cpus if args.num_cpus is not None else sweep.ray.get("num_cpus"),
+            num_gpus=args.num_gpus if args.num_gpus is not None else sweep.ray.get("num_gpus"),
+            max_retries=int(sweep.ray.get("max_retries", 1)),
+            verbose=args.verbose,
+        )
+    else:
+        executor = LocalExecutor()
+    try:
+        log = run_sweep(sweep, executor)
+    except KeyboardInterrupt:
+        print(f"bench: sweep interrupted; run the same command to resume (finished cells and episodes "
+              f"are kept in {sweep.out})", file=sys.stderr)
+        return 130
+    print()
+    print_summary(log)
+    return 1 if log.counts()[FAILED] else 0
+
+
+def dry_run(sweep) -> int:
+    from benchmark.sweep import FAILED, PENDING, SKIPPED, StatusLog, summary_table, unavailable_here
+
+    log = StatusLog(sweep, "dry-run")
+    for cell in sweep.cells:
+        if cell.error:
+            log.set(cell, {"status": FAILED, "error": cell.error})
+        elif cell.path.exists() and not cell.request.force:
+            log.set(cell, {"status": SKIPPED, "path": str(cell.path)})
+        else:
+            reason = unavailable_here(cell)  # a cluster's workers may still run it
+            log.set(cell, {"status": PENDING, "path": str(cell.path), "headline": reason and f"({reason})"})
+    print(f"sweep {sweep.name}: {len(sweep.cells)} cells; results in {sweep.out} (dry run: nothing written)")
+    print(summary_table(log))
+    counts = log.counts()
+    print(f"{counts[PENDING]} to run, {counts[SKIPPED]} already done, {counts[FAILED]} invalid")
+    return 0

@@ -1,0 +1,320 @@
+"""Sweeps: spec expansion, resume, failures recorded per cell, and the Ray executor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import benchmark.runner
+from benchmark.errors import BenchError
+from benchmark.registry import METHODS, register_method
+from benchmark.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
+from methods.base import Method
+
+SMOKE = {"tasks": "batch", "profiles": "smoke", "set": {"num_contexts": 1}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread, as in a 1-CPU Ray task: on a busy 2-core machine two threads run ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cells_axes(sweep) -> list[tuple]:
+    return [(c.request.method, c.request.task, c.request.profile, c.request.seed,
+             tuple(sorted(c.request.overrides.items()))) for c in sweep.cells]
+
+
+# ---- expansion -----------------------------------------------------------------------------------
+
+def test_lists_expand_to_their_product(tmp_path):
+    sweep = expand({"methods": ["base_q", "base_cq"], "tasks": "batch", "profiles": "smoke",
+                    "seeds": [0, 1, 2], "set": {"num_contexts": [1, 2], "episodes": 1}}, out=tmp_path)
+    assert len(sweep.cells) == 2 * 3 * 2
+    assert len({c.path for c in sweep.cells}) == 12  # every cell its own result file
+    assert ("base_cq", "batch", "smoke", 2, (("episodes", "1"), ("num_contexts", "2"))) in cells_axes(sweep)
+    assert all(c.path.is_relative_to(tmp_path) for c in sweep.cells)
+
+
+def test_grid_entries_override_defaults_and_merge_set(tmp_path):
+    spec = {
+        "profile": "smoke", "seeds": [0], "set": {"num_contexts": 1, "episodes": 2},
+        "resources": {"cpus": 2, "memory": "1GiB"},
+        "grid": [
+            {"method": "base_q", "task": "batch"},
+            {"methods": ["base_cq"], "tasks": ["batch"], "seeds": [5, 6], "set": {"episodes": 1},
+             "resources": {"gpus": 1}},
+        ],
+        "exclude": [{"method": "base_cq", "seed": 6}],
+    }
+    sweep = expand(spec, out=tmp_path)
+    assert cells_axes(sweep) == [
+        ("base_q", "batch", "smoke", 0, (("episodes", "2"), ("num_contexts", "1"))),
+        ("base_cq", "batch", "smoke", 5, (("episodes", "1"), ("num_contexts", "1"))),
+    ]
+    first, second = sweep.cells
+    assert (first.resources.cpus, first.resources.gpus, first.resources.memory) == (2, 0, 2**30)
+    assert (second.resources.cpus, second.resources.gpus, second.resources.memory) == (2, 1, 2**30)
+    assert second.resources.ray_options() == {"num_cpus": 2, "num_gpus": 1, "memory": 2**30}
+
+
+def test_exclude_sees_the_defaults_filled_in(tmp_path):
+    sweep = expand({**SMOKE, "methods": ["base_q", "base_cq"], "seeds": [0, 1],
+                    "exclude": [{"dataset": "fictional", "seed": 1}, {"model": "tiny-random-llama", "method": "base_cq"}]},
+                   out=tmp_path)
+    assert [(c.request.method, c.request.seed) for c in sweep.cells] == [("base_q", 0)]
+
+
+def test_same_run_reached_twice_is_one_cell(tmp_path):
+    # smoke's num_contexts is 3 already: the override names the same run, hence the same file.
+    sweep = expand({"methods": "base_q", "tasks": "batch", "profiles": "smoke",
+                    "grid": [{}, {"set": {"num_contexts": [3, 4]}}]}, out=tmp_path)
+    assert len(sweep.cells) == 2
+
+
+def test_command_line_set_replaces_spec_values(tmp_path):
+    sweep = expand({**SMOKE, "methods": ["base_q", "base_cq"], "set": {"num_contexts": [1, 2]}},
+                   overrides={"num_contexts": "4"}, out=tmp_path)
+    assert len(sweep.cells) == 2  # the two swept values collapse into the one given
+    assert {c.request.overrides["num_contexts"] for c in sweep.cells} == {"4"}
+
+
+def test_invalid_cells_carry_their_error(tmp_path):
+    sweep = expand({**SMOKE, "methods": ["base_q", "no-such-method"]}, out=tmp_path)
+    good, bad = sweep.cells
+    assert good.error is None and good.path is not None
+    assert bad.path is None and "unknown method 'no-such-method'" in bad.error
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"methods": "base_q", "tasks": "batch", "seedz": [1]}, "unknown key 'seedz'"),
+    ({"methods": "base_q", "method": "base_cq", "tasks": "batch"}, "both 'method' and 'methods'"),
+    ({"tasks": "batch"}, "names no methods"),
+    ({"methods": "base_q", "tasks": "batch", "seeds": ["one"]}, "seeds must be integers"),
+    ({"methods": "base_q", "tasks": "batch", "grid": {"methods": "x"}}, "grid must be a list"),
+    ({"methods": "base_q", "tasks": "batch", "set": {"lr": {"a": 1}}}, "is a mapping"),
+    ({"methods": "base_q", "tasks": "batch", "resources": {"memory": "lots"}}, "not a size"),
+    ({"methods": "base_q", "tasks": "batch", "exclude": [{"colour": "red"}]}, "unknown key 'colour'"),
+])
+def test_bad_specs_are_one_line_errors(tmp_path, spec, message):
+    with pytest.raises(BenchError, match=message):
+        expand(spec, out=tmp_path)
+
+
+def test_memory_units():
+    assert parse_resources({"memory": "500MB"}).memory == 500 * 10**6
+    assert parse_resources({"memory": "1.5GiB"}).memory == int(1.5 * 2**30)
+    assert parse_resources({"memory": 1024}).memory == 1024
+
+
+def test_shipped_specs_expand(tmp_path):
+    root = Path(__file__).resolve().parents[1] / "sweeps"
+    quick = load_spec(root / "quick.yaml", out=tmp_path)
+    paper = load_spec(root / "paper.yaml", out=tmp_path)
+    assert {c.request.profile for c in quick.cells} == {"quick"}
+    assert {c.request.task for c in quick.cells} == {"batch", "sequential", "recommendation"}
+    assert quick.ray["num_cpus"] == 2
+    batch = [c for c in paper.cells if c.request.task == "batch" and c.request.method == "selfparam"]
+    assert {(c.request.model, c.request.overrides["num_contexts"]) for c in batch} == {
+        (m, n) for m in ("openlm-research/open_llama_3b_v2", "mistralai/Mistral-7B-v0.1",
+                         "meta-llama/Meta-Llama-3-8B") for n in ("100", "500")}
+    assert {c.request.dataset for c in paper.cells if c.request.task == "recommendation"} == {"inspired", "redial"}
+    assert all(c.resources.gpus == 1 for c in paper.cells)
+
+
+# ---- running: resume and failures (local executor) -----------------------------------------------
+
+@pytest.fixture
+def counted_runs(monkeypatch, tiny_lm):
+    """Counts the runs the sweep starts; every run shares the session's tiny model to stay fast."""
+    calls: list[tuple[str, int]] = []
+    real_run = benchmark.runner.run
+
+    def counting_run(request, lm=None):
+        calls.append((request.method, request.seed))
+        return real_run(request, lm=tiny_lm)
+
+    monkeypatch.setattr(benchmark.runner, "run", counting_run)
+    return calls
+
+
+@pytest.fixture
+def flaky_method():
+    """A method that fails (a bug, not a user error) for seed 1 only."""
+
+    @register_method("test-sweep-flaky")
+    class Flaky(Method):
+        description = "fails for seed 1"
+
+        def inject(self, contexts):
+            if self.seed == 1:
+                raise RuntimeError("flaky method broke on purpose")
+
+    yield Flaky
+    METHODS._items.pop("test-sweep-flaky", None)
+
+
+def test_resume_skips_finished_cells(tmp_path, counted_runs):
+    spec = {**SMOKE, "methods": ["base_q"], "seeds": [0, 1, 2]}
+    first = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lambda s: None)
+    assert first.counts() == {"done": 3, "skipped": 0, "failed": 0, "pending": 0}
+    assert len(counted_runs) == 3
+
+    counted_runs.clear()
+    again = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lambda s: None)
+    assert again.counts()["skipped"] == 3 and counted_runs == []
+
+    removed = next(c for c in expand(spec, out=tmp_path).cells if c.request.seed == 1)
+    removed.path.unlink()
+    third = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lambda s: None)
+    assert counted_runs == [("base_q", 1)]
+    assert third.counts() == {"done": 1, "skipped": 2, "failed": 0, "pending": 0}
+
+    counted_runs.clear()
+    forced = with_only(expand(spec, out=tmp_path, force=True), {"seed": "2"})
+    assert run_sweep(forced, LocalExecutor(), echo=lambda s: None).counts()["done"] == 1
+    assert counted_runs == [("base_q", 2)]  # --force recomputes a finished cell
+
+
+def test_failing_cell_is_recorded_and_the_rest_complete(tmp_path, counted_runs, flaky_method, bench):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({**SMOKE, "name": "mixed", "out": str(tmp_path / "out"),
+                                         "methods": ["test-sweep-flaky", "base_q", "no-such-method"],
+                                         "seeds": [1, 2]}))
+    code, out, err = bench("sweep", spec_file)
+    assert code == 1  # some cell failed
+    assert "3 done, 0 skipped, 3 failed" in out
+    # base_q's cell after the flaky failure still ran: the failure did not stop the sweep.
+    assert counted_runs == [("test-sweep-flaky", 1), ("test-sweep-flaky", 2), ("base_q", 1), ("base_q", 2)]
+
+    header, *rows = [json.loads(line) for line in (tmp_path / "out" / "mixed.sweep.jsonl").read_text().splitlines()]
+    assert header["counts"] == {"done": 3, "skipped": 0, "failed": 3, "pending": 0}
+    status = {(r["method"], r["seed"]): r for r in rows}
+    assert status[("test-sweep-flaky", 1)]["error"] == "RuntimeError: flaky method broke on purpose"
+    assert "in inject" in status[("test-sweep-flaky", 1)]["traceback"]  # for debugging a bug
+    assert status[("test-sweep-flaky", 2)]["status"] == "done"
+    assert "unknown method 'no-such-method'" in status[("no-such-method", 1)]["error"]
+    for seed in (1, 2):
+        done = status[("base_q", seed)]
+        assert done["status"] == "done" and Path(done["path"]).is_file()
+        assert json.loads(Path(done["path"]).read_text())["seed"] == seed
+
+    # Run again: the finished cells are skipped, only the failing ones are tried again.
+    counted_runs.clear()
+    code, out, _ = bench("sweep", spec_file)
+    assert code == 1 and "0 done, 3 skipped, 3 failed" in out, out
+    assert counted_runs == [("test-sweep-flaky", 1)]
+
+
+def test_unavailable_method_fails_its_cells_only(tmp_path, counted_runs):
+    @register_method("test-sweep-needs-gpu")
+    class NeedsGPU(Method):
+        @classmethod
+        def unavailable_reason(cls):
+            return "no GPU on this test machine"
+
+    try:
+        sweep = expand({**SMOKE, "methods": ["test-sweep-needs-gpu", "base_q"]}, out=tmp_path)
+        # The driver does not judge availability: a cluster's worker may have what it lacks.
+        assert all(c.error is None and c.path for c in sweep.cells)
+        log = run_sweep(sweep, LocalExecutor(), echo=lambda s: None)
+    finally:
+        METHODS._items.pop("test-sweep-needs-gpu", None)
+    assert log.counts() == {"done": 1, "skipped": 0, "failed": 1, "pending": 0}
+    assert "cannot run here: no GPU on this test machine" in log.rows[0]["error"]
+    assert counted_runs == [("test-sweep-needs-gpu", 0), ("base_q", 0)]
+
+
+def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench):
+    @register_method("test-sweep-ctrl-c")
+    class CtrlC(Method):
+        armed = True
+
+        def inject(self, contexts):
+            if CtrlC.armed:
+                raise KeyboardInterrupt  # what Ctrl-C does in the middle of a cell
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({**SMOKE, "name": "stop", "out": str(tmp_path / "out"),
+                                         "methods": ["base_q", "test-sweep-ctrl-c", "base_cq"]}))
+    try:
+        code, out, err = bench("sweep", spec_file)
+        assert code == 130 and "run the same command to resume" in err
+        header = json.loads((tmp_path / "out" / "stop.sweep.jsonl").read_text().splitlines()[0])
+        assert header["counts"] == {"done": 1, "skipped": 0, "failed": 0, "pending": 2}
+
+        CtrlC.armed = False
+        counted_runs.clear()
+        code, out, _ = bench("sweep", spec_file)
+    finally:
+        METHODS._items.pop("test-sweep-ctrl-c", None)
+    assert code == 0 and "2 done, 1 skipped, 0 failed" in out
+    assert counted_runs == [("test-sweep-ctrl-c", 0), ("base_cq", 0)]
+
+
+def test_only_and_dry_run(tmp_path, counted_runs, bench):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({**SMOKE, "out": str(tmp_path / "out"),
+                                         "methods": ["base_q", "base_cq"], "seeds": [0, 1]}))
+    code, out, _ = bench("sweep", spec_file, "--dry-run")
+    assert code == 0 and "4 to run, 0 already done, 0 invalid" in out
+    code, out, _ = bench("sweep", spec_file, "--only", "method=base_cq", "--only", "seed=1")
+    assert code == 0 and counted_runs == [("base_cq", 1)] and "1 done, 0 skipped, 0 failed" in out
+    code, out, _ = bench("sweep", spec_file, "--dry-run")
+    assert "3 to run, 1 already done" in out
+    rows = (tmp_path / "out" / "spec.sweep.jsonl").read_text().splitlines()[1:]
+    assert [json.loads(r)["method"] for r in rows] == ["base_cq"]  # the status of the cells it ran
+
+
+def test_ray_missing_says_how_to_install(tmp_path, bench, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({**SMOKE, "methods": "base_q"}))
+    code, out, err = bench("sweep", spec_file, "--executor", "ray")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "pip install 'selfparam-bench[ray]'" in err
+
+
+# ---- the Ray executor on a local Ray instance ------------------------------------------------------
+
+def test_ray_executor_matches_local(tmp_path, bench):
+    pytest.importorskip("ray")
+    spec = {**SMOKE, "methods": ["base_q", "base_cq"], "seeds": [3], "resources": {"cpus": 1},
+            "grid": [{}, {"methods": "base_q", "datasets": "no-such-data"},
+                     {"methods": "base_cq", "seeds": 9, "resources": {"cpus": 4}}]}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+
+    code, out, err = bench("sweep", spec_file, "--executor", "ray", "--num-cpus", "2", "--out", tmp_path / "ray")
+    assert code == 1, err
+    assert "2 done, 0 skipped, 2 failed" in out
+    rows = [json.loads(line) for line in (tmp_path / "ray" / "spec.sweep.jsonl").read_text().splitlines()[1:]]
+    errors = {(r["dataset"], r["seed"]): r.get("error", "") for r in rows if r["status"] == "failed"}
+    assert "no-such-data" in errors[("no-such-data", 3)]  # raised inside a Ray worker, brought back
+    assert "needs 4 CPU" in errors[("fictional", 9)]  # would never be scheduled: failed at once
+
+    code, out, _ = bench("sweep", spec_file, "--out", tmp_path / "local", "--only", "dataset=fictional",
+                         "--only", "seed=3")
+    assert code == 0 and "2 done" in out
+    ray_files = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*__*.json"))
+    local_files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*__*.json"))
+    assert len(ray_files) == 2 and ray_files == local_files  # same cells, same result file names
+    for rel in ray_files:
+        from_ray = json.loads((tmp_path / "ray" / rel).read_text())
+        from_local = json.loads((tmp_path / "local" / rel).read_text())
+        assert from_ray["scores"] == from_local["scores"]
+        assert [p["prediction"] for e in from_ray["episodes"] for p in e["predictions"]] == \
+               [p["prediction"] for e in from_local["episodes"] for p in e["predictions"]]
+
+    code, out, _ = bench("sweep", spec_file, "--executor", "ray", "--num-cpus", "2", "--out", tmp_path / "ray",
+                         "--only", "dataset=fictional", "--only", "seed=3")
+    assert code == 0 and "0 done, 2 skipped, 0 failed" in out  # resumed: nothing dispatched
