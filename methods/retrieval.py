@@ -106,6 +106,8 @@ class RetrievalMethod(Method):
         self.passages: list[Passage] = []
         self.last_retrieved: list[list[str]] = []  # context ids per prompt of the last generate
         self.stats["index_s"] = 0.0
+        if self.params.order not in ("best_first", "best_last"):
+            raise BenchError(f"unknown order {self.params.order!r}; use best_last or best_first")
 
     def inject(self, contexts: list[Context]) -> None:
         start = time.perf_counter()
@@ -141,46 +143,51 @@ class RetrievalMethod(Method):
         with_context: list[Prompt] = []
         self.last_retrieved = []
         for prompt, indices in zip(prompts, hits):
-            chosen = [self.passages[i] for i in indices]
-            context = self.fit(prompt, chosen)
+            context, used = self.fit(prompt, [self.passages[i] for i in indices])
             with_context.append(dataclasses.replace(prompt, context=context))
-            ids = [p.context_id for p in chosen if p.context_id is not None]
+            ids = [p.context_id for p in used if p.context_id is not None]
             self.last_retrieved.append(list(dict.fromkeys(ids)))  # rank order, no repeats
         return super().generate(with_context)
 
-    def fit(self, prompt: Prompt, passages: list[Passage]) -> str | None:
-        """The passages joined, best first, cut to the token budget and the model's window.
-
-        Whole passages are kept while they fit; the first one is truncated if even it does not.
-        """
+    def fit(self, prompt: Prompt, passages: list[Passage]) -> tuple[str | None, list[Passage]]:
+        """The prompt's context: passages (given best first) kept whole while they fit the token
+        budget and the model's window, then joined in ``order``; the best one is truncated if even
+        it does not fit. Returns the text and the passages it holds (best first)."""
         if not passages:
-            return None
+            return None, []
         answer = prompt.max_new_tokens or self.run.max_new_tokens
         bare = self.lm.format_prompt(dataclasses.replace(prompt, context=""))
         window = self.lm.max_length - answer - len(self.lm.encode(bare)) - 8  # 8: joins re-tokenise
         budget = min(self.params.max_context_tokens, window)
         if budget <= 0:
-            return None
-        kept: list[str] = []
+            return None, []
+        kept: list[Passage] = []
         used = 0
         for passage in passages:
             cost = passage.tokens + (2 if kept else 0)
             if used + cost > budget:
                 break
-            kept.append(passage.text)
+            kept.append(passage)
             used += cost
+        texts = [p.text for p in kept]
         if not kept:
-            ids = self.lm.tokenizer(passages[0].text, add_special_tokens=False)["input_ids"][:budget]
-            kept = [self.lm.tokenizer.decode(ids)]
-        if self.params.order == "best_last":
-            kept.reverse()
-        elif self.params.order != "best_first":
-            raise BenchError(f"unknown order {self.params.order!r}; use best_first or best_last")
-        context = SEPARATOR.join(kept)
-        while len(self.lm.encode(self.lm.format_prompt(dataclasses.replace(prompt, context=context)))) + answer > self.lm.max_length:
+            kept = passages[:1]
+            texts = [self._cut(passages[0].text, budget, keep_start=True)]
+        best_last = self.params.order == "best_last"
+        context = SEPARATOR.join(texts[::-1] if best_last else texts)
+        while self._too_long(dataclasses.replace(prompt, context=context), answer):
+            # Tokenisation is not additive: trim the worst passage's end of the text a little more.
             ids = self.lm.tokenizer(context, add_special_tokens=False)["input_ids"]
-            context = self.lm.tokenizer.decode(ids[: max(0, len(ids) - 16)])
-        return context
+            context = self._cut(context, len(ids) - 16, keep_start=not best_last)
+        return context, kept
+
+    def _cut(self, text: str, tokens: int, keep_start: bool) -> str:
+        ids = self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        tokens = max(0, tokens)
+        return self.lm.tokenizer.decode(ids[:tokens] if keep_start else ids[len(ids) - tokens :])
+
+    def _too_long(self, prompt: Prompt, answer: int) -> bool:
+        return len(self.lm.encode(self.lm.format_prompt(prompt))) + answer > self.lm.max_length
 
     def text_bytes(self) -> int:
         return sum(len(p.text.encode()) for p in self.passages)
