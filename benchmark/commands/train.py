@@ -1,0 +1,61 @@
+"""``bench train METHOD``: train the learned part of a method that has one (memoryllm-mini).
+
+A method opts in with a ``TrainParams`` dataclass, ``train_profiles`` and a classmethod
+``train_mechanism(lm, method_params, train_params, seed)`` that saves what it learned (in the cache)
+and returns a JSON-able summary; ``bench run`` then picks it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from benchmark.config import DEFAULT_MODELS, PROFILES, RUN_PROFILES, RunParams, build_params, parse_overrides
+from benchmark.errors import BenchError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a method's learned mechanism (memoryllm-mini)")
+    parser.add_argument("method")
+    parser.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
+    parser.add_argument("--profile", default="quick", choices=PROFILES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter (run.x, method.x, train.x or a unique bare name)")
+    parser.set_defaults(handler=cmd_train)
+
+
+def trainable_methods() -> list[str]:
+    from benchmark.registry import METHODS
+
+    return [name for name, cls in METHODS.items() if hasattr(cls, "train_mechanism")]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from benchmark.models import load_lm
+    from benchmark.registry import METHODS
+    from benchmark.runner import seed_everything
+
+    cls = METHODS.get(args.method)
+    if not hasattr(cls, "train_mechanism"):
+        raise BenchError(f"method {args.method!r} has nothing to train; trainable: {', '.join(trainable_methods())}")
+    reason = cls.unavailable_reason()
+    if reason:
+        raise BenchError(f"method {args.method!r} cannot run here: {reason}")
+    params = build_params(
+        {
+            "run": (RunParams, RUN_PROFILES),
+            "method": (cls.Params, cls.profiles),
+            "train": (cls.TrainParams, cls.train_profiles),
+        },
+        args.profile,
+        parse_overrides(args.overrides),
+    )
+    run: RunParams = params["run"]
+    seed_everything(args.seed)
+    lm = load_lm(args.model or DEFAULT_MODELS[args.profile], device=args.device, precision=run.precision,
+                 prompt_format=run.prompt_format, seed=args.seed, fewshot=run.fewshot)
+    summary = cls.train_mechanism(lm, params["method"], params["train"], args.seed)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

@@ -1,0 +1,215 @@
+"""InfLLM (Xiao et al., 2024): training-free block memory inside attention.
+
+The injected contexts form one stream that the model reads chunk by chunk (each ``inject`` call
+appends to it, so sequential injection keeps growing the same memory). By default the stream is laid
+out as the context of the run's C+Q prompt — InfLLM used as the long-context model it is: with a
+window longer than the stream, the model sees exactly the Base C+Q prompt with every injected context
+in it. A question is read after the stream, in a fork of the memory, and answered greedily: every
+chunk of it, and every generated token, attends over the initial tokens, the ``topk`` blocks it
+retrieves and its local window. Which blocks each probe retrieved is logged (``bench -v run ...``)
+and counted in the episode's record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from tqdm.auto import tqdm
+
+from benchmark.errors import BenchError
+from benchmark.models import first_answer_line
+from benchmark.registry import register_method
+from benchmark.types import Context, Footprint, Prompt
+from methods.base import Method
+from methods.infllm_memory import InfLLMStream, MemoryConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InfLLMParams:
+    n_init: int = 16  # initial tokens always attended (attention sinks)
+    n_local: int = 256  # local window
+    block_size: int = 32  # tokens per memory block
+    topk: int = 4  # blocks retrieved per query chunk
+    repr_topk: int = 4  # representative tokens per block
+    chunk_size: int = 64  # query chunk (the official exc_block_size)
+    # "context": the stream is the context of the run's C+Q prompt (its demonstrations and
+    # "Context:" first, the contexts, then each question as the prompt continues), i.e. InfLLM used
+    # as a long-context model; "plain": the contexts alone, then the context-free prompt.
+    layout: str = "context"
+    separator: str = "\n\n"  # between contexts in the stream (and before the prompt in "plain")
+
+
+PLACEHOLDER = "<<infllm-context>>"
+
+
+@register_method("infllm")
+class InfLLM(Method):
+    description = "InfLLM: contexts as one stream in a block memory; retrieval of top-k blocks inside attention"
+    Params = InfLLMParams
+    # quick: scaled to SmolLM2-135M and ~1.4k-token streams (20 fictional contexts) so that the
+    # stream is several times the local window; paper: the official Mistral-7B configuration.
+    profiles = {
+        "smoke": {"n_init": 4, "n_local": 32, "block_size": 8, "topk": 2, "repr_topk": 2, "chunk_size": 16},
+        "quick": {},
+        "paper": {"n_init": 128, "n_local": 4096, "block_size": 128, "topk": 16, "repr_topk": 4,
+                  "chunk_size": 512},
+    }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        p = self.params
+        if p.layout not in ("context", "plain"):
+            raise BenchError(f"infllm: unknown layout {p.layout!r}; use context or plain")
+        self.config = MemoryConfig(p.n_init, p.n_local, p.block_size, p.topk, p.repr_topk, p.chunk_size)
+        self.stream = InfLLMStream(self.model, self.config)
+        self.contexts = 0
+        self.injected: set[str] = set()
+        self.retrieval_log: list[dict] = []  # one entry per probe: blocks per layer, contexts, gold hit
+        # per prompt of the last generate(): the contexts whose blocks the most layers retrieved
+        # (at most topk, most first); the QA tasks score it as retrieval recall
+        self.last_retrieved: list[list[str]] = []
+        self.stats.update({"stream_tokens": 0, "probes": 0, "probes_gold_in_local": 0,
+                           "probes_gold_retrieved": 0.0, "probes_gold_retrieved_chance": 0.0})
+
+    def _around_context(self, prompt: Prompt) -> tuple[str, str]:
+        """The run's C+Q prompt for this question, split around where its context goes."""
+        text = self.lm.format_prompt(replace(prompt, context=PLACEHOLDER))
+        head, found, tail = text.partition(PLACEHOLDER)
+        if not found:
+            raise BenchError("infllm: the prompt format does not show the context; use layout=plain")
+        return head, tail
+
+    def inject(self, contexts: list[Context]) -> None:
+        lead = ""
+        if self.stream.length == 0 and self.params.layout == "context" and contexts:
+            head, _ = self._around_context(Prompt("", "?"))
+            stripped = head.rstrip(" ")  # "Context: " + text: the space goes with the text's first word
+            lead = head[len(stripped) :]
+            self._read(self.stream, stripped, "prompt")
+        for context in tqdm(contexts, desc="reading stream", leave=False, disable=len(contexts) < 5):
+            text = lead + context.text if self.contexts == 0 else self.params.separator + context.text
+            self._read(self.stream, text, context.id)
+            self.contexts += 1
+            self.injected.add(context.id)
+        self.stats["stream_tokens"] = self.stream.length
+
+    def _read(self, stream: InfLLMStream, text: str, label: str) -> InfLLMStream:
+        first = stream.length == 0
+        with self.lm.autocast():
+            stream.feed(self.lm.encode(text, add_bos=first), label=label)
+        return stream
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        """Each question is read after the stream, in a fork of it, as the query chunk that retrieves.
+
+        With layout "plain", what a prompt has before its question (few-shot demonstrations, a chat
+        header) is the same for every prompt: it is read once into a fork that every question then
+        extends, so the question's own tokens form the chunk whose mean query selects the blocks.
+        Before any injection, the context-free prompt is answered by the plain model.
+        """
+        heads: dict[str, InfLLMStream] = {}
+        answers = []
+        self.last_retrieved = []
+        for prompt in tqdm(prompts, desc="answering", leave=False, disable=len(prompts) < 2):
+            if self.contexts and self.params.layout == "context":
+                base, rest = self.stream, self._around_context(prompt)[1]
+            else:
+                text = self.lm.format_prompt(prompt)
+                head, rest = split_question(text, prompt.question) if self.contexts else ("", text)
+                if head not in heads:
+                    prefix = self.params.separator + head if self.contexts else head
+                    heads[head] = self._read(self.stream.fork(), prefix, "prompt") if head else None
+                base = heads[head] or self.stream
+                if base is self.stream and self.contexts:
+                    rest = self.params.separator + rest
+            answers.append(self._answer(prompt, base, rest))
+        return answers
+
+    def _answer(self, prompt: Prompt, base: InfLLMStream, text: str) -> str:
+        tok = self.lm.tokenizer
+        max_new = prompt.max_new_tokens or self.run.max_new_tokens
+        fork = base.fork()
+        ids = self.lm.encode(text, add_bos=fork.length == 0)
+        generated: list[int] = []
+        with self.lm.autocast():
+            logits, retrievals = fork.feed(ids, label="question")
+            if self.contexts:
+                self._record(prompt, base, fork, retrievals[-1])
+            else:
+                self.last_retrieved.append([])
+            for _ in range(max_new):
+                token = int(logits.argmax())
+                if token == tok.eos_token_id:
+                    break
+                generated.append(token)
+                if not prompt.multiline and "\n" in tok.decode(generated).lstrip():
+                    break
+                logits, _ = fork.feed([token])
+        output = tok.decode(generated, skip_special_tokens=True)
+        return output if prompt.multiline else first_answer_line(output)
+
+    def _record(self, prompt: Prompt, base: InfLLMStream, fork: InfLLMStream, retrieved: list[list[int]]) -> None:
+        """Log which blocks (and so which contexts) the question's last chunk retrieved, per layer."""
+        per_context: Counter[str] = Counter()
+        gold_layers = 0
+        for blocks in retrieved:
+            labels = set().union(*(fork.block_labels(b) for b in blocks)) if blocks else set()
+            per_context.update(labels)
+            gold_layers += prompt.id in labels
+        fraction = gold_layers / len(retrieved) if retrieved else 0.0
+        in_local = prompt.id in base.local_labels()
+        gold_blocks = sum(prompt.id in fork.block_labels(b) for b in range(fork.n_blocks))
+        chance = retrieval_chance(fork.n_blocks, gold_blocks, len(retrieved[0]) if retrieved else 0)
+        entry = {
+            "prompt_id": prompt.id,
+            "question": prompt.question,
+            "blocks": fork.n_blocks,
+            "gold_in_local": in_local,
+            "gold_retrieved_layers": fraction,
+            "gold_retrieved_chance": chance,
+            "retrieved_blocks": retrieved,
+            "retrieved_contexts": dict(per_context.most_common()),
+        }
+        self.retrieval_log.append(entry)
+        ranked = [label for label, _ in per_context.most_common() if label in self.injected]
+        self.last_retrieved.append(ranked[: self.params.topk])
+        self.stats["probes"] += 1
+        self.stats["probes_gold_in_local"] += int(in_local)
+        self.stats["probes_gold_retrieved"] += fraction
+        self.stats["probes_gold_retrieved_chance"] += chance
+        top = ", ".join(f"{label}×{n}" for label, n in per_context.most_common(3))
+        log.info(
+            "probe %s %r: gold %s; a gold block retrieved in %d/%d layers (%.2f by chance); "
+            "most retrieved: %s; layer 0 blocks %s of %d",
+            prompt.id, prompt.question, "in local window" if in_local else "in memory blocks",
+            gold_layers, len(retrieved), chance, top or "none", retrieved[0] if retrieved else [],
+            fork.n_blocks,
+        )
+
+    def footprint(self) -> Footprint:
+        detail = self.stream.nbytes()
+        detail["kv_blocks"] = self.stream.n_blocks
+        extra = sum(v for k, v in detail.items() if k.endswith("_bytes"))
+        return Footprint(extra_bytes=extra, changed_params=0, detail=detail)
+
+
+def retrieval_chance(n_blocks: int, gold_blocks: int, picked: int) -> float:
+    """Probability that ``picked`` blocks drawn at random include at least one of ``gold_blocks``."""
+    if gold_blocks == 0 or picked == 0:
+        return 0.0
+    return 1.0 - math.comb(n_blocks - gold_blocks, picked) / math.comb(n_blocks, picked)
+
+
+def split_question(text: str, question: str) -> tuple[str, str]:
+    """(what precedes the question, the question and what follows); the split keeps the space
+    before the question with the question, where the tokenizer puts it."""
+    index = text.rfind(question)
+    if index <= 0:
+        return "", text
+    head = text[:index].rstrip(" ")
+    return head, text[len(head):]

@@ -1,0 +1,250 @@
+"""Training MemoryLLM-mini's memory mechanism at small scale (``bench train memoryllm-mini``).
+
+MemoryLLM's objective: inject a context into the pool, then predict what depends on it from the
+pool alone, with the gradient flowing through the self-update. Two kinds of steps, mixed:
+- text: inject ``context_tokens`` tokens of a C4 document, predict its next ``target_tokens``
+  (MemoryLLM's pre-training objective; skipped when the local C4 sample is absent);
+- QA: inject a fictional context and answer one of its *training* questions in the evaluation's
+  prompt format. Training entities come from other seeds of the generator than the evaluation set
+  (seed 0), any name shared with its first 1000 contexts is skipped, and only the training
+  phrasings are used, never the probe phrasings.
+After each target, 0..``max_distractors`` further contexts are injected before the prediction, so the
+mechanism learns to keep knowledge while the pool is being overwritten. The pool persists (detached)
+from step to step, as in the official training on a stream of documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.models import LM, cache_dir
+from benchmark.paths import shared_data
+from benchmark.results import safe_name
+from benchmark.types import QA, Document, Prompt
+from methods.memoryllm_mini import MemoryMechanism, MemoryPool, PoolConfig, build
+from tasks.data.fictional import Fictional
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_CONTEXTS = 1000  # names of the evaluation set's first contexts are never trained on
+HELDOUT_SEED = 999  # a seed kept out of training, for the before/after check
+
+
+@dataclass
+class MiniTrainParams:
+    steps: int = 600
+    max_minutes: float = 4.0  # stop earlier when this wall time is reached (0 = no limit)
+    lr: float = 1e-3
+    qa_fraction: float = 0.7  # share of QA steps (the rest: text continuation)
+    max_distractors: int = 2
+    context_tokens: int = 64
+    target_tokens: int = 32
+    heldout: int = 24  # held-out QA examples for the before/after check
+
+
+TRAIN_PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {"steps": 2, "max_minutes": 1.0, "heldout": 1, "max_distractors": 1},
+    "quick": {},
+    "paper": {"steps": 20000, "max_minutes": 0.0, "lr": 4.6e-6 * 10, "max_distractors": 19},
+}
+
+
+@dataclass
+class Sample:
+    inject: torch.Tensor  # token ids to inject
+    target: torch.Tensor  # token ids read after injection
+    loss_from: int  # index in ``target`` of the first predicted token
+
+
+def checkpoint_path(model_name: str, cfg: PoolConfig) -> Path:
+    """Where the trained mechanism of one model and pool shape lives."""
+    name = f"{safe_name(model_name)}__K{cfg.num_tokens}_blocks{cfg.num_blocks}_r{cfg.lora_r}.pt"
+    return cache_dir() / "trained" / "memoryllm-mini" / name
+
+
+def _entity(text: str) -> str:
+    return text.split(" is a ", 1)[0]
+
+
+class TrainingData:
+    """QA samples from fresh fictional entities and text samples from the local C4 sample."""
+
+    def __init__(self, lm: LM, p: MiniTrainParams, seed: int) -> None:
+        self.lm, self.p = lm, p
+        self.rng = random.Random(seed)
+        self.excluded = {_entity(d.text) for d in Fictional(seed=0).documents(EVAL_SEED_CONTEXTS)}
+        self.texts = self._c4_texts()
+        self.qa = self._qa_stream(seed)
+
+    def _c4_texts(self) -> list[str]:
+        path = shared_data("text", "c4_sample.jsonl")
+        if path is None:
+            log.warning("no local C4 sample: training on QA steps only")
+            return []
+        texts = []
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                text = json.loads(line).get("text", "")
+                if len(text) > 600:
+                    texts.append(text)
+        return texts
+
+    def _qa_stream(self, seed: int) -> Iterator[Sample]:
+        offset = 1000 + 1000 * seed
+        for k in range(10**6):
+            for doc in Fictional(seed=offset + k).documents(100):
+                if _entity(doc.text) in self.excluded:
+                    continue
+                yield qa_sample(self.lm, doc, self.rng.choice(doc.train_qa))
+
+    def text_sample(self) -> Sample:
+        p = self.p
+        need = p.context_tokens + p.target_tokens
+        while True:
+            ids = self.lm.encode(self.rng.choice(self.texts), add_bos=False)
+            if len(ids) >= need:
+                start = self.rng.randint(0, len(ids) - need)
+                ids = ids[start : start + need]
+                return Sample(torch.tensor(ids[: p.context_tokens]), torch.tensor(ids[p.context_tokens :]), 0)
+
+    def sample(self) -> Sample:
+        if self.texts and self.rng.random() >= self.p.qa_fraction:
+            return self.text_sample()
+        return next(self.qa)
+
+    def distractor(self) -> torch.Tensor:
+        if self.texts and self.rng.random() < 0.5:
+            return self.text_sample().inject
+        return next(self.qa).inject
+
+
+def qa_sample(lm: LM, doc: Document, qa: QA) -> Sample:
+    """Inject the context; read the question in the evaluation's prompt format; predict the answer."""
+    prompt_ids = lm.encode(lm.format_prompt(Prompt(doc.id, qa.question)), add_bos=False)
+    answer_ids = lm.encode(" " + qa.answers[0] + "\n", add_bos=False)
+    return Sample(
+        inject=torch.tensor(lm.encode(doc.text, add_bos=False)),
+        target=torch.tensor(prompt_ids + answer_ids),
+        loss_from=len(prompt_ids),
+    )
+
+
+def heldout_samples(lm: LM, n: int) -> list[tuple[Sample, list[torch.Tensor]]]:
+    """Held-out QA examples (a seed never trained on), each with three other contexts injected
+    before it, so the check reads a pool that holds more than the target."""
+    docs = Fictional(seed=HELDOUT_SEED).documents(n + 3)
+    rng = random.Random(HELDOUT_SEED)
+    out = []
+    for i in range(n):
+        doc = docs[i + 3]
+        others = [torch.tensor(lm.encode(d.text, add_bos=False)) for d in docs[i : i + 3]]
+        out.append((qa_sample(lm, doc, rng.choice(doc.train_qa)), others))
+    return out
+
+
+def answer_loss(pool: MemoryPool, memory: torch.Tensor, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the sample's predicted tokens read after the pool, and their argmax hits."""
+    caches = pool.prefix_cache(memory)
+    logits, _ = pool.read(sample.target, caches, pool.prefix_length(memory))
+    predicted = logits[sample.loss_from - 1 : -1].float() if sample.loss_from else logits[:-1].float()
+    gold = sample.target[sample.loss_from :] if sample.loss_from else sample.target[1:]
+    gold = gold.to(predicted.device)
+    loss = torch.nn.functional.cross_entropy(predicted, gold)
+    return loss, (predicted.argmax(-1) == gold).float()
+
+
+@torch.no_grad()
+def evaluate(lm: LM, pool: MemoryPool, examples: list[tuple[Sample, list[torch.Tensor]]]) -> dict[str, float]:
+    """Mean answer loss and token accuracy on held-out examples (fresh pool for each)."""
+    losses, hits = [], []
+    for sample, others in examples:
+        memory = None
+        with lm.autocast():
+            for ids in others + [sample.inject]:
+                memory, _ = pool.updated(memory, pool.delta(ids, memory).float())
+            loss, hit = answer_loss(pool, memory, sample)
+        losses.append(float(loss.detach()))
+        hits.append(float(hit.mean()))
+    return {"answer_loss": sum(losses) / len(losses), "answer_token_acc": sum(hits) / len(hits)}
+
+
+def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> dict[str, Any]:
+    """Train bos embeddings, the new-memory embedding and LoRA; save to the cache; return a summary."""
+    torch.manual_seed(seed)
+    parts, mechanism = build(lm.model, cfg)
+    mechanism.init_bos(parts, lm.tokenizer.bos_token_id)
+    pool = MemoryPool(parts, mechanism, torch.Generator().manual_seed(seed))
+    data = TrainingData(lm, p, seed)
+    heldout = heldout_samples(lm, p.heldout)
+    mechanism.eval()
+    before = evaluate(lm, pool, heldout)
+    log.info("held-out before training: %s", before)
+
+    optimizer = torch.optim.AdamW(mechanism.parameters(), lr=p.lr, weight_decay=0.0)
+    memory = None
+    losses: list[float] = []
+    started = time.perf_counter()
+    tokens = 0
+    bar = tqdm(range(p.steps), desc="training memoryllm-mini", unit="step")
+    for step in bar:
+        if p.max_minutes and time.perf_counter() - started > 60 * p.max_minutes:
+            log.warning("stopping at step %d: max_minutes=%s reached", step, p.max_minutes)
+            break
+        sample = data.sample()
+        with lm.autocast():
+            memory, _ = pool.updated(memory, pool.delta(sample.inject, memory).float())
+            for _ in range(data.rng.randint(0, p.max_distractors)):
+                distractor = data.distractor()
+                memory, _ = pool.updated(memory, pool.delta(distractor, memory).float())
+                tokens += len(distractor)
+            loss, _ = answer_loss(pool, memory, sample)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mechanism.parameters(), 1.0)
+        optimizer.step()
+        memory = memory.detach()
+        tokens += len(sample.inject) + len(sample.target)
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    wall = time.perf_counter() - started
+    after = evaluate(lm, pool, heldout)
+    log.info("held-out after training: %s", after)
+
+    window = max(1, min(50, len(losses) // 4))
+    summary = {
+        "model": lm.name,
+        "pool": asdict(cfg),
+        "train": asdict(p),
+        "seed": seed,
+        "steps": len(losses),
+        "train_s": wall,
+        "train_tokens": tokens,
+        "loss_first": sum(losses[:window]) / window if losses else None,
+        "loss_last": sum(losses[-window:]) / window if losses else None,
+        "heldout_before": before,
+        "heldout_after": after,
+        "c4_steps": bool(data.texts),
+    }
+    path = checkpoint_path(lm.name, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": mechanism.state_dict(), "summary": summary}, tmp)
+    tmp.replace(path)
+    summary["path"] = str(path)
+    return summary
+
+
+def load_mechanism(mechanism: MemoryMechanism, path: Path) -> dict[str, Any]:
+    """Load trained weights into ``mechanism``; returns the training summary stored with them."""
+    blob = torch.load(path, map_location=mechanism.bos.device, weights_only=True)
+    mechanism.load_state_dict(blob["state_dict"])
+    return blob.get("summary", {})

@@ -1,0 +1,143 @@
+"""MemoryLLM: the unavailable path of the official checkpoint, and memoryllm-mini's memory pool."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.config import RunParams
+from benchmark.errors import BenchError
+from benchmark.types import Context, Prompt
+from methods import memoryllm as memoryllm_module
+from methods.memoryllm import MemoryLLM, MemoryLLMMini, MemoryLLMMiniParams
+from methods.memoryllm_mini import MemoryPool, PoolConfig, build
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model runs many small operations: one thread avoids thread hand-offs that dominate
+    on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_official_checkpoint_unavailable_reason_names_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(memoryllm_module, "cached_snapshot", lambda repo: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reason = MemoryLLM.unavailable_reason()
+    assert "YuWangX/memoryllm-8b" in reason and "not in the local Hugging Face cache" in reason
+    assert "no CUDA GPU" in reason
+
+    monkeypatch.setattr(memoryllm_module, "cached_snapshot", lambda repo: tmp_path)
+    assert "cache" not in MemoryLLM.unavailable_reason()  # only the GPU is missing now
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert MemoryLLM.unavailable_reason() is None
+
+
+def test_bench_list_and_run_show_the_one_line_reason(bench, monkeypatch, tmp_path):
+    monkeypatch.setattr(memoryllm_module, "cached_snapshot", lambda repo: None)
+    code, out, _ = bench("list")
+    assert code == 0
+    line = next(row for row in out.splitlines() if row.startswith("memoryllm "))
+    assert "no: checkpoint YuWangX/memoryllm-8b is not in the local Hugging Face cache" in line
+
+    code, out, err = bench("run", "--method", "memoryllm", "--task", "batch", "--profile", "smoke",
+                           "--out", tmp_path)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "method 'memoryllm' cannot run here: checkpoint YuWangX/memoryllm-8b" in err
+    assert not list(tmp_path.rglob("*.json*"))
+
+
+def _pool(tiny_lm, k: int = 4, blocks: int = 4, seed: int = 0) -> MemoryPool:
+    parts, mechanism = build(tiny_lm.model, PoolConfig(k, blocks, lora_r=2))
+    mechanism.init_bos(parts, tiny_lm.tokenizer.bos_token_id)
+    return MemoryPool(parts, mechanism, torch.Generator().manual_seed(seed))
+
+
+def _ids(tiny_lm, text: str) -> torch.Tensor:
+    return torch.tensor(tiny_lm.encode(text, add_bos=False))
+
+
+def test_pool_keeps_its_size_and_replaces_k_random_tokens_per_injection(tiny_lm):
+    k, blocks = 4, 4
+    pool = _pool(tiny_lm, k, blocks)
+    n_layers, n = len(tiny_lm.model.model.layers), k * blocks
+    pool.inject(_ids(tiny_lm, "The first context is about a town called Orvik by the sea."))
+    assert pool.memory.shape == (n_layers, n, tiny_lm.model.config.hidden_size)
+    drops = []
+    for step in range(3):
+        old = pool.memory.clone()
+        ids = _ids(tiny_lm, f"Context number {step} says the river Sela flows past the mill.")
+        expected_new = pool.delta(ids, old)
+        pool.inject(ids)
+        assert pool.memory.shape == old.shape  # constant size
+        assert pool.last_dropped.shape == (n_layers, k)  # K dropped in every layer
+        for layer in range(n_layers):
+            dropped = set(pool.last_dropped[layer].tolist())
+            kept = [i for i in range(n) if i not in dropped]
+            assert len(kept) == n - k
+            torch.testing.assert_close(pool.memory[layer, : n - k], old[layer, kept])  # order kept
+        torch.testing.assert_close(pool.memory[:, n - k :], expected_new)  # the K new tokens last
+        drops.append(pool.last_dropped.clone())
+    assert pool.injections == 4
+    assert any(not torch.equal(d[0], d[1]) for d in drops)  # layers drop independently
+    assert not torch.equal(drops[0], drops[1])  # and differently at each injection
+
+
+def test_queries_attend_to_the_pool(tiny_lm):
+    pool = _pool(tiny_lm)
+    pool.inject(_ids(tiny_lm, "Lena Hart is a baker who lives in the city of Orvik."))
+    question = _ids(tiny_lm, "Question: Where does Lena Hart live? Answer:")
+    start = pool.prefix_length(pool.memory)
+    with torch.no_grad():
+        first, _ = pool.read(question, pool.prefix_cache(pool.memory), start)
+        other = pool.memory.clone()
+        other[:, :4] = torch.randn_like(other[:, :4])
+        second, _ = pool.read(question, pool.prefix_cache(other), start)
+        empty, _ = pool.read(question, pool.prefix_cache(None), 0)
+    assert not torch.allclose(first, second)
+    assert not torch.allclose(first, empty)
+
+
+def test_mini_method_injects_answers_and_reports_its_footprint(tiny_lm):
+    params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="none")
+    method = MemoryLLMMini(tiny_lm, params, RunParams(precision="fp32", max_new_tokens=3), seed=0)
+    method.inject([Context("a", "Tomas Ferrow owns a red kayak and a small dog called Pip."),
+                   Context("b", "The Kessel bridge was built in 1874 from grey stone.")])
+    answers = method.generate([Prompt("a", "What is the name of Tomas Ferrow's dog?")])
+    assert len(answers) == 1 and isinstance(answers[0], str)
+    footprint = method.footprint()
+    layers = len(tiny_lm.model.model.layers)
+    assert footprint.detail["memory_pool_bytes"] == layers * 16 * tiny_lm.model.config.hidden_size * 4
+    assert footprint.extra_bytes > footprint.detail["memory_pool_bytes"]
+    assert method.stats["injections"] == 2
+
+
+def test_mini_without_a_trained_mechanism_says_how_to_get_one(tiny_lm, monkeypatch, tmp_path):
+    from methods import memoryllm_train
+
+    monkeypatch.setattr(memoryllm_train, "cache_dir", lambda: tmp_path)
+    params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto")
+    with pytest.raises(BenchError, match="bench train memoryllm-mini"):
+        MemoryLLMMini(tiny_lm, params, RunParams(precision="fp32"), seed=0)
+
+
+def test_bench_train_saves_a_mechanism_that_run_loads(bench, tiny_lm, monkeypatch, tmp_path):
+    from methods import memoryllm_train
+
+    monkeypatch.setattr(memoryllm_train, "cache_dir", lambda: tmp_path)  # models stay where they are
+    code, out, err = bench("train", "memoryllm-mini", "--profile", "smoke", "--model", "tiny-random-llama")
+    assert code == 0, err
+    assert '"steps": 2' in out and "heldout_after" in out
+    saved = list((tmp_path / "trained" / "memoryllm-mini").glob("*.pt"))
+    assert len(saved) == 1
+    params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto")
+    method = MemoryLLMMini(tiny_lm, params, RunParams(precision="fp32"), seed=0)
+    assert method.trained["steps"] == 2
+    assert any(float(p.abs().sum()) > 0 for name, p in method.mechanism.named_parameters() if name.endswith(".b"))
+
+    code, _, err = bench("train", "base_q", "--profile", "smoke")
+    assert code == 2 and "has nothing to train" in err
