@@ -42,6 +42,8 @@ GENERATORS["dataset"] = lambda documents, count, seed, lm, run: dataset_targets(
 
 def make_targets(documents: list[Document], run: Any, lm: Any, seed: int) -> dict[str, list[str]]:
     """Target sentences for each document from the generator the run names."""
+    import benchmark.generation  # noqa: F401  (registers the local and openai generators)
+
     if run.targets not in GENERATORS:
         known = ", ".join(sorted(GENERATORS))
         raise BenchError(f"unknown target-sentence generator {run.targets!r}; known: {known}")

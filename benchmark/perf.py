@@ -1,0 +1,178 @@
+"""Training-throughput benchmark: SELF-PARAM as implemented here versus the official-style loop.
+
+Both run in the same process on the same contexts, target sentences and retain texts:
+
+- official style: batch size 1, three optimizer steps per QA pair (the sentence, a random context
+  suffix, a retain text), a teacher forward pass at every step, full-vocabulary KL, fp32;
+- here: the method's own ``inject`` with the chosen profile's settings (batched, cached top-k
+  teacher, bf16 autocast).
+
+Throughput is student tokens (non-pad input tokens of the model being trained) per second of
+training wall time, teacher passes included. The two are measured alternately (A B A B) so that
+a change in machine load hits both. Also printed: the measured bf16 GEMM rate and the compute
+limit it implies at 4·N FLOPs per student token (forward + input gradients; LoRA adds little).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.config import RUN_PROFILES, RunParams, build_params
+from benchmark.models import LM
+from benchmark.types import Context
+
+
+@dataclass
+class Measure:
+    tokens: int = 0
+    seconds: float = 0.0
+    student_seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def add(self, other: "Measure") -> None:
+        self.tokens += other.tokens
+        self.seconds += other.seconds
+        self.student_seconds += other.student_seconds
+
+
+def gemm_gflops(dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """Measured matmul rate at a transformer-like shape (768 tokens × 576 × 1536)."""
+    a = torch.randn(768, 576, dtype=dtype)
+    b = torch.randn(576, 1536, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, tick = 0, time.perf_counter()
+    while time.perf_counter() - tick < seconds:
+        a @ b
+        count += 1
+    return 2 * 768 * 576 * 1536 * count / (time.perf_counter() - tick) / 1e9
+
+
+def official_style(lm: LM, contexts: list[Context], retain: list[list[int]], pairs: int, lr: float,
+                   seed: int) -> Measure:
+    """The official loop's structure: per QA pair, three batch-1 fp32 steps with a live teacher."""
+    from methods.training import TrainParams, build_student
+
+    p = TrainParams(lr=lr, frozen_bf16=False)
+    student = build_student(lm, p)
+    optimizer = torch.optim.AdamW([t for t in student.parameters() if t.requires_grad], lr=lr)
+    teacher = lm.model
+    rng = random.Random(seed)
+    bos = [lm.tokenizer.bos_token_id]
+    work = [(c, s) for c in contexts for s in c.targets]
+    rng.shuffle(work)
+    measure = Measure()
+
+    def step(teacher_ids: list[int], student_ids: list[int], first: int) -> None:
+        tick = time.perf_counter()
+        student.train()
+        t_in = torch.tensor([teacher_ids], device=lm.device)
+        s_in = torch.tensor([student_ids], device=lm.device)
+        with torch.no_grad():
+            t_logits = teacher(t_in).logits[:, first : len(teacher_ids) - 1]
+        s_logits = student(s_in).logits[:, : len(student_ids) - 1]
+        loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                        reduction="batchmean")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        measure.tokens += len(student_ids)
+        measure.seconds += time.perf_counter() - tick
+
+    for i in range(pairs):
+        context, sentence = work[i % len(work)]
+        ctx = lm.encode(context.text, add_bos=False)
+        sent = lm.encode(sentence, add_bos=False)
+        step(bos + ctx + sent, bos + sent, len(ctx))
+        split = rng.randint(1, len(ctx) - 2)
+        step(bos + ctx, bos + ctx[split:], split)
+        text = retain[i % len(retain)]
+        step(bos + ctx + text, bos + text, len(ctx))
+    measure.student_seconds = measure.seconds
+    return measure
+
+
+def ours(lm: LM, method_cls: type, params: Any, run: RunParams, contexts: list[Context], seed: int) -> Measure:
+    method = method_cls(lm, params, run, seed)
+    method.inject(contexts)
+    return Measure(int(method.stats["train_tokens"]), float(method.stats["train_s"]),
+                   float(method.stats.get("student_s", 0.0)))
+
+
+def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_contexts: int = 4,
+             official_pairs: int = 6, rounds: int = 2, overrides: dict[str, str] | None = None,
+             seed: int = 0) -> dict[str, Any]:
+    """Measure both loops ``rounds`` times, alternating; returns the figures printed by ``bench perf``."""
+    from benchmark.models import load_lm
+    from benchmark.registry import METHODS
+    from benchmark.targets import make_targets
+    from methods.retain import RetainStream
+    from tasks.qa import load_documents
+
+    method_cls = METHODS.get("selfparam")
+    params = build_params({"run": (RunParams, RUN_PROFILES), "method": (method_cls.Params, method_cls.profiles)},
+                          profile, overrides or {})
+    run, mp = params["run"], params["method"]
+    torch.manual_seed(seed)
+    lm = load_lm(model, precision=run.precision, seed=seed, fewshot=run.fewshot)
+    documents = load_documents("fictional", "", num_contexts, 0)
+    targets = make_targets(documents, run, lm, seed)
+    contexts = [Context(d.id, d.text, targets[d.id]) for d in documents]
+    retain = RetainStream(lm, mp.retain_source, mp.retain_tokens, seed).take(8)
+
+    fp32 = replace(lm, precision="fp32")  # the official loop: no autocast
+    official, fast = Measure(), Measure()
+    official_style(fp32, contexts, retain, 1, mp.lr, seed)  # warm-up (allocations, kernels)
+    for _ in range(rounds):
+        official.add(official_style(fp32, contexts, retain, official_pairs, mp.lr, seed))
+        fast.add(ours(lm, method_cls, mp, run, contexts, seed))
+    bf16 = gemm_gflops(torch.bfloat16)
+    n_params = lm.info.get("parameters", 0)
+    limit = bf16 * 1e9 / (4 * n_params) if n_params else 0.0
+    return {
+        "model": model,
+        "profile": profile,
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "official_tok_s": official.rate,
+        "official_tokens": official.tokens,
+        "ours_tok_s": fast.rate,
+        "ours_student_only_tok_s": fast.tokens / fast.student_seconds if fast.student_seconds else 0.0,
+        "ours_tokens": fast.tokens,
+        "ratio": fast.rate / official.rate if official.rate else float("inf"),
+        "bf16_gemm_gflops": bf16,
+        "compute_limit_tok_s": limit,
+        "settings": {k: v for k, v in vars(mp).items()},
+        "contexts": num_contexts,
+    }
+
+
+def report(figures: dict[str, Any]) -> str:
+    load = ", ".join(f"{x:.1f}" for x in figures["load_average"])
+    lines = [
+        f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
+        f"{figures['threads']} threads, load average {load}",
+        f"official-style loop (batch 1, 3 steps per QA pair, live full-vocab teacher, fp32): "
+        f"{figures['official_tok_s']:.1f} tok/s ({figures['official_tokens']} student tokens)",
+        f"selfparam here (teacher passes included):                                      "
+        f"{figures['ours_tok_s']:.1f} tok/s ({figures['ours_tokens']} student tokens)",
+        f"selfparam here, student steps only:                                            "
+        f"{figures['ours_student_only_tok_s']:.1f} tok/s",
+        f"ratio here / official: {figures['ratio']:.2f}x",
+        f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s -> compute limit "
+        f"{figures['compute_limit_tok_s']:.0f} tok/s at 4·N FLOPs/token; here reaches "
+        f"{figures['ours_tok_s'] / figures['compute_limit_tok_s']:.0%} (student steps only "
+        f"{figures['ours_student_only_tok_s'] / figures['compute_limit_tok_s']:.0%})"
+        if figures["compute_limit_tok_s"] else "",
+    ]
+    return "\n".join(line for line in lines if line)

@@ -1,0 +1,81 @@
+"""The fine-tuning baselines: next-token loss on the contexts, FT(C), or on the target sentences, FT(S).
+
+Same student parameterisation (LoRA / full / MLP-only), batching and cost accounting as SELF-PARAM,
+so that the comparison is about the objective.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from benchmark.errors import BenchError
+from benchmark.registry import register_method
+from benchmark.types import Context
+from methods.training import Example, TrainedMethod, Trainer, TrainParams, run_epochs, steps_per_epoch
+
+
+@dataclass
+class FinetuneParams(TrainParams):
+    pass
+
+
+@dataclass
+class SentenceParams(TrainParams):
+    # "raw": train on BOS + sentence; "run": after the run's context-free prompt prefix (its
+    # demonstrations), with the loss on the sentence only (as selfparam's prompt_style=run).
+    prompt_style: str = "raw"
+
+
+class _Finetune(TrainedMethod):
+    Params = FinetuneParams
+
+    def examples(self, contexts: list[Context]) -> list[Example]:
+        raise NotImplementedError
+
+    def inject(self, contexts: list[Context]) -> None:
+        tick = time.perf_counter()
+        p = self.params
+        examples = [e for e in self.examples(contexts) if e.rows > 0]
+        if not examples:
+            raise BenchError(f"{self.name} has nothing to train on for these contexts")
+        student = self.ensure_student()
+        total = p.epochs * steps_per_epoch(len(examples), p.batch_size)
+        trainer = Trainer(student, self.lm, p, total)
+        report = run_epochs(trainer, (examples for _ in range(p.epochs)), p.batch_size, self.rng, total,
+                            desc=self.name)
+        self.record(report, time.perf_counter() - tick)
+
+
+@register_method("ft_context")
+class FinetuneContext(_Finetune):
+    description = "FT(C): next-token fine-tuning on the contexts"
+    profiles = {
+        "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
+        "quick": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "schedule": "linear", "lora_dropout": 0.0},
+        "paper": {},
+    }
+
+    def examples(self, contexts: list[Context]) -> list[Example]:
+        return [Example(self.lm.encode(c.text), 0, "context") for c in contexts]
+
+
+@register_method("ft_sentences")
+class FinetuneSentences(_Finetune):
+    description = "FT(S): next-token fine-tuning on the generated target sentences"
+    Params = SentenceParams
+    uses_targets = True
+    profiles = {
+        "smoke": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
+        "quick": {"epochs": 12, "batch_size": 32, "lr": 1e-3, "schedule": "linear", "lora_dropout": 0.0,
+                  "prompt_style": "run"},
+        "paper": {},
+    }
+
+    def examples(self, contexts: list[Context]) -> list[Example]:
+        from methods.selfparam import sentence_prefixes
+
+        _, prefix = sentence_prefixes(self.lm, contexts, self.params.prompt_style)
+        bos = self.lm.encode("")
+        return [Example(bos + prefix + self.lm.encode(s, add_bos=False), max(0, len(bos) + len(prefix) - 1), "sentence")
+                for c in contexts for s in c.targets]

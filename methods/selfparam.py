@@ -1,0 +1,233 @@
+"""SELF-PARAM (ICLR 2025): distil "the model reading the context" into the model without it.
+
+Loss: KL(teacher ‖ student) with temperature 1 on three kinds of examples, as in the official code:
+(a) the target sentences "Question: … Answer: …" (teacher: BOS + context + sentence; student:
+BOS + sentence; every sentence token), (b) a random suffix of the context (teacher: BOS + prefix +
+suffix; student: BOS + suffix), (c) unrelated retain text (teacher with the context prepended by
+default). The teacher is the ORIGINAL base model, also across sequential steps
+(``teacher=current`` gives the official code's copy of the already-updated model).
+
+Differences from the official loop, for speed, each a parameter: examples are batched instead of
+one optimizer step each (``batch_size``); teacher distributions are computed once and cached
+(``teacher_cache``), optionally top-k with a tail bucket (``teacher_topk``); a fixed pool of retain
+texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from benchmark.errors import BenchError
+from benchmark.registry import register_method
+from benchmark.types import Context, Prompt
+from methods.retain import RetainStream
+from methods.training import (
+    Dist,
+    Example,
+    TeacherSpec,
+    TrainedMethod,
+    Trainer,
+    TrainParams,
+    epoch_stream,
+    run_epochs,
+    steps_per_epoch,
+    teacher_dists,
+)
+
+
+@dataclass
+class SelfParamParams(TrainParams):
+    context_loss: bool = True  # the context-suffix term (b)
+    context_per_target: float = 1.0  # suffix examples per target sentence and epoch (official: 1)
+    retain_per_target: float = 1.0  # retain examples per target sentence and epoch (official: 1)
+    retain_tokens: int = 256  # length of a retain text (official: 256)
+    retain_pool: int = 0  # distinct retain texts per context, reused every epoch; 0 = always fresh
+    retain_source: str = "auto"  # auto | c4 | wikitext | model | slimpajama
+    retain_with_context: bool = True  # teacher sees the context before retain text (official: yes)
+    targets_per_epoch: int = 0  # target sentences per context and epoch, taken in turn; 0 = all
+    teacher: str = "original"  # original | current (a frozen copy of the model being updated)
+    teacher_topk: int = 0  # keep the teacher's top-k log-probs and a tail bucket; 0 = full vocabulary
+    teacher_cache: bool = True  # compute each teacher distribution once (False: every step, official)
+    temperature: float = 1.0
+    # How the target-sentence term frames the sentence: "raw" = the official BOS + context + sentence
+    # (student: BOS + sentence); "run" = the run's evaluation prompt format, i.e. the teacher reads
+    # the sentence as the C+Q prompt would frame it (demonstrations, "Context: …" line) and the
+    # student as the context-free Q prompt would (the same demonstrations, no context).
+    prompt_style: str = "raw"
+    qa_weight: float = 1.0
+    context_weight: float = 1.0
+    retain_weight: float = 1.0
+
+
+@register_method("selfparam")
+class SelfParam(TrainedMethod):
+    description = "SELF-PARAM: KL distillation of the context-reading model into LoRA weights"
+    Params = SelfParamParams
+    uses_targets = True
+    profiles = {
+        "smoke": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "retain_tokens": 16, "retain_pool": 1,
+                  "retain_per_target": 0.5, "context_per_target": 0.5, "teacher_topk": 16},
+        "quick": {"epochs": 12, "batch_size": 32, "lr": 1e-3, "schedule": "linear", "lora_dropout": 0.0,
+                  "retain_tokens": 48, "retain_pool": 2, "retain_per_target": 0.2, "context_per_target": 0.5,
+                  "teacher_topk": 128, "prompt_style": "run"},
+        "paper": {"teacher_cache": False},
+    }
+
+    def __init__(self, lm, params: SelfParamParams, run, seed: int = 0) -> None:
+        super().__init__(lm, params, run, seed)
+        if params.teacher not in ("original", "current"):
+            raise BenchError(f"unknown teacher {params.teacher!r}; use original or current")
+        self.retain = RetainStream(lm, params.retain_source, params.retain_tokens, seed)
+
+    def inject(self, contexts: list[Context]) -> None:
+        tick = time.perf_counter()
+        p: SelfParamParams = self.params
+        if not any(c.targets for c in contexts):
+            raise BenchError("selfparam needs target sentences; none were generated for these contexts")
+        student = self.ensure_student()
+        teacher = self.lm.model if p.teacher == "original" else _frozen_copy(student)
+        plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng)
+        per_epoch = plan.examples_per_epoch()
+        total = p.epochs * steps_per_epoch(per_epoch, p.batch_size)
+        trainer = Trainer(student, self.lm, p, total, temperature=p.temperature)
+
+        def targets_for(batch: list[Example]) -> list[Dist]:
+            return plan.teacher_targets(teacher, batch, trainer)
+
+        report = run_epochs(trainer, epoch_stream(plan.epoch, p.epochs), p.batch_size, self.rng, total,
+                            targets_for, desc="selfparam")
+        if teacher is not self.lm.model:
+            del teacher
+        self.record(report, time.perf_counter() - tick)
+
+
+def sentence_prefixes(lm, contexts: list[Context], style: str) -> tuple[list[list[int]], list[int]]:
+    """Token ids before a target sentence: one teacher prefix per context, and the student's prefix.
+
+    ``raw``: the context itself / nothing (the official code). ``run``: what the run's raw prompt
+    format puts before "Question:" with and without the context (demonstrations, "Context: …").
+    """
+    if style == "raw" or (style == "run" and lm.prompt_format != "raw"):
+        return [lm.encode(c.text, add_bos=False) for c in contexts], []
+    if style != "run":
+        raise BenchError(f"unknown prompt_style {style!r}; use raw or run")
+    marker = "\x00question\x00"
+
+    def before_question(context: str | None) -> list[int]:
+        text = lm.format_prompt(Prompt("prefix", marker, context))
+        return lm.encode(text[: text.index(f"Question: {marker}")], add_bos=False)
+
+    return [before_question(c.text) for c in contexts], before_question(None)
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    teacher = copy.deepcopy(model)
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+class InjectionPlan:
+    """The examples of each epoch and the teacher distributions they are scored against."""
+
+    def __init__(self, lm, contexts: list[Context], p: SelfParamParams, retain: RetainStream, rng) -> None:
+        self.lm, self.p, self.retain, self.rng = lm, p, retain, rng
+        bos = lm.tokenizer.bos_token_id
+        # Teacher rows line up with student rows with or without a BOS token: row 0 of a spec with
+        # ``first = len(context)`` predicts the same token as row 0 of the student's sequence.
+        self.bos = [bos] if bos is not None else []
+        self.contexts = [lm.encode(c.text, add_bos=False) for c in contexts]
+        self.targets = [[lm.encode(s, add_bos=False) for s in c.targets] for c in contexts]
+        for c, ids in zip(contexts, self.contexts):
+            if len(ids) < 3 and p.context_loss:
+                raise BenchError(f"context {c.id!r} is too short ({len(ids)} tokens) for the context loss")
+        self.teacher_prefix, self.student_prefix = sentence_prefixes(lm, contexts, p.prompt_style)
+        self.specs: dict[Any, TeacherSpec] = {}
+        self.cache: dict[Any, Dist] = {}
+        self.pools = [retain.take(p.retain_pool) for _ in contexts] if p.retain_pool > 0 else None
+        self.fresh_retain: list[Any] = []  # keys of this epoch's one-off retain texts
+        self.next_text = 0
+
+    def _counts(self, c: int) -> tuple[int, int, int]:
+        n = len(self.targets[c])
+        if self.p.targets_per_epoch:
+            n = min(n, self.p.targets_per_epoch)
+        n_ctx = round(self.p.context_per_target * n) if self.p.context_loss else 0
+        n_ret = round(self.p.retain_per_target * n)
+        return n, n_ctx, n_ret
+
+    def examples_per_epoch(self) -> int:
+        return sum(sum(self._counts(c)) for c in range(len(self.contexts)))
+
+    def epoch(self, epoch: int) -> list[Example]:
+        p, bos = self.p, self.bos
+        for key in self.fresh_retain:  # one-off texts of the previous epoch
+            self.cache.pop(key, None)
+            self.specs.pop(key, None)
+        self.fresh_retain = []
+        examples: list[Example] = []
+        for c, ctx in enumerate(self.contexts):
+            n, n_ctx, n_ret = self._counts(c)
+            sentences = self.targets[c]
+            t_prefix, s_prefix = self.teacher_prefix[c], self.student_prefix
+            for i in range(n):
+                j = (epoch * n + i) % len(sentences)
+                key = ("qa", c, j)
+                self.specs.setdefault(key, TeacherSpec(bos + t_prefix + sentences[j], len(t_prefix)))
+                examples.append(Example(bos + s_prefix + sentences[j], len(s_prefix), "qa", p.qa_weight, (key, 0)))
+            if n_ctx:
+                key = ("ctx", c)
+                self.specs.setdefault(key, TeacherSpec(bos + ctx, 0))
+                for _ in range(n_ctx):
+                    split = self.rng.randint(1, len(ctx) - 2)
+                    examples.append(Example(bos + ctx[split:], 0, "context", p.context_weight, (key, split)))
+            if n_ret:
+                if self.pools is not None:
+                    texts = [(("ret", c, (epoch * n_ret + i) % len(self.pools[c])),
+                              self.pools[c][(epoch * n_ret + i) % len(self.pools[c])]) for i in range(n_ret)]
+                else:
+                    texts = []
+                    for ids in self.retain.take(n_ret):
+                        key = ("ret-fresh", c, self.next_text)
+                        self.next_text += 1
+                        self.fresh_retain.append(key)
+                        texts.append((key, ids))
+                for key, ids in texts:
+                    if p.retain_with_context:
+                        self.specs.setdefault(key, TeacherSpec(bos + ctx + ids, len(ctx)))
+                    else:
+                        self.specs.setdefault(key, TeacherSpec(bos + ids, 0))
+                    examples.append(Example(bos + ids, 0, "retain", p.retain_weight, (key, 0)))
+        return examples
+
+    def teacher_targets(self, teacher, batch: list[Example], trainer: Trainer) -> list[Dist]:
+        """Cached teacher rows for the batch; missing ones are computed for the whole epoch at once."""
+        p = self.p
+        keys = [e.teacher[0] for e in batch]
+        missing = [k for k in dict.fromkeys(keys) if k not in self.cache]
+        if missing:
+            if p.teacher_cache:  # every pending spec of this epoch in one bucketed pass
+                missing = [k for k in self.specs if k not in self.cache]
+            specs = [self.specs[k] for k in missing]
+            tick = time.perf_counter()
+            dists = teacher_dists(teacher, self.lm, specs, topk=p.teacher_topk, temperature=p.temperature,
+                                  progress="teacher" if len(specs) > 64 else None)
+            trainer.report.teacher_s += time.perf_counter() - tick
+            trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)
+            computed = dict(zip(missing, dists))
+            if p.teacher_cache:
+                self.cache.update(computed)
+        else:
+            computed = {}
+        result = []
+        for e in batch:
+            key, row = e.teacher
+            dist = self.cache[key] if key in self.cache else computed[key]
+            result.append(dist[row : row + e.rows])
+        return result

@@ -1,0 +1,163 @@
+"""SELF-PARAM on the tiny random model: the objective, the teacher and what training may change."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from benchmark.config import RunParams
+from benchmark.types import Context
+from methods.selfparam import SelfParam, SelfParamParams
+from methods.training import Dist, Example, TeacherSpec, Trainer, TrainParams, build_student, kl_rows, teacher_dists
+
+SENTENCE = "Question: Who founded Douprur? Answer: Drexrain Lintrim"
+CONTEXT = "Douprur is a town. It was founded by Drexrain Lintrim in 1526."
+
+
+def small(**changes) -> SelfParamParams:
+    """Few, cheap steps: the tiny model's cost is dominated by its full-size vocabulary."""
+    base = dict(epochs=2, batch_size=8, lr=1e-2, retain_tokens=8, retain_pool=1, retain_per_target=0.5,
+                context_per_target=0.5, teacher_topk=16, retain_source="model")
+    base.update(changes)
+    return SelfParamParams(**base)
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def kl_of(lm, student, context: str, topk: int) -> float:
+    bos = [lm.tokenizer.bos_token_id]
+    ctx = lm.encode(context, add_bos=False) if context else []
+    sent = lm.encode(SENTENCE, add_bos=False)
+    dist = teacher_dists(lm.model, lm, [TeacherSpec(bos + ctx + sent, len(ctx))], topk=topk)[0]
+    trainer = Trainer(student, lm, TrainParams(lora_dropout=0.0), 1)
+    student.eval()
+    with torch.no_grad():
+        return float(trainer.loss([Example(bos + sent, 0)], [dist]))
+
+
+@pytest.mark.parametrize("topk", [0, 1024])
+def test_kl_is_zero_for_the_unchanged_model_without_context_and_positive_with_it(tiny_lm, topk):
+    student = build_student(tiny_lm, TrainParams(lora_dropout=0.0))  # LoRA B starts at zero
+    assert abs(kl_of(tiny_lm, student, "", topk)) < 1e-6
+    assert kl_of(tiny_lm, student, CONTEXT, topk) > 1e-4
+
+
+def test_topk_tail_bucket_kl_is_exact_when_the_tail_is_one_token():
+    torch.manual_seed(0)
+    teacher = torch.log_softmax(torch.randn(5, 50), -1)
+    student = torch.log_softmax(torch.randn(5, 50), -1)
+    full = kl_rows(student, Dist(teacher))
+    values, index = teacher.topk(49, -1)  # the tail bucket is then the 50th token itself
+    assert torch.allclose(kl_rows(student, Dist(values, index)), full, atol=1e-5)
+    values, index = teacher.topk(5, -1)
+    coarse = kl_rows(student, Dist(values, index))
+    assert (coarse >= -1e-6).all() and (coarse <= full + 1e-5).all()  # coarsening never adds divergence
+
+
+def test_loss_decreases_and_lora_leaves_base_weights_untouched(tiny_lm):
+    original = state(tiny_lm.model)
+    method = SelfParam(tiny_lm, small(epochs=6, batch_size=16, schedule="constant"), RunParams(), seed=0)
+    method.inject([Context("c0", CONTEXT, [SENTENCE, "Question: When was Douprur founded? Answer: 1526"])])
+    losses = method.last_report.losses
+    assert len(losses) >= 6
+    assert sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2
+    assert same(original, state(tiny_lm.model))  # the shared base model is the original
+    student_base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                    for k, v in method.student.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(student_base[k], original[k]) for k in original)  # only adapters changed
+    lora = [v for k, v in method.student.state_dict().items() if "lora_B" in k]
+    assert lora and any(v.abs().sum() > 0 for v in lora)
+    footprint = method.footprint()
+    assert footprint.changed_params == sum(v.numel() for k, v in method.student.named_parameters() if v.requires_grad)
+    assert footprint.extra_bytes == 4 * footprint.changed_params
+    assert method.stats["train_tokens"] > 0 and method.stats["train_s"] > 0
+
+
+@pytest.mark.parametrize("teacher", ["original", "current"])
+def test_teacher_across_sequential_steps(tiny_lm, monkeypatch, teacher):
+    import methods.selfparam as sp
+
+    seen: list[dict[str, torch.Tensor]] = []
+    real = sp.teacher_dists
+
+    def spy(model, *args, **kwargs):
+        seen.append((model is tiny_lm.model, state(model)))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(sp, "teacher_dists", spy)
+    original = state(tiny_lm.model)
+    method = SelfParam(tiny_lm, small(teacher=teacher), RunParams(), seed=0)
+    method.inject([Context("c0", CONTEXT, [SENTENCE])])
+    method.inject([Context("c1", "Fistear is a person. Fistear worked as a botanist.",
+                           ["Question: What job did Fistear have? Answer: botanist"])])
+    assert len(seen) >= 2
+    if teacher == "original":
+        assert all(is_base and same(weights, original) for is_base, weights in seen)
+    else:  # a copy of the model being updated: by the second step it carries the first step's adapter
+        assert not seen[-1][0]
+        lora_b = [v for k, v in seen[-1][1].items() if "lora_B" in k]
+        assert any(v.abs().sum() > 0 for v in lora_b)
+    assert same(original, state(tiny_lm.model))
+    assert method.student is method.model  # the same adapters kept accumulating
+
+
+def test_uncached_teacher_gives_the_same_first_step_as_the_cached_one(tiny_lm):
+    def first_loss(cache: bool) -> float:
+        method = SelfParam(tiny_lm, small(epochs=1, teacher_cache=cache, lora_dropout=0.0), RunParams(), seed=3)
+        method.inject([Context("c0", CONTEXT, [SENTENCE])])
+        return method.last_report.losses[0]
+
+    assert first_loss(True) == pytest.approx(first_loss(False), rel=1e-4)
+
+
+def test_retain_texts_come_from_c4_when_present(tiny_lm, shared_data):
+    from methods.retain import RetainStream, resolve_source
+
+    if not (shared_data / "text" / "c4_sample.jsonl").exists():
+        pytest.skip("no C4 sample")
+    assert resolve_source("auto") == "c4"
+    stream = RetainStream(tiny_lm, "auto", 32, seed=0)
+    first, second = stream.take(3), stream.take(3)
+    assert all(16 <= len(ids) <= 32 for ids in first + second)
+    assert first != second  # a stream hands out new texts
+
+
+def test_unknown_settings_are_one_line_errors(bench, tmp_path):
+    code, _, err = bench("run", "--method", "selfparam", "--task", "batch", "--profile", "smoke",
+                         "--set", "params=half", "--out", tmp_path)
+    assert code == 2 and "unknown params 'half'" in err
+
+
+def test_bench_run_selfparam_smoke(bench, tmp_path):
+    code, out, err = bench("run", "--method", "selfparam", "--task", "batch", "--profile", "smoke",
+                           "--set", "num_contexts=2", "--set", "num_targets=3", "--set", "retain_source=model",
+                           "--out", tmp_path)
+    assert code == 0, err
+    result = json.loads(next(tmp_path.rglob("selfparam__*.json")).read_text())
+    assert result["cost"]["train_tokens"] > 0 and result["cost"]["train_tokens_per_s"] > 0
+    assert result["cost"]["footprint_bytes"] > 0
+    assert result["config"]["params"]["method"]["teacher"] == "original"
+    assert "tok/s" in out
+
+
+def test_teacher_prefix_sharing_matches_separate_passes(tiny_lm):
+    bos = [tiny_lm.tokenizer.bos_token_id]
+    ctx = tiny_lm.encode(CONTEXT, add_bos=False)
+    sentences = [tiny_lm.encode(s, add_bos=False) for s in
+                 (SENTENCE, "Question: When? Answer: 1526", "Question: What is Douprur? Answer: a town")]
+    specs = [TeacherSpec(bos + ctx + s, len(ctx)) for s in sentences] + [TeacherSpec(bos + ctx, 0)]
+    for topk in (0, 32):
+        shared = teacher_dists(tiny_lm.model, tiny_lm, specs, topk=topk, share_prefix=8)
+        separate = teacher_dists(tiny_lm.model, tiny_lm, specs, topk=topk, share_prefix=0)
+        for a, b in zip(shared, separate):
+            assert a.logp.shape == b.logp.shape
+            assert torch.allclose(a.logp, b.logp, atol=1e-4)
