@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_method
-from benchmark.types import Context, Footprint
+from benchmark.types import Context, Footprint, Prompt
 from methods.retrieval import (
     BUNDLED_ENCODER,
     Passage,
@@ -81,7 +81,7 @@ class Raptor(RetrievalMethod):
         self.layers: list[list[int]] = []  # node indices per layer; layer 0 are the leaves
         self.summary_cache: dict[str, str] = {}
         self.summarizer: Summarizer = self.summarize_with_lm
-        self.stats.update({"summaries": 0, "summary_s": 0.0})
+        self.stats.update({"summaries": 0, "summary_s": 0.0, "summary_passages": 0})
 
     # ---- building ----------------------------------------------------------------------
     def inject(self, contexts: list[Context]) -> None:
@@ -197,6 +197,12 @@ class Raptor(RetrievalMethod):
         )
 
     # ---- retrieval -------------------------------------------------------------------------
+    def fit(self, prompt: Prompt, passages: list[Passage]) -> tuple[str | None, list[Passage]]:
+        """As for every retriever; counts the summaries that reach a prompt (RAPTOR's whole point)."""
+        context, used = super().fit(prompt, passages)
+        self.stats["summary_passages"] += sum(p.context_id is None for p in used)
+        return context, used
+
     def search(self, queries: list[str], k: int) -> list[list[int]]:
         """Collapsed tree: every node of every layer ranked by cosine similarity."""
         scores = embed(self.encoder, queries, self.params.embed_batch_size) @ self.vectors.T

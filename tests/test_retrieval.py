@@ -205,6 +205,13 @@ def test_raptor_small_inputs(tiny_lm):
     assert len(method.nodes[method.layers[1][0]].children) == 9
     answers = method.generate([Prompt("volcano", "When did Mount Oskarra erupt?")])
     assert len(answers) == 1 and method.last_retrieved[0][0] == "volcano"
+    found = method.search(["When did Mount Oskarra erupt?"], method.params.top_k)[0]
+    root = method.layers[1][0]
+    assert method.stats["summary_passages"] == int(root in found)  # summaries reaching prompts are counted
+    broad = "Volcano eruption, Jupiter's moons, telescopes and galaxies, comets, bread dough, risotto and soup"
+    assert method.search([broad], 1)[0] == [root]
+    method.generate([Prompt("x", broad)])
+    assert method.stats["summary_passages"] == int(root in found) + 1
 
 
 def test_raptor_summaries_come_from_the_lm_and_are_cached(tiny_lm, monkeypatch):
