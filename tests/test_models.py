@@ -1,3 +1,5 @@
+import dataclasses
+
 import torch
 
 from benchmark.models import DEMONSTRATIONS, first_answer_line, load_lm
@@ -12,14 +14,14 @@ def test_answer_extraction_strips_prefixes_and_takes_first_line():
 
 
 def test_raw_prompt_format_with_and_without_context(tiny_lm):
-    tiny_lm.fewshot = 0
-    assert tiny_lm.format_prompt(Prompt("x", "Who?")) == "Question: Who? Answer:"
-    assert tiny_lm.format_prompt(Prompt("x", "Who?", "Ann sang.")) == "Context: Ann sang.\nQuestion: Who? Answer:"
-    tiny_lm.fewshot = 1
+    bare = dataclasses.replace(tiny_lm, fewshot=0)  # the session fixture itself stays as it is
+    assert bare.format_prompt(Prompt("x", "Who?")) == "Question: Who? Answer:"
+    assert bare.format_prompt(Prompt("x", "Who?", "Ann sang.")) == "Context: Ann sang.\nQuestion: Who? Answer:"
+    one_shot = dataclasses.replace(tiny_lm, fewshot=1)
     context, question, answer = DEMONSTRATIONS[0]
-    with_demo = tiny_lm.format_prompt(Prompt("x", "Who?"))
+    with_demo = one_shot.format_prompt(Prompt("x", "Who?"))
     assert with_demo == f"Question: {question} Answer: {answer}\n\nQuestion: Who? Answer:"
-    assert tiny_lm.format_prompt(Prompt("x", "Who?", "Ann sang.")).startswith(f"Context: {context}\n")
+    assert one_shot.format_prompt(Prompt("x", "Who?", "Ann sang.")).startswith(f"Context: {context}\n")
 
 
 def test_chat_prompt_uses_the_template(tiny_lm):
