@@ -31,12 +31,20 @@ from benchmark.errors import BenchError
 from benchmark.metrics import summarize
 from benchmark.models import LM
 from benchmark.registry import DATASETS, register_task
-from benchmark.targets import check_no_leakage, make_targets
+from benchmark.targets import make_targets
 from benchmark.types import QA, Context, Document, Prompt
 from methods.base import Method
 from tasks.base import MethodFactory, Task
 from tasks.crs_scoring import FILTER_NAMES, FILTERS, KS, TitleMatcher, parse_recommendations, score_list
-from tasks.data.crs import SYSTEM, Conversation, CRSDataset, RecProbe, Turn, parse_dialog, render_turns
+from tasks.data.crs import (
+    SYSTEM,
+    Conversation,
+    CRSDataset,
+    RecProbe,
+    Turn,
+    check_probes_not_injected,
+    render_turns,
+)
 
 # The recommender prompt of the paper's CRS evaluation, character for character.
 RECOMMENDER_PROMPT = (
@@ -56,7 +64,7 @@ TARGET_QUESTION = "Which movies should the recommender suggest next?"
 class RecommendationParams:
     num_probes: int = 40  # recommendation points asked, evenly spaced over the test file; 0 = all
     probes_per_episode: int = 16  # probes answered and saved together (the unit a run resumes by)
-    num_conversations: int = 20  # training conversations injected (first N with a recommendation); 0 = all
+    num_conversations: int = 20  # training conversations injected (the first N of the file); 0 = all
     max_list_tokens: int = 160  # generation budget for the 20-title list (the paper: 512)
     prompt_style: str = "paper"  # paper: the paper's prompt verbatim | list: plus a closing "list 20 titles" line
     candidates: str = "entities"  # titles a line may map to: entities (the paper's code) | items
@@ -95,6 +103,7 @@ class RecommendationTask(Task):
             if missing:
                 raise BenchError(f"probe {probe.id!r}: entity ids {missing[:5]} are not in entity2id.json")
         self.conversations = self._training_conversations(data.conversations())
+        check_probes_not_injected(self.probes, self.conversations)
         self.prompts: dict[str, str] = {}
         self.dropped_turns: dict[str, int] = {}
         for probe in self.probes:
@@ -116,15 +125,12 @@ class RecommendationTask(Task):
         return cls(path=self.data_path, seed=self.seed)
 
     def _training_conversations(self, conversations: list[Conversation]) -> list[Conversation]:
-        """The first N conversations in which the recommender names a new movie (all have targets)."""
-        usable = [c for c in conversations if recommendation_qa(c, self.params.target_turns)]
-        if not usable:
-            raise BenchError(f"no training conversation of {self.dataset!r} has a recommendation turn")
+        """The first N training conversations, in file order."""
         n = self.params.num_conversations
-        if n and len(usable) < n:
-            raise BenchError(f"{self.dataset!r} has {len(usable)} usable training conversations, "
+        if n and len(conversations) < n:
+            raise BenchError(f"{self.dataset!r} has {len(conversations)} training conversations, "
                              f"fewer than the {n} asked for")
-        return usable[:n] if n else usable
+        return conversations[:n] if n else conversations
 
     def _fit(self, probe: RecProbe) -> tuple[str, int]:
         """The probe's prompt; the oldest turns are dropped if it would not fit the model window."""
@@ -141,19 +147,22 @@ class RecommendationTask(Task):
 
     # ---- injection ---------------------------------------------------------------------------
     def targets(self) -> dict[str, list[str]]:
-        """Target sentences per conversation, made once per run and checked against the probes."""
+        """Target sentences per conversation, made once per run from the conversations alone.
+
+        They quote training conversations only, which ``prepare`` has checked against the probes.
+        With the ``dataset`` generator, a conversation in which the recommender never names a new
+        movie (about 1 in 100) has no target sentence; it is still injected as context.
+        """
         if self._targets is None:
             turns = self.params.target_turns
             documents = [Document(c.id, c.text(), (), tuple(recommendation_qa(c, turns)), c.source)
                          for c in self.conversations]
+            if self.run.targets == "dataset":
+                documents = [d for d in documents if d.train_qa]
+                if not documents:
+                    raise BenchError(f"no training conversation of {self.dataset!r} names a recommended movie, "
+                                     "so there are no target sentences; try --set targets=local")
             self._targets = make_targets(documents, self.run, self.lm, self.seed)
-            titles = self.catalogue.titles
-            probe_docs = [
-                Document(p.id, p.dialog, (QA(target_question(parse_dialog(p.dialog)[-turns:]),
-                                             tuple(titles[g] for g in p.gold)),))
-                for p in self.probes
-            ]
-            check_no_leakage(probe_docs, self._targets)
         return self._targets
 
     def contexts(self, method: Method) -> list[Context]:

@@ -339,11 +339,19 @@ def test_methods_that_train_get_question_answer_targets(tmp_path, oracle_method,
 
 
 def test_a_training_conversation_equal_to_a_test_dialog_is_caught(tmp_path, oracle_method, tiny_lm):
-    leaked = {"input": "\nUser: hi, I loved Alien (1979) any ideas?\nSystem: ", "rec": [1], "prev_entity": [0],
+    # the probe files label speakers by position, so the check ignores who said what
+    leaked = {"input": "\nSystem: hi, I loved Alien (1979) any ideas?\nUser: Have you seen Aliens (1986) ?"
+                       "\nSystem: yes, great\nSystem: ", "rec": [2], "prev_entity": [0, 1],
               "dialog_id": "test_9", "turn_id": 1}
     make_data_root(tmp_path / "data", [leaked])
-    with pytest.raises(BenchError, match="leakage"):
-        run(request(tmp_path, method="test-oracle-targets"), lm=tiny_lm)
+    with pytest.raises(BenchError, match="leakage: the dialog of probe 'test_9:1' is part of training conversation "
+                                         "'redial-777'"):
+        run(request(tmp_path), lm=tiny_lm)
+    # a short, generic opening shared with a training conversation is no leak
+    generic = dict(leaked, input="\nUser: hi, I loved Alien (1979) any ideas?\nSystem: ", dialog_id="test_1")
+    make_data_root(tmp_path / "data", [generic])
+    answers = run(request(tmp_path), lm=tiny_lm).result["episodes"][0]["predictions"]
+    assert [p["probe_id"] for p in answers] == ["test_1:1"]
 
 
 def test_base_cq_is_refused_with_a_reason(tmp_path, tiny_lm):
@@ -434,3 +442,16 @@ def test_interrupted_run_resumes_at_the_first_unfinished_shard(tmp_path, oracle_
     assert outcome.resumed_episodes == 1
     assert len(oracle_method.injected) == 1  # injected again, once, for the remaining shard
     assert outcome.result["scores"]["recall@1_r4"]["mean"] == pytest.approx(3 / 4)
+
+
+def test_a_conversation_without_recommendations_is_injected_without_targets(tmp_path, oracle_method, tiny_lm):
+    root = make_data_root(tmp_path / "data", PROBES)
+    chat = dict(REDIAL_LINE, conversationId="779", messages=[{"text": "hello", "senderWorkerId": 1},
+                                                             {"text": "hi, what do you like?", "senderWorkerId": 2}])
+    train = root / "redial" / "train_subset500.jsonl"
+    train.write_text(train.read_text() + json.dumps(chat) + "\n")
+    oracle_method.injected.clear()
+    run(request(tmp_path, method="test-oracle-targets"), lm=tiny_lm)
+    contexts = {c.id: c for c in oracle_method.injected[0]}
+    assert set(contexts) == {"redial-777", "redial-778", "redial-779"}
+    assert contexts["redial-779"].targets == [] and len(contexts["redial-777"].targets) == 2

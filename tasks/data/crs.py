@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from benchmark.errors import BenchError
+from benchmark.metrics import normalize_answer
 from benchmark.paths import shared_data_dir
 from tasks.data.base import read_jsonl
 
@@ -117,6 +118,31 @@ def merge_turns(messages: list[tuple[str, str, tuple[str, ...]]]) -> tuple[Turn,
         else:
             turns.append(Turn(speaker, text, tuple(dict.fromkeys(movies))))
     return tuple(turns)
+
+
+def spoken_words(turns: tuple[Turn, ...] | list[Turn]) -> str:
+    """What was said, normalised, without speaker labels (the probe files assign roles by position)."""
+    return normalize_answer(" ".join(t.text for t in turns))
+
+
+def check_probes_not_injected(probes: list[RecProbe], conversations: list[Conversation], min_words: int = 12) -> None:
+    """Fail if a probe's dialog so far is part of a training conversation (a test dialog injected).
+
+    Dialogs shorter than ``min_words`` are skipped: "Hello! Hi! What do you like?" opens many
+    conversations. On the shared data this flags every probe (of at least 12 words) when the test
+    conversations are given as training data, and none with the real training subsets.
+    """
+    separator = " \x00 "
+    joined = separator + separator.join(spoken_words(c.turns) for c in conversations) + separator
+    for probe in probes:
+        said = spoken_words(parse_dialog(probe.dialog))
+        if len(said.split()) < min_words:
+            continue
+        at = joined.find(f" {said} ")
+        if at != -1:
+            owner = conversations[joined.count("\x00", 0, at) - 1]
+            raise BenchError(f"leakage: the dialog of probe {probe.id!r} is part of training conversation "
+                             f"{owner.id!r} ({owner.source}); the test dialogs must not be injected")
 
 
 def read_json(path: Path) -> object:

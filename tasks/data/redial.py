@@ -10,6 +10,7 @@ are replaced by their titles from ``movies_with_mentions.csv`` (or the line's ow
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
@@ -57,7 +58,7 @@ def parse_redial_record(record: dict, where: str, titles: dict[str, str]) -> Con
             movies.append(name)
             return name
 
-        text = _MENTION.sub(title, message["text"])
+        text = _MENTION.sub(title, html.unescape(message["text"]))  # the files keep "&quot;" etc.
         parsed.append((USER if sender == seeker else SYSTEM, text, tuple(movies)))
     conv_id = record.get("conversationId")
     return Conversation(f"redial-{conv_id if conv_id is not None else where}", merge_turns(parsed), where)
