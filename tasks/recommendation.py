@@ -16,6 +16,9 @@ the probe asks for — dialog so far -> recommended titles — in the paper's "Q
 form. ``--set targets=local`` (or ``openai``) generates QA pairs from the conversation text
 instead, as the paper did with gpt-4o-mini.
 
+A test dialog found inside the training conversations stops the run before anything is asked
+(``check_probes_not_injected``).
+
 Base, C+Q does not apply: a recommendation point has no gold context to put in the prompt (the
 dialog is the prompt already); the retrieval methods are the way to put training conversations in
 context.
