@@ -126,7 +126,7 @@ class LayerMemory:
         span = total - kv_st
         cos, sin = self.rope(torch.arange(span))
         local_k = apply_rope(self.recent_k[:, kv_st:], cos, sin)
-        local_q = apply_rope(q, cos[span - c :], sin[span - c :])
+        local_q = apply_rope(q, cos[span - c :], sin[span - c :]).to(local_k.dtype)
         dist = q_idx[:, None] - torch.arange(kv_st, total, device=device)[None, :]
         local_mask = (dist >= 0) & (dist < cfg.n_local)
         local_logits = torch.matmul(local_q, expand_kv(local_k, self.group).transpose(-1, -2)).float()
@@ -140,6 +140,7 @@ class LayerMemory:
         n_fixed = global_k.shape[1] - far
         far_mask = (q_idx[:, None] - torch.arange(far, device=device)[None, :]) >= cfg.n_local
         global_mask = torch.cat((far_mask.new_ones(c, n_fixed), far_mask), dim=1)
+        global_k = global_k.to(global_q.dtype)  # unrotated (stored) keys meet rotated queries
         global_logits = torch.matmul(global_q, expand_kv(global_k, self.group).transpose(-1, -2)).float()
         global_logits = global_logits.masked_fill(~global_mask, float("-inf"))
 

@@ -74,7 +74,7 @@ class MemoryMechanism(nn.Module):
     def init_bos(self, parts: LlamaParts, bos_token_id: int) -> None:
         """Start each layer's bos embedding at the hidden state a real BOS token has there."""
         device = parts.embed.weight.device
-        hidden = parts.embed(torch.tensor([[bos_token_id]], device=device)).float()
+        hidden = parts.embed(torch.tensor([[bos_token_id]], device=device))
         cos, sin = parts.rope(torch.arange(1), hidden)
         for i, layer in enumerate(parts.layers):
             self.bos[i] = hidden[0]
@@ -149,7 +149,7 @@ class MemoryPool:
         parts, mech = self.parts, self.mechanism
         caches = []
         for i, layer in enumerate(parts.layers):
-            prefix = torch.cat((mech.bos[i], memory[i]), dim=0)[None]
+            prefix = torch.cat((mech.bos[i], memory[i]), dim=0)[None].to(parts.embed.weight.dtype)
             cos, sin = parts.rope(torch.arange(prefix.shape[1]), prefix)
             adapters = mech.adapters(i)
             _, key, value = project_qkv(parts, layer, layer.input_layernorm(prefix), adapters)

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter (run.x, method.x, train.x or a unique bare name)")
+    parser.add_argument("--params", action="store_true", help="show the training parameters and exit")
     parser.set_defaults(handler=cmd_train)
 
 
@@ -40,6 +41,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cls = METHODS.get(args.method)
     if not hasattr(cls, "train_mechanism"):
         raise BenchError(f"method {args.method!r} has nothing to train; trainable: {', '.join(trainable_methods())}")
+    if args.params:
+        from benchmark.cli import print_params
+
+        print_params(f"train {args.method}", cls.TrainParams, cls.train_profiles)
+        return 0
     reason = cls.unavailable_reason()
     if reason:
         raise BenchError(f"method {args.method!r} cannot run here: {reason}")
