@@ -32,8 +32,8 @@ class QADataset(ABC):
         return None
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a bad line names the file and line."""
+def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) for each non-blank line; a bad line names the file and line."""
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
@@ -43,12 +43,17 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BenchError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise BenchError(f"{path}:{number}: expected a JSON object per line")
-            yield number, record
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per line, for files with one JSON object a line."""
+    for number, record in read_json_lines(path):
+        if not isinstance(record, dict):
+            raise BenchError(f"{path}:{number}: expected a JSON object per line")
+        yield number, record
 
 
 def require_text(record: dict[str, Any], key: str, where: str) -> str:

@@ -9,11 +9,11 @@ grouped by ``dialog_id``), which hold the full training set.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
+from tasks.data.base import read_json_lines
 from tasks.data.crs import SYSTEM, USER, Conversation, CRSDataset, merge_turns
 
 ROLES = {"RECOMMENDER": SYSTEM, "SEEKER": USER}
@@ -70,20 +70,9 @@ class Inspired(CRSDataset):
 
 def _read_json_lists(path: Path):
     """(line number, list of turns) per line; ``read_jsonl`` insists on objects, these are lists."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise BenchError(f"cannot read data file {path}: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-            if isinstance(value, dict) and isinstance(value.get("dialog"), list):
-                value = value["dialog"]
-            if not isinstance(value, list):
-                raise BenchError(f"{path}:{number}: expected a list of turns per line")
-            yield number, value
+    for number, value in read_json_lines(path):
+        if isinstance(value, dict) and isinstance(value.get("dialog"), list):
+            value = value["dialog"]
+        if not isinstance(value, list):
+            raise BenchError(f"{path}:{number}: expected a list of turns per line")
+        yield number, value
