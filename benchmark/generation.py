@@ -2,9 +2,10 @@
 
 Both follow the official SELF-PARAM prompt style (a system message asking for related questions
 "as comprehensively as possible with bullet points and answers", with a one-shot example) and parse
-"Question: … Answer: …" pairs from the reply. ``local`` asks the run's own (instruct) model, the
-paper's "instruct" ablation; ``openai`` asks any OpenAI-compatible chat endpoint (``OPENAI_BASE_URL``,
-``OPENAI_API_KEY``, model ``SELFPARAM_BENCH_OPENAI_MODEL``, default gpt-4o-mini) at temperature 1.
+"Question: … Answer: …" pairs from the reply. ``local`` samples from the run's own (instruct)
+model, the paper's "instruct" ablation (temperature ``SELFPARAM_BENCH_LOCAL_TEMPERATURE``, default
+1); ``openai`` asks any OpenAI-compatible chat endpoint (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
+model ``SELFPARAM_BENCH_OPENAI_MODEL``, default gpt-4o-mini) at temperature 1.
 
 Generated sets are cached under ``cache_dir()/targets/`` keyed by (context hash, generator,
 count, seed), so a rerun neither pays for nor changes them.
@@ -153,14 +154,29 @@ def local_prompt(lm: Any, context: str) -> str:
     return f"{SYSTEM_PROMPT}\n{USER_PROMPT.format(context=context)}\n\nQuestion:"
 
 
+def local_temperature() -> float:
+    """Sampling temperature of the local generator: 1 (the official setting) unless
+    ``SELFPARAM_BENCH_LOCAL_TEMPERATURE`` says otherwise (small models ramble at 1)."""
+    raw = os.environ.get("SELFPARAM_BENCH_LOCAL_TEMPERATURE", "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BenchError(f"SELFPARAM_BENCH_LOCAL_TEMPERATURE={raw!r} is not a number") from None
+    if value <= 0:
+        raise BenchError("SELFPARAM_BENCH_LOCAL_TEMPERATURE must be > 0")
+    return value
+
+
 def local_targets(documents: list[Document], count: int, seed: int, lm: Any, run: Any = None,
                   max_new_tokens: int = 320) -> dict[str, list[str]]:
-    """QA pairs sampled (temperature 1) from the run's model with the official prompt style."""
+    """QA pairs sampled from the run's model with the official prompt style."""
     import torch
 
     if lm is None:
         raise BenchError("the local generator needs a loaded model")
     count = count or DEFAULT_COUNT
+    temperature = local_temperature()
+    generator_id = f"local-{lm.name}" + ("" if temperature == 1.0 else f"-t{temperature:g}")
 
     def ask(pending: list[Document], round_: int) -> list[str]:
         state = torch.random.get_rng_state()
@@ -168,13 +184,13 @@ def local_targets(documents: list[Document], count: int, seed: int, lm: Any, run
         try:
             prompts = [local_prompt(lm, doc.text) for doc in pending]
             replies = lm.generate(prompts, max_new_tokens=max_new_tokens, stop_at_newline=False,
-                                  sample_temperature=1.0, progress=f"writing QA pairs (round {round_ + 1})")
+                                  sample_temperature=temperature, progress=f"writing QA pairs (round {round_ + 1})")
         finally:
             torch.random.set_rng_state(state)
         # Without a chat template the prompt ends in "Question:", so the reply starts mid-pair.
         return replies if getattr(lm.tokenizer, "chat_template", None) else ["Question:" + r for r in replies]
 
-    return cached(documents, f"local-{lm.name}", count, seed, lambda docs: collect(docs, count, ask))
+    return cached(documents, generator_id, count, seed, lambda docs: collect(docs, count, ask))
 
 
 # ---- openai: any OpenAI-compatible chat endpoint ----------------------------------------------------------

@@ -130,13 +130,15 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
     contexts = [Context(d.id, d.text, targets[d.id]) for d in documents]
     retain = RetainStream(lm, mp.retain_source, mp.retain_tokens, seed).take(8)
 
+    gemm = [gemm_gflops(torch.bfloat16)]  # measured before and after: the machine may be shared
     fp32 = replace(lm, precision="fp32")  # the official loop: no autocast
     official, fast = Measure(), Measure()
     official_style(fp32, contexts, retain, 1, mp.lr, seed)  # warm-up (allocations, kernels)
     for _ in range(rounds):
         official.add(official_style(fp32, contexts, retain, official_pairs, mp.lr, seed))
         fast.add(ours(lm, method_cls, mp, run, contexts, seed))
-    bf16 = gemm_gflops(torch.bfloat16)
+    gemm.append(gemm_gflops(torch.bfloat16))
+    bf16 = max(gemm)
     n_params = lm.info.get("parameters", 0)
     limit = bf16 * 1e9 / (4 * n_params) if n_params else 0.0
     return {
@@ -151,6 +153,7 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
         "ours_tokens": fast.tokens,
         "ratio": fast.rate / official.rate if official.rate else float("inf"),
         "bf16_gemm_gflops": bf16,
+        "bf16_gemm_gflops_before_after": gemm,
         "compute_limit_tok_s": limit,
         "settings": {k: v for k, v in vars(mp).items()},
         "contexts": num_contexts,
@@ -169,7 +172,8 @@ def report(figures: dict[str, Any]) -> str:
         f"selfparam here, student steps only:                                            "
         f"{figures['ours_student_only_tok_s']:.1f} tok/s",
         f"ratio here / official: {figures['ratio']:.2f}x",
-        f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s -> compute limit "
+        f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s (best of before/after: "
+        f"{', '.join(f'{g:.0f}' for g in figures['bf16_gemm_gflops_before_after'])}) -> compute limit "
         f"{figures['compute_limit_tok_s']:.0f} tok/s at 4·N FLOPs/token; here reaches "
         f"{figures['ours_tok_s'] / figures['compute_limit_tok_s']:.0%} (student steps only "
         f"{figures['ours_student_only_tok_s'] / figures['compute_limit_tok_s']:.0%})"

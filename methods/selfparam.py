@@ -53,11 +53,17 @@ class SelfParamParams(TrainParams):
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
     teacher_topk: int = 0  # keep the teacher's top-k log-probs and a tail bucket; 0 = full vocabulary
     teacher_cache: bool = True  # compute each teacher distribution once (False: every step, official)
-    temperature: float = 1.0
+    # Teacher inputs that share a prefix this long (BOS + context) run it once; 0 = off.
+    teacher_share_prefix: int = 8
+    temperature: float = 1.0  # KD temperature of both sides (loss scaled by its square)
+    # < 1 sharpens the teacher alone, so the student copies its preferred answer more decisively;
+    # 0 = the same as ``temperature`` (the official setting).
+    teacher_temperature: float = 0.0
     # How the target-sentence term frames the sentence: "raw" = the official BOS + context + sentence
     # (student: BOS + sentence); "run" = the run's evaluation prompt format, i.e. the teacher reads
     # the sentence as the C+Q prompt would frame it (demonstrations, "Context: …" line) and the
     # student as the context-free Q prompt would (the same demonstrations, no context).
+    # "run-teacher" = the teacher as in "run", the student as in "raw" (shorter student inputs).
     prompt_style: str = "raw"
     qa_weight: float = 1.0
     context_weight: float = 1.0
@@ -111,18 +117,20 @@ def sentence_prefixes(lm, contexts: list[Context], style: str) -> tuple[list[lis
 
     ``raw``: the context itself / nothing (the official code). ``run``: what the run's raw prompt
     format puts before "Question:" with and without the context (demonstrations, "Context: …").
+    ``run-teacher``: the teacher's as in ``run``, the student's as in ``raw``.
     """
-    if style == "raw" or (style == "run" and lm.prompt_format != "raw"):
+    if style not in ("raw", "run", "run-teacher"):
+        raise BenchError(f"unknown prompt_style {style!r}; use raw, run or run-teacher")
+    if style == "raw" or lm.prompt_format != "raw":
         return [lm.encode(c.text, add_bos=False) for c in contexts], []
-    if style != "run":
-        raise BenchError(f"unknown prompt_style {style!r}; use raw or run")
     marker = "\x00question\x00"
 
     def before_question(context: str | None) -> list[int]:
         text = lm.format_prompt(Prompt("prefix", marker, context))
         return lm.encode(text[: text.index(f"Question: {marker}")], add_bos=False)
 
-    return [before_question(c.text) for c in contexts], before_question(None)
+    student = before_question(None) if style == "run" else []
+    return [before_question(c.text) for c in contexts], student
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -216,8 +224,9 @@ class InjectionPlan:
                 missing = [k for k in self.specs if k not in self.cache]
             specs = [self.specs[k] for k in missing]
             tick = time.perf_counter()
-            dists = teacher_dists(teacher, self.lm, specs, topk=p.teacher_topk, temperature=p.temperature,
-                                  progress="teacher" if len(specs) > 64 else None)
+            dists = teacher_dists(teacher, self.lm, specs, topk=p.teacher_topk,
+                                  temperature=p.teacher_temperature or p.temperature,
+                                  progress="teacher" if len(specs) > 64 else None, share_prefix=p.teacher_share_prefix)
             trainer.report.teacher_s += time.perf_counter() - tick
             trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)
             computed = dict(zip(missing, dists))

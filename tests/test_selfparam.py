@@ -161,3 +161,28 @@ def test_teacher_prefix_sharing_matches_separate_passes(tiny_lm):
         for a, b in zip(shared, separate):
             assert a.logp.shape == b.logp.shape
             assert torch.allclose(a.logp, b.logp, atol=1e-4)
+
+
+def test_student_prefix_sharing_gives_the_same_loss_and_gradients(tiny_lm):
+    bos = [tiny_lm.tokenizer.bos_token_id]
+    prefix = tiny_lm.encode("Question: Where does Lena Hart live? Answer: Orvik\n\n", add_bos=False)
+    sentences = [tiny_lm.encode(s, add_bos=False) for s in (SENTENCE, "Question: When? Answer: 1526")]
+    batch = [Example(bos + prefix + s, len(prefix), "qa") for s in sentences]
+    batch.append(Example(bos + sentences[0], 0, "qa"))  # no shared prefix: the plain path
+    results = []
+    for share in (8, 0):
+        torch.manual_seed(0)
+        student = build_student(tiny_lm, TrainParams(lora_dropout=0.0, share_prefix=share))
+        with torch.no_grad():
+            for name, param in student.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)  # so that gradients reach lora_A too
+        trainer = Trainer(student, tiny_lm, TrainParams(lora_dropout=0.0, share_prefix=share), 1)
+        loss = trainer.loss(batch, None)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.requires_grad}
+        results.append((float(loss), grads, trainer.tokens_in_step))
+    (shared_loss, shared_grads, shared_tokens), (plain_loss, plain_grads, plain_tokens) = results
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert all(torch.allclose(shared_grads[n], plain_grads[n], atol=1e-6, rtol=1e-4) for n in plain_grads)
+    assert plain_tokens - shared_tokens == len(prefix)  # the shared prefix was run once, not twice

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data-path", default="", help="data file or folder instead of the default")
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint (else $OPENAI_BASE_URL)")
     parser.add_argument("--api-model", help="endpoint model name (else $SELFPARAM_BENCH_OPENAI_MODEL)")
+    parser.add_argument("--temperature", type=float,
+                        help="sampling temperature of the local generator (default 1, the official value)")
     parser.add_argument("--out", type=Path, help="also write {context_id, sentences} lines to this JSONL file")
     parser.add_argument("--show", type=int, default=3, help="print this many sentences per context (2 contexts)")
     parser.set_defaults(handler=cmd_generate)
@@ -38,6 +40,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         os.environ["OPENAI_BASE_URL"] = args.base_url
     if args.api_model:
         os.environ["SELFPARAM_BENCH_OPENAI_MODEL"] = args.api_model
+    if args.temperature is not None:
+        os.environ["SELFPARAM_BENCH_LOCAL_TEMPERATURE"] = str(args.temperature)
     if args.num_contexts < 0 or args.count < 0:
         raise BenchError("--num-contexts and --count must be >= 0")
     documents = load_documents(args.dataset, args.data_path, args.num_contexts or None, 0)
