@@ -6,8 +6,15 @@ Per layer, the tokens seen so far are split into
   with their true relative positions (the local window), and older ones as global tokens;
 - ``blocks``: evicted tokens in blocks of ``block_size``, each represented by the mean of its
   ``repr_topk`` most-attended keys (per query head, by the attention they received while local).
-Each query chunk (``chunk_size`` tokens) scores every block by the dot product of its mean query with
-the block's representative and attends over init + the ``topk`` best blocks + its local window.
+Each query chunk (``chunk_size`` tokens) scores every block and attends over init + the ``topk`` best
+blocks + its local window. The paper's score (``block_score="dot"``) is the dot product of the chunk's
+mean query with the mean of the block's representative keys, summed over heads. ``"attention"`` scores
+a block by the attention the chunk's queries would pay its representative keys: per head and query
+token, a softmax over every block's representatives, the block's share summed over heads and averaged
+over the chunk — so each head votes with weight one, and the few heads that attend by content decide
+instead of being outvoted by heads whose dot products are large for every block. ``center_queries``
+subtracts the mean query of the tokens read so far (per head) before scoring: the component every
+query shares otherwise adds a query-independent bias per block that swamps the question's content.
 As in the official code, global tokens carry no position (their keys are unrotated) and global
 queries are rotated by ``n_local``: every memory token looks ``n_local`` tokens away, so positions
 never exceed what the model was trained on however long the stream grows. Attention over local and
@@ -48,6 +55,8 @@ class MemoryConfig:
     topk: int
     repr_topk: int
     chunk_size: int
+    block_score: str = "attention"  # "dot" (the paper's) or "attention"; see the module docstring
+    center_queries: bool = True  # score with the query minus the mean query read so far
 
     def check(self) -> None:
         """The official code's constraints, as one-line errors."""
@@ -58,6 +67,8 @@ class MemoryConfig:
             raise BenchError("infllm: n_init and topk cannot be negative")
         if self.repr_topk > self.block_size:
             raise BenchError(f"infllm: repr_topk ({self.repr_topk}) exceeds block_size ({self.block_size})")
+        if self.block_score not in ("dot", "attention"):
+            raise BenchError(f"infllm: unknown block_score {self.block_score!r}; use dot or attention")
         if self.chunk_size > self.n_local:
             raise BenchError(f"infllm: chunk_size ({self.chunk_size}) exceeds n_local ({self.n_local})")
 
@@ -78,10 +89,12 @@ class LayerMemory:
     recent_score: torch.Tensor | None = None  # (H, R) attention mass received while local, float32
     blocks_k: list[torch.Tensor] = field(default_factory=list)  # each (KV, block_size, d)
     blocks_v: list[torch.Tensor] = field(default_factory=list)
-    block_repr: torch.Tensor | None = None  # (N, H, d): mean of each block's representative keys
+    block_repr: torch.Tensor | None = None  # (N, H, repr_topk, d): each block's representative keys
     block_repr_index: list[torch.Tensor] = field(default_factory=list)  # each (H, repr_topk), in block
     block_start: list[int] = field(default_factory=list)  # stream position of each block's first token
     recent_start: int = 0  # stream position of recent[0]
+    query_sum: torch.Tensor | None = None  # (H, d) float32: sum of the global queries read so far
+    query_count: int = 0
 
     @property
     def group(self) -> int:
@@ -113,6 +126,9 @@ class LayerMemory:
         cos_g, sin_g = self.rope(torch.tensor([cfg.n_local]))
         global_q = apply_rope(q, cos_g, sin_g)
         retrieved = self.retrieve(global_q)
+        chunk_sum = global_q.float().sum(dim=1)
+        self.query_sum = chunk_sum if self.query_sum is None else self.query_sum + chunk_sum
+        self.query_count += c
 
         self.recent_k = torch.cat((self.recent_k, k), dim=1)
         self.recent_v = torch.cat((self.recent_v, v), dim=1)
@@ -156,12 +172,25 @@ class LayerMemory:
         return out, retrieved
 
     def retrieve(self, global_q: torch.Tensor) -> list[int]:
-        """The ``topk`` blocks whose representatives best match the chunk's mean query (all if fewer)."""
+        """The ``topk`` blocks that best match the chunk's queries (all if fewer)."""
         if self.n_blocks <= self.cfg.topk:
             return list(range(self.n_blocks))
-        mean_q = global_q.float().mean(dim=1)  # (H, d)
-        scores = torch.einsum("nhd,hd->n", self.block_repr.float(), mean_q)
-        return sorted(scores.topk(self.cfg.topk).indices.tolist())
+        return sorted(self.block_scores(global_q).topk(self.cfg.topk).indices.tolist())
+
+    def block_scores(self, global_q: torch.Tensor) -> torch.Tensor:
+        """Relevance of every block (N,) to a chunk of global queries (H, c, d)."""
+        q = global_q.float()
+        if self.cfg.center_queries and self.query_count:
+            q = q - (self.query_sum / self.query_count)[:, None]
+        reps = self.block_repr.float()  # (N, H, r, d)
+        if self.cfg.block_score == "dot":
+            return torch.einsum("nhd,hd->n", reps.mean(dim=2), q.mean(dim=1))
+        scores = reps.new_zeros(reps.shape[0])
+        for start in range(0, q.shape[1], 64):  # bounded memory for long chunks and many blocks
+            logits = torch.einsum("nhrd,hcd->hcnr", reps, q[:, start : start + 64]) * self.scaling
+            probs = torch.softmax(logits.flatten(2), dim=-1).view(logits.shape)
+            scores += probs.sum(dim=(0, 1, 3))
+        return scores / q.shape[1]
 
     # ---- eviction -------------------------------------------------------------------------
     def evict(self) -> None:
@@ -181,12 +210,12 @@ class LayerMemory:
     def _make_block(self) -> None:
         size = self.cfg.block_size
         k, v = self.recent_k[:, :size], self.recent_v[:, :size]
-        index, representative = representatives(k, self.recent_score[:, :size], self.cfg.repr_topk, self.group)
+        index, chosen = representatives(k, self.recent_score[:, :size], self.cfg.repr_topk, self.group)
         self.blocks_k.append(k)
         self.blocks_v.append(v)
         self.block_repr_index.append(index)
         self.block_start.append(self.recent_start)
-        rep = representative[None]
+        rep = chosen[None]
         self.block_repr = rep if self.block_repr is None else torch.cat((self.block_repr, rep), dim=0)
         self._drop_recent(size)
 
@@ -210,15 +239,14 @@ class LayerMemory:
 def representatives(
     k: torch.Tensor, score: torch.Tensor, repr_topk: int, group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query head, the ``repr_topk`` most-attended tokens of a block and the mean of their keys.
+    """Per query head, the ``repr_topk`` most-attended tokens of a block and their keys.
 
     k (KV, size, d); score (H, size) = attention each token received while in the local window.
-    Returns the token indices (H, repr_topk) and the representative key (H, d).
+    Returns the token indices (H, repr_topk) and the representative keys (H, repr_topk, d).
     """
     index = score.topk(repr_topk, dim=-1).indices
     keys = expand_kv(k, group)  # (H, size, d)
-    chosen = torch.gather(keys, 1, index[:, :, None].expand(-1, -1, keys.shape[-1]))
-    return index, chosen.mean(dim=1)
+    return index, torch.gather(keys, 1, index[:, :, None].expand(-1, -1, keys.shape[-1]))
 
 
 @dataclass
@@ -294,6 +322,13 @@ class InfLLMStream:
         start = self.memories[0].block_start[block]
         end = start + self.cfg.block_size
         return {s.label for s in self.segments if s.label and s.start < end and s.end > start}
+
+    def block_label_tokens(self, block: int) -> dict[str, int]:
+        """How many of a block's tokens each labelled segment contributes."""
+        start = self.memories[0].block_start[block]
+        end = start + self.cfg.block_size
+        return {s.label: min(s.end, end) - max(s.start, start)
+                for s in self.segments if s.label and s.start < end and s.end > start}
 
     def local_labels(self) -> set[str]:
         """Labels of the segments still (partly) in the recent/local tokens."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -99,7 +101,7 @@ def test_block_representatives_are_the_most_attended_keys():
     index = memory.block_repr_index[0]
     for h in range(2):
         assert set(index[h].tolist()) == set(received[h, :8].topk(2).indices.tolist()) == {2, 5}
-        torch.testing.assert_close(memory.block_repr[0, h], (k[0, 2] + k[0, 5]) / 2)
+        torch.testing.assert_close(memory.block_repr[0, h].mean(dim=0), (k[0, 2] + k[0, 5]) / 2)
 
 
 def test_retrieval_picks_the_block_matching_the_query():
@@ -191,3 +193,46 @@ def test_batch_run_records_retrieval_per_probe(tiny_lm, tmp_path):
     assert episode["footprint"]["kv_blocks"] > 0
     assert all("retrieved" in p and "retrieval_recall@1" in p for p in episode["predictions"])
     assert "retrieval_recall@k" in data["scores"]
+
+
+def test_centred_attention_scoring_retrieves_despite_a_shared_query_component():
+    """Every query shares a large component that one block's representatives (a sink-like token)
+    answer strongly. The paper's dot-product score retrieves that block for every question; with
+    the mean query read so far subtracted and blocks scored by the attention the queries pay their
+    representatives, the block matching the question's own content is retrieved."""
+    shared, basis = torch.tensor([0.0, 0.0, 0.0, 1.0]), torch.eye(4)
+
+    def memory_for(cfg):
+        memory = LayerMemory(cfg, n_heads=1, n_kv_heads=1, scaling=1.0, rope=_identity_rope)
+        keys = [8 * shared, 2 * basis[0], 2 * basis[1], 2 * basis[2]]  # block 0: the sink-like block
+        for key in keys + [torch.zeros(4)]:
+            k = 0.01 * torch.ones(1, 4, 4)
+            k[0, 1] = key
+            memory.forward((3 * shared + 0.1 * key).repeat(1, 4, 1), k, torch.randn(1, 4, 4))
+        return memory
+
+    def retrieve(memory, b):
+        query = (3 * shared + basis[b]).repeat(1, 1, 1)
+        return memory.clone().forward(query, torch.zeros(1, 1, 4), torch.zeros(1, 1, 4))[1]
+
+    paper = MemoryConfig(n_init=0, n_local=4, block_size=4, topk=1, repr_topk=1, chunk_size=4,
+                         block_score="dot", center_queries=False)
+    fixed = replace(paper, block_score="attention", center_queries=True)
+    dot, ours = memory_for(paper), memory_for(fixed)
+    assert dot.n_blocks == ours.n_blocks == 4
+    assert [retrieve(dot, b) for b in range(3)] == [[0], [0], [0]]
+    assert [retrieve(ours, b) for b in range(3)] == [[1], [2], [3]]
+
+
+def test_prompt_head_is_kept_among_the_initial_tokens(tiny_lm):
+    """With layout "context", the demonstrations before the contexts stay always attended instead
+    of becoming a memory block that every question retrieves."""
+    run = RunParams(precision="fp32", max_new_tokens=3)
+    method = InfLLM(tiny_lm, InfLLMParams(n_init=4, n_local=32, block_size=8, topk=2, repr_topk=2,
+                                          chunk_size=16), run, seed=0)
+    head, _ = method._around_context(Prompt("", "?"))
+    assert method.config.n_init == max(4, len(tiny_lm.encode(head.rstrip(" "))))
+    method.inject([Context(f"c{i}", f"Entity number {i} lives in the town of Place{i}. " * 3) for i in range(4)])
+    assert all("prompt" not in method.stream.block_labels(b) for b in range(method.stream.n_blocks))
+    off = InfLLM(tiny_lm, InfLLMParams(n_init=4, init_prompt=False), run, seed=0)
+    assert off.config.n_init == 4
