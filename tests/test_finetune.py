@@ -9,7 +9,8 @@ import torch
 
 from benchmark.config import RunParams
 from benchmark.types import Context
-from methods.finetune import FinetuneContext, FinetuneParams, FinetuneSentences, SentenceParams
+from methods.finetune import FinetuneContext, FinetuneParams, FinetuneSentences
+from methods.sentences import SentenceParams
 
 CONTEXTS = [
     Context("c0", "Douprur is a town. It was founded by Drexrain Lintrim in 1526.",
@@ -97,3 +98,17 @@ def test_bench_run_smoke(bench, tmp_path, method):
     result = json.loads(next(tmp_path.rglob(f"{method}__*.json")).read_text())
     assert result["cost"]["train_tokens"] > 0
     assert result["cost"]["changed_params"] > 0
+
+
+@pytest.mark.parametrize("end_answer", [False, True])
+def test_end_answer_trains_the_line_break_after_the_answer(tiny_lm, end_answer):
+    """With ``end_answer`` the last scored token is the newline that ends an answer in the prompt
+    format, so the student learns where to stop; without it the sentence ends at the answer."""
+    method = FinetuneSentences(tiny_lm, SentenceParams(end_answer=end_answer, prompt_style="run"),
+                               RunParams(), seed=0)
+    examples = method.examples(CONTEXTS)
+    newline = tiny_lm.encode("\n", add_bos=False)
+    for example, sentence in zip(examples, CONTEXTS[0].targets):
+        assert (example.ids[-len(newline):] == newline) is end_answer
+        answer = tiny_lm.encode(sentence, add_bos=False)
+        assert example.ids[len(example.ids) - len(answer) - (len(newline) if end_answer else 0):][: len(answer)] == answer
