@@ -236,6 +236,27 @@ def selected_logits(
 
 
 @torch.no_grad()
+def group_by_prefix(sequences: list[tuple[list[int], int]], min_length: int
+                    ) -> tuple[dict[tuple[int, ...], list[int]], list[int]]:
+    """Indices of (ids, first) pairs grouped by their unscored prefix ``ids[:first]``.
+
+    Only prefixes of at least ``min_length`` tokens shared by two or more sequences form a group
+    (0 = no grouping); every other index is returned in the plain list.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    plain: list[int] = []
+    for i, (ids, first) in enumerate(sequences):
+        if min_length and first >= min_length:
+            groups.setdefault(tuple(ids[:first]), []).append(i)
+        else:
+            plain.append(i)
+    for key, members in list(groups.items()):
+        if len(members) < 2:
+            plain.extend(members)
+            del groups[key]
+    return groups, plain
+
+
 def teacher_dists(
     teacher: torch.nn.Module,
     lm: LM,
@@ -255,17 +276,7 @@ def teacher_dists(
     was_training = teacher.training
     teacher.eval()
     out: list[Dist | None] = [None] * len(specs)
-    shared: dict[tuple[int, ...], list[int]] = {}
-    plain: list[int] = []
-    for i, spec in enumerate(specs):
-        if share_prefix and spec.first >= share_prefix:
-            shared.setdefault(tuple(spec.ids[: spec.first]), []).append(i)
-        else:
-            plain.append(i)
-    for key, members in list(shared.items()):
-        if len(members) < 2:
-            plain.extend(members)
-            del shared[key]
+    shared, plain = group_by_prefix([(s.ids, s.first) for s in specs], share_prefix)
     jobs = [(None, group) for group in _length_groups(plain, [len(s.ids) for s in specs], batch_tokens)]
     for key, members in shared.items():
         lengths = [len(specs[i].ids) - len(key) for i in members]
@@ -432,17 +443,7 @@ class Trainer:
         demonstrations) run it once, with its key/value cache repeated for all of them.
         """
         counts = [e.rows for e in batch]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        plain: list[int] = []
-        for i, e in enumerate(batch):
-            if self.share_prefix and e.first >= self.share_prefix:
-                groups.setdefault(tuple(e.ids[: e.first]), []).append(i)
-            else:
-                plain.append(i)
-        for key, members in list(groups.items()):
-            if len(members) < 2:
-                plain.extend(members)
-                del groups[key]
+        groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], self.share_prefix)
         if not groups:
             self.tokens_in_step = sum(len(e.ids) for e in batch)
             return selected_logits(self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts)
