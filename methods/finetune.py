@@ -46,7 +46,9 @@ class FinetuneContext(_Finetune):
     description = "FT(C): next-token fine-tuning on the contexts"
     profiles = {
         "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
-        "quick": {"epochs": 30, "batch_size": 8, "lr": 1e-3, "schedule": "linear", "lora_dropout": 0.0},
+        # lr 5e-3 with clipping, as selfparam / FT(S): at 1e-3 FT(C) scored 0.01 on 20 contexts.
+        "quick": {"epochs": 30, "batch_size": 8, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
+                  "max_grad_norm": 1.0},
         "paper": {},
     }
 
