@@ -319,9 +319,7 @@ class InfLLMStream:
     # ---- bookkeeping ---------------------------------------------------------------------
     def block_labels(self, block: int) -> set[str]:
         """Labels of the stream segments a block's tokens come from."""
-        start = self.memories[0].block_start[block]
-        end = start + self.cfg.block_size
-        return {s.label for s in self.segments if s.label and s.start < end and s.end > start}
+        return set(self.block_label_tokens(block))
 
     def block_label_tokens(self, block: int) -> dict[str, int]:
         """How many of a block's tokens each labelled segment contributes."""

@@ -235,7 +235,6 @@ def selected_logits(
 # ---- teacher ------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def group_by_prefix(sequences: list[tuple[list[int], int]], min_length: int
                     ) -> tuple[dict[tuple[int, ...], list[int]], list[int]]:
     """Indices of (ids, first) pairs grouped by their unscored prefix ``ids[:first]``.
@@ -257,6 +256,7 @@ def group_by_prefix(sequences: list[tuple[list[int], int]], min_length: int
     return groups, plain
 
 
+@torch.no_grad()
 def teacher_dists(
     teacher: torch.nn.Module,
     lm: LM,
@@ -413,7 +413,6 @@ class Trainer:
             raise BenchError(f"unknown schedule {p.schedule!r}; use constant or linear")
         self.total_steps = max(1, total_steps)
         self.temperature = temperature
-        self.share_prefix = p.share_prefix
         self.tokens_in_step = 0
         self.report = TrainReport()
 
@@ -443,7 +442,7 @@ class Trainer:
         demonstrations) run it once, with its key/value cache repeated for all of them.
         """
         counts = [e.rows for e in batch]
-        groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], self.share_prefix)
+        groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], self.p.share_prefix)
         if not groups:
             self.tokens_in_step = sum(len(e.ids) for e in batch)
             return selected_logits(self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts)
