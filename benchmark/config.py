@@ -36,7 +36,9 @@ class RunParams:
 
 RUN_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"eval_batch_size": 8, "precision": "fp32"},
-    "quick": {},
+    # Three demonstrations: C+Q F1 0.58 instead of 0.52 with one on `fictional`, and a model
+    # fine-tuned on raw contexts (FT(C)) keeps answering in the prompt's format.
+    "quick": {"fewshot": 3},
     "paper": {"precision": "bf16", "targets": "openai", "fewshot": 0},
 }
 

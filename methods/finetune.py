@@ -47,7 +47,8 @@ class FinetuneContext(_Finetune):
     profiles = {
         "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
         # lr 5e-3 with clipping, as selfparam / FT(S): at 1e-3 FT(C) scored 0.01 on 20 contexts.
-        "quick": {"epochs": 30, "batch_size": 8, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
+        # 10 epochs memorise the contexts (loss ~0.03) and keep the answer format better than 30.
+        "quick": {"epochs": 10, "batch_size": 8, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
                   "max_grad_norm": 1.0},
         "paper": {},
     }
@@ -65,7 +66,7 @@ class FinetuneSentences(_Finetune):
         "smoke": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
         # The same sentences, framing and optimiser schedule as selfparam's quick profile.
         "quick": {"epochs": 14, "batch_size": 16, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
-                  "max_grad_norm": 1.0, "prompt_style": "run", "end_answer": True},
+                  "max_grad_norm": 1.0, "prompt_style": "run", "end_answer": True, "share_prefix": 8},
         "paper": {},
     }
 
