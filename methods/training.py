@@ -394,6 +394,9 @@ def cat_dists(dists: list[Dist]) -> Dist:
 class TrainReport:
     steps: int = 0
     student_tokens: int = 0  # non-pad student input tokens, summed over steps
+    # The same with each shared prefix counted once per example it serves: the tokens a loop
+    # without ``share_prefix`` would run, so the two settings compare on the same work.
+    example_tokens: int = 0
     student_s: float = 0.0
     teacher_tokens: int = 0
     teacher_s: float = 0.0
@@ -480,6 +483,7 @@ class Trainer:
             raise BenchError(f"training diverged (loss {value}); lower --set lr")
         self.report.steps += 1
         self.report.student_tokens += self.tokens_in_step  # each shared prefix counted once
+        self.report.example_tokens += sum(len(e.ids) for e in batch)
         self.report.student_s += time.perf_counter() - tick
         self.report.losses.append(value)
         return value
@@ -548,6 +552,7 @@ class TrainedMethod(Method):
         self.last_report = report
         for key, value in (
             ("train_tokens", report.student_tokens),
+            ("train_example_tokens", report.example_tokens),
             ("train_s", wall_s),
             ("train_steps", report.steps),
             ("student_s", report.student_s),

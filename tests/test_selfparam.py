@@ -186,3 +186,15 @@ def test_student_prefix_sharing_gives_the_same_loss_and_gradients(tiny_lm):
     assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
     assert all(torch.allclose(shared_grads[n], plain_grads[n], atol=1e-6, rtol=1e-4) for n in plain_grads)
     assert plain_tokens - shared_tokens == len(prefix)  # the shared prefix was run once, not twice
+
+
+def test_step_counts_shared_prefixes_once_as_computed_and_per_example_as_work(tiny_lm):
+    bos = [tiny_lm.tokenizer.bos_token_id]
+    prefix = tiny_lm.encode("Question: Where does Lena Hart live? Answer: Orvik\n\n", add_bos=False)
+    sentences = [tiny_lm.encode(s, add_bos=False) for s in (SENTENCE, "Question: When? Answer: 1526")]
+    batch = [Example(bos + prefix + s, len(prefix), "qa") for s in sentences]
+    p = TrainParams(lora_dropout=0.0, share_prefix=8)
+    trainer = Trainer(build_student(tiny_lm, p), tiny_lm, p, 1)
+    trainer.step(batch)
+    assert trainer.report.example_tokens == sum(len(e.ids) for e in batch)
+    assert trainer.report.student_tokens == trainer.report.example_tokens - len(prefix)
