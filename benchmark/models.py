@@ -157,8 +157,9 @@ class LM:
 
 
 # Demonstrations for raw prompts, about people and places that no data set here contains. One of
-# them lifts SmolLM2-135M's C+Q F1 on `fictional` from about 0.05 to 0.5: without it the model
-# answers the paper's bare "Question: … Answer:" mostly with an empty line.
+# them lifts SmolLM2-135M's C+Q F1 on `fictional` from about 0.05 to 0.5, three (the `quick`
+# setting) to about 0.6: without them the model answers the paper's bare "Question: … Answer:"
+# mostly with an empty line.
 DEMONSTRATIONS: tuple[tuple[str, str, str], ...] = (
     ("Lena Hart is a baker. She lives in the city of Orvik.", "Where does Lena Hart live?", "Orvik"),
     ("The Kessel bridge was built in 1874 from grey stone.", "When was the Kessel bridge built?", "1874"),
