@@ -162,7 +162,10 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
         "ours_tokens": fast.tokens,
         "ours_example_tok_s": fast.example_rate,
         "ours_example_tokens": fast.example_tokens,
-        "ratio": fast.rate / official.rate if official.rate else float("inf"),
+        # The official loop computes every token of every example, so the same-work comparison
+        # counts a shared prefix for each example it serves; the computed-token ratio is kept too.
+        "ratio": fast.example_rate / official.rate if official.rate else float("inf"),
+        "ratio_computed": fast.rate / official.rate if official.rate else float("inf"),
         "bf16_gemm_gflops": bf16,
         "bf16_gemm_gflops_before_after": gemm,
         "compute_limit_tok_s": limit,
@@ -185,7 +188,9 @@ def report(figures: dict[str, Any]) -> str:
         f"selfparam here, counting each example's whole sequence (shared prefixes included): "
         f"{figures['ours_example_tok_s']:.1f} tok/s ({figures['ours_example_tokens']} tokens)"
         if figures["ours_example_tokens"] != figures["ours_tokens"] else "",
-        f"ratio here / official: {figures['ratio']:.2f}x",
+        f"ratio here / official: {figures['ratio']:.2f}x (tokens of the training examples per second)"
+        + (f"; {figures['ratio_computed']:.2f}x on computed tokens"
+           if figures["ours_example_tokens"] != figures["ours_tokens"] else ""),
         f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s (best of before/after: "
         f"{', '.join(f'{g:.0f}' for g in figures['bf16_gemm_gflops_before_after'])}) -> compute limit "
         f"{figures['compute_limit_tok_s']:.0f} tok/s at 4·N FLOPs/token; here reaches "
