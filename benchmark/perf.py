@@ -176,6 +176,7 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
 
 def report(figures: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.1f}" for x in figures["load_average"])
+    shared = figures["ours_example_tokens"] != figures["ours_tokens"]  # prefixes were shared
     lines = [
         f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
         f"{figures['threads']} threads, load average {load}",
@@ -187,10 +188,9 @@ def report(figures: dict[str, Any]) -> str:
         f"{figures['ours_student_only_tok_s']:.1f} tok/s",
         f"selfparam here, counting each example's whole sequence (shared prefixes included): "
         f"{figures['ours_example_tok_s']:.1f} tok/s ({figures['ours_example_tokens']} tokens)"
-        if figures["ours_example_tokens"] != figures["ours_tokens"] else "",
+        if shared else "",
         f"ratio here / official: {figures['ratio']:.2f}x (tokens of the training examples per second)"
-        + (f"; {figures['ratio_computed']:.2f}x on computed tokens"
-           if figures["ours_example_tokens"] != figures["ours_tokens"] else ""),
+        + (f"; {figures['ratio_computed']:.2f}x on computed tokens" if shared else ""),
         f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s (best of before/after: "
         f"{', '.join(f'{g:.0f}' for g in figures['bf16_gemm_gflops_before_after'])}) -> compute limit "
         f"{figures['compute_limit_tok_s']:.0f} tok/s at 4·N FLOPs/token; here reaches "
