@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark.allocator import keep_freed_memory
 from benchmark.config import PROFILES, RUN_PROFILES, RunParams
 from benchmark.errors import BenchError
 
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+    keep_freed_memory()  # training steps reuse their activation memory instead of re-mapping it
     try:
         return args.handler(args)
     except BenchError as exc:

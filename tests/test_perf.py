@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+
+from benchmark.allocator import keep_freed_memory
 from benchmark.perf import report, run_perf
 
 
@@ -16,3 +20,11 @@ def test_perf_measures_both_loops_and_their_ratio():
     assert figures["ours_example_tok_s"] > figures["ours_tok_s"]
     text = report(figures)
     assert "whole sequence" in text and "ratio here / official" in text and f"{figures['ratio']:.2f}x" in text
+
+
+def test_malloc_thresholds_are_raised_unless_the_user_tuned_malloc(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")
+    assert keep_freed_memory() is False  # the user's own malloc settings win
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is on_glibc
