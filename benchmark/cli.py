@@ -98,6 +98,8 @@ def print_outcome(outcome) -> None:
     parts = [f"wall {cost.get('wall_s', 0):.1f}s"]
     if cost.get("train_tokens"):
         parts.append(f"train {int(cost['train_tokens'])} tokens at {cost['train_tokens_per_s']:.0f} tok/s")
+        if cost.get("train_example_tokens", cost["train_tokens"]) != cost["train_tokens"]:  # shared prefixes
+            parts.append(f"{cost['train_example_tokens_per_s']:.0f} tok/s counting each example's whole sequence")
     parts.append(f"peak RSS {cost['peak_rss_bytes'] / 2**20:.0f} MiB")
     parts.append(f"footprint {cost['footprint_bytes']} bytes")
     print("cost: " + ", ".join(parts))

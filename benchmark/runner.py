@@ -214,6 +214,8 @@ def total_cost(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         **sums,
         "train_tokens_per_s": sums.get("train_tokens", 0) / train_s if train_s else None,
+        # Every example's whole sequence (a prefix shared by a batch once per example it serves).
+        "train_example_tokens_per_s": sums.get("train_example_tokens", 0) / train_s if train_s else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "footprint_bytes": max((f.get("extra_bytes", 0) for f in footprints), default=0),
         "changed_params": max((f.get("changed_params", 0) for f in footprints), default=0),

@@ -167,6 +167,18 @@ def cost(result: dict[str, Any], key: str) -> float | None:
     return number(value.get(key)) if isinstance(value, dict) else None
 
 
+def train_rate(result: dict[str, Any]) -> float | None:
+    """Training tokens per second, counting every example's whole sequence.
+
+    With ``share_prefix`` a shared prefix is computed once per batch; counting it once per example
+    it serves puts runs with and without sharing on the same work. Older files lack the count.
+    """
+    example_tokens, seconds = cost(result, "train_example_tokens"), cost(result, "train_s")
+    if example_tokens and seconds:
+        return example_tokens / seconds
+    return cost(result, "train_tokens_per_s")
+
+
 def num_targets(result: dict[str, Any]) -> int:
     """Target sentences handed to the method over all episodes (0 for methods that use none)."""
     total = 0

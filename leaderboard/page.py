@@ -40,7 +40,9 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "",
         "Scores are means with bootstrap 95% intervals (over contexts for the QA tasks, over test "
         "points for recommendation); rows are ranked by the first score column. Cost columns: "
-        "injection seconds, student training tokens per second, the method's storage footprint "
+        "injection seconds, student training tokens per second (every training example's whole "
+        "sequence, so runs that share a prefix across a batch compare on the same work), the "
+        "method's storage footprint "
         "(extra state it keeps), and the whole run's wall seconds. Date and commit identify the "
         "code that produced each run; the method name links to its result file.",
         "",
