@@ -10,8 +10,7 @@ divergence from a teacher's distributions (SELF-PARAM). What makes it fast on a 
 - teacher distributions are computed once per example and cached (optionally as top-k with the
   rest of the probability mass kept as one tail bucket, so the KL stays a true divergence);
 - under ``bf16-autocast`` the student's frozen weights are stored in bf16 once, instead of being
-  cast again in every forward pass;
-- LoRA projections that read the same input (q/k/v, gate/up) run as one group (``grouped_lora``).
+  cast again in every forward pass.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.types import Footprint
 from methods.base import Method
-from methods.grouped_lora import group_shared_input_projections
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -51,9 +49,6 @@ class TrainParams:
     batch_size: int = 1  # examples per optimizer step
     max_grad_norm: float = 0.0  # 0 = no clipping
     frozen_bf16: bool = True  # store frozen student weights in bf16 under bf16-autocast
-    # LoRA projections of one input (q/k/v, gate/up) as one matmul group: same parameters and
-    # math, about a tenth less step time on a CPU (methods/grouped_lora.py).
-    group_projections: bool = True
     # The student's attention kernel: on CPU, "eager" is ~10% faster than "sdpa" for the short
     # sequences trained on here (its backward pass is plain matmuls). "" keeps the model's own.
     attn_implementation: str = "eager"
@@ -99,8 +94,6 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
         raise BenchError(f"unknown params {p.params!r}; use lora, full or mlp")
     if p.frozen_bf16 and lm.precision == "bf16-autocast":
         _store_frozen_in_bf16(model)
-    if p.params == "lora" and p.group_projections:
-        group_shared_input_projections(model)  # after the bf16 copies: it makes views of them
     if p.attn_implementation:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         try:
