@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from benchmark.config import RUN_PROFILES, RunParams, build_params
 from benchmark.models import LM
+from benchmark.threads import omp_wait_policy
 from benchmark.types import Context
 
 
@@ -154,6 +155,7 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
         "model": model,
         "profile": profile,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": omp_wait_policy(),
         "load_average": os.getloadavg(),
         "official_tok_s": official.rate,
         "official_tokens": official.tokens,
@@ -179,7 +181,7 @@ def report(figures: dict[str, Any]) -> str:
     shared = figures["ours_example_tokens"] != figures["ours_tokens"]  # prefixes were shared
     lines = [
         f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
-        f"{figures['threads']} threads, load average {load}",
+        f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}), load average {load}",
         f"official-style loop (batch 1, 3 steps per QA pair, live full-vocab teacher, fp32): "
         f"{figures['official_tok_s']:.1f} tok/s ({figures['official_tokens']} student tokens)",
         f"selfparam here (teacher passes included):                                      "

@@ -31,6 +31,7 @@ from benchmark.results import (
     result_path,
     write_json_atomic,
 )
+from benchmark.threads import omp_wait_policy
 
 
 @dataclass
@@ -190,6 +191,8 @@ def run(request: RunRequest, lm: LM | None = None) -> RunOutcome:
         "model_info": {**lm.info, "max_length": lm.max_length, "prompt_format": lm.prompt_format,
                        "fewshot": lm.fewshot},
         "versions": package_versions(),
+        # What the cost figures depend on beyond the code: CPU threads and how idle ones wait.
+        "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": omp_wait_policy()},
         "git_commit": git_commit(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -28,3 +29,22 @@ def test_malloc_thresholds_are_raised_unless_the_user_tuned_malloc(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES")
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is on_glibc
+
+
+def test_openmp_threads_sleep_on_a_busy_machine_and_the_users_choice_wins(monkeypatch):
+    from benchmark import threads
+
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.5, 0.5))
+    assert threads.choose_omp_wait_policy() == "default"  # idle: libgomp spins briefly, then sleeps
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    assert threads.choose_omp_wait_policy() == "PASSIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert threads.choose_omp_wait_policy() == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    assert threads.choose_omp_wait_policy() == "GOMP_SPINCOUNT=1000"
+    assert "OMP_WAIT_POLICY" not in os.environ
