@@ -6,6 +6,8 @@ import os
 import platform
 import sys
 
+import pytest
+
 from benchmark.allocator import keep_freed_memory
 from benchmark.perf import report, run_perf
 
@@ -36,10 +38,10 @@ def test_openmp_threads_sleep_on_a_busy_machine_and_the_users_choice_wins(monkey
 
     for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.5, 0.5))
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.2)
     assert threads.choose_omp_wait_policy() == "default"  # idle: libgomp spins briefly, then sleeps
     assert "OMP_WAIT_POLICY" not in os.environ
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.5)
     assert threads.choose_omp_wait_policy() == "PASSIVE"
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
@@ -48,3 +50,21 @@ def test_openmp_threads_sleep_on_a_busy_machine_and_the_users_choice_wins(monkey
     monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
     assert threads.choose_omp_wait_policy() == "GOMP_SPINCOUNT=1000"
     assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_busy_cores_sees_a_spinning_process():
+    import subprocess
+
+    from benchmark.threads import busy_cores
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("busy_cores reads /proc/stat on Linux only")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert busy_cores(0.3) >= 0.6  # one core's worth, give or take what else runs
+    finally:
+        spinner.kill()
+        spinner.wait()
