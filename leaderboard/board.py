@@ -129,7 +129,7 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
         row += [fmt_score(metric_value(run, m)) for m in board.metrics]
         row += [
             fmt_number(extract.cost(run, "inject_s")),
-            fmt_number(extract.train_rate(run), 0),
+            fmt_number(extract.train_rate(run), 0) + (" †" if extract.rate_counts_computed_tokens_only(run) else ""),
             fmt_bytes(extract.cost(run, "footprint_bytes")),
             fmt_number(extract.cost(run, "wall_s")),
             _date(run),

@@ -179,6 +179,12 @@ def train_rate(result: dict[str, Any]) -> float | None:
     return cost(result, "train_tokens_per_s")
 
 
+def rate_counts_computed_tokens_only(result: dict[str, Any]) -> bool:
+    """True for a run that shared prefixes but whose file predates the per-example token count."""
+    shared = number(params(result, "method").get("share_prefix"))
+    return bool(shared) and cost(result, "train_example_tokens") is None and bool(cost(result, "train_tokens"))
+
+
 def num_targets(result: dict[str, Any]) -> int:
     """Target sentences handed to the method over all episodes (0 for methods that use none)."""
     total = 0

@@ -41,7 +41,9 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "Scores are means with bootstrap 95% intervals (over contexts for the QA tasks, over test "
         "points for recommendation); rows are ranked by the first score column. Cost columns: "
         "injection seconds, student training tokens per second (every training example's whole "
-        "sequence, so runs that share a prefix across a batch compare on the same work), the "
+        "sequence, so runs that share a prefix across a batch compare on the same work; † marks a "
+        "run that shared prefixes but whose file predates that count: its rate counts each shared "
+        "prefix once per batch), the "
         "method's storage footprint "
         "(extra state it keeps), and the whole run's wall seconds. Date and commit identify the "
         "code that produced each run; the method name links to its result file.",

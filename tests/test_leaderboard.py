@@ -98,9 +98,12 @@ def test_reference_plan_skips_what_does_not_apply():
 
 
 def test_train_rate_counts_shared_prefixes_per_example():
-    from leaderboard.extract import train_rate
+    from leaderboard.extract import rate_counts_computed_tokens_only, train_rate
 
     shared = batch("selfparam", 0.4)
     shared["cost"].update(train_tokens=1000, train_example_tokens=2200, train_s=2.0)
     assert train_rate(shared) == 1100.0  # not the 500 tok/s of computed tokens
     assert train_rate(batch("ft_context", 0.1)) == 500.0  # older files without the count
+    assert not rate_counts_computed_tokens_only(shared)
+    assert not rate_counts_computed_tokens_only(batch("ft_context", 0.1))  # no prefix shared: same count
+    assert rate_counts_computed_tokens_only(batch("ft_sentences", 0.9, share_prefix=8))
