@@ -43,9 +43,8 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "injection seconds, student training tokens per second (every training example's whole "
         "sequence, so runs that share a prefix across a batch compare on the same work; † marks a "
         "run that shared prefixes but whose file predates that count: its rate counts each shared "
-        "prefix once per batch), the "
-        "method's storage footprint "
-        "(extra state it keeps), and the whole run's wall seconds. Date and commit identify the "
+        "prefix once per batch), the method's storage footprint (extra state it keeps), and the "
+        "whole run's wall seconds. Date and commit identify the "
         "code that produced each run; the method name links to its result file.",
         "",
     ]

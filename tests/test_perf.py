@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -53,16 +55,12 @@ def test_openmp_threads_sleep_on_a_busy_machine_and_the_users_choice_wins(monkey
 
 
 def test_busy_cores_sees_a_spinning_process():
-    import subprocess
-
     from benchmark.threads import busy_cores
 
     if not sys.platform.startswith("linux"):
         pytest.skip("busy_cores reads /proc/stat on Linux only")
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        import time
-
         time.sleep(0.3)
         assert busy_cores(0.3) >= 0.6  # one core's worth, give or take what else runs
     finally:
