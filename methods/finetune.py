@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from benchmark.errors import BenchError
 from benchmark.registry import register_method
 from benchmark.types import Context
-from methods.sentences import SentenceParams, sentence_ids, sentence_prefixes
+from methods.sentences import SentenceParams, frame, sentence_prefixes
 from methods.training import Example, TrainedMethod, Trainer, TrainParams, run_epochs, steps_per_epoch
 
 
@@ -72,7 +72,5 @@ class FinetuneSentences(_Finetune):
 
     def examples(self, contexts: list[Context]) -> list[Example]:
         _, prefix = sentence_prefixes(self.lm, contexts, self.params.prompt_style)
-        bos = self.lm.encode("")
-        return [Example(bos + prefix + sentence_ids(self.lm, s, self.params), max(0, len(bos) + len(prefix) - 1),
-                        "sentence")
-                for c in contexts for s in c.targets]
+        framed = [frame(self.lm, prefix, s, self.params) for c in contexts for s in c.targets]
+        return [Example(f.ids, f.first, "sentence") for f in framed]

@@ -16,6 +16,7 @@ texts per context is reused across epochs (``retain_pool``; 0 = a fresh text eve
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from benchmark.errors import BenchError
 from benchmark.registry import register_method
 from benchmark.types import Context
 from methods.retain import RetainStream
-from methods.sentences import SentenceParams, sentence_ids, sentence_prefixes
+from methods.sentences import SentenceParams, frame, sentence_prefixes
 from methods.training import (
     Dist,
     Example,
@@ -127,15 +128,26 @@ class InjectionPlan:
     def __init__(self, lm, contexts: list[Context], p: SelfParamParams, retain: RetainStream, rng) -> None:
         self.lm, self.p, self.retain, self.rng = lm, p, retain, rng
         bos = lm.tokenizer.bos_token_id
-        # Teacher rows line up with student rows with or without a BOS token: row 0 of a spec with
-        # ``first = len(context)`` predicts the same token as row 0 of the student's sequence.
         self.bos = [bos] if bos is not None else []
         self.contexts = [lm.encode(c.text, add_bos=False) for c in contexts]
-        self.targets = [[sentence_ids(lm, s, p) for s in c.targets] for c in contexts]
         for c, ids in zip(contexts, self.contexts):
             if len(ids) < 3 and p.context_loss:
                 raise BenchError(f"context {c.id!r} is too short ({len(ids)} tokens) for the context loss")
-        self.teacher_prefix, self.student_prefix = sentence_prefixes(lm, contexts, p.prompt_style)
+        teacher_prefix, student_prefix = sentence_prefixes(lm, contexts, p.prompt_style)
+        # Per context, each target sentence framed for the student and for the teacher. Both score
+        # the same sentence tokens, so row i of the teacher predicts what row i of the student does.
+        self.sentences: list[list[tuple[Example, TeacherSpec]]] = []
+        for c, t_prefix in zip(contexts, teacher_prefix):
+            pairs = []
+            for text in c.targets:
+                student, teacher = frame(lm, student_prefix, text, p), frame(lm, t_prefix, text, p)
+                if student.sentence != teacher.sentence:
+                    raise BenchError(f"target sentence {text!r} of context {c.id!r} tokenises differently "
+                                     "after the teacher's prefix than after the student's")
+                skip = 1 if student.start == 0 else 0  # nothing before the sentence predicts its first token
+                pairs.append((Example(student.ids, student.first, "qa", p.qa_weight),
+                              TeacherSpec(teacher.ids, teacher.start - 1 + skip)))
+            self.sentences.append(pairs)
         self.specs: dict[Any, TeacherSpec] = {}
         self.cache: dict[Any, Dist] = {}
         self.pools = [retain.take(p.retain_pool) for _ in contexts] if p.retain_pool > 0 else None
@@ -143,7 +155,7 @@ class InjectionPlan:
         self.next_text = 0
 
     def _counts(self, c: int) -> tuple[int, int, int]:
-        n = len(self.targets[c])
+        n = len(self.sentences[c])
         if self.p.targets_per_epoch:
             n = min(n, self.p.targets_per_epoch)
         n_ctx = round(self.p.context_per_target * n) if self.p.context_loss else 0
@@ -162,13 +174,13 @@ class InjectionPlan:
         examples: list[Example] = []
         for c, ctx in enumerate(self.contexts):
             n, n_ctx, n_ret = self._counts(c)
-            sentences = self.targets[c]
-            t_prefix, s_prefix = self.teacher_prefix[c], self.student_prefix
+            sentences = self.sentences[c]
             for i in range(n):
                 j = (epoch * n + i) % len(sentences)
                 key = ("qa", c, j)
-                self.specs.setdefault(key, TeacherSpec(bos + t_prefix + sentences[j], len(t_prefix)))
-                examples.append(Example(bos + s_prefix + sentences[j], len(s_prefix), "qa", p.qa_weight, (key, 0)))
+                student, spec = sentences[j]
+                self.specs.setdefault(key, spec)
+                examples.append(dataclasses.replace(student, teacher=(key, 0)))
             if n_ctx:
                 key = ("ctx", c)
                 self.specs.setdefault(key, TeacherSpec(bos + ctx, 0))

@@ -5,6 +5,11 @@ for SELF-PARAM's teacher, the context). ``prompt_style=run`` instead frames it a
 evaluation prompt does, demonstrations included, so the student learns the answer in the exact
 position where it is later asked; ``end_answer`` also trains the line break that closes an answer
 in that format, so the student learns where an answer stops instead of running on.
+
+Token parity: a framed sentence's ids are exactly the ids of the evaluation prompt that asks its
+question followed by the ids of its answer. The prompt text is tokenised as one string, as
+generation does: tokenised on its own, a prefix ending in a blank line gives one "\\n\\n" token that
+the evaluation prompt (where "Question" follows) never contains.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ from benchmark.types import Context, Prompt
 from methods.training import TrainParams
 
 PROMPT_STYLES = ("raw", "run", "run-teacher")
+ANSWER_MARK = "Answer:"
+
+# What comes before a sentence: prompt text tokenised together with it (``run``), or token ids
+# prepended as they are (``raw``: the official code's BOS + context ids + sentence ids).
+Prefix = str | list[int]
 
 
 @dataclass
@@ -27,12 +37,32 @@ class SentenceParams(TrainParams):
     end_answer: bool = False  # append the newline that ends an answer in the run's prompt format
 
 
-def sentence_prefixes(lm, contexts: list[Context], style: str) -> tuple[list[list[int]], list[int]]:
-    """Token ids before a target sentence: one teacher prefix per context, and the student's prefix.
+@dataclass(frozen=True)
+class Framed:
+    """A sentence's training ids (BOS first when the tokenizer has one) and where its loss starts.
 
-    ``raw``: the context itself / nothing (the official code). ``run``: what the run's raw prompt
-    format puts before "Question:" with and without the context (demonstrations, "Context: …").
-    ``run-teacher``: the teacher's as in ``run``, the student's as in ``raw``.
+    ``start`` is the index of the sentence's first token; ``first`` the position whose prediction
+    is the first scored token (``Example.first`` / ``TeacherSpec.first``).
+    """
+
+    ids: list[int]
+    start: int
+
+    @property
+    def first(self) -> int:
+        return max(0, self.start - 1)
+
+    @property
+    def sentence(self) -> list[int]:
+        return self.ids[self.start :]
+
+
+def sentence_prefixes(lm, contexts: list[Context], style: str) -> tuple[list[Prefix], Prefix]:
+    """What comes before a target sentence: one teacher prefix per context, and the student's.
+
+    ``raw``: the context's ids / nothing (the official code). ``run``: the text the run's raw
+    prompt format puts before "Question:" with and without the context (demonstrations,
+    "Context: …"). ``run-teacher``: the teacher's as in ``run``, the student's as in ``raw``.
     """
     if style not in PROMPT_STYLES:
         raise BenchError(f"unknown prompt_style {style!r}; use {', '.join(PROMPT_STYLES)}")
@@ -40,14 +70,45 @@ def sentence_prefixes(lm, contexts: list[Context], style: str) -> tuple[list[lis
         return [lm.encode(c.text, add_bos=False) for c in contexts], []
     marker = "\x00question\x00"
 
-    def before_question(context: str | None) -> list[int]:
+    def before_question(context: str | None) -> str:
         text = lm.format_prompt(Prompt("prefix", marker, context))
-        return lm.encode(text[: text.index(f"Question: {marker}")], add_bos=False)
+        return text[: text.index(f"Question: {marker}")]
 
-    student = before_question(None) if style == "run" else []
+    student: Prefix = before_question(None) if style == "run" else []
     return [before_question(c.text) for c in contexts], student
 
 
-def sentence_ids(lm, sentence: str, p: SentenceParams) -> list[int]:
-    """The sentence's token ids (no BOS), closed by a newline when ``end_answer`` asks for it."""
-    return lm.encode(sentence.rstrip() + "\n" if p.end_answer else sentence, add_bos=False)
+def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
+    """BOS + prefix + sentence as token ids: the evaluation prompt's ids, then the answer's.
+
+    The part up to and including "Answer:" is tokenised together with a text prefix, exactly as
+    ``lm.generate`` tokenises the prompt; the answer (and the closing newline with ``end_answer``)
+    is tokenised on its own, as the model produces it after the prompt.
+    """
+    sentence = sentence.rstrip()
+    cut = sentence.rfind(ANSWER_MARK)
+    question, answer = (sentence, "") if cut < 0 else (sentence[: cut + len(ANSWER_MARK)], sentence[cut + len(ANSWER_MARK):])
+    answer += "\n" if p.end_answer else ""
+    bos = lm.encode("")
+    if isinstance(prefix, str):
+        head = lm.encode(prefix + question, add_bos=False)
+        start = len(bos) + _tokens_before(lm, prefix + question, len(prefix))
+    else:
+        head = list(prefix) + lm.encode(question, add_bos=False)
+        start = len(bos) + len(prefix)
+    return Framed(bos + head + lm.encode(answer, add_bos=False), start)
+
+
+def _tokens_before(lm, text: str, chars: int) -> int:
+    """How many of ``text``'s tokens start before character ``chars``."""
+    if not chars:
+        return 0
+    tok = lm.tokenizer
+    if getattr(tok, "is_fast", False):
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return sum(1 for begin, _ in offsets if begin < chars)
+    ids = lm.encode(text, add_bos=False)
+    for n in range(len(ids) + 1):  # slow tokenizers: the shortest head that decodes past the prefix
+        if len(tok.decode(ids[:n])) >= chars:
+            return n
+    return len(ids)
