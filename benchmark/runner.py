@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, RunParams, build_params
+from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
 from benchmark.errors import BenchError, UnavailableError
 from benchmark.models import LM, load_lm
 from benchmark.registry import METHODS, TASKS
@@ -93,6 +93,7 @@ def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
         },
         request.profile,
         request.overrides,
+        task=task_cls.name,
     )
     dataset = request.dataset or task_cls.default_dataset
     model = request.model or DEFAULT_MODELS[request.profile]
@@ -160,8 +161,13 @@ def run(request: RunRequest, lm: LM | None = None) -> RunOutcome:
     )
     task.prepare(lm)  # every data error is raised here, before anything is written
 
-    def make_method():
-        return resolved.method_cls(lm, resolved.params["method"], run_params, request.seed)
+    def method_factory(episode: str):
+        def make_method(stream: str | None = None):
+            """A fresh method whose random stream is its episode's (or the named ``stream``'s)."""
+            seed = episode_seed(request.seed, stream or episode)
+            return resolved.method_cls(lm, resolved.params["method"], run_params, seed)
+
+        return make_method
 
     log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config)})
     done = [] if request.force else log.load()
@@ -176,7 +182,7 @@ def run(request: RunRequest, lm: LM | None = None) -> RunOutcome:
     for episode in bar:
         seed_everything(episode_seed(request.seed, episode))
         tick = time.perf_counter()
-        record = task.run_episode(episode, make_method)
+        record = task.run_episode(episode, method_factory(episode))
         record.setdefault("cost", {})["wall_s"] = time.perf_counter() - tick
         log.append(record)
         records.append(record)
@@ -188,6 +194,12 @@ def run(request: RunRequest, lm: LM | None = None) -> RunOutcome:
         **resolved.identity,
         "config": resolved.config,
         "overrides": dict(request.overrides),
+        # Which profile entries set the defaults: a task-specific one ("quick@sequential") on top.
+        "profile_entries": {
+            scope: [k for k in (request.profile, f"{request.profile}{TASK_SEP}{resolved.task_cls.name}") if k in profiles]
+            for scope, profiles in (("run", RUN_PROFILES), ("task", resolved.task_cls.profiles),
+                                    ("method", resolved.method_cls.profiles))
+        },
         "model_info": {**lm.info, "max_length": lm.max_length, "prompt_format": lm.prompt_format,
                        "fewshot": lm.fewshot},
         "versions": package_versions(),

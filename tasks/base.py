@@ -10,7 +10,8 @@ from benchmark.config import RunParams
 from benchmark.models import LM
 from methods.base import Method
 
-MethodFactory = Callable[[], Method]
+# make_method(stream=None): a fresh method seeded by its episode (or by the named random stream).
+MethodFactory = Callable[..., Method]
 
 
 @dataclass

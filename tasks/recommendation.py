@@ -178,7 +178,7 @@ class RecommendationTask(Task):
             return self._method, {}
         from benchmark.runner import episode_seed, seed_everything
 
-        method = make_method()
+        method = make_method("inject")  # the same random stream whichever shard builds it
         if method.sees_gold_context:
             raise BenchError(
                 f"method {method.name!r} does not apply to the recommendation task: a recommendation "

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import benchmark.runner
+from benchmark.runner import episode_seed
 from benchmark.errors import BenchError
 from benchmark.registry import METHODS, register_method
 from benchmark.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
@@ -156,7 +157,7 @@ def flaky_method():
         description = "fails for seed 1"
 
         def inject(self, contexts):
-            if self.seed == 1:
+            if self.seed == episode_seed(1, "batch-0"):  # the stream of the run with seed 1
                 raise RuntimeError("flaky method broke on purpose")
 
     yield Flaky
