@@ -97,12 +97,28 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return result
 
 
+def profile_values(profiles: Mapping[str, Mapping[str, Any]], profile: str, task: str | None) -> dict[str, Any]:
+    """A profile's values, with its entry for the task (``"quick@sequential"``) layered on top.
+
+    A method's best regime can differ by task (one context per injection in sequential injection,
+    many at once in batch injection), so a profile may name task-specific values.
+    """
+    values = dict(profiles.get(profile, {}))
+    if task is not None:
+        values.update(profiles.get(f"{profile}{TASK_SEP}{task}", {}))
+    return values
+
+
+TASK_SEP = "@"  # "profile@task" keys in a ``profiles`` table
+
+
 def build_params(
-    scopes: Mapping[str, tuple[type, Mapping[str, Any]]], profile: str, overrides: Mapping[str, str]
+    scopes: Mapping[str, tuple[type, Mapping[str, Any]]], profile: str, overrides: Mapping[str, str],
+    task: str | None = None,
 ) -> dict[str, Any]:
     """Instantiate each scope's dataclass with its profile defaults, then apply ``--set`` overrides.
 
-    ``scopes`` maps a scope name to (dataclass, {profile: {field: value}}).
+    ``scopes`` maps a scope name to (dataclass, {profile or "profile@task": {field: value}}).
     """
     if profile not in PROFILES:
         raise BenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
@@ -112,7 +128,7 @@ def build_params(
     for scope, (cls, profiles) in scopes.items():
         fields[scope] = {f.name: f for f in dataclasses.fields(cls)}
         hints[scope] = typing.get_type_hints(cls)
-        values[scope] = dict(profiles.get(profile, {}))
+        values[scope] = profile_values(profiles, profile, task)
         unknown = set(values[scope]) - set(fields[scope])
         if unknown:
             raise ValueError(f"profile {profile!r} sets unknown {scope} fields {sorted(unknown)}")
