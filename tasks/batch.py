@@ -14,6 +14,9 @@ from tasks.qa import QATask, Stopwatch, per_context, summarize_contexts
 class BatchParams:
     num_contexts: int = 20  # contexts injected together (the paper: 100 and 500)
     episodes: int = 1  # independent batches over consecutive, disjoint slices of the data
+    # Index of the first context used. The scored runs start at 0; tune on contexts past them
+    # (e.g. first_context=100), never on the scored ones.
+    first_context: int = 0
 
 
 @register_task("batch")
@@ -22,7 +25,7 @@ class BatchTask(QATask):
     Params = BatchParams
     profiles = {"smoke": {"num_contexts": 3}, "quick": {}, "paper": {"num_contexts": 100}}
 
-    def needed_documents(self) -> int:
+    def contexts_used(self) -> int:
         return self.params.num_contexts * self.params.episodes
 
     def episodes(self) -> list[str]:

@@ -46,12 +46,22 @@ class QATask(Task):
 
     documents: list[Document]
 
-    def needed_documents(self) -> int:
-        raise NotImplementedError
-
     def load_documents(self) -> list[Document]:
         """The documents this run uses; a task may override how shortages are handled."""
-        return load_documents(self.dataset, self.data_path, self.needed_documents(), 0)
+        return self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0))
+
+    def needed_documents(self) -> int:
+        """Contexts to load: the run's, after the ``first_context`` ones it skips."""
+        return self.params.first_context + self.contexts_used()
+
+    def contexts_used(self) -> int:
+        raise NotImplementedError
+
+    def skip(self, documents: list[Document]) -> list[Document]:
+        first = self.params.first_context
+        if first < 0:
+            raise BenchError(f"first_context must be >= 0, not {first}")
+        return documents[first:]
 
     def prepare(self, lm: LM) -> None:
         self.lm = lm

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.errors import BenchError
-from benchmark.metrics import summarize
+from benchmark.metrics import qa_acc, summarize
 from benchmark.registry import register_task
 from benchmark.report import fmt_ci
 from benchmark.types import Document
@@ -34,6 +34,9 @@ class SequentialParams:
 
     num_sequences: int = 2  # independent sequences over consecutive, disjoint slices of the data
     sequence_length: int = 5  # contexts injected one per step in each sequence (L)
+    # Index of the first context used. The scored runs start at 0; tune on contexts past them
+    # (e.g. first_context=100), never on the scored ones.
+    first_context: int = 0
 
 
 @register_task("sequential")
@@ -46,7 +49,7 @@ class SequentialTask(QATask):
         "paper": {"num_sequences": 50, "sequence_length": 20},  # the first 1000 contexts
     }
 
-    def needed_documents(self) -> int:
+    def contexts_used(self) -> int:
         return self.params.num_sequences * self.params.sequence_length
 
     def load_documents(self) -> list[Document]:
@@ -54,7 +57,7 @@ class SequentialTask(QATask):
         asked_n, asked_l = self.params.num_sequences, self.params.sequence_length
         if asked_n < 1 or asked_l < 1:
             raise BenchError("num_sequences and sequence_length must be at least 1")
-        documents = load_documents(self.dataset, self.data_path, asked_n * asked_l, 0, strict=False)
+        documents = self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0, strict=False))
         if not documents:
             raise BenchError(f"dataset {self.dataset!r} has no contexts")
         length = min(asked_l, len(documents))
@@ -127,30 +130,38 @@ def episode_matrix(steps: list[dict[str, Any]], doc_ids: list[str], metric: str)
 
 
 def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    """Per-step means, the mean matrix, efficacy and retention by distance, with bootstrap CIs.
+    """Per-step means, the mean matrix, efficacy, retention by distance and interference.
 
-    Intervals resample (sequence, context) cells, the unit the paper averages over. The headline
-    ``qa_f1`` / ``acc`` are the final step's: all contexts, after the whole sequence is injected.
+    Every interval resamples whole sequences: the contexts of one sequence share one model, so the
+    sequence is the independent unit. Each statistic is first averaged within a sequence; with the
+    same number of cells per sequence the mean over sequences equals the mean over all cells. The
+    headline ``qa_f1`` / ``acc`` are the final step's: all contexts, after the whole sequence.
     """
     metrics = [m for m in records[0]["matrix"] if all(m in r["matrix"] for r in records)]
     cubes = {m: np.asarray([r["matrix"][m] for r in records], dtype=float) for m in metrics}  # seq x step x pos
     n_seq, n_steps, length = cubes[metrics[0]].shape
+
+    def over_sequences(per_sequence: np.ndarray) -> dict[str, float]:
+        return summarize(per_sequence.tolist(), seed=seed)
+
     steps = []
     for s in range(n_steps):
         row: dict[str, Any] = {"step": s, "injected": s}
-        row.update({m: summarize(cube[:, s, :].ravel().tolist(), seed=seed) for m, cube in cubes.items()})
+        row.update({m: over_sequences(cube[:, s, :].mean(axis=1)) for m, cube in cubes.items()})
         steps.append(row)
     retention = []
     for k in range(length):  # context injected at step s - k, seen at step s (k = 0: efficacy)
-        row: dict[str, Any] = {"distance": k, "gain": {}}
-        cells = [(q, s, s - 1 - k) for q in range(n_seq) for s in range(k + 1, n_steps)]
+        row = {"distance": k, "gain": {}}
+        cells = [(s, s - 1 - k) for s in range(k + 1, n_steps)]
+        steps_at, positions = [s for s, _ in cells], [j for _, j in cells]
         for m, cube in cubes.items():
-            row[m] = summarize([cube[q, s, j] for q, s, j in cells], seed=seed)
-            # the same cells minus their step-0 score: what injection added, whatever the context's difficulty
-            row["gain"][m] = summarize([cube[q, s, j] - cube[q, 0, j] for q, s, j in cells], seed=seed)
+            seen = cube[:, steps_at, positions]  # seq x cell
+            row[m] = over_sequences(seen.mean(axis=1))
+            # minus the same contexts' step-0 score: what injection added, whatever their difficulty
+            row["gain"][m] = over_sequences((seen - cube[:, 0, positions]).mean(axis=1))
         retention.append(row)
     final = {m: steps[-1][m] for m in metrics}
-    return {
+    scores: dict[str, Any] = {
         **final,
         "num_sequences": n_seq,
         "sequence_length": length,
@@ -161,6 +172,29 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         "retention": retention,
         "before": {m: steps[0][m] for m in metrics},
     }
+    shares = [interference(r) for r in records]
+    if all(share is not None for share in shares):
+        scores["interference"] = summarize(shares, seed=seed)  # type: ignore[arg-type]
+    return scores
+
+
+def interference(record: dict[str, Any]) -> float | None:
+    """Share of answers to other contexts' questions that give a fact of the context just injected.
+
+    Over steps 1..L: an answer to a question of any context but the one injected at that step
+    counts when it contains a gold answer of the injected context's questions (the ``acc`` match)
+    and none of its own question's. None when the sequence has a single context.
+    """
+    hits = total = 0
+    for step in record["steps"][1:]:
+        injected = step["injected"]
+        facts = {a for p in step["predictions"] if p["context_id"] == injected for a in p["answers"]}
+        for p in step["predictions"]:
+            if p["context_id"] == injected:
+                continue
+            total += 1
+            hits += bool(qa_acc(p["prediction"], facts)) and not qa_acc(p["prediction"], p["answers"])
+    return hits / total if total else None
 
 
 MATRIX_MAX_LENGTH = 10  # longer sequences print without the matrix (it stays in the result file)
@@ -172,7 +206,8 @@ def sequential_summary(scores: dict[str, Any]) -> str:
 
     metrics = [m for m in ("qa_f1", "acc") if m in scores["efficacy"]]
     n_seq, length = scores["num_sequences"], scores["sequence_length"]
-    parts = [f"{n_seq} sequence(s) of {length} contexts; means over sequences x contexts, 95% CI"]
+    parts = [f"{n_seq} sequence(s) of {length} contexts; means over sequences x contexts, 95% CI "
+             "resampling sequences"]
     rows = [[row["step"]] + [fmt_ci(row[m]) for m in metrics] for row in scores["steps"]]
     parts.append(tabulate(rows, headers=["step (injected)"] + metrics, tablefmt="github"))
     first = metrics[0]
@@ -183,6 +218,9 @@ def sequential_summary(scores: dict[str, Any]) -> str:
     parts.append(tabulate(rows, headers=["k"] + metrics + [f"gain {first}", "n"], tablefmt="github"))
     parts.append("efficacy " + ", ".join(f"{m} {fmt_ci(scores['efficacy'][m])}" for m in metrics)
                  + "; before injection " + ", ".join(f"{m} {fmt_ci(scores['before'][m])}" for m in metrics))
+    if "interference" in scores:
+        parts.append(f"interference {fmt_ci(scores['interference'])}: share of answers to other contexts' "
+                     "questions that give a fact of the context injected at that step")
     if length <= MATRIX_MAX_LENGTH:
         matrix = scores["matrix"][metrics[0]]
         rows = [[s] + [f"{v:.2f}" for v in row] for s, row in enumerate(matrix)]

@@ -78,11 +78,11 @@ def test_step_count_and_matrix_shape(tmp_path, recording_methods, tiny_lm):
         # remembered contexts score 1, the others 0: the matrix is strictly lower triangular
         assert matrix == [[1.0 if j < s else 0.0 for j in range(4)] for s in range(5)]
     assert [round(s["qa_f1"]["mean"], 6) for s in scores["steps"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert scores["steps"][0]["qa_f1"]["n"] == 8  # 2 sequences x 4 contexts
+    assert scores["steps"][0]["qa_f1"]["n"] == 2  # intervals resample the 2 sequences
     assert scores["qa_f1"] == scores["steps"][-1]["qa_f1"]
     assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
     assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 1.0, 1.0, 1.0]
-    assert [r["qa_f1"]["n"] for r in scores["retention"]] == [8, 6, 4, 2]
+    assert [r["qa_f1"]["n"] for r in scores["retention"]] == [2, 2, 2, 2]
     assert [r["gain"]["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 1.0, 1.0, 1.0]
     assert scores["efficacy_gain"]["acc"]["mean"] == 1.0
     assert scores["before"]["qa_f1"]["mean"] == 0.0
