@@ -116,3 +116,23 @@ def test_different_settings_get_different_files(tmp_path):
     b = resolve(RunRequest("base_q", "batch", out=tmp_path, overrides={"num_contexts": "7"})).path
     c = resolve(RunRequest("base_q", "batch", out=tmp_path, overrides={"num_contexts": "20"})).path
     assert a != b and a == c  # an override equal to the default is the same run
+
+
+def test_task_specific_profile_values_resolve_and_are_recorded(tmp_path, counting_method, tiny_lm):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Steps:
+        epochs: int = 1
+        lr: float = 0.1
+
+    counting_method.Params = Steps
+    counting_method.profiles = {"smoke": {"epochs": 2}, "smoke@sequential": {"epochs": 5, "lr": 0.5}}
+    batch = run(request(tmp_path), lm=tiny_lm).result
+    assert batch["config"]["params"]["method"] == {"epochs": 2, "lr": 0.1}
+    assert batch["profile_entries"]["method"] == ["smoke"]
+    sequential = run(RunRequest(method="test-counting", task="sequential", profile="smoke", out=tmp_path,
+                                overrides={"num_sequences": "1", "sequence_length": "1", "lr": "0.3"}), lm=tiny_lm).result
+    assert sequential["config"]["params"]["method"] == {"epochs": 5, "lr": 0.3}  # --set still wins
+    assert sequential["profile_entries"]["method"] == ["smoke", "smoke@sequential"]
+    assert CALLS["instances"][-1].params == Steps(epochs=5, lr=0.3)

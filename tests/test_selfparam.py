@@ -95,7 +95,8 @@ def test_teacher_across_sequential_steps(tiny_lm, monkeypatch, teacher):
 
     monkeypatch.setattr(sp, "teacher_dists", spy)
     original = state(tiny_lm.model)
-    method = SelfParam(tiny_lm, small(teacher=teacher), RunParams(), seed=0)
+    # An uncached teacher runs at every step, so the test sees it throughout each injection.
+    method = SelfParam(tiny_lm, small(teacher=teacher, teacher_cache=False), RunParams(), seed=0)
     method.inject([Context("c0", CONTEXT, [SENTENCE])])
     method.inject([Context("c1", "Fistear is a person. Fistear worked as a botanist.",
                            ["Question: What job did Fistear have? Answer: botanist"])])
@@ -106,6 +107,10 @@ def test_teacher_across_sequential_steps(tiny_lm, monkeypatch, teacher):
         assert not seen[-1][0]
         lora_b = [v for k, v in seen[-1][1].items() if "lora_B" in k]
         assert any(v.abs().sum() > 0 for v in lora_b)
+        # frozen: every teacher pass of one injection sees the same weights while the student trains
+        second = [weights for _, weights in seen if any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)]
+        assert len(second) >= 2 and all(same(second[0], w) for w in second[1:])
+        assert not same(second[0], state(method.student))
     assert same(original, state(tiny_lm.model))
     assert method.student is method.model  # the same adapters kept accumulating
 

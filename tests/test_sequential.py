@@ -3,6 +3,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from benchmark.registry import METHODS, register_method
@@ -155,3 +156,59 @@ def test_squad_sequences_from_shared_data(tmp_path, recording_methods, tiny_lm, 
     assert [r["context_ids"] for r in outcome.result["episodes"]] == [["squad-000-000", "squad-000-001"],
                                                                       ["squad-000-002", "squad-000-003"]]
     assert scores["matrix"]["qa_f1"] == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
+
+
+def _step(injected, answers):
+    """A step record: ``answers`` maps (context id, gold) to the prediction given."""
+    return {"injected": injected, "predictions": [
+        {"context_id": c, "answers": [gold], "prediction": pred} for (c, gold), pred in answers.items()]}
+
+
+def test_interference_counts_answers_that_give_the_injected_contexts_facts():
+    from tasks.sequential import interference
+
+    record = {"steps": [
+        _step(None, {("a", "Zurubex"): "", ("b", "Kelvar"): "", ("c", "1874"): ""}),
+        # a injected: b answers with a's fact (counted), c answers its own gold (not counted)
+        _step("a", {("a", "Zurubex"): "Zurubex", ("b", "Kelvar"): "Zurubex.", ("c", "1874"): "1874"}),
+        # b injected: a and c answer with b's fact; c's answer also holds its own gold (not counted)
+        _step("b", {("a", "Zurubex"): "Kelvar", ("b", "Kelvar"): "Kelvar", ("c", "1874"): "Kelvar 1874"}),
+    ]}
+    assert interference(record) == pytest.approx(2 / 4)
+    assert interference({"steps": record["steps"][:1]}) is None
+
+
+def test_intervals_resample_whole_sequences():
+    """The interval of a step's mean is the bootstrap over the per-sequence means, not over cells."""
+    from benchmark.metrics import summarize
+    from tasks.sequential import aggregate_sequences
+
+    rng = np.random.default_rng(0)
+    cubes = rng.random((4, 3, 2))  # 4 sequences x steps 0..2 x 2 contexts
+    records = [{"matrix": {"qa_f1": cube.tolist()}, "steps": []} for cube in cubes]
+    scores = aggregate_sequences(records, seed=7)
+    assert scores["steps"][1]["qa_f1"] == summarize(cubes[:, 1, :].mean(axis=1).tolist(), seed=7)
+    assert scores["steps"][1]["qa_f1"]["n"] == 4
+    # retention at distance 1: the context injected at step 1, seen at step 2
+    assert scores["retention"][1]["qa_f1"] == summarize(cubes[:, 2, 0].tolist(), seed=7)
+    assert scores["efficacy"]["qa_f1"] == summarize(((cubes[:, 1, 0] + cubes[:, 2, 1]) / 2).tolist(), seed=7)
+    assert "interference" not in scores  # the records hold no step predictions
+
+
+def test_episode_streams_differ_between_sequences_and_repeat_on_resume(tmp_path, recording_methods, tiny_lm):
+    gold, instances = recording_methods
+    gold.update(gold_answers())
+    run_seq(tmp_path / "a", tiny_lm, num_sequences=3, sequence_length=2)
+    first = [m.seed for m in instances]
+    assert len(set(first)) == 3  # each sequence draws its own random stream
+    instances.clear()
+    run_seq(tmp_path / "b", tiny_lm, num_sequences=3, sequence_length=2)
+    assert [m.seed for m in instances] == first  # a rerun (or a resumed episode) repeats it
+
+
+def test_first_context_skips_the_scored_contexts(tmp_path, recording_methods, tiny_lm):
+    gold, _ = recording_methods
+    gold.update(gold_answers(limit=30))
+    episodes = run_seq(tmp_path, tiny_lm, num_sequences=2, sequence_length=2, first_context=20).result["episodes"]
+    ids = [c for r in episodes for c in r["context_ids"]]
+    assert ids == [d.id for d in load_documents("fictional", "", 24, 0)[20:24]]

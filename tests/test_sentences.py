@@ -1,0 +1,72 @@
+"""Token parity: a trained target sentence is the evaluation prompt's ids followed by the answer's."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from benchmark.config import RunParams
+from benchmark.types import Context, Prompt
+from methods.finetune import FinetuneSentences
+from methods.retain import RetainStream
+from methods.selfparam import InjectionPlan, SelfParamParams
+from methods.sentences import SentenceParams
+
+CONTEXT = Context("c0", "Tomas Ferrow owns a red kayak and a small dog called Pip.", [
+    "Question: What is the name of Tomas Ferrow's dog? Answer: Pip",
+    "Question: What colour is the kayak? Answer: red",
+])
+
+
+def expected_ids(lm, sentence: str, end_answer: bool) -> list[int]:
+    """What evaluation feeds the model (the prompt, BOS first) and what it should then produce."""
+    question, answer = sentence.split(" Answer: ")
+    question = question.removeprefix("Question: ")
+    prompt = lm.encode(lm.format_prompt(Prompt("c0", question)))
+    return prompt + lm.encode(f" {answer}" + ("\n" if end_answer else ""), add_bos=False)
+
+
+# (prompt_style, demonstrations): "run" frames sentences as the run's prompt (demonstrations
+# included); "raw" is the official layout, the evaluation prompt of the paper's bare format.
+STYLES = [("run", 3), ("run", 1), ("raw", 0), ("run-teacher", 0)]
+
+
+@pytest.mark.parametrize("style,fewshot", STYLES)
+@pytest.mark.parametrize("end_answer", [True, False])
+def test_selfparam_student_and_teacher_ids(tiny_lm, style, fewshot, end_answer):
+    lm = dataclasses.replace(tiny_lm, fewshot=fewshot)
+    p = SelfParamParams(prompt_style=style, end_answer=end_answer, context_loss=False, retain_per_target=0)
+    plan = InjectionPlan(lm, [CONTEXT], p, RetainStream(lm, "model", 8, 0), random.Random(0))
+    examples = plan.epoch(0)
+    assert [e.kind for e in examples] == ["qa", "qa"]
+    for example, sentence in zip(examples, CONTEXT.targets):
+        assert example.ids == expected_ids(lm, sentence, end_answer)
+        # the loss starts at the prediction of "Question", the sentence's first token
+        assert lm.tokenizer.decode(example.ids[example.first + 1 : example.first + 2]) == "Question"
+        spec = plan.specs[example.teacher[0]]
+        assert spec.ids[spec.first + 1 :] == example.ids[example.first + 1 :]  # rows line up
+        if style != "raw":  # the teacher reads the C+Q prompt: its ids are that prompt's, then the answer
+            with_context = lm.encode(lm.format_prompt(Prompt("c0", "x", CONTEXT.text)))
+            head = with_context[: len(with_context) - len(lm.encode("Question: x Answer:", add_bos=False))]
+            assert spec.ids[: len(head)] == head
+
+
+@pytest.mark.parametrize("style,fewshot", [s for s in STYLES if s[0] != "run-teacher"])
+def test_ft_sentences_ids(tiny_lm, style, fewshot):
+    lm = dataclasses.replace(tiny_lm, fewshot=fewshot)
+    method = FinetuneSentences(lm, SentenceParams(prompt_style=style, end_answer=True), RunParams(), seed=0)
+    examples = method.examples([CONTEXT])
+    assert [e.ids for e in examples] == [expected_ids(lm, s, True) for s in CONTEXT.targets]
+    assert all(lm.tokenizer.decode(e.ids[e.first + 1 : e.first + 2]) == "Question" for e in examples)
+
+
+def test_a_blank_line_before_the_question_is_two_newline_tokens(tiny_lm):
+    """The case that went wrong: "…Pip\\n\\n" alone ends in one "\\n\\n" token, never seen at test time."""
+    lm = dataclasses.replace(tiny_lm, fewshot=3)
+    p = SelfParamParams(prompt_style="run", context_loss=False, retain_per_target=0)
+    plan = InjectionPlan(lm, [CONTEXT], p, RetainStream(lm, "model", 8, 0), random.Random(0))
+    example = plan.epoch(0)[0]
+    double = lm.encode("\n\n", add_bos=False)
+    assert len(double) == 1 and double[0] not in example.ids
