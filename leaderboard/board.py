@@ -23,13 +23,15 @@ Result = dict[str, Any]
 # into nested scores; recommendation's r1..r4 are Recall@1 under each filter.
 PREFERRED = {
     "batch": ("qa_f1", "acc"),
-    "sequential": ("qa_f1", "efficacy.qa_f1", "before.qa_f1", "acc"),
+    "sequential": ("qa_f1", "efficacy.qa_f1", "retention_mean.qa_f1", "interference", "before.qa_f1", "acc"),
     "recommendation": ("r1", "r2", "r3", "r4", "recall@5_r1", "recall@10_r1"),
 }
 LABELS = {
     "qa_f1": "QA-F1",
     "efficacy.qa_f1": "efficacy QA-F1",
     "before.qa_f1": "QA-F1 before injection",
+    "retention_mean.qa_f1": "retention QA-F1 (mean over distances ≥ 1)",
+    "interference": "interference (lower is better)",
     "r1": "R@1 r1", "r2": "R@1 r2", "r3": "R@1 r3", "r4": "R@1 r4",
     "recall@5_r1": "R@5 r1", "recall@10_r1": "R@10 r1",
 }

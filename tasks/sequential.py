@@ -161,6 +161,7 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
             row["gain"][m] = over_sequences((seen - cube[:, 0, positions]).mean(axis=1))
         retention.append(row)
     final = {m: steps[-1][m] for m in metrics}
+    later = list(range(1, length))  # distances at which a context must be retained
     scores: dict[str, Any] = {
         **final,
         "num_sequences": n_seq,
@@ -172,6 +173,12 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         "retention": retention,
         "before": {m: steps[0][m] for m in metrics},
     }
+    if later:  # the mean over distances 1..L-1 of each distance's mean, per sequence
+        scores["retention_mean"] = {
+            m: over_sequences(np.mean([cube[:, range(k + 1, n_steps), range(0, n_steps - 1 - k)].mean(axis=1)
+                                       for k in later], axis=0))
+            for m, cube in cubes.items()
+        }
     shares = [interference(r) for r in records]
     if all(share is not None for share in shares):
         scores["interference"] = summarize(shares, seed=seed)  # type: ignore[arg-type]
@@ -218,6 +225,9 @@ def sequential_summary(scores: dict[str, Any]) -> str:
     parts.append(tabulate(rows, headers=["k"] + metrics + [f"gain {first}", "n"], tablefmt="github"))
     parts.append("efficacy " + ", ".join(f"{m} {fmt_ci(scores['efficacy'][m])}" for m in metrics)
                  + "; before injection " + ", ".join(f"{m} {fmt_ci(scores['before'][m])}" for m in metrics))
+    if "retention_mean" in scores:
+        parts.append(f"mean retention over distances 1..{length - 1}: "
+                     + ", ".join(f"{m} {fmt_ci(scores['retention_mean'][m])}" for m in metrics))
     if "interference" in scores:
         parts.append(f"interference {fmt_ci(scores['interference'])}: share of answers to other contexts' "
                      "questions that give a fact of the context injected at that step")

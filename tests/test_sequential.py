@@ -95,6 +95,8 @@ def test_retention_by_distance_sees_forgetting(tmp_path, recording_methods, tiny
     scores = run_seq(tmp_path, tiny_lm, method="test-remember-last", num_sequences=2, sequence_length=3).result["scores"]
     assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
     assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
+    assert scores["retention_mean"]["qa_f1"]["mean"] == 0.0
+    assert scores["interference"]["mean"] == 0.0  # forgetting answers nothing, not the wrong facts
     assert [r["gain"]["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
     assert [round(s["qa_f1"]["mean"], 6) for s in scores["steps"]] == [0.0, round(1 / 3, 6), round(1 / 3, 6),
                                                                        round(1 / 3, 6)]
@@ -192,6 +194,7 @@ def test_intervals_resample_whole_sequences():
     # retention at distance 1: the context injected at step 1, seen at step 2
     assert scores["retention"][1]["qa_f1"] == summarize(cubes[:, 2, 0].tolist(), seed=7)
     assert scores["efficacy"]["qa_f1"] == summarize(((cubes[:, 1, 0] + cubes[:, 2, 1]) / 2).tolist(), seed=7)
+    assert scores["retention_mean"]["qa_f1"] == scores["retention"][1]["qa_f1"]  # L = 2: distance 1 only
     assert "interference" not in scores  # the records hold no step predictions
 
 
