@@ -150,3 +150,34 @@ def sample_from_model(lm: LM, n: int, tokens: int, seed: int, offset: int = 0) -
         ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
         result.append(ids or [lm.tokenizer.eos_token_id])
     return result
+
+
+class RetainQuestions:
+    """Unrelated question-answer sentences, "Question: … Answer: …", handed out in a seeded order.
+
+    They are about invented entities of the ``fictional`` generator drawn under a seed that no
+    data set uses, so no scored context contains them. Trained against the teacher WITHOUT the
+    context, they tell the student that questions about other things keep their current answers;
+    the official code has no such term (``retain_qa_per_target``, off by default).
+    """
+
+    SEED_OFFSET = 10**12  # far from every seed a data set is built with
+    DOCUMENTS = 200
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.pool: list[str] | None = None
+        self.position = 0
+
+    def take(self, n: int) -> list[str]:
+        if n <= 0:
+            return []
+        if self.pool is None:
+            from benchmark.registry import DATASETS
+
+            documents = DATASETS.get("fictional")(seed=self.SEED_OFFSET + self.seed).documents(self.DOCUMENTS)
+            self.pool = [f"Question: {qa.question} Answer: {qa.answers[0]}"
+                         for doc in documents for qa in doc.probes + doc.train_qa]
+            random.Random(self.seed).shuffle(self.pool)
+        start, self.position = self.position, self.position + n
+        return [self.pool[(start + i) % len(self.pool)] for i in range(n)]

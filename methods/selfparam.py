@@ -26,7 +26,7 @@ import torch
 from benchmark.errors import BenchError
 from benchmark.registry import register_method
 from benchmark.types import Context
-from methods.retain import RetainStream
+from methods.retain import RetainQuestions, RetainStream
 from methods.sentences import SentenceParams, frame, sentence_prefixes
 from methods.training import (
     Dist,
@@ -50,6 +50,9 @@ class SelfParamParams(SentenceParams):
     retain_pool: int = 0  # distinct retain texts per context, reused every epoch; 0 = always fresh
     retain_source: str = "auto"  # auto | c4 | wikitext | model | slimpajama
     retain_with_context: bool = True  # teacher sees the context before retain text (official: yes)
+    # Unrelated "Question: … Answer: …" sentences per target sentence and epoch, framed like the
+    # targets, the teacher reading them without the context (not in the official code; 0 = off).
+    retain_qa_per_target: float = 0.0
     targets_per_epoch: int = 0  # target sentences per context and epoch, taken in turn; 0 = all
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
     teacher_topk: int = 0  # keep the teacher's top-k log-probs and a tail bucket; 0 = full vocabulary
@@ -91,6 +94,7 @@ class SelfParam(TrainedMethod):
         if params.teacher not in ("original", "current"):
             raise BenchError(f"unknown teacher {params.teacher!r}; use original or current")
         self.retain = RetainStream(lm, params.retain_source, params.retain_tokens, seed)
+        self.retain_questions = RetainQuestions(seed)
 
     def inject(self, contexts: list[Context]) -> None:
         tick = time.perf_counter()
@@ -99,7 +103,7 @@ class SelfParam(TrainedMethod):
             raise BenchError("selfparam needs target sentences; none were generated for these contexts")
         student = self.ensure_student()
         teacher = self.lm.model if p.teacher == "original" else _frozen_copy(student)
-        plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng)
+        plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng, self.retain_questions)
         per_epoch = plan.examples_per_epoch()
         total = p.epochs * steps_per_epoch(per_epoch, p.batch_size)
         trainer = Trainer(student, self.lm, p, total, temperature=p.temperature)
@@ -125,22 +129,24 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 class InjectionPlan:
     """The examples of each epoch and the teacher distributions they are scored against."""
 
-    def __init__(self, lm, contexts: list[Context], p: SelfParamParams, retain: RetainStream, rng) -> None:
+    def __init__(self, lm, contexts: list[Context], p: SelfParamParams, retain: RetainStream, rng,
+                 retain_questions: RetainQuestions | None = None) -> None:
         self.lm, self.p, self.retain, self.rng = lm, p, retain, rng
+        self.retain_questions = retain_questions or RetainQuestions(0)
         bos = lm.tokenizer.bos_token_id
         self.bos = [bos] if bos is not None else []
         self.contexts = [lm.encode(c.text, add_bos=False) for c in contexts]
         for c, ids in zip(contexts, self.contexts):
             if len(ids) < 3 and p.context_loss:
                 raise BenchError(f"context {c.id!r} is too short ({len(ids)} tokens) for the context loss")
-        teacher_prefix, student_prefix = sentence_prefixes(lm, contexts, p.prompt_style)
+        teacher_prefix, self.student_prefix = sentence_prefixes(lm, contexts, p.prompt_style)
         # Per context, each target sentence framed for the student and for the teacher. Both score
         # the same sentence tokens, so row i of the teacher predicts what row i of the student does.
         self.sentences: list[list[tuple[Example, TeacherSpec]]] = []
         for c, t_prefix in zip(contexts, teacher_prefix):
             pairs = []
             for text in c.targets:
-                student, teacher = frame(lm, student_prefix, text, p), frame(lm, t_prefix, text, p)
+                student, teacher = frame(lm, self.student_prefix, text, p), frame(lm, t_prefix, text, p)
                 if student.sentence != teacher.sentence:
                     raise BenchError(f"target sentence {text!r} of context {c.id!r} tokenises differently "
                                      "after the teacher's prefix than after the student's")
@@ -154,13 +160,14 @@ class InjectionPlan:
         self.fresh_retain: list[Any] = []  # keys of this epoch's one-off retain texts
         self.next_text = 0
 
-    def _counts(self, c: int) -> tuple[int, int, int]:
+    def _counts(self, c: int) -> tuple[int, int, int, int]:
+        """Examples of context ``c`` per epoch: targets, context suffixes, retain texts, retain QA."""
         n = len(self.sentences[c])
         if self.p.targets_per_epoch:
             n = min(n, self.p.targets_per_epoch)
         n_ctx = round(self.p.context_per_target * n) if self.p.context_loss else 0
         n_ret = round(self.p.retain_per_target * n)
-        return n, n_ctx, n_ret
+        return n, n_ctx, n_ret, round(self.p.retain_qa_per_target * n)
 
     def examples_per_epoch(self) -> int:
         return sum(sum(self._counts(c)) for c in range(len(self.contexts)))
@@ -173,7 +180,7 @@ class InjectionPlan:
         self.fresh_retain = []
         examples: list[Example] = []
         for c, ctx in enumerate(self.contexts):
-            n, n_ctx, n_ret = self._counts(c)
+            n, n_ctx, n_ret, n_qa = self._counts(c)
             sentences = self.sentences[c]
             for i in range(n):
                 j = (epoch * n + i) % len(sentences)
@@ -204,6 +211,13 @@ class InjectionPlan:
                     else:
                         self.specs.setdefault(key, TeacherSpec(bos + ids, 0))
                     examples.append(Example(bos + ids, 0, "retain", p.retain_weight, (key, 0)))
+            for text in self.retain_questions.take(n_qa):  # the teacher reads them as the student does
+                framed = frame(self.lm, self.student_prefix, text, p)
+                key = ("ret-qa", c, self.next_text)
+                self.next_text += 1
+                self.fresh_retain.append(key)
+                self.specs[key] = TeacherSpec(framed.ids, framed.first)
+                examples.append(Example(framed.ids, framed.first, "retain_qa", p.retain_weight, (key, 0)))
         return examples
 
     def teacher_targets(self, teacher, batch: list[Example], trainer: Trainer) -> list[Dist]:

@@ -204,3 +204,25 @@ def test_step_counts_shared_prefixes_once_as_computed_and_per_example_as_work(ti
     trainer.step(batch)
     assert trainer.report.example_tokens == sum(len(e.ids) for e in batch)
     assert trainer.report.student_tokens == trainer.report.example_tokens - len(prefix)
+
+
+def test_retain_questions_are_unrelated_and_the_teacher_reads_them_without_the_context(tiny_lm):
+    from methods.retain import RetainQuestions, RetainStream
+    from methods.selfparam import InjectionPlan
+    from tasks.qa import load_documents
+
+    p = small(retain_qa_per_target=2.0, retain_per_target=0, context_loss=False)
+    plan = InjectionPlan(tiny_lm, [Context("c0", CONTEXT, [SENTENCE])], p, RetainStream(tiny_lm, "model", 8, 0),
+                         random.Random(0), RetainQuestions(5))
+    examples = plan.epoch(0)
+    assert [e.kind for e in examples] == ["qa", "retain_qa", "retain_qa"]
+    context_ids = tiny_lm.encode(CONTEXT, add_bos=False)
+    for e in examples[1:]:
+        spec = plan.specs[e.teacher[0]]
+        assert (spec.ids, spec.first) == (e.ids, e.first)
+        assert tiny_lm.tokenizer.decode(e.ids[e.first + 1 :]).startswith("Question: ")
+        assert context_ids[:5] != spec.ids[1:6]
+    # seeded: the same stream repeats, another seed gives other questions, none of a scored context
+    assert RetainQuestions(5).take(20) == RetainQuestions(5).take(20) != RetainQuestions(6).take(20)
+    scored = {qa.question for d in load_documents("fictional", "", 100, 0) for qa in d.probes + d.train_qa}
+    assert not {s.split(" Answer: ")[0].removeprefix("Question: ") for s in RetainQuestions(5).take(500)} & scored
