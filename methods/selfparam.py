@@ -86,7 +86,10 @@ class SelfParam(TrainedMethod):
                   "max_grad_norm": 1.0, "retain_tokens": 48, "retain_pool": 2, "retain_per_target": 0.1,
                   "context_per_target": 0.25, "teacher_topk": 128, "prompt_style": "run", "end_answer": True,
                   "share_prefix": 8},
-        "paper": {"teacher_cache": False},
+        # The official code: a frozen copy of the current model as teacher, 10 fresh target
+        # sentences per epoch, 50 epochs for batch and 20 for sequential injection.
+        "paper": {"teacher_cache": False, "teacher": "current", "targets_per_epoch": 10},
+        "paper@sequential": {"epochs": 20},
     }
 
     def __init__(self, lm, params: SelfParamParams, run, seed: int = 0) -> None:
