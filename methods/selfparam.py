@@ -4,13 +4,15 @@ Loss: KL(teacher ‖ student) with temperature 1 on three kinds of examples, as 
 (a) the target sentences "Question: … Answer: …" (teacher: BOS + context + sentence; student:
 BOS + sentence; every sentence token), (b) a random suffix of the context (teacher: BOS + prefix +
 suffix; student: BOS + suffix), (c) unrelated retain text (teacher with the context prepended by
-default). The teacher is the ORIGINAL base model, also across sequential steps
-(``teacher=current`` gives the official code's copy of the already-updated model).
+default). ``teacher=current`` is the official code's teacher: a frozen copy of the model as it is
+before each injection (in sequential injection it already holds the earlier ones);
+``teacher=original`` is the untouched base model at every step.
 
 Differences from the official loop, for speed, each a parameter: examples are batched instead of
 one optimizer step each (``batch_size``); teacher distributions are computed once and cached
 (``teacher_cache``), optionally top-k with a tail bucket (``teacher_topk``); a fixed pool of retain
-texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time).
+texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time). One
+addition, off by default: (d) unrelated questions (``retain_qa_per_target``, see methods/retain.py).
 """
 
 from __future__ import annotations
