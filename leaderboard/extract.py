@@ -3,15 +3,20 @@
 Each task writes its own score keys (batch: ``qa_f1``/``acc``; sequential: per-step scores and a
 retention matrix; recommendation: Recall@1 under the filters r1..r4). These helpers accept the
 spellings those tasks use and return ``None`` for anything absent, so a renderer shows "—" instead
-of failing or inventing a number.
+of failing or inventing a number. Per-unit scores (``units``) are what paired differences and
+seed pooling resample.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+import re
+from typing import Any, Callable, Iterable
+
+from benchmark.metrics import cluster_summary, paired_difference
 
 Summary = dict[str, Any]  # {"mean", "ci_low", "ci_high", "n"}
+Units = dict[tuple[str, ...], float]  # (seed, episode, context or test point[, gold item]) -> value
 
 # Keys under which a sequential result may keep its per-step mean QA-F1 and its retention matrix.
 STEP_KEYS = ("per_step", "per_step_qa_f1", "qa_f1_per_step", "step_qa_f1", "steps", "step_f1", "curve")
@@ -215,19 +220,134 @@ def config_without_seed(result: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def pooled(results: Iterable[dict[str, Any]], value) -> Summary | None:
-    """One cell from several runs: the latest configuration's seeds, averaged.
-
-    A single run keeps its bootstrap interval. Several seeds give the mean of their means, with
-    the lowest and highest seed mean as the interval (``n`` = number of seeds).
-    """
+def pooled(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Summary | None],
+           units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None) -> Summary | None:
+    """One cell from several runs: the latest configuration's seeds, pooled (see ``seeds_summary``);
+    several seeds add ``seeds`` to the summary."""
     runs = [r for r in results if value(r) is not None]
     if not runs:
         return None
     latest = max(runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
     chosen = [r for r in runs if config_without_seed(r) == config_without_seed(latest)]
-    if len(chosen) == 1:
-        return value(chosen[0])
-    means = [value(r)["mean"] for r in chosen]
-    return {"mean": sum(means) / len(means), "ci_low": min(means), "ci_high": max(means),
-            "n": len(means), "seeds": len(means)}
+    summary = seeds_summary(chosen, value, units_of)
+    return summary if len(chosen) == 1 or summary is None else {**summary, "seeds": len(chosen)}
+
+
+def seeds_summary(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], Summary | None],
+                  units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None) -> Summary | None:
+    """One score of runs that differ only by seed.
+
+    A single run keeps its own interval. Several seeds pool their units (contexts × seeds) into one
+    bootstrap when every file holds them; older files without per-unit scores fall back to the mean
+    of the seed means with the lowest and highest of them as the interval (``n`` = seeds).
+    """
+    present = [r for r in runs if value(r) is not None]
+    if len(present) <= 1:
+        return value(present[0]) if present else None
+    found = units_of(present) if units_of else None
+    if found:
+        return cluster_summary(found, cluster(str(present[0].get("task"))))
+    means = [value(r)["mean"] for r in present]  # type: ignore[index]
+    return {"mean": sum(means) / len(means), "ci_low": min(means), "ci_high": max(means), "n": len(means)}
+
+
+# ---- per-unit scores: what a paired comparison matches and a bootstrap resamples ------------------
+_RECALL = re.compile(r"^(?:recall@(\d+)_)?(r\d+)$")  # r1 = Recall@1 under r1; recall@5_r1 = Recall@5
+
+
+def _episodes(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in result.get("episodes") or [] if isinstance(e, dict)]
+
+
+def _scored(result: dict[str, Any], step: int = -1) -> list[tuple[str, dict[str, Any]]] | None:
+    """(episode, record with ``per_context`` and ``predictions``) of a QA run: a batch episode, or
+    step ``step`` of a sequential episode; None when a sequence lacks that step."""
+    found = []
+    for episode in _episodes(result):
+        record = episode
+        if result.get("task") == "sequential":
+            steps = episode.get("steps")
+            if not isinstance(steps, list) or not -len(steps) <= step < len(steps):
+                return None
+            record = steps[step]
+        found.append((str(episode.get("episode")), record))
+    return found
+
+
+def units(result: dict[str, Any], metric: str, step: int = -1) -> Units | None:
+    """Per-unit values of one score, keyed (seed, episode, unit), or None when the file holds none.
+
+    Batch: each context's mean over its questions; sequential: each context after step ``step``
+    (the last by default; ``before.qa_f1`` is step 0); recommendation: each gold item of each test
+    point, as hit or miss under Recall@k and a filter.
+    """
+    seed, found = str(result.get("seed")), {}
+    if result.get("task") == "recommendation":
+        match = _RECALL.match(metric)
+        if not match:
+            return None
+        k, rule = match.group(1) or "1", match.group(2)
+        for episode in _episodes(result):
+            for p in episode.get("predictions") or []:
+                hits = p.get("hits", {}).get(rule, {}).get(k) if isinstance(p, dict) else None
+                if not isinstance(hits, list):
+                    return None
+                for i, hit in enumerate(hits):
+                    found[(seed, str(episode.get("episode")), str(p.get("probe_id")), str(i))] = float(hit)
+        return found or None
+    if result.get("task") == "sequential" and metric.startswith("before."):
+        metric, step = metric.removeprefix("before."), 0
+    for episode, record in _scored(result, step) or []:
+        per_context = record.get("per_context")
+        if not isinstance(per_context, dict):
+            return None
+        for cid, values in per_context.items():
+            value = number(values.get(metric)) if isinstance(values, dict) else None
+            if value is None:
+                return None
+            found[(seed, episode, str(cid))] = value
+    return found or None
+
+
+def pooled_units(runs: list[dict[str, Any]], metric: str, step: int = -1) -> Units | None:
+    """The units of several runs together (seeds keep them apart); None if a run lacks them or two
+    runs share a seed."""
+    found: Units = {}
+    for run in runs:
+        more = units(run, metric, step)
+        if more is None or found.keys() & more.keys():
+            return None
+        found.update(more)
+    return found or None
+
+
+def probes(result: dict[str, Any]) -> set[tuple[str, ...]]:
+    """What a run was scored on: (seed, episode, context, question) for every question answered
+    (for recommendation: test point and gold item). Two runs pair only when these agree."""
+    seed = str(result.get("seed"))
+    if result.get("task") == "recommendation":
+        return {(seed, str(e.get("episode")), str(p.get("probe_id")), str(gold))
+                for e in _episodes(result) for p in e.get("predictions") or [] if isinstance(p, dict)
+                for gold in p.get("gold") or []}
+    return {(seed, episode, str(p.get("context_id")), str(p.get("question")))
+            for episode, record in _scored(result) or [] for p in record.get("predictions") or []
+            if isinstance(p, dict)}
+
+
+def cluster(task: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """The independent unit a bootstrap draws: a whole sequence in sequential injection (its
+    contexts share one model), else a context or a test point (all its gold items together)."""
+    depth = 2 if task == "sequential" else 3
+    return lambda key: key[:depth]
+
+
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str) -> Summary | None:
+    """B minus A on one score over the same units (runs of the same seeds), with its paired
+    bootstrap interval; None when the runs were not scored on the same questions."""
+    asked_a = set().union(*(probes(r) for r in a))
+    if not asked_a or asked_a != set().union(*(probes(r) for r in b)):
+        return None
+    units_a, units_b = pooled_units(a, metric), pooled_units(b, metric)
+    if not units_a or not units_b or units_a.keys() != units_b.keys():
+        return None
+    return paired_difference(units_a, units_b, cluster(str(a[0].get("task"))))

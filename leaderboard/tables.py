@@ -7,8 +7,10 @@
 4. Target-sentence generator ablation: QA-F1 of the methods that train on target sentences, by
    generator.
 
-A cell without a result shows "—". Runs that differ only in seed are averaged (see
-``extract.pooled``); of several configurations for one cell the most recent one is shown.
+A cell without a result shows "—". Runs that differ only in seed are pooled into one cell, marked
+"(N seeds)": the interval bootstraps their contexts (or sequences, test points) across seeds
+together (see ``extract.seeds_summary``); of several configurations for one cell the most recent
+one is shown.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def _f1(r: Result):
     return extract.metric(r, "qa_f1")
 
 
+def _pooled(cell: list[Result], value: Callable[[Result], Any], metric: str, step: int = -1):
+    """The cell's score over its seeds, bootstrapping the seeds' per-unit ``metric`` scores together."""
+    return extract.pooled(cell, value, lambda runs: extract.pooled_units(runs, metric, step))
+
+
 def _footprint(r: Result):
     return extract.as_summary(extract.cost(r, "footprint_bytes"))
 
@@ -72,7 +79,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
                 cell = [r for r in runs if r["method"] == method and r["model"] == model
                         and extract.num_contexts(r) == n]
                 footprint = extract.pooled(cell, _footprint)
-                row += [fmt_score(extract.pooled(cell, _f1), ci), fmt_bytes(footprint and footprint["mean"])]
+                row += [fmt_score(_pooled(cell, _f1, "qa_f1"), ci), fmt_bytes(footprint and footprint["mean"])]
                 if (model, n) in compared:
                     row.append(_paper_cell(dataset, model, n, method))
             rows.append(row)
@@ -129,7 +136,7 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
             for dataset in datasets:
                 cell = _of(runs, method=method, dataset=dataset)
                 for rule in extract.RULES:
-                    row.append(fmt_score(extract.pooled(cell, lambda r, rule=rule: extract.recall(r, rule)), ci))
+                    row.append(fmt_score(_pooled(cell, lambda r: extract.recall(r, rule), rule), ci))
             rows.append(row)
         notes = ["Recall@1. r1: no filter; r2: items already mentioned in the dialog dropped; "
                  "r3: matches at edit distance > 2 dropped; r4: both. — = no result."]
@@ -155,7 +162,7 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
                 def at(r: Result, i: int = i):
                     curve = curves[id(r)]
                     return extract.as_summary(curve[i]) if curve and i < len(curve) else None
-                row.append(fmt_score(extract.pooled(cell, at), ci, digits=3))
+                row.append(fmt_score(_pooled(cell, at, "qa_f1", step=i), ci, digits=3))
             rows.append(row)
         notes = ["Mean QA-F1 over all contexts of a sequence after each step (step 0 = before any "
                  "injection), averaged over sequences. — = no result."]
@@ -180,7 +187,7 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
             for dataset, model, n in columns:
                 cell = [r for r in runs if r["method"] == method and extract.generator_label(r) == generator
                         and r["dataset"] == dataset and r["model"] == model and extract.num_contexts(r) == n]
-                row.append(fmt_score(extract.pooled(cell, _f1), ci))
+                row.append(fmt_score(_pooled(cell, _f1, "qa_f1"), ci))
             rows.append(row)
         notes = ["Batch-injection QA-F1 of the methods that train on target sentences, by the "
                  "generator of those sentences (dataset: the data set's own QA pairs; local: the "

@@ -63,3 +63,26 @@ def recommendation(method: str, dataset: str, recalls: list[float], spelling: st
     else:  # nested: {"recall@1": {"r1": {...}}}
         scores = {"recall@1": {f"r{i + 1}": summary(v) for i, v in enumerate(recalls)}}
     return result("recommendation", method, scores, dataset=dataset, num_contexts=None, **kw)
+
+
+def with_contexts(data: dict[str, Any], episodes: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Per-question predictions and per-context QA-F1 ({episode: {context: f1}}, one question per
+    context), as the batch task writes them or, for sequential, as each sequence's last step."""
+    records, values = [], []
+    for episode, f1s in episodes.items():
+        predictions = [{"context_id": cid, "question": f"What is {cid}?", "answers": ["x"],
+                        "prediction": "x", "f1": v, "acc": v} for cid, v in f1s.items()]
+        per_context = {cid: {"qa_f1": v, "acc": v} for cid, v in f1s.items()}
+        record: dict[str, Any] = {"episode": episode, "context_ids": list(f1s), "num_targets": 0}
+        if data["task"] == "sequential":
+            before = {cid: {"qa_f1": 0.0, "acc": 0.0} for cid in f1s}
+            record["steps"] = [{"step": 0, "injected": None, "per_context": before, "predictions": predictions},
+                               {"step": 1, "injected": list(f1s)[-1], "per_context": per_context,
+                                "predictions": predictions}]
+        else:
+            record.update(predictions=predictions, per_context=per_context)
+        records.append(record)
+        values += f1s.values()
+    data["episodes"] = records
+    data["scores"]["qa_f1"] = summary(sum(values) / len(values))
+    return data
