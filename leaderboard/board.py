@@ -1,23 +1,26 @@
-"""The ranked leaderboard: one table per task × data set × model, one row per run.
+"""The ranked leaderboard: one table per task × data set × model, one row per method and setting.
 
-Columns: every score the task reports as a mean with a 95% interval (the task's main score first,
-used for ranking), then cost (injection seconds, training tokens/s, footprint, wall seconds), the
-run's date and commit, and a link to its result file.
+Runs that differ only by seed share a row (its scores pool contexts × seeds). Columns: tied rank,
+every score the task reports as a mean with a 95% interval (the task's main score first, used for
+ranking, then its paired difference against the floor method), cost (injection seconds, training
+tokens/s, footprint, wall seconds; means over seeds), the latest run's date and commit, and a link
+to the result file.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from leaderboard import extract
-from leaderboard.paper import display, method_rank
+from leaderboard.paper import FLOOR, display, method_rank
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_number, fmt_score
 
 Result = dict[str, Any]
+Summary = dict[str, Any]
 
 # The score columns of each known task, main score (the ranking key) first. Dotted names reach
 # into nested scores; recommendation's r1..r4 are Recall@1 under each filter.
@@ -40,12 +43,39 @@ MAX_SCORE_COLUMNS = 6
 
 
 @dataclass
+class Row:
+    """One method under one configuration on a board: its runs, one per seed, pooled into one row."""
+
+    runs: list[Result]
+
+    @property
+    def first(self) -> Result:
+        return self.runs[0]
+
+    def score(self, metric: str) -> Summary | None:
+        """The score over the row's seeds: one run's own, or contexts × seeds bootstrapped together."""
+        return extract.seeds_summary(self.runs, lambda r: metric_value(r, metric),
+                                     lambda runs: extract.pooled_units(runs, metric))
+
+    def curve(self) -> list[float | None] | None:
+        """Mean QA-F1 after each step, averaged over the seeds that have the step."""
+        curves = [c for c in (extract.step_curve(r) for r in self.runs) if c]
+        if not curves:
+            return None
+        steps = [[c[i] for c in curves if i < len(c) and c[i] is not None]
+                 for i in range(max(len(c) for c in curves))]
+        return [sum(v) / len(v) if v else None for v in steps]
+
+
+@dataclass
 class Board:
     task: str
     dataset: str
     model: str
-    runs: list[Result]
+    rows: list[Row]
     metrics: list[str]
+    deltas: list[Summary | None] = field(default_factory=list)  # main score minus the floor's, per row
+    ranks: list[int | None] = field(default_factory=list)  # tied ranks, per row
 
     @property
     def slug(self) -> str:
@@ -88,54 +118,124 @@ def boards(results: list[Result]) -> list[Board]:
     found = []
     for (task, dataset, model), runs in sorted(groups.items()):
         metrics = board_metrics(task, runs)
-        found.append(Board(task, dataset, model, ranked(runs, metrics), metrics))
+        rows = ranked(seed_rows(runs), metrics)
+        main = metrics[0] if metrics else ""
+        found.append(Board(task, dataset, model, rows, metrics, floor_deltas(rows, main), tie_ranks(rows, main)))
     return found
 
 
-def ranked(runs: list[Result], metrics: list[str]) -> list[Result]:
-    """Best main score first; runs without it last; ties in the paper's method order."""
-    def key(r: Result) -> tuple:
-        main = metric_value(r, metrics[0]) if metrics else None
-        score = -main["mean"] if main else float("inf")
-        return (score, method_rank(str(r["method"])), str(r.get("profile")), str(r.get("seed")),
-                str(r.get("finished_at")), str(r.get("_path")))
+def seed_rows(runs: list[Result]) -> list[Row]:
+    """Runs of one method that differ only by seed share a row; a seed run again under the same
+    settings (a rerun) goes to a row of its own rather than being averaged with itself."""
+    groups: dict[tuple[str, str, str], list[list[Result]]] = defaultdict(list)
+    for run in runs:
+        same = groups[(str(run["method"]), str(run.get("profile")), extract.config_without_seed(run))]
+        free = next((g for g in same if all(r.get("seed") != run.get("seed") for r in g)), None)
+        if free is None:
+            same.append([run])
+        else:
+            free.append(run)
+    seed = lambda r: (extract.number(r.get("seed")) or 0.0, str(r.get("seed")))  # noqa: E731
+    return [Row(sorted(g, key=seed)) for same in groups.values() for g in same]
 
-    return sorted(runs, key=key)
+
+def ranked(rows: list[Row], metrics: list[str]) -> list[Row]:
+    """Best main score first; rows without it last; ties in the paper's method order."""
+    def key(row: Row) -> tuple:
+        main = row.score(metrics[0]) if metrics else None
+        run = row.first
+        return (-main["mean"] if main else float("inf"), method_rank(str(run["method"])),
+                str(run.get("profile")), len(row.runs), str(run.get("seed")),
+                str(run.get("finished_at")), str(run.get("_path")))
+
+    return sorted(rows, key=key)
 
 
-def _commit(result: Result) -> str:
-    commit = result.get("git_commit")
+def floor_deltas(rows: list[Row], metric: str) -> list[Summary | None]:
+    """Each row's main score minus the floor method's on the same contexts and seeds (paired)."""
+    floors = [row for row in rows if row.first["method"] == FLOOR]
+    deltas = []
+    for row in rows:
+        pairs = (extract.paired(floor.runs, row.runs, metric) for floor in floors)
+        deltas.append(next((d for d in pairs if d is not None), None))
+    return deltas
+
+
+def tie_ranks(rows: list[Row], metric: str) -> list[int | None]:
+    """Ranks in which methods tie unless the paired interval of their difference excludes 0.
+
+    Rows come best first. A row starts the next rank only when its paired difference against the
+    first row of the current rank excludes 0; a row that cannot be paired with it (other contexts,
+    no per-unit scores) gets no rank.
+    """
+    ranks: list[int | None] = []
+    top, rank = None, 0
+    for row in rows:
+        if row.score(metric) is None or extract.pooled_units(row.runs, metric) is None:
+            ranks.append(None)
+            continue
+        if top is None:
+            top, rank = row, 1
+        else:
+            diff = extract.paired(top.runs, row.runs, metric)
+            if diff is None:
+                ranks.append(None)
+                continue
+            if diff["ci_low"] > 0 or diff["ci_high"] < 0:
+                top, rank = row, rank + 1
+        ranks.append(rank)
+    return ranks
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _commit(row: Row) -> str:
+    """The latest run's commit."""
+    commit = _latest(row).get("git_commit")
     if not isinstance(commit, str) or not commit:
         return MISSING
     return commit[:8] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
-def _date(result: Result) -> str:
-    stamp = result.get("finished_at")
+def _latest(row: Row) -> Result:
+    return max(row.runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
+
+
+def _date(row: Row) -> str:
+    stamp = _latest(row).get("finished_at")
     return stamp[:10] if isinstance(stamp, str) and stamp else MISSING
 
 
 def board_table(board: Board, link_from: Path | None = None) -> Table:
-    """The board as a table; with ``link_from``, method names link to their result files."""
-    headers = ["#", "method", "profile", "seed"]
-    headers += [f"{label(board.task, m)} [95% CI]" for m in board.metrics]
+    """The board as a table; with ``link_from``, method names link to their (first seed's) result file."""
+    main = board.metrics[:1]
+    headers = ["#", "rank", "method", "profile", "seeds"]
+    headers += [f"{label(board.task, m)} [95% CI]" for m in main]
+    headers += [f"Δ vs {display(FLOOR)} [95% CI]"] if main else []
+    headers += [f"{label(board.task, m)} [95% CI]" for m in board.metrics[1:]]
     headers += ["inject s", "train tok/s", "footprint", "wall s", "date", "commit"]
     rows = []
-    for rank, run in enumerate(board.runs, start=1):
-        name = display(str(run["method"]))
-        path = run.get("_path")
+    for position, (row, delta, rank) in enumerate(zip(board.rows, board.deltas, board.ranks), start=1):
+        name = display(str(row.first["method"]))
+        path = row.first.get("_path")
         if link_from is not None and path:
             rel = Path(os.path.relpath(Path(path).resolve(), link_from.resolve())).as_posix()
             name = f"[{name}]({rel})"
-        row = [str(rank), name, str(run.get("profile", MISSING)), str(run.get("seed", MISSING))]
-        row += [fmt_score(metric_value(run, m)) for m in board.metrics]
-        row += [
-            fmt_number(extract.cost(run, "inject_s")),
-            fmt_number(extract.train_rate(run), 0) + (" †" if extract.rate_counts_computed_tokens_only(run) else ""),
-            fmt_bytes(extract.cost(run, "footprint_bytes")),
-            fmt_number(extract.cost(run, "wall_s")),
-            _date(run),
-            _commit(run),
+        cells = [str(position), MISSING if rank is None else str(rank), name,
+                 str(row.first.get("profile", MISSING)), str(len(row.runs))]
+        scores = [fmt_score(row.score(m)) for m in board.metrics]
+        cells += scores[:1] + ([fmt_score(delta)] if main else []) + scores[1:]
+        cells += [
+            fmt_number(_mean([extract.cost(r, "inject_s") for r in row.runs])),
+            fmt_number(_mean([extract.train_rate(r) for r in row.runs]), 0)
+            + (" †" if any(extract.rate_counts_computed_tokens_only(r) for r in row.runs) else ""),
+            fmt_bytes(_mean([extract.cost(r, "footprint_bytes") for r in row.runs])),
+            fmt_number(_mean([extract.cost(r, "wall_s") for r in row.runs])),
+            _date(row),
+            _commit(row),
         ]
-        rows.append(row)
+        rows.append(cells)
     return Table(board.title, headers, rows)

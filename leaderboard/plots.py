@@ -7,7 +7,6 @@ user's matplotlibrc), fixed size and resolution, and no "Software" metadata in t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -15,19 +14,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from leaderboard import extract  # noqa: E402
-from leaderboard.board import Board, label, metric_value  # noqa: E402
+from leaderboard.board import Board, Row, label  # noqa: E402
 from leaderboard.paper import display  # noqa: E402
 
-Result = dict[str, Any]
 _RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
 
-def _label(run: Result, runs: list[Result]) -> str:
-    """The method's name, with profile and seed when the board has several runs of it."""
+def _label(row: Row, rows: list[Row]) -> str:
+    """The method's name, with profile and seeds when the board has several rows of it."""
+    run = row.first
     name = display(str(run["method"]))
-    if sum(1 for r in runs if r["method"] == run["method"]) > 1:
-        name += f" ({run.get('profile')}, seed {run.get('seed')})"
+    if sum(1 for r in rows if r.first["method"] == run["method"]) > 1:
+        seeds = ",".join(str(r.get("seed")) for r in row.runs)
+        name += f" ({run.get('profile')}, seed{'s' if len(row.runs) > 1 else ''} {seeds})"
     return name
 
 
@@ -42,13 +41,13 @@ def scores_plot(board: Board, path: Path) -> bool:
     if not board.metrics:
         return False
     metric = board.metrics[0]
-    points = [(r, metric_value(r, metric)) for r in board.runs]
+    points = [(r, r.score(metric)) for r in board.rows]
     points = [(r, s) for r, s in points if s is not None]
     if not points:
         return False
     with plt.style.context("default"), matplotlib.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(points) + 1.2))
-        labels = [_label(r, board.runs) for r, _ in points][::-1]
+        labels = [_label(r, board.rows) for r, _ in points][::-1]
         means = [s["mean"] for _, s in points][::-1]
         lows = [s["mean"] - s["ci_low"] if s.get("ci_low") is not None else 0.0 for _, s in points][::-1]
         highs = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in points][::-1]
@@ -63,16 +62,16 @@ def scores_plot(board: Board, path: Path) -> bool:
 
 
 def retention_plot(board: Board, path: Path) -> bool:
-    """Mean QA-F1 after each step, one line per run; False when no run has per-step scores."""
-    curves = [(r, extract.step_curve(r)) for r in board.runs]
+    """Mean QA-F1 after each step, one line per row; False when no row has per-step scores."""
+    curves = [(r, r.curve()) for r in board.rows]
     curves = [(r, c) for r, c in curves if c]
     if not curves:
         return False
     with plt.style.context("default"), matplotlib.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        for run, curve in curves:
+        for row, curve in curves:
             steps = [i for i, v in enumerate(curve) if v is not None]
-            ax.plot(steps, [curve[i] for i in steps], marker="o", markersize=3, label=_label(run, board.runs))
+            ax.plot(steps, [curve[i] for i in steps], marker="o", markersize=3, label=_label(row, board.rows))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step (contexts injected so far)")
         ax.set_ylabel("QA-F1 over the sequence's contexts")

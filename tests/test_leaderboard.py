@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resultfiles import batch, recommendation, sequential, write
+from resultfiles import batch, recommendation, sequential, with_contexts, write
 
 from leaderboard.board import board_table, boards
 
 
-def _results(folder: Path) -> None:
+def _results(folder: Path, seeds: bool = False) -> None:
     write(folder, batch("base_q", 0.02))
     write(folder, batch("selfparam", 0.41, footprint=2048))
+    if seeds:  # per-question scores: paired differences, ranks and a row pooling two seeds
+        contexts = [f"c{i}" for i in range(8)]
+        for seed in (0, 1):
+            for method, f1 in (("ft_context", 0.1), ("ft_sentences", 0.9)):
+                data = batch(method, 0.0, model="paired-model", seed=seed)
+                write(folder, with_contexts(data, {"batch-0": {c: f1 + 0.01 * i for i, c in enumerate(contexts)}}))
     write(folder, batch("base_cq", 0.52))
     write(folder, batch("base_cq", 0.60, model="other-model"))
     write(folder, sequential("selfparam", [0.0, 0.5, 0.45, 0.4]))
@@ -36,30 +42,37 @@ def test_boards_are_ranked_per_task_dataset_model(tmp_path):
         "sequential · fictional · smollm2-135m-instruct",
     ]
     main = found[1]
-    assert [r["method"] for r in main.runs] == ["base_cq", "selfparam", "base_q"]  # best QA-F1 first
+    assert [r.first["method"] for r in main.rows] == ["base_cq", "selfparam", "base_q"]  # best QA-F1 first
     assert main.metrics == ["qa_f1", "acc"]
     assert found[2].metrics == ["r1", "r2", "r3", "r4", "recall@5_r1"]
-    assert [r["method"] for r in found[2].runs] == ["selfparam", "base_q"]
+    assert [r.first["method"] for r in found[2].rows] == ["selfparam", "base_q"]
     assert found[3].metrics == ["qa_f1", "efficacy.qa_f1", "before.qa_f1", "acc"]
-    assert board_table(found[3]).headers[4:6] == ["QA-F1 after the last step [95% CI]", "efficacy QA-F1 [95% CI]"]
-    assert board_table(found[3]).rows[0][4:6] == ["0.4000 [0.3500, 0.4500]", "0.5000 [0.4500, 0.5500]"]
+    assert board_table(found[3]).headers[5:8] == ["QA-F1 after the last step [95% CI]", "Δ vs Base, Q [95% CI]",
+                                                  "efficacy QA-F1 [95% CI]"]
+    # files without per-question scores: no paired difference, no rank
+    assert board_table(found[3]).rows[0][5:8] == ["0.4000 [0.3500, 0.4500]", "—", "0.5000 [0.4500, 0.5500]"]
     table = board_table(main)
-    assert table.headers[4:6] == ["QA-F1 [95% CI]", "acc [95% CI]"]
+    assert table.headers[5:8] == ["QA-F1 [95% CI]", "Δ vs Base, Q [95% CI]", "acc [95% CI]"]
     selfparam = table.rows[1]
-    assert selfparam[:4] == ["2", "SELF-PARAM", "quick", "0"]
-    assert selfparam[6:] == ["12.5", "500", "2.0 KiB", "30.0", "2026-11-20", "01234567"]
+    assert selfparam[:5] == ["2", "—", "SELF-PARAM", "quick", "1"]
+    assert selfparam[8:] == ["12.5", "500", "2.0 KiB", "30.0", "2026-11-20", "01234567"]
 
 
 def test_page_plots_links_and_identical_bytes(tmp_path, bench):
     results, out = tmp_path / "results", tmp_path / "board"
-    _results(results)
+    _results(results, seeds=True)
     (out / "plots").mkdir(parents=True)
     (out / "plots" / "stale.png").write_bytes(b"old")
     code, stdout, err = bench("leaderboard", "--results", results, "--out", out)
     assert code == 0, err
-    assert "8 runs in 4 tables, 5 plots, 1 stale plots removed" in stdout
+    assert "12 runs in 5 tables, 6 plots, 1 stale plots removed" in stdout
     page = (out / "README.md").read_text()
     assert "## batch · fictional · smollm2-135m-instruct" in page
+    paired = page.split("## batch · fictional · paired-model")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in paired.splitlines() if line.startswith("| ")]
+    assert [(r[1], r[2].split("]")[0], r[4]) for r in rows[1:]] == [("1", "[FT (S)", "2"), ("2", "[FT (C)", "2")]
+    assert rows[1][2].split("](")[1].startswith("../results/batch/fictional/paired-model/ft_sentences__quick__seed0__")
+    assert rows[1][5].startswith("0.9350 [") and rows[1][6] == "—"  # no floor run on this board
     assert "![retention curves, sequential · fictional · smollm2-135m-instruct]" \
            "(plots/sequential__fictional__smollm2-135m-instruct__retention.png)" in page
     assert "(../results/batch/fictional/smollm2-135m-instruct/selfparam__quick__seed0__" in page
