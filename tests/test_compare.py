@@ -1,0 +1,166 @@
+"""Paired differences: the bootstrap itself, ``bench compare``, and the leaderboard's ranks and seeds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from resultfiles import batch, sequential, with_contexts, write
+
+from benchmark.metrics import bootstrap_ci, paired_difference
+from leaderboard import extract
+from leaderboard.board import board_table, boards
+from leaderboard.tables import table1
+
+CONTEXTS = [f"fictional-{i:04d}" for i in range(10)]
+
+
+def qa(method: str, f1s: list[float], contexts: list[str] = CONTEXTS, **kw) -> dict:
+    """A batch result with one episode whose contexts score ``f1s``."""
+    return with_contexts(batch(method, 0.0, **kw), {"batch-0": dict(zip(contexts, f1s))})
+
+
+# ---- the statistic ------------------------------------------------------------------------------
+def test_constant_shift_gives_a_zero_width_interval():
+    a = {c: v for c, v in zip(CONTEXTS, np.linspace(0.0, 0.8, 10))}
+    b = {c: v + 0.1 for c, v in a.items()}
+    diff = paired_difference(a, b)
+    assert diff["n"] == 10
+    assert diff["mean"] == pytest.approx(0.1)
+    assert diff["ci_low"] == pytest.approx(0.1) and diff["ci_high"] == pytest.approx(0.1)
+
+
+def test_mixed_signs_match_the_plain_bootstrap_of_the_differences():
+    a = dict(zip(CONTEXTS, [0.5] * 10))
+    b = dict(zip(CONTEXTS, [0.9, 0.1, 0.6, 0.4, 0.5, 0.8, 0.2, 0.5, 0.7, 0.3]))
+    diff = paired_difference(a, b)
+    by_hand = [b[c] - a[c] for c in sorted(CONTEXTS)]
+    assert diff["mean"] == pytest.approx(float(np.mean(by_hand)))
+    assert (diff["ci_low"], diff["ci_high"]) == pytest.approx(bootstrap_ci(by_hand))
+    assert diff["ci_low"] < 0 < diff["ci_high"]
+
+
+def test_only_shared_units_pair_and_clusters_are_drawn_whole():
+    assert paired_difference({"x": 0.0, "y": 1.0}, {"y": 0.5, "z": 9.0}) == \
+        {"mean": -0.5, "ci_low": -0.5, "ci_high": -0.5, "n": 1}
+    # Two sequences whose contexts gain (0.1, 0.3) and (0.5, 0.7): a resample holds sequence 0 twice,
+    # both once or sequence 1 twice (means 0.2, 0.4, 0.6 with chances 1/4, 1/2, 1/4).
+    a = {("s0", "c0"): 0.0, ("s0", "c1"): 0.0, ("s1", "c2"): 0.0, ("s1", "c3"): 0.0}
+    b = {("s0", "c0"): 0.1, ("s0", "c1"): 0.3, ("s1", "c2"): 0.5, ("s1", "c3"): 0.7}
+    diff = paired_difference(a, b, cluster=lambda key: key[0])
+    assert diff["mean"] == pytest.approx(0.4) and diff["n"] == 4
+    assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((0.2, 0.6))
+
+
+# ---- bench compare ------------------------------------------------------------------------------
+def test_compare_reports_difference_and_verdict(tmp_path, bench):
+    base = [0.0, 0.2, 0.4, 0.6, 0.8, 0.1, 0.3, 0.5, 0.7, 0.9]
+    a = write(tmp_path, qa("base_q", base))
+    b = write(tmp_path, qa("selfparam", [v + 0.1 for v in base]))
+    code, out, err = bench("compare", a, b)
+    assert code == 0, err
+    assert "10 contexts paired, bootstrap over 10 contexts" in out
+    line = next(row for row in out.splitlines() if row.startswith("qa_f1"))
+    assert line.split()[1:] == ["0.4500", "0.5500", "+0.1000", "[+0.1000,", "+0.1000]", "B", "better"]
+    code, out, _ = bench("compare", b, a)
+    assert "A better" in out
+    c = write(tmp_path, qa("bm25", [0.9, 0.1, 0.6, 0.4, 0.5, 0.8, 0.2, 0.5, 0.7, 0.3]))
+    d = write(tmp_path, qa("dpr", [0.5] * 10))
+    code, out, _ = bench("compare", c, d)
+    assert code == 0 and "tie (interval contains 0)" in out
+
+
+def test_compare_sequential_pairs_the_last_step_by_sequence(tmp_path, bench):
+    def run(method: str, shift: float) -> dict:
+        return with_contexts(sequential(method, [0.0, 0.5]), {
+            "seq-0": {"c0": 0.1 + shift, "c1": 0.3 + shift}, "seq-1": {"c2": 0.5 + shift, "c3": 0.7 + shift}})
+    a, b = write(tmp_path, run("base_q", 0.0)), write(tmp_path, run("selfparam", 0.2))
+    code, out, err = bench("compare", a, b)
+    assert code == 0, err
+    assert "4 contexts paired, bootstrap over 2 sequences" in out and "+0.2000" in out
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(seed=1), "they differ in seed (0 vs 1)"),
+    (dict(dataset="squad", model="other"), "they differ in dataset (fictional vs squad), model"),
+    (dict(contexts=CONTEXTS[:9] + ["fictional-0099"]), "their context ids differ (1 only in A, 1 only in B"),
+    (dict(question=True), "their questions differ on 1 contexts (e.g. fictional-0000 in episode batch-0)"),
+])
+def test_compare_refuses_runs_that_do_not_pair(tmp_path, bench, change, message):
+    a = write(tmp_path, qa("base_q", [0.1] * 10))
+    change = dict(change)
+    question = change.pop("question", False)
+    other = qa("selfparam", [0.2] * 10, **change)
+    if question:
+        other["episodes"][0]["predictions"][0]["question"] = "Another question?"
+    b = write(tmp_path, other)
+    code, out, err = bench("compare", a, b)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("bench: error: cannot pair A and B: ") and message in err
+
+
+def test_compare_unreadable_files_are_one_line_errors(tmp_path, bench):
+    good = write(tmp_path, qa("base_q", [0.1] * 10))
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    for path, message in ((tmp_path / "absent.json", "no such result file"),
+                          (tmp_path / "broken.json", "is not JSON"),
+                          (tmp_path / "other.json", "is not a result file (no task, method")):
+        code, _, err = bench("compare", good, path)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    old = batch("selfparam", 0.3)  # scores only, no per-question predictions
+    code, _, err = bench("compare", good, write(tmp_path, old))
+    assert code == 2 and "B holds no per-question predictions" in err
+
+
+# ---- leaderboard: Δ against the floor, tied ranks, seeds ----------------------------------------
+def test_floor_is_the_registered_floor_method():
+    from benchmark.registry import METHODS
+    from leaderboard.paper import FLOOR
+
+    assert "the floor" in METHODS.get(FLOOR).description
+
+
+def test_tied_ranks_and_delta_against_the_floor():
+    spread = [0.9, 0.1, 0.6, 0.4, 0.5, 0.8, 0.2, 0.5, 0.7, 0.3]
+    runs = [
+        qa("ft_sentences", [0.8] * 10),
+        qa("bm25", [0.79 + (v - 0.5) / 5 for v in spread]),  # differences of both signs: tied
+        qa("dpr", [0.78] * 10),  # 0.02 below the top on every context: the next rank
+        qa("raptor", [0.77 + (v - 0.5) / 5 for v in spread]),  # ties DPR, the top of its rank
+        qa("base_q", [0.0] * 10),
+        qa("infllm", [0.5] * 10, contexts=[f"other-{i}" for i in range(10)]),  # not the same contexts
+    ]
+    (board,) = boards(runs)
+    methods = [row.first["method"] for row in board.rows]
+    assert methods == ["ft_sentences", "bm25", "dpr", "raptor", "infllm", "base_q"]
+    assert board.ranks == [1, 1, 2, 2, None, 3]
+    assert board.deltas[0]["mean"] == pytest.approx(0.8) and board.deltas[0]["ci_low"] == pytest.approx(0.8)
+    assert board.deltas[4] is None and board.deltas[5]["mean"] == 0.0
+    table = board_table(board)
+    assert table.headers[:7] == ["#", "rank", "method", "profile", "seeds", "QA-F1 [95% CI]", "Δ vs Base, Q [95% CI]"]
+    assert table.rows[2][:2] == ["3", "2"] and table.rows[2][6] == "0.7800 [0.7800, 0.7800]"
+    assert table.rows[4][1] == "—" and table.rows[4][6] == "—"
+
+
+def test_seeds_share_one_row_with_contexts_and_seeds_pooled(tmp_path):
+    runs = [qa("selfparam", [0.4] * 5 + [0.6] * 5, seed=0), qa("selfparam", [0.6] * 5 + [0.8] * 5, seed=1),
+            qa("base_q", [0.0] * 10, seed=0), qa("base_q", [0.1] * 10, seed=1)]
+    (board,) = boards(runs)
+    assert [len(row.runs) for row in board.rows] == [2, 2]
+    top = board.rows[0]
+    pooled = top.score("qa_f1")
+    assert pooled["mean"] == pytest.approx(0.6) and pooled["n"] == 20  # the mean of the seeds' 0.5 and 0.7
+    units = list(extract.pooled_units(top.runs, "qa_f1").values())  # seed 0's contexts, then seed 1's
+    assert len(units) == 20 and (pooled["ci_low"], pooled["ci_high"]) == pytest.approx(bootstrap_ci(units))
+    assert board.deltas[0]["mean"] == pytest.approx(0.55) and board.ranks == [1, 2]
+    row = board_table(board).rows[0]
+    assert row[4] == "2" and row[5].startswith("0.6000 [")
+    # a rerun of seed 0 under the same settings is not averaged with itself
+    (board,) = boards(runs + [qa("selfparam", [0.5] * 10, seed=0, finished="2026-11-21T10:00:00+00:00")])
+    assert sorted(len(row.runs) for row in board.rows) == [1, 2, 2]
+    # the paper's tables pool the same way and say how many seeds
+    (table,) = table1(runs, ci=True)
+    cell = {r[0]: r for r in table.rows}["SELF-PARAM"][2]
+    assert cell.startswith("0.6000 [") and cell.endswith("(2 seeds)") and "[0.5000, 0.7000]" not in cell
