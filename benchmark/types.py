@@ -30,6 +30,9 @@ class Document:
     probes: tuple[QA, ...]
     train_qa: tuple[QA, ...] = ()
     source: str = ""  # "file:line" for error messages
+    # What the context belongs to (a SQuAD article's title): a group goes to the dev or the test
+    # split as a whole, and spread sampling takes contexts from as many groups as it can.
+    group: str = ""
 
 
 @dataclass

@@ -14,30 +14,43 @@ from benchmark.targets import check_no_leakage, make_targets
 from benchmark.types import Context, Document, Prompt
 from methods.base import Method
 from tasks.base import Task
+from tasks.data.base import SAMPLES, SPLITS
 
 # Scored when the method retrieves (it exposes ``last_retrieved``): was the gold context first / in the top k?
 RETRIEVAL_METRICS = ("retrieval_recall@1", "retrieval_recall@k")
 
 
 def load_documents(
-    dataset: str, data_path: str, limit: int | None, seed: int, strict: bool = True
+    dataset: str, data_path: str, limit: int | None, seed: int, strict: bool = True,
+    split: str = "test", sample: str = "default",
 ) -> list[Document]:
-    """Documents of a registered QA data set, or of a JSON-lines file given as the data set.
+    """The first ``limit`` contexts of ``split`` (test, dev or all) of a registered QA data set, or
+    of a JSON-lines file given as the data set, in ``sample`` order (first, spread, or the data
+    set's default); ``seed`` seeds the data set (its generator, its spread order).
 
-    ``strict`` makes a data set with fewer than ``limit`` contexts an error; without it the caller
+    ``strict`` makes a split with fewer than ``limit`` contexts an error; without it the caller
     gets what there is and decides.
     """
+    label = dataset  # what the user named: the registered name or the file
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         dataset, data_path = "qa-jsonl", dataset
     cls = DATASETS.get(dataset)
     if getattr(cls, "kind", "qa") != "qa":
         raise BenchError(f"dataset {dataset!r} is not a QA data set (it holds {cls.kind} data)")
+    if split not in SPLITS:
+        raise BenchError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if sample == "default":
+        sample = cls.default_sample
+    if sample not in SAMPLES:
+        raise BenchError(f"sample must be one of {', '.join(SAMPLES)} or default, not {sample!r}")
     reason = cls.unavailable_reason()
     if reason:
         raise BenchError(f"dataset {dataset!r} is unavailable: {reason}")
-    documents = cls(path=data_path, seed=seed).documents(limit)
+    documents = cls(path=data_path, seed=seed).select(split, sample, limit)
     if strict and limit is not None and len(documents) < limit:
-        raise BenchError(f"dataset {dataset!r} has {len(documents)} contexts, fewer than the {limit} asked for")
+        raise BenchError(
+            f"dataset {label!r} split {split!r} has {len(documents)} contexts, fewer than the {limit} asked for"
+        )
     return documents
 
 
@@ -48,7 +61,13 @@ class QATask(Task):
 
     def load_documents(self) -> list[Document]:
         """The documents this run uses; a task may override how shortages are handled."""
-        return self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0))
+        return self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0,
+                                        **self.selection()))
+
+    def selection(self) -> dict[str, str]:
+        """Which contexts: the ``split`` and ``sample`` task parameters (test and the data set's
+        default order for a task without them)."""
+        return {"split": getattr(self.params, "split", "test"), "sample": getattr(self.params, "sample", "default")}
 
     def needed_documents(self) -> int:
         """Contexts to load: the run's, after the ``first_context`` ones it skips."""

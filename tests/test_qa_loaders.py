@@ -14,6 +14,11 @@ from tasks.qa import load_documents
 LONG = "a rather long answer of many words"  # 7 tokens: filtered out
 
 
+def load_whole(dataset, path, limit):
+    """Every context in file order: what parsing makes of the file, before any split or sampling."""
+    return load_documents(dataset, path, limit, 0, split="all", sample="first")
+
+
 def squad_file(tmp_path, data=None):
     data = data or {"data": [
         {"title": "Alpha", "paragraphs": [
@@ -62,7 +67,7 @@ def test_answer_tokens_counts_words_and_punctuation():
 
 
 def test_squad_split_by_default(tmp_path):
-    docs = load_documents("squad", str(squad_file(tmp_path)), None, 0)
+    docs = load_whole("squad", str(squad_file(tmp_path)), None)
     # the one-question paragraph cannot give both a probe and a training question
     assert [d.id for d in docs] == ["squad-000-000", "squad-001-000"]
     alpha = docs[0]
@@ -77,10 +82,10 @@ def test_squad_split_by_default(tmp_path):
 
 
 def test_squad_all_keeps_every_question_as_probe(tmp_path):
-    docs = load_documents("squad-all", str(squad_file(tmp_path)), None, 0)
+    docs = load_whole("squad-all", str(squad_file(tmp_path)), None)
     assert [d.id for d in docs] == ["squad-000-000", "squad-000-001", "squad-001-000"]
     assert [len(d.probes) for d in docs] == [3, 1, 2] and all(not d.train_qa for d in docs)
-    assert load_documents("squad-all", str(squad_file(tmp_path)), 2, 0) == docs[:2]  # first N, in order
+    assert load_whole("squad-all", str(squad_file(tmp_path)), 2) == docs[:2]  # first N, in order
 
 
 def test_squad_training_question_asked_elsewhere_is_dropped(tmp_path):
@@ -91,7 +96,7 @@ def test_squad_training_question_asked_elsewhere_is_dropped(tmp_path):
                                     {"question": "Q4?", "answers": [{"text": "d"}]}]},
         {"context": "Two.", "qas": [{"question": "Shared?", "answers": [{"text": "e"}]},
                                     {"question": "Q6?", "answers": [{"text": "f"}]}]}]}]}
-    docs = load_documents("squad", str(squad_file(tmp_path, data)), None, 0)
+    docs = load_whole("squad", str(squad_file(tmp_path, data)), None)
     assert [qa.question for qa in docs[0].train_qa] == ["Q4?"]  # "Shared?" is a probe of paragraph 2
     check_no_leakage(docs, dataset_targets(docs, 0, 0))
 
@@ -125,7 +130,7 @@ def test_squad_malformed_json_names_file_and_line(tmp_path):
 
 def test_pwc_filters_groups_and_keeps_order(tmp_path):
     path = pwc_file(tmp_path, PWC_ROWS)
-    docs = load_documents("pwc", str(path), None, 0)
+    docs = load_whole("pwc", str(path), None)
     # the all-long context vanishes; ids follow the file's context order, sources its lines
     assert [d.id for d in docs] == ["pwc-00000", "pwc-00001", "pwc-00003"]
     assert [d.text for d in docs] == ["Story one about Ada.", "Story two about Bob.", "Story four about Cy."]
@@ -134,11 +139,11 @@ def test_pwc_filters_groups_and_keeps_order(tmp_path):
         ["Who is the story about?", "What is the story?"], ["Who is it about?"], ["Who?"]]
     assert all("above text" not in qa.question for d in docs for qa in d.probes)
     assert all(not d.train_qa for d in docs)
-    assert load_documents("pwc", str(path), 2, 0) == docs[:2]
+    assert load_whole("pwc", str(path), 2) == docs[:2]
 
 
 def test_pwc_split_needs_two_questions(tmp_path):
-    docs = load_documents("pwc-split", str(pwc_file(tmp_path, PWC_ROWS)), None, 0)
+    docs = load_whole("pwc-split", str(pwc_file(tmp_path, PWC_ROWS)), None)
     assert [d.id for d in docs] == ["pwc-00000"]
     assert [qa.question for qa in docs[0].probes] == ["Who is the story about?"]
     assert [qa.question for qa in docs[0].train_qa] == ["What is the story?"]
@@ -148,7 +153,7 @@ def test_pwc_folder_reads_files_in_name_order(tmp_path):
     pwc_file(tmp_path, PWC_ROWS[4:5], "b.jsonl")
     pwc_file(tmp_path, PWC_ROWS[6:7], "a.jsonl")
     (tmp_path / "notes.txt").write_text("ignored")
-    docs = load_documents("pwc", str(tmp_path), None, 0)
+    docs = load_whole("pwc", str(tmp_path), None)
     assert [d.text for d in docs] == ["Story four about Cy.", "Story one about Ada."]
 
 
@@ -188,7 +193,7 @@ def test_hub_used_only_without_local_copy(tmp_path, monkeypatch):
                  "answers": {"text": [LONG, "a lake"], "answer_start": [0, 9]}}]
 
     monkeypatch.setattr(public, "hub_loader", fake_hub)
-    docs = load_documents("squad-all", "", None, 0)
+    docs = load_whole("squad-all", "", None)
     assert asked == [("rajpurkar/squad", "validation")]
     assert [(d.id, len(d.probes)) for d in docs] == [("squad-000-000", 2), ("squad-001-000", 1)]
     assert docs[1].probes[0].answers == ("a lake",)
@@ -212,19 +217,19 @@ def test_hub_failure_offline_is_one_line(tmp_path, monkeypatch):
 def test_shared_squad_copy(shared_data):
     if not (shared_data / "squad" / "dev-v1.1.part_a.json").is_file():
         pytest.skip("shared SQuAD copy is absent")
-    docs = load_documents("squad", "", None, 0)
+    docs = load_whole("squad", "", None)
     assert len(docs) > 800
     assert docs[0].text.startswith("Super Bowl 50 was an American football game")
     assert all(answer_tokens(a) <= 5 for d in docs for qa in d.probes + d.train_qa for a in qa.answers)
     assert all(d.probes and d.train_qa for d in docs)
     check_no_leakage(docs, dataset_targets(docs, 0, 0))
-    assert len(load_documents("squad-all", "", None, 0)) >= len(docs)
+    assert len(load_whole("squad-all", "", None)) >= len(docs)
 
 
 def test_shared_pwc_copy(shared_data):
     if not (shared_data / "pwc" / "PWC_eval_data.jsonl").is_file():
         pytest.skip("shared PwC copy is absent")
-    docs = load_documents("pwc", "", None, 0)
+    docs = load_whole("pwc", "", None)
     assert 1 <= len(docs) <= 25  # a small sample: 19 + 6 rows, few with short answers
     assert docs[0].probes[0].answers == ("Benoit Quennedey",)
     assert all("above text" not in qa.question.lower() for d in docs for qa in d.probes)

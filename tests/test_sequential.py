@@ -8,7 +8,10 @@ import pytest
 
 from benchmark.registry import METHODS, register_method
 from benchmark.runner import RunRequest, run
+from benchmark.types import Document
 from methods.base import Method
+from tasks.data.base import split_of
+from tasks.data.qa_jsonl import QAJsonl
 from tasks.qa import load_documents
 
 EVENTS: list[tuple[int, str, list[str]]] = []  # (instance number, "inject" | "generate", context ids)
@@ -123,7 +126,10 @@ def test_fewer_contexts_than_asked_uses_what_exists(tmp_path, recording_methods,
     gold, _ = recording_methods
     path = tmp_path / "three.jsonl"
     lines = []
-    for i in range(3):
+    # three contexts of the test split (the part of a file that sequential runs on)
+    items = [i for i in range(20)
+             if split_of(Document("", f"Item {i} is blue.", ()), QAJsonl.dev_fraction) == "test"][:3]
+    for i in items:
         lines.append(json.dumps({"id": f"c{i}", "context": f"Item {i} is blue.",
                                  "probes": [{"question": f"What colour is item {i}?", "answers": ["blue"]}]}))
         gold[f"What colour is item {i}?"] = "blue"
@@ -155,8 +161,9 @@ def test_squad_sequences_from_shared_data(tmp_path, recording_methods, tiny_lm, 
     outcome = run_seq(tmp_path, tiny_lm, dataset="squad", num_sequences=2, sequence_length=2)
     scores = outcome.result["scores"]
     assert outcome.result["dataset"] == "squad"
-    assert [r["context_ids"] for r in outcome.result["episodes"]] == [["squad-000-000", "squad-000-001"],
-                                                                      ["squad-000-002", "squad-000-003"]]
+    ids = [d.id for d in load_documents("squad", "", 4, 0)]  # test split, spread over articles
+    assert len({i.rsplit("-", 1)[0] for i in ids}) == 4
+    assert [r["context_ids"] for r in outcome.result["episodes"]] == [ids[:2], ids[2:]]
     assert scores["matrix"]["qa_f1"] == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
 
 

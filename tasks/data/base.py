@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -11,12 +13,24 @@ from benchmark.errors import BenchError
 from benchmark.types import QA, Document
 
 
+# Which contexts a run uses: ``split`` says which part of the data set (``test`` for scored runs,
+# ``dev`` for tuning, ``all`` for a finite set taken whole), ``sample`` in which order they are taken
+# (``first``: the data set's own order; ``spread``: a seeded order that takes one context of each
+# group, e.g. SQuAD article, in turn).
+SPLITS = ("test", "dev", "all")
+SAMPLES = ("first", "spread")
+
+
 class QADataset(ABC):
     """A source of ``Document``s: contexts with probe questions (and optional training QA)."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     kind: ClassVar[str] = "qa"
+    # The order a run takes contexts in unless told otherwise (``sample=default``).
+    default_sample: ClassVar[str] = "first"
+    # The share of groups (contexts without a group) that a finite data set holds out as ``dev``.
+    dev_fraction: ClassVar[float] = 0.2
 
     def __init__(self, path: str = "", seed: int = 0) -> None:
         self.path = path
@@ -26,10 +40,47 @@ class QADataset(ABC):
     def documents(self, limit: int | None = None) -> list[Document]:
         """The first ``limit`` documents, in a fixed order (all when ``limit`` is None)."""
 
+    def select(self, split: str, sample: str, limit: int | None) -> list[Document]:
+        """The first ``limit`` contexts of ``split`` in ``sample`` order (all when ``limit`` is None).
+
+        Finite data sets split by a stable hash of each context's group (of its text when it has
+        none), so a group is wholly in dev or wholly in test, whatever the file's order or size.
+        """
+        documents = self.documents()
+        if split != "all":
+            documents = [doc for doc in documents if split_of(doc, self.dev_fraction) == split]
+        if sample == "spread":
+            documents = spread(documents, self.seed)
+        return documents if limit is None else documents[:limit]
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why this data set cannot be loaded here, or None."""
         return None
+
+
+def split_of(doc: Document, dev_fraction: float) -> str:
+    """"dev" or "test": where the hash of the context's group (else its text) falls."""
+    key = (doc.group or doc.text).encode("utf-8")
+    position = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+    return "dev" if position < dev_fraction else "test"
+
+
+def spread(documents: list[Document], seed: int) -> list[Document]:
+    """A seeded reordering that visits the groups in turn: one context of every group (in a shuffled
+    group order, each group's contexts shuffled), then a second of every group that has one, and so
+    on. Any prefix covers as many groups as it can; contexts without a group are each their own, so
+    for them this is a seeded shuffle."""
+    rng = random.Random(f"spread-{seed}")
+    groups: dict[tuple[str, str], list[Document]] = {}
+    for doc in documents:
+        groups.setdefault((doc.group, "") if doc.group else ("", doc.id), []).append(doc)
+    ordered = list(groups.values())
+    rng.shuffle(ordered)
+    for members in ordered:
+        rng.shuffle(members)
+    depth = max((len(members) for members in ordered), default=0)
+    return [members[i] for i in range(depth) for members in ordered if i < len(members)]
 
 
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
@@ -64,6 +115,16 @@ def require_text(record: dict[str, Any], key: str, where: str) -> str:
     if not value.strip():
         raise BenchError(f"{where}: field {key!r} is empty")
     return value
+
+
+def optional_text(record: dict[str, Any], key: str, where: str) -> str:
+    """The string field ``key`` of ``record``, or "" when it is absent."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BenchError(f"{where}: field {key!r} is not a string")
+    return value.strip()
 
 
 def check_documents(documents: list[Document]) -> None:

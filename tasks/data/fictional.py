@@ -4,6 +4,13 @@ Every name and fact is drawn from a seeded random generator, so no model can kno
 injection (Base, Q scores near zero) and every machine builds the same set. Each attribute has two
 disjoint families of question phrasings: one for the probes that score a method, one for the
 training QA pairs that the ``dataset`` target-sentence generator hands to parametric methods.
+
+Splits: the test contexts are the generator's stream ``fictional-{seed}`` in order (``fictional-0000``,
+``fictional-0001``, ...: the contexts of every run before splits existed). The dev contexts
+(``fictional-dev-0000``, ...) come from a second stream, ``fictional-dev-{seed}``, and never reuse
+the name of an entity among the first ``RESERVED_TEST_NAMES`` test contexts, so tuning on dev
+teaches nothing about a test entity. Every context is an independent draw with no group, so
+``sample=spread`` takes them in the same order as ``first``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
 from benchmark.types import QA, Document
 from tasks.data.base import QADataset
@@ -151,7 +159,11 @@ ENTITY_TYPES: dict[str, tuple[str, list[Attribute]]] = {
 }
 
 
-def make_document(index: int, rng: random.Random, used_names: set[str]) -> Document:
+# Dev entities avoid the names of this many test contexts (more than any profile uses: paper is 1000).
+RESERVED_TEST_NAMES = 2000
+
+
+def make_document(index: int, rng: random.Random, used_names: set[str], prefix: str = "fictional") -> Document:
     """One context: an entity of a random type with all its attributes, probes and training QA."""
     entity_type = list(ENTITY_TYPES)[index % len(ENTITY_TYPES)]
     intro, attributes = ENTITY_TYPES[entity_type]
@@ -167,12 +179,18 @@ def make_document(index: int, rng: random.Random, used_names: set[str]) -> Docum
         probes.append(QA(probe_q, (value,)))
         train.extend(QA(q.format(name=name), (value,)) for q in attribute.train_questions)
     return Document(
-        id=f"fictional-{index:04d}",
+        id=f"{prefix}-{index:04d}",
         text=" ".join(sentences),
         probes=tuple(probes),
         train_qa=tuple(train),
-        source=f"fictional #{index}",
+        source=f"{prefix} #{index}",
     )
+
+
+def generate(stream: str, count: int, prefix: str, used_names: set[str]) -> list[Document]:
+    """``count`` contexts of the random stream ``stream``, avoiding (and adding to) ``used_names``."""
+    rng = random.Random(stream)
+    return [make_document(i, rng, used_names, prefix) for i in range(count)]
 
 
 @register_dataset("fictional")
@@ -180,7 +198,18 @@ class Fictional(QADataset):
     description = "built-in: invented towns, people, companies and species (no model knows them)"
 
     def documents(self, limit: int | None = None) -> list[Document]:
-        rng = random.Random(f"fictional-{self.seed}")
-        used: set[str] = set()
-        count = 100 if limit is None else limit
-        return [make_document(i, rng, used) for i in range(count)]
+        """The test contexts, ``fictional-0000`` onwards (100 when ``limit`` is None)."""
+        return generate(f"fictional-{self.seed}", 100 if limit is None else limit, "fictional", set())
+
+    def dev_documents(self, limit: int | None = None) -> list[Document]:
+        """The dev contexts, ``fictional-dev-0000`` onwards, about entities no test context names."""
+        test_names: set[str] = set()
+        generate(f"fictional-{self.seed}", RESERVED_TEST_NAMES, "fictional", test_names)
+        return generate(f"fictional-dev-{self.seed}", 100 if limit is None else limit, "fictional-dev", test_names)
+
+    def select(self, split: str, sample: str, limit: int | None) -> list[Document]:
+        if split == "test":
+            return self.documents(limit)
+        if split == "dev":
+            return self.dev_documents(limit)
+        raise BenchError(f"dataset {self.name!r} has no split {split!r}: it generates separate test and dev contexts")

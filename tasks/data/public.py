@@ -109,27 +109,27 @@ def dedupe(qas: list[QA]) -> list[QA]:
 
 
 def make_documents(
-    groups: list[tuple[str, str, str, list[QA]]], split: bool, limit: int | None
+    groups: list[tuple[str, str, str, list[QA], str]], split: bool, limit: int | None
 ) -> list[Document]:
-    """Documents from (id, source, context, short-answer questions) groups, in order.
+    """Documents from (id, source, context, short-answer questions, group) tuples, in order.
 
     A context left with no question is dropped; with ``split`` a context needs two questions
     (one probe, one for training), otherwise it is dropped too. A training question that is also a
     probe anywhere in the data set is dropped, so the run's leakage check always passes.
     """
     kept = []
-    for doc_id, source, text, qas in groups:
+    for doc_id, source, text, qas, group in groups:
         qas = dedupe(qas)
         if len(qas) < (2 if split else 1):
             continue
         probes, train = split_questions(qas) if split else (tuple(qas), ())
-        kept.append((doc_id, source, text, probes, train))
-    asked = {normalize_answer(qa.question) for *_, probes, _ in kept for qa in probes}
+        kept.append((doc_id, source, text, probes, train, group))
+    asked = {normalize_answer(qa.question) for _, _, _, probes, _, _ in kept for qa in probes}
     documents: list[Document] = []
-    for doc_id, source, text, probes, train in kept:
+    for doc_id, source, text, probes, train, group in kept:
         train = tuple(qa for qa in train if normalize_answer(qa.question) not in asked)
         if split and not train:
             continue
-        documents.append(Document(doc_id, text, probes, train, source))
+        documents.append(Document(doc_id, text, probes, train, source, group))
     check_documents(documents)
     return documents if limit is None else documents[:limit]

@@ -11,6 +11,10 @@ splits through ``datasets``).
 target sentences (``--set targets=local`` or ``openai``), because most PwC contexts keep a single
 short-answer question. ``pwc-split`` alternates each context's questions between probes and training
 QA and drops contexts with fewer than two.
+
+Contexts are taken in file order by default (``sample=first``, the paper's first N). PwC has no
+articles: each context is its own group, so the dev split holds out a fifth of the contexts (by a
+hash of their text), and the test split is the paper's order with those left out.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ def _clean(text: str) -> str:
     return text.replace("<s>", "").strip()
 
 
-def group_rows(rows: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, str, list[QA]]]:
-    """(id, source, context, questions) per distinct context, in order of first appearance.
+def group_rows(rows: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, str, list[QA], str]]:
+    """(id, source, context, questions, group) per distinct context, in order of first appearance.
+
+    PwC contexts are separate documents: none has a group, so each goes to dev or test on its own.
 
     ``rows`` are (where, record) pairs; every record is checked, kept or not, so a malformed line is
     reported even when a filter would have dropped it.
@@ -57,7 +63,7 @@ def group_rows(rows: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, st
         known = questions.get(question)  # the same question twice: one probe, all its answers
         answers = known.answers + tuple(a for a in short if a not in known.answers) if known else short
         questions[question] = QA(question, answers)
-    return [(doc_id, where, context, list(qs.values())) for context, (doc_id, where, qs) in contexts.items()]
+    return [(doc_id, where, context, list(qs.values()), "") for context, (doc_id, where, qs) in contexts.items()]
 
 
 def _jsonl_rows(files: list[Path]) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -69,7 +75,8 @@ def _jsonl_rows(files: list[Path]) -> Iterable[tuple[str, dict[str, Any]]]:
 @register_dataset("pwc")
 class PwC(QADataset):
     description = "PwC contexts, every short-answer question a probe (the paper's data; needs --set targets=local)"
-    split: ClassVar[bool] = False
+    split: ClassVar[bool] = False  # every question a probe (pwc-split halves them)
+    default_sample = "first"  # the paper takes the first N contexts in order
 
     def documents(self, limit: int | None = None) -> list[Document]:
         files = local_files(self.path, LOCAL, ".jsonl")

@@ -3,6 +3,8 @@
 Read from the official JSON format (``--set data_path=FILE``, else the shared copy
 ``squad/dev-v1.1.part_a.json``, else ``rajpurkar/squad`` validation split through ``datasets``).
 Questions whose answers are all longer than 5 tokens are dropped, like the paper's PwC filter.
+Each paragraph's group is its article (title): an article is wholly in the dev or the test split,
+and the default ``spread`` sampling takes one paragraph of each article in turn.
 
 ``squad`` splits each paragraph's questions in two (alternating): one half are the probes, the other
 half the training QA that the default ``dataset`` target-sentence generator hands to parametric
@@ -25,8 +27,8 @@ from tasks.data.public import load_hub, local_files, make_documents, short_answe
 LOCAL = [("squad", "dev-v1.1.part_a.json")]
 HUB = "rajpurkar/squad"
 
-# (id, source, context, questions) per paragraph
-Group = tuple[str, str, str, list[QA]]
+# (id, source, context, questions, article title) per paragraph
+Group = tuple[str, str, str, list[QA], str]
 
 
 def _field(record: Any, key: str, kind: type, where: str) -> Any:
@@ -51,6 +53,8 @@ def read_squad_json(path: Path, prefix: str = "squad") -> list[Group]:
     groups: list[Group] = []
     for a, article in enumerate(_field(data, "data", list, f"{path}")):
         where_a = f"{path}: data[{a}]"
+        title = article.get("title") if isinstance(article, dict) else None
+        title = title.strip() if isinstance(title, str) and title.strip() else f"{prefix}-{a:03d}"
         for p, paragraph in enumerate(_field(article, "paragraphs", list, where_a)):
             where = f"{where_a}.paragraphs[{p}]"
             context = _field(paragraph, "context", str, where)
@@ -63,29 +67,24 @@ def read_squad_json(path: Path, prefix: str = "squad") -> list[Group]:
                 answers = [_field(ans, "text", str, f"{where_q}.answers[{i}]")
                            for i, ans in enumerate(_field(item, "answers", list, where_q))]
                 qas.append((question, answers))
-            groups.append((f"{prefix}-{a:03d}-{p:03d}", where, context, _short(qas)))
+            groups.append((f"{prefix}-{a:03d}-{p:03d}", where, context, _short(qas), title))
     return groups
 
 
 def hub_groups(rows: list[tuple[str, Any]]) -> list[Group]:
     """The hub's one-row-per-question layout, regrouped into paragraphs (rows come in order)."""
-    groups: list[Group] = []
-    raw: list[tuple[str, list[str]]] = []
+    paragraphs: list[tuple[str, str, str, list[tuple[str, list[str]]], str]] = []
     article, paragraph, last = -1, -1, (None, None)
     for where, row in rows:
         title, context = row["title"], row["context"]
         if (title, context) != last:
-            if raw:
-                groups[-1] = (*groups[-1][:3], _short(raw))
             if title != last[0]:
                 article, paragraph = article + 1, -1
             paragraph += 1
-            groups.append((f"squad-{article:03d}-{paragraph:03d}", where, context, []))
-            raw, last = [], (title, context)
-        raw.append((row["question"], list(row["answers"]["text"])))
-    if raw:
-        groups[-1] = (*groups[-1][:3], _short(raw))
-    return groups
+            paragraphs.append((f"squad-{article:03d}-{paragraph:03d}", where, context, [], title))
+            last = (title, context)
+        paragraphs[-1][3].append((row["question"], list(row["answers"]["text"])))
+    return [(doc_id, where, context, _short(raw), title) for doc_id, where, context, raw, title in paragraphs]
 
 
 def _short(qas: list[tuple[str, list[str]]]) -> list[QA]:
@@ -101,7 +100,8 @@ def _short(qas: list[tuple[str, list[str]]]) -> list[QA]:
 @register_dataset("squad")
 class Squad(QADataset):
     description = "SQuAD v1.1 paragraphs; half the questions probe, half train (offline: shared copy)"
-    split: ClassVar[bool] = True
+    split: ClassVar[bool] = True  # each paragraph's questions halved into probes and training QA
+    default_sample = "spread"  # the file's first paragraphs are all of one article
 
     def documents(self, limit: int | None = None) -> list[Document]:
         files = local_files(self.path, LOCAL, ".json")

@@ -76,7 +76,8 @@ def model_formatter(lm: Any) -> tuple[Formatter, dict[str, Any]]:
 
 # ---- QA data sets ---------------------------------------------------------------------------------
 def qa_documents(dataset: str, limit: int | None) -> list[Document]:
-    """The first ``limit`` documents of a registered QA data set (fewer if it has fewer)."""
+    """The first ``limit`` test contexts of a registered QA data set in its default order, as a
+    batch run takes them (fewer if it has fewer)."""
     from benchmark.registry import DATASETS
 
     cls = DATASETS.get(dataset)
@@ -85,7 +86,7 @@ def qa_documents(dataset: str, limit: int | None) -> list[Document]:
     reason = cls.unavailable_reason()
     if reason:
         raise BenchError(f"dataset {dataset!r} is unavailable: {reason}")
-    return cls(path="", seed=0).documents(limit)
+    return cls(path="", seed=0).select("test", cls.default_sample, limit)
 
 
 def qa_rows(documents: list[Document], formatter: Formatter) -> list[dict[str, Any]]:
