@@ -14,8 +14,13 @@ from tasks.qa import QATask, Stopwatch, per_context, summarize_contexts
 class BatchParams:
     num_contexts: int = 20  # contexts injected together (the paper: 100 and 500)
     episodes: int = 1  # independent batches over consecutive, disjoint slices of the data
-    # Index of the first context used. The scored runs start at 0; tune on contexts past them
-    # (e.g. first_context=100), never on the scored ones.
+    # Which contexts: "test" for scored runs, "dev" (disjoint from test) to tune on, "all" for a
+    # finite data set taken whole.
+    split: str = "test"
+    # In which order: "first" (the data set's order), "spread" (seeded, one context of each article
+    # in turn) or "default" (the data set's own choice: spread for SQuAD, first for the others).
+    sample: str = "default"
+    # Contexts of the split's order skipped before the ones used.
     first_context: int = 0
 
 

@@ -46,7 +46,8 @@ def test_result_file_schema(tmp_path, counting_method, tiny_lm):
                 "versions", "git_commit", "started_at", "finished_at", "scores", "cost", "episodes",
                 "model_info"):
         assert key in data, key
-    assert data["config"]["params"]["task"] == {"num_contexts": 1, "episodes": 3, "first_context": 0}
+    assert data["config"]["params"]["task"] == {"num_contexts": 1, "episodes": 3, "split": "test",
+                                                "sample": "default", "first_context": 0}
     assert data["model_info"]["prompt_format"] == "raw"
     for metric in ("qa_f1", "acc"):
         assert set(data["scores"][metric]) == {"mean", "ci_low", "ci_high", "n"}
