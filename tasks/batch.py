@@ -7,21 +7,13 @@ from typing import Any
 
 from benchmark.registry import register_task
 from tasks.base import MethodFactory
-from tasks.qa import QATask, Stopwatch, per_context, summarize_contexts
+from tasks.qa import ContextParams, QATask, Stopwatch, per_context, summarize_contexts
 
 
 @dataclass
-class BatchParams:
+class BatchParams(ContextParams):
     num_contexts: int = 20  # contexts injected together (the paper: 100 and 500)
     episodes: int = 1  # independent batches over consecutive, disjoint slices of the data
-    # Which contexts: "test" for scored runs, "dev" (disjoint from test) to tune on, "all" for a
-    # finite data set taken whole.
-    split: str = "test"
-    # In which order: "first" (the data set's order), "spread" (seeded, one context of each article
-    # in turn) or "default" (the data set's own choice: spread for SQuAD, first for the others).
-    sample: str = "default"
-    # Contexts of the split's order skipped before the ones used.
-    first_context: int = 0
 
 
 @register_task("batch")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,19 @@ def load_documents(
     return documents
 
 
+@dataclass
+class ContextParams:
+    """Which contexts of the data set a QA task uses."""
+
+    # "test" for scored runs, "dev" (disjoint from test) to tune on, "all" for a finite data set
+    # taken whole.
+    split: str = "test"
+    # In which order: "first" (the data set's order), "spread" (seeded, one context of each article
+    # in turn) or "default" (the data set's own choice: spread for SQuAD, first for the others).
+    sample: str = "default"
+    first_context: int = 0  # contexts of the split's order skipped before the ones used
+
+
 class QATask(Task):
     """Base of the QA tasks: documents, their target sentences and context-free probing."""
 
@@ -65,9 +79,8 @@ class QATask(Task):
                                         **self.selection()))
 
     def selection(self) -> dict[str, str]:
-        """Which contexts: the ``split`` and ``sample`` task parameters (test and the data set's
-        default order for a task without them)."""
-        return {"split": getattr(self.params, "split", "test"), "sample": getattr(self.params, "sample", "default")}
+        """Which contexts: the ``split`` and ``sample`` task parameters."""
+        return {"split": self.params.split, "sample": self.params.sample}
 
     def needed_documents(self) -> int:
         """Contexts to load: the run's, after the ``first_context`` ones it skips."""

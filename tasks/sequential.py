@@ -21,22 +21,19 @@ from benchmark.registry import register_task
 from benchmark.report import fmt_ci
 from benchmark.types import Document
 from tasks.base import MethodFactory
-from tasks.qa import QATask, Stopwatch, load_documents, per_context
+from tasks.qa import ContextParams, QATask, Stopwatch, load_documents, per_context
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SequentialParams:
+class SequentialParams(ContextParams):
     """``quick`` (the defaults) is 10 injections and 300 probe answers on ``fictional``: sized so
     selfparam's quick training (about 5k tokens per injected context) fits in 10 minutes on 2 idle
     CPU cores."""
 
     num_sequences: int = 2  # independent sequences over consecutive, disjoint slices of the data
     sequence_length: int = 5  # contexts injected one per step in each sequence (L)
-    # Index of the first context used. The scored runs start at 0; tune on contexts past them
-    # (e.g. first_context=100), never on the scored ones.
-    first_context: int = 0
 
 
 @register_task("sequential")
@@ -57,7 +54,8 @@ class SequentialTask(QATask):
         asked_n, asked_l = self.params.num_sequences, self.params.sequence_length
         if asked_n < 1 or asked_l < 1:
             raise BenchError("num_sequences and sequence_length must be at least 1")
-        documents = self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0, strict=False))
+        documents = self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0,
+                                             strict=False, **self.selection()))
         if not documents:
             raise BenchError(f"dataset {self.dataset!r} has no contexts")
         length = min(asked_l, len(documents))
