@@ -7,14 +7,19 @@ model, the paper's "instruct" ablation (temperature ``SELFPARAM_BENCH_LOCAL_TEMP
 1); ``openai`` asks any OpenAI-compatible chat endpoint (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
 model ``SELFPARAM_BENCH_OPENAI_MODEL``, default gpt-4o-mini) at temperature 1.
 
-Generated sets are cached under ``cache_dir()/targets/`` keyed by (context hash, generator,
-count, seed), so a rerun neither pays for nor changes them.
+With ``+grounded`` (``targets=local+grounded``) only pairs whose answer occurs in the context count,
+and each context is asked up to ``GROUNDED_ROUNDS`` times instead of ``MAX_ROUNDS``; a context
+still short of the count after that keeps what it has, with a warning.
+
+Generated sets are cached under ``cache_dir()/targets/`` keyed by (context hash, generator and
+its filter, count, seed), so a rerun neither pays for nor changes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -26,11 +31,14 @@ from tqdm.auto import tqdm
 
 from benchmark.errors import BenchError
 from benchmark.models import cache_dir
-from benchmark.targets import GENERATORS
+from benchmark.targets import GENERATORS, GROUNDED, grounding, wants_grounded
 from benchmark.types import Document
+
+log = logging.getLogger(__name__)
 
 DEFAULT_COUNT = 10  # sentences per context when the run asks for "all" (the official 10 per epoch)
 MAX_ROUNDS = 6  # replies asked for per context before settling for fewer sentences
+GROUNDED_ROUNDS = 12  # the same with the grounding filter, which drops most of a small model's pairs
 
 SYSTEM_PROMPT = (
     "Given a context, please generate related questions as comprehensively as possible with "
@@ -84,8 +92,13 @@ def context_hash(text: str) -> str:
 
 
 def cache_path(generator_id: str, text: str, count: int, seed: int) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", generator_id)
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", generator_id)
     return cache_dir() / "targets" / slug / f"{context_hash(text)[:24]}-n{count}-s{seed}.json"
+
+
+def cache_id(generator_id: str, grounded: bool) -> str:
+    """The generator's cache name with its filter: ``local-M`` or ``local-M+grounded``."""
+    return f"{generator_id}+{GROUNDED}" if grounded else generator_id
 
 
 def cached(
@@ -94,8 +107,13 @@ def cached(
     count: int,
     seed: int,
     make: Callable[[list[Document]], dict[str, list[str]]],
+    allow_empty: bool = False,
 ) -> dict[str, list[str]]:
-    """Sentences per document id, from the cache where present; the rest made and stored."""
+    """Sentences per document id, from the cache where present; the rest made and stored.
+
+    A context for which ``make`` found nothing is an error unless ``allow_empty`` (a filter may
+    leave nothing; that is stored too, so a rerun does not ask again).
+    """
     result: dict[str, list[str]] = {}
     missing: list[Document] = []
     for doc in documents:
@@ -111,7 +129,7 @@ def cached(
         made = make(missing)
         for doc in missing:
             sentences = made.get(doc.id, [])
-            if not sentences:
+            if not sentences and not allow_empty:
                 raise BenchError(f"generator {generator_id!r} produced no usable QA pair for context {doc.id!r}")
             path = cache_path(generator_id, doc.text, count, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,20 +144,31 @@ def cached(
 
 
 def collect(
-    documents: list[Document], count: int, ask: Callable[[list[Document], int], list[str]]
+    documents: list[Document], count: int, ask: Callable[[list[Document], int], list[str]],
+    grounded: bool = False, label: str = "generator",
 ) -> dict[str, list[str]]:
-    """Ask for replies round after round until every context has ``count`` distinct pairs."""
+    """Ask for replies round after round until every context has ``count`` distinct pairs (with
+    ``grounded``: pairs whose answer occurs in the context), or the rounds run out."""
+    rounds = GROUNDED_ROUNDS if grounded else MAX_ROUNDS
+    tests = {doc.id: grounding(doc.text) for doc in documents} if grounded else {}
     pairs: dict[str, list[str]] = {doc.id: [] for doc in documents}
-    for round_ in range(MAX_ROUNDS):
+    for round_ in range(rounds):
         pending = [doc for doc in documents if len(pairs[doc.id]) < count]
         if not pending:
             break
         for doc, reply in zip(pending, ask(pending, round_)):
             have = {s.lower() for s in pairs[doc.id]}
             for sentence in parse_qa_pairs(reply):
-                if sentence.lower() not in have:
+                if sentence.lower() not in have and (not grounded or tests[doc.id](sentence)):
                     pairs[doc.id].append(sentence)
                     have.add(sentence.lower())
+    short = {doc.id: len(pairs[doc.id]) for doc in documents if len(pairs[doc.id]) < count}
+    if short:
+        log.warning(
+            "%s: %d of %d contexts have fewer than the %d %sQA pairs asked for after %d rounds "
+            "(fewest: %d, for %s)", label, len(short), len(documents), count,
+            "grounded " if grounded else "", rounds, min(short.values()), min(short, key=short.get),
+        )
     return {doc_id: sentences[:count] for doc_id, sentences in pairs.items()}
 
 
@@ -175,6 +204,7 @@ def local_targets(documents: list[Document], count: int, seed: int, lm: Any, run
     if lm is None:
         raise BenchError("the local generator needs a loaded model")
     count = count or DEFAULT_COUNT
+    grounded = wants_grounded(run)
     temperature = local_temperature()
     generator_id = f"local-{lm.name}" + ("" if temperature == 1.0 else f"-t{temperature:g}")
 
@@ -190,7 +220,8 @@ def local_targets(documents: list[Document], count: int, seed: int, lm: Any, run
         # Without a chat template the prompt ends in "Question:", so the reply starts mid-pair.
         return replies if getattr(lm.tokenizer, "chat_template", None) else ["Question:" + r for r in replies]
 
-    return cached(documents, generator_id, count, seed, lambda docs: collect(docs, count, ask))
+    return cached(documents, cache_id(generator_id, grounded), count, seed,
+                  lambda docs: collect(docs, count, ask, grounded, generator_id), allow_empty=grounded)
 
 
 # ---- openai: any OpenAI-compatible chat endpoint ----------------------------------------------------------
@@ -253,7 +284,9 @@ def openai_targets(documents: list[Document], count: int, seed: int, lm: Any = N
             return [f.result() for f in tqdm(futures, desc=f"asking {model}", leave=False,
                                              disable=len(futures) < 4)]
 
-    return cached(documents, f"openai-{model}", count, seed, lambda docs: collect(docs, count, ask))
+    grounded = wants_grounded(run)
+    return cached(documents, cache_id(f"openai-{model}", grounded), count, seed,
+                  lambda docs: collect(docs, count, ask, grounded, f"openai-{model}"), allow_empty=grounded)
 
 
 GENERATORS["local"] = local_targets

@@ -34,7 +34,7 @@ from benchmark.errors import BenchError
 from benchmark.metrics import summarize
 from benchmark.models import LM
 from benchmark.registry import DATASETS, register_task
-from benchmark.targets import make_targets
+from benchmark.targets import make_targets, split_generator
 from benchmark.types import QA, Context, Document, Prompt
 from methods.base import Method
 from tasks.base import MethodFactory, Task
@@ -160,7 +160,7 @@ class RecommendationTask(Task):
             turns = self.params.target_turns
             documents = [Document(c.id, c.text(), (), tuple(recommendation_qa(c, turns)), c.source)
                          for c in self.conversations]
-            if self.run.targets == "dataset":
+            if split_generator(self.run.targets)[0] == "dataset":
                 documents = [d for d in documents if d.train_qa]
                 if not documents:
                     raise BenchError(f"no training conversation of {self.dataset!r} names a recommended movie, "

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         "generate", help="generate target QA sentences for a data set's contexts (cached on disk)"
     )
     parser.add_argument("--dataset", default="fictional", help="registered QA data set or a .jsonl file")
-    parser.add_argument("--generator", default="local", help="dataset | local | openai")
+    parser.add_argument("--generator", default="local",
+                        help="dataset | cloze | local | openai, optionally +grounded (e.g. local+grounded)")
     parser.add_argument("--num-contexts", type=int, default=20, help="the first N contexts (0 = all)")
     parser.add_argument("--count", type=int, default=0,
                         help="sentences per context (0 = all the data set has / 10 for generators)")
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from benchmark.config import DEFAULT_MODELS, RunParams
     from benchmark.errors import BenchError
-    from benchmark.targets import check_no_leakage, make_targets
+    from benchmark.targets import check_no_leakage, grounding_counts, make_targets, split_generator
     from tasks.qa import load_documents
 
     if args.base_url:
@@ -46,7 +47,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise BenchError("--num-contexts and --count must be >= 0")
     documents = load_documents(args.dataset, args.data_path, args.num_contexts or None, 0)
     lm = None
-    if args.generator == "local":
+    if split_generator(args.generator)[0] == "local":
         from benchmark.models import load_lm
 
         lm = load_lm(args.model or DEFAULT_MODELS["quick"], device=args.device, precision="bf16-autocast",
@@ -55,8 +56,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     targets = make_targets(documents, run, lm, args.seed)
     check_no_leakage(documents, targets)
     total = sum(len(v) for v in targets.values())
+    grounded = sum(grounding_counts(doc.text, targets[doc.id])["grounded"] for doc in documents)
     print(f"{total} target sentences for {len(documents)} contexts of {args.dataset} "
-          f"(generator {args.generator}, seed {args.seed}); no probe question among them")
+          f"(generator {args.generator}, seed {args.seed}); no probe question among them; "
+          f"{grounded} ({grounded / total if total else 0:.0%}) with their answer in their context")
     for doc in documents[:2]:
         print(f"\n{doc.id}: {doc.text[:120]}{'…' if len(doc.text) > 120 else ''}")
         for sentence in targets[doc.id][: args.show]:
