@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmark.registry import register_task
 from tasks.base import MethodFactory
-from tasks.qa import ContextParams, QATask, Stopwatch, per_context, summarize_contexts
+from tasks.qa import ContextParams, QATask, Stopwatch, per_context, summarize_contexts, targets_line
 
 
 @dataclass
@@ -47,6 +47,7 @@ class BatchTask(QATask):
             "episode": episode,
             "context_ids": doc_ids,
             "num_targets": sum(len(c.targets) for c in contexts),
+            **self.target_record(method, doc_ids),
             "predictions": predictions,
             "per_context": per_context(predictions),
             "cost": {**watch.seconds, **method.stats},
@@ -56,10 +57,11 @@ class BatchTask(QATask):
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         contexts = [scores for r in records for scores in r["per_context"].values()]
-        return summarize_contexts(contexts, self.seed)
+        return self.with_targets(summarize_contexts(contexts, self.seed), records)
 
     @classmethod
     def summary(cls, scores: dict[str, Any]) -> str:
         from benchmark.report import score_table
 
-        return score_table(scores)
+        line = targets_line(scores)
+        return score_table(scores) + (f"\n{line}" if line else "")

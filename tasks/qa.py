@@ -10,8 +10,9 @@ from typing import Any
 from benchmark.errors import BenchError
 from benchmark.metrics import qa_acc, qa_f1, summarize
 from benchmark.models import LM
+from benchmark.report import fmt_ci
 from benchmark.registry import DATASETS
-from benchmark.targets import check_no_leakage, make_targets
+from benchmark.targets import check_no_leakage, grounding_counts, make_targets
 from benchmark.types import Context, Document, Prompt
 from methods.base import Method
 from tasks.base import Task
@@ -104,17 +105,57 @@ class QATask(Task):
             prompt = lm.format_prompt(Prompt(doc.id, probe.question, doc.text))
             lm.check_fits(prompt, f"context {doc.id!r} ({doc.source or self.dataset})", self.run.max_new_tokens)
         self._targets: dict[str, list[str]] | None = None
+        self.grounding: dict[str, dict[str, int]] = {}  # per document: target sentences, grounded ones
 
     def targets(self) -> dict[str, list[str]]:
-        """Target sentences for every document, made once per run and checked for leakage."""
+        """Target sentences for every document, made once per run and checked for leakage; how
+        many of each document's are grounded (answer found in its text) goes to ``grounding``."""
         if self._targets is None:
             self._targets = make_targets(self.documents, self.run, self.lm, self.seed)
             check_no_leakage(self.documents, self._targets)
+            self.grounding = {doc.id: grounding_counts(doc.text, self._targets.get(doc.id, []))
+                              for doc in self.documents}
         return self._targets
 
     def contexts(self, method: Method, doc_ids: list[str]) -> list[Context]:
         targets = self.targets() if method.uses_targets else {}
         return [Context(d, self.by_id[d].text, list(targets.get(d, []))) for d in doc_ids]
+
+    def target_record(self, method: Method, doc_ids: list[str]) -> dict[str, Any]:
+        """For an episode record: ``{"targets": {context id: {"sentences", "grounded"}}}`` when the
+        method trains on target sentences, else nothing."""
+        if not method.uses_targets:
+            return {}
+        self.targets()
+        return {"targets": {d: dict(self.grounding[d]) for d in doc_ids}}
+
+    def with_targets(self, scores: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+        """``scores`` plus a ``targets`` section when the episodes trained on target sentences: the
+        generator, sentence counts and the grounding rate (the share of a context's sentences whose
+        answer occurs in the context) as a mean over contexts with its bootstrap interval.
+
+        Counts come from each record's ``targets`` entry; a record without one (a task that does
+        not write it) that used targets is counted from this run's targets.
+        """
+        counts: dict[str, dict[str, int]] = {}
+        for record in records:
+            if "targets" in record:
+                counts.update(record["targets"])
+            elif record.get("num_targets"):
+                self.targets()
+                counts.update({d: self.grounding[d] for d in record.get("context_ids", [])})
+        if not counts:
+            return scores
+        rates = [c["grounded"] / c["sentences"] for c in counts.values() if c["sentences"]]
+        section = {
+            "generator": self.run.targets,
+            "sentences": sum(c["sentences"] for c in counts.values()),
+            "grounded": sum(c["grounded"] for c in counts.values()),
+            "contexts": len(counts),
+            "contexts_without_targets": sum(1 for c in counts.values() if not c["sentences"]),
+            "grounding_rate": summarize(rates, seed=self.seed) if rates else None,
+        }
+        return {**scores, "targets": section}
 
     def probe(self, method: Method, doc_ids: list[str]) -> list[dict[str, Any]]:
         """Ask every probe of the given documents; one scored record per question."""
@@ -165,6 +206,17 @@ def per_context(predictions: list[dict[str, Any]]) -> dict[str, dict[str, float]
             if all(key in p for p in rows):
                 scores[cid][key] = sum(p[key] for p in rows) / len(rows)
     return scores
+
+
+def targets_line(scores: dict[str, Any]) -> str:
+    """One line on the run's target sentences for a task's summary ("" when it had none)."""
+    section = scores.get("targets")
+    if not isinstance(section, dict):
+        return ""
+    rate = section.get("grounding_rate")
+    share = f"grounding rate {fmt_ci(rate, 2)}" if rate else "no sentences"
+    return (f"targets: {section['generator']}, {section['sentences']} sentences for "
+            f"{section['contexts']} contexts, {share} (answer found in the context)")
 
 
 def summarize_contexts(contexts: list[dict[str, float]], seed: int) -> dict[str, Any]:

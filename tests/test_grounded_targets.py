@@ -24,6 +24,7 @@ from benchmark.targets import (
     split_generator,
 )
 from benchmark.types import QA, Document
+from tasks.batch import BatchParams, BatchTask
 from tasks.qa import load_documents
 
 TEXT = "Douprur is a town. It was founded by Drexrain Lintrim in 1526. The Mirren lighthouse stands north of Port Ansel."
@@ -183,3 +184,36 @@ def test_cloze_targets_on_a_data_set_are_grounded_and_never_a_probe(dataset):
             question = sentence.split(" Answer: ")[0].removeprefix("Question: ")
             assert "___" in question and normalize_answer(question) not in probes
     assert targets == cloze_targets(documents, 0, 0)
+
+
+# ---- the grounding rate in results ------------------------------------------------------------------
+
+
+def test_the_grounding_rate_is_in_a_batch_result(bench, tmp_path):
+    code, stdout, err = bench("run", "--method", "ft_sentences", "--task", "batch", "--profile", "smoke",
+                              "--set", "targets=cloze", "--out", tmp_path)
+    assert code == 0, err
+    assert "targets: cloze" in stdout and "grounding rate 1.00" in stdout
+    (path,) = (tmp_path / "batch").rglob("ft_sentences__*.json")
+    result = json.loads(path.read_text())
+    section = result["scores"]["targets"]
+    assert section["generator"] == "cloze" and section["contexts"] == 3
+    assert section["grounding_rate"]["mean"] == 1.0 and section["grounding_rate"]["n"] == 3
+    episode = result["episodes"][0]
+    assert sum(c["sentences"] for c in episode["targets"].values()) == episode["num_targets"] == section["sentences"]
+    code, _, err = bench("run", "--method", "base_q", "--task", "batch", "--profile", "smoke", "--out", tmp_path)
+    assert code == 0, err
+    (path,) = (tmp_path / "batch").rglob("base_q__*.json")
+    assert "targets" not in json.loads(path.read_text())["scores"]  # no target sentences, no section
+
+
+def test_the_grounding_rate_of_records_that_do_not_carry_it(tiny_lm):
+    """A task whose episode records hold only ``num_targets`` still gets the section."""
+    task = BatchTask(BatchParams(num_contexts=2), RunParams(targets="dataset"), "fictional", "", 0)
+    task.prepare(tiny_lm)
+    ids = [doc.id for doc in task.documents]
+    records = [{"episode": "seq-0", "context_ids": ids, "num_targets": 4}]
+    section = task.with_targets({}, records)["targets"]
+    assert section["contexts"] == 2 and section["generator"] == "dataset"
+    assert section["sentences"] == sum(len(task.targets()[i]) for i in ids)
+    assert task.with_targets({"qa_f1": 0}, [{"episode": "x", "context_ids": ids, "num_targets": 0}]) == {"qa_f1": 0}
