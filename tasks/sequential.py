@@ -108,7 +108,7 @@ class SequentialTask(QATask):
         }
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        return aggregate_sequences(records, self.seed)
+        return self.with_targets(aggregate_sequences(records, self.seed), records)
 
     @classmethod
     def summary(cls, scores: dict[str, Any]) -> str:
