@@ -57,6 +57,10 @@ class SelfParamParams(SentenceParams):
     retain_qa_per_target: float = 0.0
     targets_per_epoch: int = 0  # target sentences per context and epoch, taken in turn; 0 = all
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
+    # The teacher of the retain terms (c) and (d); "" = the same as ``teacher``. "current" with
+    # teacher=original: targets from the untouched model reading the context, while unrelated
+    # inputs keep the answers of the model as it is (with what earlier injections put in).
+    retain_teacher: str = ""
     teacher_topk: int = 0  # keep the teacher's top-k log-probs and a tail bucket; 0 = full vocabulary
     teacher_cache: bool = True  # compute each teacher distribution once (False: every step, official)
     # Teacher inputs that share a prefix this long (BOS + context) run it once; 0 = off.
@@ -96,8 +100,10 @@ class SelfParam(TrainedMethod):
 
     def __init__(self, lm, params: SelfParamParams, run, seed: int = 0) -> None:
         super().__init__(lm, params, run, seed)
-        if params.teacher not in ("original", "current"):
-            raise BenchError(f"unknown teacher {params.teacher!r}; use original or current")
+        for name in ("teacher", "retain_teacher"):
+            value = getattr(params, name)
+            if value not in ("original", "current") and not (name == "retain_teacher" and value == ""):
+                raise BenchError(f"unknown {name} {value!r}; use original or current")
         self.retain = RetainStream(lm, params.retain_source, params.retain_tokens, seed)
         self.retain_questions = RetainQuestions(seed)
 
@@ -107,20 +113,26 @@ class SelfParam(TrainedMethod):
         if not any(c.targets for c in contexts):
             raise BenchError("selfparam needs target sentences; none were generated for these contexts")
         student = self.ensure_student()
-        teacher = self.lm.model if p.teacher == "original" else _frozen_copy(student)
+        snapshot = _frozen_copy(student) if "current" in (p.teacher, p.retain_teacher) else None
+        teachers = {kind: self.lm.model if choice == "original" else snapshot
+                    for kind, choice in (("target", p.teacher), ("retain", p.retain_teacher or p.teacher))}
         plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng, self.retain_questions)
         per_epoch = plan.examples_per_epoch()
         total = p.epochs * steps_per_epoch(per_epoch, p.batch_size)
         trainer = Trainer(student, self.lm, p, total, temperature=p.temperature)
 
         def targets_for(batch: list[Example]) -> list[Dist]:
-            return plan.teacher_targets(teacher, batch, trainer)
+            return plan.teacher_targets(teachers, batch, trainer)
 
         report = run_epochs(trainer, epoch_stream(plan.epoch, p.epochs), p.batch_size, self.rng, total,
                             targets_for, desc="selfparam")
-        if teacher is not self.lm.model:
-            del teacher
+        del snapshot, teachers
         self.record(report, time.perf_counter() - tick)
+
+
+def _role(key: tuple) -> str:
+    """Which teacher scores a cached entry: the retain terms' keys start with "ret"."""
+    return "retain" if str(key[0]).startswith("ret") else "target"
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -225,22 +237,33 @@ class InjectionPlan:
                 examples.append(Example(framed.ids, framed.first, "retain_qa", p.retain_weight, (key, 0)))
         return examples
 
-    def teacher_targets(self, teacher, batch: list[Example], trainer: Trainer) -> list[Dist]:
-        """Cached teacher rows for the batch; missing ones are computed for the whole epoch at once."""
+    def teacher_targets(self, teachers: dict[str, torch.nn.Module], batch: list[Example],
+                        trainer: Trainer) -> list[Dist]:
+        """Cached teacher rows for the batch; missing ones are computed for the whole epoch at once.
+
+        ``teachers`` maps "target" (target sentences, context suffixes) and "retain" (the retain
+        terms) to the model that scores them.
+        """
         p = self.p
         keys = [e.teacher[0] for e in batch]
         missing = [k for k in dict.fromkeys(keys) if k not in self.cache]
         if missing:
             if p.teacher_cache:  # every pending spec of this epoch in one bucketed pass
                 missing = [k for k in self.specs if k not in self.cache]
-            specs = [self.specs[k] for k in missing]
-            tick = time.perf_counter()
-            dists = teacher_dists(teacher, self.lm, specs, topk=p.teacher_topk,
-                                  temperature=p.teacher_temperature or p.temperature,
-                                  progress="teacher" if len(specs) > 64 else None, share_prefix=p.teacher_share_prefix)
-            trainer.report.teacher_s += time.perf_counter() - tick
-            trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)
-            computed = dict(zip(missing, dists))
+            computed = {}
+            for role, teacher in teachers.items():
+                keys_of_role = [k for k in missing if _role(k) == role]
+                if not keys_of_role:
+                    continue
+                specs = [self.specs[k] for k in keys_of_role]
+                tick = time.perf_counter()
+                dists = teacher_dists(teacher, self.lm, specs, topk=p.teacher_topk,
+                                      temperature=p.teacher_temperature or p.temperature,
+                                      progress="teacher" if len(specs) > 64 else None,
+                                      share_prefix=p.teacher_share_prefix)
+                trainer.report.teacher_s += time.perf_counter() - tick
+                trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)
+                computed.update(zip(keys_of_role, dists))
             if p.teacher_cache:
                 self.cache.update(computed)
         else:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmark.config import RunParams
+from benchmark.errors import BenchError
 from benchmark.types import Context
 from methods.selfparam import SelfParam, SelfParamParams
 from methods.training import Dist, Example, TeacherSpec, Trainer, TrainParams, build_student, kl_rows, teacher_dists
@@ -226,3 +227,27 @@ def test_retain_questions_are_unrelated_and_the_teacher_reads_them_without_the_c
     assert RetainQuestions(5).take(20) == RetainQuestions(5).take(20) != RetainQuestions(6).take(20)
     scored = {qa.question for d in load_documents("fictional", "", 100, 0) for qa in d.probes + d.train_qa}
     assert not {s.split(" Answer: ")[0].removeprefix("Question: ") for s in RetainQuestions(5).take(500)} & scored
+
+
+def test_retain_teacher_current_with_the_original_target_teacher(tiny_lm, monkeypatch):
+    """Targets scored by the untouched model, retain texts by the frozen current model."""
+    import methods.selfparam as sp
+
+    seen: list[tuple[bool, bool, int]] = []  # (base model?, carries an adapter?, specs scored)
+    real = sp.teacher_dists
+
+    def spy(model, lm, specs, *args, **kwargs):
+        trained = any(v.abs().sum() > 0 for k, v in model.state_dict().items() if "lora_B" in k)
+        seen.append((model is tiny_lm.model, trained, len(specs)))
+        return real(model, lm, specs, *args, **kwargs)
+
+    monkeypatch.setattr(sp, "teacher_dists", spy)
+    method = SelfParam(tiny_lm, small(teacher="original", retain_teacher="current", retain_per_target=1.0),
+                       RunParams(), seed=0)
+    method.inject([Context("c0", CONTEXT, [SENTENCE])])
+    seen.clear()
+    method.inject([Context("c1", "Fistear is a person. Fistear worked as a botanist.",
+                           ["Question: What job did Fistear have? Answer: botanist"])])
+    assert {(base, trained) for base, trained, _ in seen} == {(True, False), (False, True)}
+    with pytest.raises(BenchError, match="unknown retain_teacher"):
+        SelfParam(tiny_lm, small(retain_teacher="newest"), RunParams(), seed=0)
