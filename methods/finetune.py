@@ -50,6 +50,7 @@ class FinetuneContext(_Finetune):
         # 10 epochs memorise the contexts (loss ~0.03) and keep the answer format better than 30.
         "quick": {"epochs": 10, "batch_size": 8, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
                   "max_grad_norm": 1.0},
+        "quick@sequential": {"epochs": 8},  # selfparam's sequential budget
         "paper": {},
     }
 
@@ -67,6 +68,7 @@ class FinetuneSentences(_Finetune):
         # The same sentences, framing and optimiser schedule as selfparam's quick profile.
         "quick": {"epochs": 14, "batch_size": 16, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
                   "max_grad_norm": 1.0, "prompt_style": "run", "end_answer": True, "share_prefix": 8},
+        "quick@sequential": {"epochs": 8},  # selfparam's sequential budget
         "paper": {},
     }
 
