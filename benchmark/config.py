@@ -99,6 +99,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return result
 
 
+TASK_SEP = "@"  # "profile@task" keys in a ``profiles`` table
+
+
 def profile_values(profiles: Mapping[str, Mapping[str, Any]], profile: str, task: str | None) -> dict[str, Any]:
     """A profile's values, with its entry for the task (``"quick@sequential"``) layered on top.
 
@@ -109,9 +112,6 @@ def profile_values(profiles: Mapping[str, Mapping[str, Any]], profile: str, task
     if task is not None:
         values.update(profiles.get(f"{profile}{TASK_SEP}{task}", {}))
     return values
-
-
-TASK_SEP = "@"  # "profile@task" keys in a ``profiles`` table
 
 
 def build_params(
