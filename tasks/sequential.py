@@ -148,6 +148,7 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         row.update({m: over_sequences(cube[:, s, :].mean(axis=1)) for m, cube in cubes.items()})
         steps.append(row)
     retention = []
+    retained: dict[str, list[np.ndarray]] = {m: [] for m in metrics}  # per-sequence means at k >= 1
     for k in range(length):  # context injected at step s - k, seen at step s (k = 0: efficacy)
         row = {"distance": k, "gain": {}}
         cells = [(s, s - 1 - k) for s in range(k + 1, n_steps)]
@@ -155,11 +156,12 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         for m, cube in cubes.items():
             seen = cube[:, steps_at, positions]  # seq x cell
             row[m] = over_sequences(seen.mean(axis=1))
+            if k:
+                retained[m].append(seen.mean(axis=1))
             # minus the same contexts' step-0 score: what injection added, whatever their difficulty
             row["gain"][m] = over_sequences((seen - cube[:, 0, positions]).mean(axis=1))
         retention.append(row)
     final = {m: steps[-1][m] for m in metrics}
-    later = list(range(1, length))  # distances at which a context must be retained
     scores: dict[str, Any] = {
         **final,
         "num_sequences": n_seq,
@@ -171,12 +173,8 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         "retention": retention,
         "before": {m: steps[0][m] for m in metrics},
     }
-    if later:  # the mean over distances 1..L-1 of each distance's mean, per sequence
-        scores["retention_mean"] = {
-            m: over_sequences(np.mean([cube[:, range(k + 1, n_steps), range(0, n_steps - 1 - k)].mean(axis=1)
-                                       for k in later], axis=0))
-            for m, cube in cubes.items()
-        }
+    if length > 1:  # the mean over distances 1..L-1 of each distance's mean, per sequence
+        scores["retention_mean"] = {m: over_sequences(np.mean(retained[m], axis=0)) for m in metrics}
     shares = [interference(r) for r in records]
     if all(share is not None for share in shares):
         scores["interference"] = summarize(shares, seed=seed)  # type: ignore[arg-type]
