@@ -256,12 +256,14 @@ class InjectionPlan:
         if missing:
             if p.teacher_cache:  # every pending spec of this epoch in one bucketed pass
                 missing = [k for k in self.specs if k not in self.cache]
+            # One bucketed pass per distinct teacher model (one when both roles share it).
+            by_model: dict[int, tuple[torch.nn.Module, list[Any]]] = {}
+            for k in missing:
+                model = teachers[_role(k)]
+                by_model.setdefault(id(model), (model, []))[1].append(k)
             computed = {}
-            for role, teacher in teachers.items():
-                keys_of_role = [k for k in missing if _role(k) == role]
-                if not keys_of_role:
-                    continue
-                specs = [self.specs[k] for k in keys_of_role]
+            for teacher, keys_of_model in by_model.values():
+                specs = [self.specs[k] for k in keys_of_model]
                 tick = time.perf_counter()
                 dists = teacher_dists(teacher, self.lm, specs, topk=p.teacher_topk,
                                       temperature=p.teacher_temperature or p.temperature,
@@ -269,7 +271,7 @@ class InjectionPlan:
                                       share_prefix=p.teacher_share_prefix)
                 trainer.report.teacher_s += time.perf_counter() - tick
                 trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)
-                computed.update(zip(keys_of_role, dists))
+                computed.update(zip(keys_of_model, dists))
             if p.teacher_cache:
                 self.cache.update(computed)
         else:
