@@ -66,6 +66,9 @@ TARGET_QUESTION = "Which movies should the recommender suggest next?"
 @dataclass
 class RecommendationParams:
     num_probes: int = 40  # recommendation points asked, evenly spaced over the test file; 0 = all
+    # "test": the evenly spaced points; "dev": the points halfway between them, disjoint from test,
+    # to choose settings on (needs num_probes > 0 and at most half the file).
+    split: str = "test"
     probes_per_episode: int = 16  # probes answered and saved together (the unit a run resumes by)
     num_conversations: int = 20  # training conversations injected (the first N of the file); 0 = all
     max_list_tokens: int = 160  # generation budget for the 20-title list (the paper: 512)
@@ -100,7 +103,7 @@ class RecommendationTask(Task):
         self.lm = lm
         data = self._dataset()
         self.catalogue = data.catalogue()
-        self.probes = select_evenly(data.probes(), p.num_probes)
+        self.probes = select_probes(data.probes(), p.num_probes, p.split)
         for probe in self.probes:
             missing = [i for i in probe.gold + probe.seen if i not in self.catalogue.titles]
             if missing:
@@ -287,6 +290,19 @@ class RecommendationTask(Task):
         if near:
             note += f"; {near['mean']:.0%} of lines within the edit-distance limit of a catalogue title"
         return f"{table}\n{note}"
+
+
+def select_probes(probes: list[RecProbe], n: int, split: str = "test") -> list[RecProbe]:
+    """The ``test`` probes (``select_evenly``) or the ``dev`` ones: one halfway between each two test
+    probes, so that settings chosen on dev never saw a scored probe."""
+    if split == "test":
+        return select_evenly(probes, n)
+    if split != "dev":
+        raise BenchError(f"split must be test or dev, not {split!r}")
+    if not n or 2 * n > len(probes):
+        raise BenchError(f"split dev needs num_probes between 1 and half of the {len(probes)} probes "
+                         f"(got {n}): otherwise no probe is left outside the test selection")
+    return [probes[(2 * i + 1) * len(probes) // (2 * n)] for i in range(n)]
 
 
 def select_evenly(probes: list[RecProbe], n: int) -> list[RecProbe]:

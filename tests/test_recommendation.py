@@ -17,7 +17,7 @@ from tasks.crs_scoring import TitleMatcher, clean_item, filtered, parse_recommen
 from tasks.data.crs import entity_title, parse_dialog
 from tasks.data.inspired import Inspired
 from tasks.data.redial import ReDial
-from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationTask, recommendation_qa, select_evenly
+from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationTask, recommendation_qa, select_evenly, select_probes
 
 # ---- the list parser ---------------------------------------------------------------------------
 
@@ -247,6 +247,25 @@ def test_select_evenly_spreads_over_the_file():
     assert select_evenly(list(range(10)), 3) == [0, 3, 6]
     assert select_evenly(list(range(4)), 0) == [0, 1, 2, 3]
     assert select_evenly(list(range(4)), 9) == [0, 1, 2, 3]
+
+
+def test_dev_probes_are_disjoint_from_test_probes():
+    probes = list(range(228))
+    test, dev = select_probes(probes, 40, "test"), select_probes(probes, 40, "dev")
+    assert len(dev) == 40 and len(set(dev)) == 40
+    assert not set(test) & set(dev)
+    assert select_probes(probes, 40) == test
+
+
+@pytest.mark.parametrize("n", [0, 115])
+def test_dev_split_refuses_sizes_that_leave_no_disjoint_probes(n):
+    with pytest.raises(BenchError, match="split dev needs num_probes"):
+        select_probes(list(range(228)), n, "dev")
+
+
+def test_unknown_probe_split_is_refused():
+    with pytest.raises(BenchError, match="split must be test or dev"):
+        select_probes(list(range(10)), 3, "train")
 
 
 # ---- a complete small data root and runs on it -------------------------------------------------
