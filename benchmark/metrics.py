@@ -1,11 +1,14 @@
-"""QA metrics (SQuAD token F1, the official code's "acc"), bootstrap intervals and paired differences."""
+"""QA metrics (SQuAD token F1, the official code's "acc"), bootstrap intervals, paired differences
+and the smallest paired difference detectable at a given size."""
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -112,4 +115,53 @@ def paired_difference(
     Resampling the per-unit differences cancels what the units themselves contribute (an easy
     context is easy for both runs), so the interval is far tighter than two unpaired ones.
     """
-    return cluster_summary({k: b[k] - a[k] for k in a.keys() & b.keys()}, cluster, seed=seed)
+    return cluster_summary(unit_differences(a, b), cluster, seed=seed)
+
+
+def unit_differences(a: Mapping[Hashable, float], b: Mapping[Hashable, float]) -> dict[Hashable, float]:
+    """B minus A on each unit both scored: what ``paired_difference`` resamples."""
+    return {k: float(b[k]) - float(a[k]) for k in a.keys() & b.keys()}
+
+
+def detectable_difference(
+    differences: Mapping[Hashable, float] | Sequence[float],
+    cluster: Callable[[Hashable], Hashable] | None = None,
+    alpha: float = 0.05, power: float = 0.8,
+) -> float:
+    """Minimum detectable difference (MDE) of the paired comparison at this size: (z_{1-alpha/2} +
+    z_{power}) × SE, the normal approximation for a two-sided test at level ``alpha`` (default 0.05)
+    with power ``power`` (default 0.8), i.e. 2.80 × SE.
+
+    It answers the planning question "how large must a true gain be for a paired comparison on this
+    many contexts to find it 80% of the time?": a paired interval that contains 0 only says
+    something when the MDE is small, and researchers choose the number of contexts from it (the SE,
+    so the MDE, shrinks as 1/sqrt(n)).
+
+    ``differences`` are the per-unit differences B − A that ``paired_difference`` resamples (a
+    mapping as ``unit_differences`` gives, grouped by ``cluster`` as there; a plain sequence is one
+    unit per value). SE is the standard error of their mean over the independent clusters: with one
+    unit per cluster (batch contexts, the default) it is the sample standard deviation (ddof=1)
+    over sqrt(n); with clusters (sequential: the contexts of one sequence) it is the linearised SE of
+    the ratio mean sum/count that the cluster bootstrap draws, sqrt(G/(G-1) · Σ_g (s_g − mean·c_g)²) / n
+    over G clusters with sums s_g and counts c_g, which is the sample SD of the cluster means over
+    sqrt(G) when clusters are equal in size.
+
+    Fewer than two clusters leave no spread to estimate: the result is nan (not an error), so a
+    table over many runs shows the cell as not estimable instead of stopping.
+    """
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha and power must lie strictly between 0 and 1 (got {alpha}, {power})")
+    if not isinstance(differences, Mapping):
+        differences = dict(enumerate(differences))
+    groups: dict[Hashable, list[float]] = {}
+    for key in differences:
+        groups.setdefault(key if cluster is None else cluster(key), []).append(float(differences[key]))
+    if len(groups) < 2:
+        return float("nan")
+    sums = np.array([sum(g) for g in groups.values()])
+    counts = np.array([len(g) for g in groups.values()], dtype=float)
+    n, clusters = counts.sum(), len(groups)
+    mean = sums.sum() / n
+    se = math.sqrt(clusters / (clusters - 1) * float(np.sum((sums - mean * counts) ** 2))) / n
+    z = NormalDist().inv_cdf
+    return float((z(1 - alpha / 2) + z(power)) * se)

@@ -3,13 +3,16 @@
 Two methods scored on the same contexts share what makes a context easy or hard, so the bootstrap of
 their per-unit differences is far tighter than two separate intervals. Units are contexts (batch;
 sequential: each context after the last step, resampled as whole sequences) or the gold items of
-test points (recommendation, resampled by test point).
+test points (recommendation, resampled by test point). After the interval comes the smallest
+difference a paired test detects at this size (``metrics.detectable_difference``, 80% power, alpha
+0.05), computed from the same per-unit differences over the same independent units.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare", help="paired difference of two runs on the same contexts and questions",
         description="Print A's and B's mean, the paired difference B - A with its bootstrap 95% "
-                    "interval and a verdict, for the task's main score (QA-F1 for QA tasks; every "
-                    "Recall@k for recommendation). Both runs must share task, data set, model, seed, "
-                    "contexts and questions.",
+                    "interval and a verdict, and the smallest difference a paired test detects at "
+                    "this size (80% power, two-sided alpha 0.05), for the task's main score (QA-F1 "
+                    "for QA tasks; every Recall@k for recommendation). Both runs must share task, "
+                    "data set, model, seed, contexts and questions.",
     )
     parser.add_argument("a", type=Path, metavar="A.json", help="result file of the first run")
     parser.add_argument("b", type=Path, metavar="B.json", help="result file of the second run")
@@ -37,13 +41,14 @@ def register(subparsers) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from benchmark.metrics import detectable_difference, unit_differences
     from leaderboard import extract
     from leaderboard.paper import display
 
     a, b = read_result(args.a), read_result(args.b)
     check_pairable(a, b)
     task = str(a["task"])
-    rows, counts = [], (0, 0)
+    rows, counts, detectable = [], (0, 0), []
     for metric in paired_metrics(a):
         units_a, units_b = extract.units(a, metric), extract.units(b, metric)
         if not units_a or not units_b:
@@ -58,6 +63,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         mean_b = sum(units_b[k] for k in shared) / len(shared)
         rows.append([metric, f"{mean_a:.4f}", f"{mean_b:.4f}",
                      f"{diff['mean']:+.4f} [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}]", verdict(diff)])
+        mde = detectable_difference(unit_differences(units_a, units_b), extract.cluster(task))
+        detectable.append((metric, mde, len(clusters)))
     if not rows:
         raise BenchError(f"{args.a} and {args.b} hold no per-unit scores of the same metric to pair")
     for name, path, run in (("A", args.a, a), ("B", args.b, b)):
@@ -67,7 +74,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"bootstrap over {counts[1]} {drawn}")
     print(tabulate(rows, headers=["metric", "A", "B", "B - A [95% CI]", "verdict"],
                    tablefmt="simple", disable_numparse=True))
+    for metric, mde, clusters in detectable:
+        print(detectable_line(mde, clusters, drawn) + (f" ({metric})" if len(detectable) > 1 else ""))
     return 0
+
+
+MDE_LABEL = "smallest difference detectable at this size (80% power, alpha 0.05)"
+
+
+def detectable_line(mde: float, clusters: int, drawn: str) -> str:
+    """The minimum detectable difference over ``clusters`` independent units, or why there is none."""
+    if math.isnan(mde):
+        return f"{MDE_LABEL}: not estimable over {clusters} {drawn} (needs at least 2)"
+    if mde < 1e-9:  # rounding noise of equal differences
+        return f"{MDE_LABEL}: not estimable over {clusters} {drawn} (every difference is the same)"
+    return f"{MDE_LABEL}: ±{mde:.4f} over {clusters} {drawn}"
 
 
 def verdict(diff: dict[str, float]) -> str:
