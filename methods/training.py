@@ -6,7 +6,8 @@ of next-token predictions: cross-entropy against the tokens themselves (fine-tun
 divergence from a teacher's distributions (SELF-PARAM). What makes it fast on a CPU:
 
 - examples are batched (length-bucketed, right-padded) instead of one per optimizer step;
-- the LM head runs only at the positions that carry a loss;
+- the LM head runs only at the positions that carry a loss, in chunks of rows whose logits are
+  recomputed in the backward pass instead of kept (``loss_chunk_rows``);
 - teacher distributions are computed once per example and cached (optionally as top-k with the
   rest of the probability mass kept as one tail bucket, so the KL stays a true divergence);
 - under ``bf16-autocast`` the student's frozen weights are stored in bf16 once, instead of being
@@ -23,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from benchmark.errors import BenchError
@@ -56,6 +58,11 @@ class TrainParams:
     # prefix once and share its key/value cache; 0 = off (a ~17-token prefix ran no faster shared
     # on a CPU; a ~50-token one saves about a quarter of the step time).
     share_prefix: int = 0
+    # The LM head, log-softmax and loss run on at most this many scored rows at a time, and a batch
+    # with more rows recomputes each chunk's logits in the backward pass: with a 49k vocabulary,
+    # fp32 logits cost ~200 KB a row, several copies of them kept for backward, so a batch of long
+    # examples scored at every token (context suffixes) would otherwise hold gigabytes. 0 = off.
+    loss_chunk_rows: int = 1024
 
 
 # ---- the student -----------------------------------------------------------------------------
@@ -219,17 +226,31 @@ def _positions(starts: list[int], counts: list[int], device: torch.device) -> tu
     return rows.to(device), cols.to(device)
 
 
-def selected_logits(
+def selected_hidden(
     model: torch.nn.Module, lm: LM, sequences: list[list[int]], starts: list[int], counts: list[int]
 ) -> torch.Tensor:
-    """Logits (sum(counts), V) at positions ``start .. start+count-1`` of each sequence."""
-    backbone, head = split_lm(model)
+    """Final hidden states (sum(counts), H) at positions ``start .. start+count-1`` of each sequence."""
+    backbone, _ = split_lm(model)
     ids, mask = pad_right(sequences, lm.tokenizer.pad_token_id)
     rows, cols = _positions(starts, counts, lm.device)
     with lm.autocast():
         hidden = backbone(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
                           use_cache=False).last_hidden_state  # no key/value cache to build and drop
-        logits = head(hidden[rows, cols])
+    return hidden[rows, cols]
+
+
+def selected_logits(
+    model: torch.nn.Module, lm: LM, sequences: list[list[int]], starts: list[int], counts: list[int]
+) -> torch.Tensor:
+    """Logits (sum(counts), V) at positions ``start .. start+count-1`` of each sequence."""
+    return head_logits(model, lm, selected_hidden(model, lm, sequences, starts, counts))
+
+
+def head_logits(model: torch.nn.Module, lm: LM, hidden: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the LM head at the given final hidden states."""
+    _, head = split_lm(model)
+    with lm.autocast():
+        logits = head(hidden)
     return logits.float()
 
 
@@ -337,14 +358,20 @@ def _prefix_cache(model: torch.nn.Module, lm: LM, prefix: list[int]):
 
 
 def _logits_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int, tails: list[list[int]],
+                         counts: list[int]) -> torch.Tensor:
+    """Logits at the first ``count`` positions of each tail, all continuing the cached prefix."""
+    return head_logits(model, lm, _hidden_after_prefix(model, lm, cache, prefix_len, tails, counts))
+
+
+def _hidden_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int, tails: list[list[int]],
                          counts: list[int], keep_cache: bool = True) -> torch.Tensor:
-    """Logits at the first ``count`` positions of each tail, all continuing the cached prefix.
+    """Final hidden states at the first ``count`` positions of each tail, continuing the cached prefix.
 
     With ``keep_cache=False`` the cache is consumed (and gradients flow back into the prefix).
     """
     import copy
 
-    backbone, head = split_lm(model)
+    backbone, _ = split_lm(model)
     ids, mask = pad_right(tails, lm.tokenizer.pad_token_id)
     n, width = ids.shape
     batch_cache = copy.deepcopy(cache) if keep_cache else cache
@@ -356,8 +383,7 @@ def _logits_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int,
         hidden = backbone(input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device),
                           position_ids=positions.to(lm.device), use_cache=True,
                           **{_cache_kwarg(backbone): batch_cache}).last_hidden_state
-        logits = head(hidden[rows, cols])
-    return logits.float()
+    return hidden[rows, cols]
 
 
 def kl_rows(student_logp: torch.Tensor, target: Dist) -> torch.Tensor:
@@ -428,19 +454,35 @@ class Trainer:
     def loss(self, batch: list[Example], targets: list[Dist] | None) -> torch.Tensor:
         """Mean over examples of each example's mean per-token loss (like one step per example)."""
         counts = [e.rows for e in batch]
-        logits = self.student_logits(batch)
-        logp = torch.log_softmax(logits / self.temperature, dim=-1)
-        if targets is None:
-            next_ids = torch.cat([torch.tensor(e.ids[e.first + 1 :], dtype=torch.long) for e in batch])
-            per_token = -logp.gather(-1, next_ids.to(logp.device).unsqueeze(-1)).squeeze(-1)
+        hidden = self.student_hidden(batch)
+        if targets is None:  # cross-entropy on the next tokens
+            target: torch.Tensor | Dist = torch.cat(
+                [torch.tensor(e.ids[e.first + 1 :], dtype=torch.long) for e in batch]).to(hidden.device)
         else:
-            per_token = kl_rows(logp, cat_dists(targets)) * self.temperature**2
+            target = cat_dists(targets)
+        size = self.p.loss_chunk_rows
+        if size <= 0 or len(hidden) <= size:
+            per_token = self.row_losses(hidden, target)
+        else:
+            # Each chunk keeps only its hidden states for backward, which runs its head again: the
+            # (rows, V) logits of a long batch never exist at once.
+            per_token = torch.cat([
+                checkpoint(self.row_losses, hidden[i : i + size], target[i : i + size], use_reentrant=False)
+                for i in range(0, len(hidden), size)
+            ])
         per_example = torch.stack([t.mean() for t in per_token.split(counts)])
         weights = torch.tensor([e.weight for e in batch], dtype=per_example.dtype, device=per_example.device)
         return (per_example * weights).mean()
 
-    def student_logits(self, batch: list[Example]) -> torch.Tensor:
-        """Logits at every scored row of the batch, in order.
+    def row_losses(self, hidden: torch.Tensor, target: torch.Tensor | Dist) -> torch.Tensor:
+        """Per-row loss at final hidden states: KL from a teacher ``Dist`` or cross-entropy on token ids."""
+        logp = torch.log_softmax(head_logits(self.model, self.lm, hidden) / self.temperature, dim=-1)
+        if isinstance(target, Dist):
+            return kl_rows(logp, target) * self.temperature**2
+        return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+    def student_hidden(self, batch: list[Example]) -> torch.Tensor:
+        """Final hidden states at every scored row of the batch, in order.
 
         Examples that share an unscored prefix of at least ``share_prefix`` tokens (the prompt's
         demonstrations) run it once, with its key/value cache repeated for all of them.
@@ -449,20 +491,20 @@ class Trainer:
         groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], self.p.share_prefix)
         if not groups:
             self.tokens_in_step = sum(len(e.ids) for e in batch)
-            return selected_logits(self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts)
+            return selected_hidden(self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts)
         parts: dict[int, torch.Tensor] = {}
         tokens = 0
         if plain:
-            logits = selected_logits(self.model, self.lm, [batch[i].ids for i in plain],
+            hidden = selected_hidden(self.model, self.lm, [batch[i].ids for i in plain],
                                      [batch[i].first for i in plain], [counts[i] for i in plain])
-            parts.update(zip(plain, logits.split([counts[i] for i in plain])))
+            parts.update(zip(plain, hidden.split([counts[i] for i in plain])))
             tokens += sum(len(batch[i].ids) for i in plain)
         for key, members in groups.items():
             cache = _prefix_cache(self.model, self.lm, list(key))
             tails = [batch[i].ids[len(key):] for i in members]
-            logits = _logits_after_prefix(self.model, self.lm, cache, len(key), tails,
+            hidden = _hidden_after_prefix(self.model, self.lm, cache, len(key), tails,
                                           [counts[i] for i in members], keep_cache=False)
-            parts.update(zip(members, logits.split([counts[i] for i in members])))
+            parts.update(zip(members, hidden.split([counts[i] for i in members])))
             tokens += len(key) + sum(len(t) for t in tails)
         self.tokens_in_step = tokens
         return torch.cat([parts[i] for i in range(len(batch))])
