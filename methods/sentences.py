@@ -35,14 +35,22 @@ class SentenceParams(TrainParams):
     # "Context: …" line); "run-teacher": the teacher as in "run", the student as in "raw".
     prompt_style: str = "raw"
     end_answer: bool = False  # append the newline that ends an answer in the run's prompt format
+    # Which tokens of a sentence carry the loss: "all" (the official code: question and answer) or
+    # "answer" (the tokens after "Answer:"). A long question, such as the dialog turns of a
+    # recommendation target, otherwise teaches the student to write dialog rather than answer.
+    sentence_loss: str = "all"
+
+
+SENTENCE_LOSSES = ("all", "answer")
 
 
 @dataclass(frozen=True)
 class Framed:
     """A sentence's training ids (BOS first when the tokenizer has one) and where its loss starts.
 
-    ``start`` is the index of the sentence's first token; ``first`` the position whose prediction
-    is the first scored token (``Example.first`` / ``TeacherSpec.first``).
+    ``start`` is the index of the first scored token: the sentence's first token, or with
+    ``sentence_loss=answer`` the answer's; ``first`` the position whose prediction is the first
+    scored token (``Example.first`` / ``TeacherSpec.first``).
     """
 
     ids: list[int]
@@ -54,6 +62,7 @@ class Framed:
 
     @property
     def sentence(self) -> list[int]:
+        """The scored tokens."""
         return self.ids[self.start :]
 
 
@@ -89,6 +98,8 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
     cut = sentence.rfind(ANSWER_MARK)
     question, answer = (sentence, "") if cut < 0 else (sentence[: cut + len(ANSWER_MARK)], sentence[cut + len(ANSWER_MARK):])
     answer += "\n" if p.end_answer else ""
+    if p.sentence_loss not in SENTENCE_LOSSES:
+        raise BenchError(f"unknown sentence_loss {p.sentence_loss!r}; use {' or '.join(SENTENCE_LOSSES)}")
     bos = lm.encode("")
     if isinstance(prefix, str):
         head = lm.encode(prefix + question, add_bos=False)
@@ -96,6 +107,8 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
     else:
         head = list(prefix) + lm.encode(question, add_bos=False)
         start = len(bos) + len(prefix)
+    if p.sentence_loss == "answer" and cut >= 0:
+        start = len(bos) + len(head)
     return Framed(bos + head + lm.encode(answer, add_bos=False), start)
 
 

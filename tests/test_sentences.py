@@ -8,6 +8,7 @@ import random
 import pytest
 
 from benchmark.config import RunParams
+from benchmark.errors import BenchError
 from benchmark.types import Context, Prompt
 from methods.finetune import FinetuneSentences
 from methods.retain import RetainStream
@@ -70,3 +71,23 @@ def test_a_blank_line_before_the_question_is_two_newline_tokens(tiny_lm):
     example = plan.epoch(0)[0]
     double = lm.encode("\n\n", add_bos=False)
     assert len(double) == 1 and double[0] not in example.ids
+
+
+@pytest.mark.parametrize("style,fewshot", [("run", 3), ("raw", 0)])
+def test_answer_only_loss_scores_the_answer_tokens_alone(tiny_lm, style, fewshot):
+    lm = dataclasses.replace(tiny_lm, fewshot=fewshot)
+    p = SelfParamParams(prompt_style=style, end_answer=True, context_loss=False, retain_per_target=0,
+                        sentence_loss="answer")
+    plan = InjectionPlan(lm, [CONTEXT], p, RetainStream(lm, "model", 8, 0), random.Random(0))
+    for example, sentence in zip(plan.epoch(0), CONTEXT.targets):
+        answer = lm.encode(" " + sentence.split(" Answer: ")[1] + "\n", add_bos=False)
+        assert example.ids == expected_ids(lm, sentence, True)  # the same input ids as "all"
+        assert example.ids[example.first + 1 :] == answer  # but only the answer is scored
+        spec = plan.specs[example.teacher[0]]
+        assert spec.ids[spec.first + 1 :] == answer  # the teacher's rows are the same tokens
+
+
+def test_unknown_sentence_loss_is_refused(tiny_lm):
+    method = FinetuneSentences(tiny_lm, SentenceParams(sentence_loss="question"), RunParams(), seed=0)
+    with pytest.raises(BenchError, match="unknown sentence_loss 'question'"):
+        method.examples([CONTEXT])
