@@ -8,6 +8,8 @@ divergence from a teacher's distributions (SELF-PARAM). What makes it fast on a 
 - examples are batched (length-bucketed, right-padded) instead of one per optimizer step;
 - the LM head runs only at the positions that carry a loss, in chunks of rows whose logits are
   recomputed in the backward pass instead of kept (``loss_chunk_rows``);
+- a batch too long for memory runs as micro-batches whose gradients add up to the batch's before
+  its one optimizer step (``step_tokens``);
 - teacher distributions are computed once per example and cached (optionally as top-k with the
   rest of the probability mass kept as one tail bucket, so the KL stays a true divergence);
 - under ``bf16-autocast`` the student's frozen weights are stored in bf16 once, instead of being
@@ -63,6 +65,15 @@ class TrainParams:
     # fp32 logits cost ~200 KB a row, several copies of them kept for backward, so a batch of long
     # examples scored at every token (context suffixes) would otherwise hold gigabytes. 0 = off.
     loss_chunk_rows: int = 1024
+    # A batch whose student pass would run more than this many padded tokens (a shared prefix counted
+    # once, as run) is split into micro-batches of whole examples, in length order, each run forward
+    # and backward on its own; their gradients add up to the whole batch's before its one optimizer
+    # step, so the update is the same. Backward keeps ~1.5 MB a token of SmolLM2-135M activations,
+    # plus eager attention's (L, L) maps: one pass of 16 long examples needed 17-38 GB. A batch
+    # within the budget runs as one pass, as before. 0 = off. One step of 16 x ~800-token examples,
+    # bf16-autocast, peak RSS: 6.6 / 4.2 / 3.0 GiB at 4096 / 2048 / 1024 with sdpa attention,
+    # 10.4 / 6.4 / 4.6 GiB with eager, and no slower for the smaller parts.
+    step_tokens: int = 2048
 
 
 # ---- the student -----------------------------------------------------------------------------
@@ -220,6 +231,16 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+def padded_tokens(batch: list[Example], share_prefix: int) -> int:
+    """Tokens the student's backbone runs for the batch, padding included (``Trainer.student_hidden``):
+    one padded batch, or with ``share_prefix`` each shared prefix once plus its padded tails."""
+    groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], share_prefix)
+    total = len(plain) * max(len(batch[i].ids) for i in plain) if plain else 0
+    for key, members in groups.items():
+        total += len(key) + len(members) * max(len(batch[i].ids) - len(key) for i in members)
+    return total
+
+
 def _positions(starts: list[int], counts: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(counts)])
     cols = torch.cat([torch.arange(s, s + n, dtype=torch.long) for s, n in zip(starts, counts)])
@@ -288,12 +309,14 @@ def teacher_dists(
     batch_tokens: int = 4096,
     progress: str | None = None,
     share_prefix: int = 8,
+    chunk_rows: int = 1024,
 ) -> list[Dist]:
     """The teacher's (tempered) log-probabilities at every scored row of every spec.
 
     Specs whose unscored prefixes (``ids[:first]``, e.g. BOS + context) are identical and at least
     ``share_prefix`` tokens long are run as one prefix pass whose key/value cache is reused by all
-    of them (0 turns this off); the rest are batched by length.
+    of them (0 turns this off); the rest are batched by length. The LM head, log-softmax and top-k
+    run on at most ``chunk_rows`` rows of a bucket at a time (0 = all at once).
     """
     was_training = teacher.training
     teacher.eval()
@@ -309,23 +332,51 @@ def teacher_dists(
     for key, group in bar:
         counts = [specs[i].rows for i in group]
         if key is None:
-            logits = selected_logits(teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts)
+            hidden = selected_hidden(teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts)
         else:
             if key not in prefix_cache:
                 prefix_cache.clear()  # one context's prefix at a time
                 prefix_cache[key] = _prefix_cache(teacher, lm, list(key))
             tails = [specs[i].ids[len(key):] for i in group]
-            logits = _logits_after_prefix(teacher, lm, prefix_cache[key], len(key), tails, counts)
-        logp = torch.log_softmax(logits / temperature, dim=-1)
-        if topk and topk < logp.shape[-1]:
-            values, index = logp.topk(topk, dim=-1)
-            for i, v, ix in zip(group, values.split(counts), index.split(counts)):
-                out[i] = Dist(v.clone(), ix.clone())
-        else:
-            for i, v in zip(group, logp.split(counts)):
-                out[i] = Dist(v.clone())
+            hidden = _hidden_after_prefix(teacher, lm, prefix_cache[key], len(key), tails, counts)
+        out_group = _dists_from_hidden(teacher, lm, hidden, counts, topk, temperature, chunk_rows)
+        for i, dist in zip(group, out_group):
+            out[i] = dist
     teacher.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def _dists_from_hidden(model: torch.nn.Module, lm: LM, hidden: torch.Tensor, counts: list[int], topk: int,
+                       temperature: float, chunk_rows: int) -> list[Dist]:
+    """Per-example ``Dist``s from the final hidden states of their rows (in order, ``counts`` each).
+
+    The head and log-softmax (and top-k) run on at most ``chunk_rows`` rows at a time, written into
+    each example's own tensors: a bucket of long examples never holds its whole (rows, V) fp32
+    logits, their log-softmax and per-example copies at once (~800 MB each for 4096 rows).
+    """
+    vocab = split_lm(model)[1].weight.shape[0]
+    width = topk if topk and topk < vocab else vocab
+    logps = [torch.empty((n, width), dtype=torch.float32, device=hidden.device) for n in counts]
+    indices = [torch.empty((n, width), dtype=torch.long, device=hidden.device) for n in counts] if width < vocab else None
+    size = chunk_rows if chunk_rows > 0 else max(1, len(hidden))
+    example, offset = 0, 0  # where the next row goes: row ``offset`` of example ``example``
+    for start in range(0, len(hidden), size):
+        logits = head_logits(model, lm, hidden[start : start + size])
+        logp = torch.log_softmax(logits.div_(temperature), dim=-1)  # in place: one fp32 copy fewer
+        del logits
+        assert logp.shape[-1] == vocab
+        values, index = logp.topk(topk, dim=-1) if indices is not None else (logp, None)
+        done = 0
+        while done < len(values):
+            while offset == counts[example]:  # skip finished (and empty) examples
+                example, offset = example + 1, 0
+            take = min(len(values) - done, counts[example] - offset)
+            logps[example][offset : offset + take] = values[done : done + take]
+            if indices is not None:
+                indices[example][offset : offset + take] = index[done : done + take]
+            done, offset = done + take, offset + take
+        del logp, values, index
+    return [Dist(v, None if indices is None else indices[j]) for j, v in enumerate(logps)]
 
 
 def _length_groups(indices: list[int], lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -427,6 +478,7 @@ class TrainReport:
     teacher_tokens: int = 0
     teacher_s: float = 0.0
     losses: list[float] = field(default_factory=list)
+    passes: int = 0  # forward+backward passes: more than ``steps`` when ``step_tokens`` split batches
 
 
 class Trainer:
@@ -509,22 +561,68 @@ class Trainer:
         self.tokens_in_step = tokens
         return torch.cat([parts[i] for i in range(len(batch))])
 
+    def micro_batches(self, batch: list[Example]) -> list[list[int]]:
+        """Indices of the batch cut into runs of at most ``step_tokens`` padded tokens.
+
+        One part (the batch as it is) when it fits; otherwise runs of whole examples in length
+        order, as few as filling each in turn needs, evened out when that stays within the budget
+        (16 similar examples, 5 to a budget: 4 + 4 + 4 + 4, not 5 + 5 + 5 + 1, since the peak memory
+        is the largest part's). An example longer than the budget runs alone.
+        """
+        limit, share = self.p.step_tokens, self.p.share_prefix
+        if limit <= 0 or padded_tokens(batch, share) <= limit:
+            return [list(range(len(batch)))]
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i].ids))  # stable: keeps a sorted batch's order
+        parts: list[list[int]] = [[]]
+        for i in order:
+            if parts[-1] and padded_tokens([batch[j] for j in parts[-1] + [i]], share) > limit:
+                parts.append([])
+            parts[-1].append(i)
+        k = len(parts)
+        even = [order[len(order) * j // k : len(order) * (j + 1) // k] for j in range(k)]
+        if all(len(part) == 1 or padded_tokens([batch[i] for i in part], share) <= limit for part in even):
+            return even
+        return parts
+
+    def backward(self, batch: list[Example], targets: list[Dist] | None = None) -> float:
+        """Add the gradients of the batch's loss (``loss``) to the parameters' and return the loss.
+
+        Micro-batches (``micro_batches``) each add their loss weighted by their share of the batch's
+        examples: the loss is a mean over examples, so the weighted sum is the batch's loss and the
+        summed gradients are its gradients. Each micro-batch runs its own shared prefixes;
+        ``tokens_in_step`` counts every token run.
+        """
+        parts = self.micro_batches(batch)
+        if len(parts) == 1:
+            loss = self.loss(batch, targets)
+            loss.backward()
+            self.report.passes += 1
+            return float(loss.detach())
+        value, tokens = 0.0, 0
+        for part in parts:
+            share = len(part) / len(batch)
+            loss = self.loss([batch[i] for i in part], None if targets is None else [targets[i] for i in part]) * share
+            loss.backward()
+            value += float(loss.detach())
+            tokens += self.tokens_in_step
+            self.report.passes += 1
+        self.tokens_in_step = tokens
+        return value
+
     def step(self, batch: list[Example], targets: list[Dist] | None = None) -> float:
         tick = time.perf_counter()
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
-        loss = self.loss(batch, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value = self.backward(batch, targets)
         if self.p.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.p.max_grad_norm)
         self.optimizer.step()
-        value = float(loss.detach())
         if not math.isfinite(value):
             raise BenchError(f"training diverged (loss {value}); lower --set lr")
         self.report.steps += 1
-        self.report.student_tokens += self.tokens_in_step  # each shared prefix counted once
+        self.report.student_tokens += self.tokens_in_step  # what was run: shared prefixes once per micro-batch
         self.report.example_tokens += sum(len(e.ids) for e in batch)
         self.report.student_s += time.perf_counter() - tick
         self.report.losses.append(value)
