@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from benchmark.allocator import keep_freed_memory
 from benchmark.config import PROFILES, RUN_PROFILES, RunParams
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, Terminated
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Knowledge-injection benchmark harness.")
@@ -73,10 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         outcome = run(request)
-    except KeyboardInterrupt:
-        print("bench: interrupted; finished episodes are saved, run the same command to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        how = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"bench: {how}; finished episodes are saved, run the same command to resume", file=sys.stderr)
+        return interrupted_code(exc)
     print_outcome(outcome)
     return 0
 
@@ -131,12 +135,39 @@ def print_params(title: str, params_cls: type, profiles: dict) -> None:
     fields = dataclasses.fields(params_cls)
     if not fields:
         return
-    print(f"{title} parameters (default; per-profile overrides):")
+    from benchmark.config import declared_ranges
+
+    ranges = declared_ranges(params_cls)
+    print(f"{title} parameters (default; per-profile overrides; allowed range):")
     for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         per_profile = ", ".join(f"{p}={v[f.name]}" for p, v in profiles.items() if f.name in v)
-        print(f"  {f.name} = {default!r}" + (f"  ({per_profile})" if per_profile else ""))
+        print(f"  {f.name} = {default!r}" + (f"  ({per_profile})" if per_profile else "")
+              + (f"  range: {ranges[f.name]}" if f.name in ranges else ""))
     print()
+
+
+def interrupted_code(exc: KeyboardInterrupt) -> int:
+    """The shell's exit status for a process stopped by the signal: 128 + SIGINT or SIGTERM."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Raise ``Terminated`` on SIGTERM while a command runs, so a scheduler's (or Ray's) stop keeps
+    the partial log and releases the lock as Ctrl-C does, instead of killing the process outright."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,10 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
     keep_freed_memory()  # training steps reuse their activation memory instead of re-mapping it
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            return args.handler(args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:  # a command without its own message for it
+        print("bench: terminated by SIGTERM", file=sys.stderr)
+        return interrupted_code(exc)
 
 
 if __name__ == "__main__":

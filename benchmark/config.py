@@ -4,15 +4,23 @@ Every tunable lives in a dataclass (``RunParams`` here, a ``Params`` class on ea
 A profile (``smoke``, ``quick``, ``paper``) replaces some defaults; ``--set key=value`` replaces any
 field afterwards. Keys are ``run.x``, ``task.x``, ``method.x`` or a bare ``x`` found in exactly one
 of those scopes. The resolved values are recorded in every result file.
+
+A numeric field's allowed values are declared beside it in the class attribute ``RANGES``, e.g.
+``RANGES: ClassVar[dict[str, str]] = {"lr": "> 0", "lora_dropout": "[0, 1)", "epochs": ">= 0"}``:
+a bound (``>= 0``, ``> 0``, ``<= 1``, ``< 1``) or an interval (``[0, 1)``, ``(0, 1]``). A subclass adds
+to its bases' ranges. ``build_params`` checks them once the values are resolved, so a setting out of
+range stops the run before a model loads instead of failing (or silently running) deep inside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from benchmark.errors import BenchError
 
@@ -34,6 +42,10 @@ class RunParams:
     targets: str = "dataset"
     num_targets: int = 0  # target sentences per context; 0 = all the generator gives
     data_path: str = ""  # a data file or folder instead of the data set's default location
+
+    # fewshot: at most the three DEMONSTRATIONS in benchmark/models.py (more would silently be three)
+    RANGES: ClassVar[dict[str, str]] = {"fewshot": "[0, 3]", "max_new_tokens": ">= 1",
+                                        "eval_batch_size": ">= 1", "num_targets": ">= 0"}
 
 
 RUN_PROFILES: dict[str, dict[str, Any]] = {
@@ -138,7 +150,49 @@ def build_params(
         scope, name = _locate(key, fields)
         instance_default = values[scope].get(name, _default(fields[scope][name]))
         values[scope][name] = parse_value(key, raw, instance_default, hints[scope].get(name))
-    return {scope: cls(**values[scope]) for scope, (cls, _) in scopes.items()}
+    params = {scope: cls(**values[scope]) for scope, (cls, _) in scopes.items()}
+    problems = [p for scope, instance in params.items() for p in range_problems(scope, instance)]
+    if problems:
+        raise BenchError("; ".join(problems))
+    return params
+
+
+_BOUND = re.compile(r"(>=|>|<=|<)\s*(\S+)")
+_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
+
+
+def in_range(spec: str, value: float) -> bool:
+    """Whether ``value`` lies in a range written as ``>= 0``, ``> 0``, ``[0, 1)`` and the like."""
+    if match := _BOUND.fullmatch(spec.strip()):
+        op, bound = match.group(1), float(match.group(2))
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[op]
+    if match := _INTERVAL.fullmatch(spec.strip()):
+        opening, low, high, closing = match.groups()
+        above = value >= float(low) if opening == "[" else value > float(low)
+        below = value <= float(high) if closing == "]" else value < float(high)
+        return above and below
+    raise ValueError(f"malformed range {spec!r}: write '>= 0', '> 0', '[0, 1)' or the like")
+
+
+def declared_ranges(cls: type) -> dict[str, str]:
+    """The ``RANGES`` of a parameter class and of its bases (a subclass's entry wins)."""
+    ranges: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        ranges.update(vars(klass).get("RANGES", {}))
+    return ranges
+
+
+def range_problems(scope: str, params: Any) -> list[str]:
+    """One message per numeric field of ``params`` outside its declared range (NaN and inf included)."""
+    problems = []
+    for name, spec in declared_ranges(type(params)).items():
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # parse_value has already insisted on the field's type
+        if not (math.isfinite(value) and in_range(spec, value)):
+            allowed = spec if spec.strip()[0] in "<>" else f"in {spec}"
+            problems.append(f"{scope}.{name} = {value!r} is out of range: it must be {allowed}")
+    return problems
 
 
 def _default(field: dataclasses.Field) -> Any:

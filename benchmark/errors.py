@@ -11,3 +11,11 @@ class BenchError(Exception):
 
 class UnavailableError(BenchError):
     """A method or task that cannot run on this machine (missing checkpoint, GPU, package)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers, Ray and ``kill`` send), raised where Ctrl-C raises KeyboardInterrupt.
+
+    A subclass, so every ``except KeyboardInterrupt`` and ``finally`` that keeps a run's partial log
+    and releases its lock on Ctrl-C does the same on SIGTERM.
+    """

@@ -244,14 +244,26 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# What the Hugging Face hub accepts as a model id: "name" or "owner/name" (huggingface_hub's rule).
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]{0,95}(/[A-Za-z0-9_][\w.-]{0,95})?")
+
+
 def _load_pretrained(name_or_path: str | Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name, local = str(name_or_path), Path(name_or_path).expanduser()
+    if local.exists():
+        name = str(local)
+    elif not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
+        # Said here: the hub client would answer a mistyped path with "Repo id must be in the form ...".
+        raise BenchError(f"cannot load model {name!r}: no such local model directory and not a known hub id")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "not a valid model identifier" in first:  # the hub answered: no such repository
+            first = "no such local model directory and not a known hub id"
         raise BenchError(f"cannot load model {str(name_or_path)!r}: {first}") from None
     return model, tokenizer
 

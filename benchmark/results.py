@@ -2,20 +2,31 @@
 
 A run writes ``<name>.partial.jsonl`` as it goes (a header line, then one line per finished episode,
 flushed and fsynced), so a killed run resumes from its last finished episode. The final
-``<name>.json`` is written atomically (temporary file + rename) and the partial file removed.
+``<name>.json`` is written atomically (temporary file + rename) and the partial file removed. While
+a run computes a file it holds ``<name>.lock`` (see ``RunLock``). A write that fails (read-only
+folder, full disk) stops the run with a one-line ``BenchError`` and leaves every earlier file as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from benchmark.errors import BenchError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +51,10 @@ def result_path(out: Path, identity: dict[str, Any], config: dict[str, Any]) -> 
 
 def partial_path(path: Path) -> Path:
     return path.with_suffix(".partial.jsonl")
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_suffix(".lock")
 
 
 def package_versions() -> dict[str, str]:
@@ -69,19 +84,34 @@ def git_commit() -> str | None:
         return None
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (read-only folder, full disk) into a one-line error naming the file."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as exc:
+        raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a temporary file beside ``path``, fsync it, then rename it over ``path``: a reader (or a
+    crash, or a full disk) sees the old file or the new one, never a torn one."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
 
 
 class PartialLog:
@@ -110,19 +140,91 @@ class PartialLog:
         return records
 
     def start(self, records: list[dict[str, Any]]) -> None:
-        """Rewrite the log with the header and the surviving episodes (drops a torn tail)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", encoding="utf-8") as handle:
-            for record in [self.header, *records]:
-                handle.write(json.dumps(record, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Rewrite the log with the header and the surviving episodes (drops a torn tail); atomic,
+        so a failed rewrite keeps the earlier attempt's episodes."""
+        write_text_atomic(self.path, "".join(json.dumps(r, default=str) + "\n" for r in [self.header, *records]))
 
     def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
+        """Add a finished episode; a write cut short leaves a torn last line, which ``load`` drops."""
+        with writing(self.path), self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class RunLock:
+    """Held while one process computes a result file, so two identical runs never share its partial log.
+
+    ``fcntl.flock`` on ``<name>.lock`` rather than a PID file created with O_CREAT|O_EXCL: the kernel
+    drops a flock when its holder ends in any way, ``kill -9`` included, so a dead run's lock is taken
+    over at once with no guess about staleness from a PID (which the system may have handed to an
+    unrelated process since, and which means nothing to a run on another host of a shared folder).
+    The holder's PID and host are written into the file only to name it in the refusal.
+    """
+
+    def __init__(self, path: Path, result: Path) -> None:
+        self.path = path
+        self.result = result
+        self.fd: int | None = None
+        self.created: list[Path] = []  # folders made for the lock, removed with it if still empty
+
+    def acquire(self) -> None:
+        """Take the lock, or raise a one-line ``BenchError`` naming the process that holds it."""
+        with writing(self.path):
+            self.created = [d for d in [self.path.parent, *self.path.parent.parents] if not d.exists()]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while self.fd is None:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                except FileNotFoundError:  # a run beside us, stopped by bad input, removed the folder
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                    os.close(fd)
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):  # not "held by another"
+                        raise
+                    pid, host = (holder + ["?", "?"])[:2]  # "?" while the holder is still writing it
+                    raise BenchError(
+                        f"another bench run (pid {pid} on {host}) is computing {self.result}; "
+                        "wait for it to finish or stop it (the same command then resumes its work)"
+                    ) from None
+                if not self._same_file(fd):  # the holder before us removed it on release: retry
+                    os.close(fd)
+                    continue
+                previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                if previous:
+                    log.info("taking over the lock %s left by a run that ended (%s)", self.path, previous)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+                self.fd = fd
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        """Remove the file while still holding it (a waiting process then retries on a new one)."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+        for folder in self.created:  # a run stopped by bad input leaves no empty result folders
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

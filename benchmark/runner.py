@@ -24,8 +24,10 @@ from benchmark.registry import METHODS, TASKS
 from benchmark.results import (
     SCHEMA_VERSION,
     PartialLog,
+    RunLock,
     config_hash,
     git_commit,
+    lock_path,
     package_versions,
     partial_path,
     result_path,
@@ -137,14 +139,32 @@ def episode_seed(seed: int, episode: str) -> int:
 
 
 def run(request: RunRequest, lm: LM | None = None) -> RunOutcome:
-    """Run (or resume, or reuse) one method on one task; returns the result and its file."""
+    """Run (or resume, or reuse) one method on one task; returns the result and its file.
+
+    The result file's lock is taken before the model loads, so a second identical run stops at once;
+    it is released however the run ends (finished, failed, Ctrl-C, SIGTERM).
+    """
     resolved = resolve(request)
-    path = resolved.path
-    if path.exists() and not request.force:
-        import json
+    finished = reuse(resolved.path, request.force)
+    if finished:
+        return finished
+    with RunLock(lock_path(resolved.path), resolved.path):
+        # a run that held the lock a moment ago may have just finished the file
+        return reuse(resolved.path, request.force) or compute(resolved, lm)
 
-        return RunOutcome(path, json.loads(path.read_text()), reused=True, resumed_episodes=0)
 
+def reuse(path: Path, force: bool) -> RunOutcome | None:
+    """The finished result file, unless absent or ``--force``."""
+    if force or not path.exists():
+        return None
+    import json
+
+    return RunOutcome(path, json.loads(path.read_text()), reused=True, resumed_episodes=0)
+
+
+def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
+    """Load the model and data, run the pending episodes into the partial log, write the result."""
+    request, path = resolved.request, resolved.path
     run_params: RunParams = resolved.params["run"]
     seed_everything(request.seed)
     if lm is None:

@@ -107,6 +107,8 @@ def load_spec(path: Path, overrides: dict[str, str] | None = None, out: Path | N
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BenchError(f"sweep spec {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"sweep spec {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise BenchError(f"sweep spec {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     sweep = expand(data, name=Path(path).stem, overrides=overrides, out=out, force=force)

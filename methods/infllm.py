@@ -16,6 +16,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from tqdm.auto import tqdm
 
@@ -58,6 +59,9 @@ class InfLLMParams:
     # as a long-context model; "plain": the contexts alone, then the context-free prompt.
     layout: str = "context"
     separator: str = "\n\n"  # between contexts in the stream (and before the prompt in "plain")
+
+    RANGES: ClassVar[dict[str, str]] = {"n_init": ">= 0", "n_local": ">= 1", "block_size": ">= 1", "topk": ">= 0",
+                                        "repr_topk": ">= 1", "chunk_size": ">= 1"}
 
 
 PLACEHOLDER = "<<infllm-context>>"

@@ -61,6 +61,8 @@ class MemoryLLMParams:
     min_inject_tokens: int = 16  # the official minimum context length for one injection
     max_inject_tokens: int = 512  # longer contexts are injected in pieces
 
+    RANGES: ClassVar[dict[str, str]] = {"min_inject_tokens": ">= 1", "max_inject_tokens": ">= 1"}
+
 
 @register_method("memoryllm")
 class MemoryLLM(Method):
@@ -149,6 +151,9 @@ class MemoryLLMMiniParams:
     # "none": the untrained mechanism (the frozen model reading raw hidden states); or a file path
     checkpoint: str = "auto"
     max_inject_tokens: int = 256  # longer contexts are injected in pieces
+
+    RANGES: ClassVar[dict[str, str]] = {"num_tokens": ">= 1", "num_blocks": ">= 1", "lora_r": ">= 1",
+                                        "max_inject_tokens": ">= 1"}
 
 
 @register_method("memoryllm-mini")

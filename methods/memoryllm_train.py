@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -49,6 +49,11 @@ class MiniTrainParams:
     context_tokens: int = 64
     target_tokens: int = 32
     heldout: int = 24  # held-out QA examples for the before/after check
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": ">= 1", "max_minutes": ">= 0", "lr": "> 0", "qa_fraction": "[0, 1]", "max_distractors": ">= 0",
+        "context_tokens": ">= 1", "target_tokens": ">= 1", "heldout": ">= 0",
+    }
 
 
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {

@@ -16,7 +16,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -52,6 +52,11 @@ class RaptorParams(RetrievalParams):
     min_nodes: int = 12  # a layer with fewer nodes is the top (RAPTOR: reduction_dim + 2)
     summary_tokens: int = 100  # generated tokens per summary
     max_cluster_tokens: int = 3500  # a cluster longer than this is clustered again
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "embed_batch_size": ">= 1", "reduction_dim": ">= 1", "max_clusters": ">= 1", "threshold": "[0, 1]",
+        "max_layers": ">= 0", "min_nodes": ">= 0", "summary_tokens": ">= 1", "max_cluster_tokens": ">= 1",
+    }
 
 
 @dataclass

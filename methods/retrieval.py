@@ -15,7 +15,7 @@ import re
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -92,6 +92,8 @@ class RetrievalParams:
     # SmolLM2-135M, BM25 top-3 with retrieval recall@1 = 1.0: QA-F1 0.63 best_last, 0.14 best_first
     # (the small model answers from whichever passage comes last).
     order: str = "best_last"  # or best_first
+
+    RANGES: ClassVar[dict[str, str]] = {"top_k": ">= 1", "chunk_tokens": ">= 1", "max_context_tokens": ">= 1"}
 
 
 class RetrievalMethod(Method):
@@ -221,6 +223,8 @@ class BM25Params(RetrievalParams):
     b: float = 0.75
     stem: bool = True
 
+    RANGES: ClassVar[dict[str, str]] = {"k1": ">= 0", "b": "[0, 1]"}
+
 
 _VARIANTS = {"okapi": "BM25Okapi", "plus": "BM25Plus", "l": "BM25L"}
 
@@ -317,6 +321,8 @@ class DPRParams(RetrievalParams):
     encoder: str = BUNDLED_ENCODER  # or dpr-nq, or a sentence-transformers name / local path
     context_encoder: str = ""  # a separate passage encoder (empty: the same as encoder)
     embed_batch_size: int = 32
+
+    RANGES: ClassVar[dict[str, str]] = {"embed_batch_size": ">= 1"}
 
 
 @register_method("dpr")

@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -72,6 +72,13 @@ class SelfParamParams(SentenceParams):
     qa_weight: float = 1.0
     context_weight: float = 1.0
     retain_weight: float = 1.0
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "context_per_target": ">= 0", "retain_per_target": ">= 0", "retain_tokens": ">= 1",
+        "retain_pool": ">= 0", "retain_qa_per_target": ">= 0", "targets_per_epoch": ">= 0",
+        "teacher_topk": ">= 0", "teacher_share_prefix": ">= 0", "temperature": "> 0",
+        "teacher_temperature": ">= 0", "qa_weight": ">= 0", "context_weight": ">= 0", "retain_weight": ">= 0",
+    }
 
 
 @register_method("selfparam")

@@ -22,7 +22,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,12 @@ class TrainParams:
     # bf16-autocast, peak RSS: 6.6 / 4.2 / 3.0 GiB at 4096 / 2048 / 1024 with sdpa attention,
     # 10.4 / 6.4 / 4.6 GiB with eager, and no slower for the smaller parts.
     step_tokens: int = 2048
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "lora_r": ">= 1", "lora_alpha": "> 0", "lora_dropout": "[0, 1)", "lr": "> 0", "weight_decay": ">= 0",
+        "epochs": ">= 0", "batch_size": ">= 1", "max_grad_norm": ">= 0", "share_prefix": ">= 0",
+        "loss_chunk_rows": ">= 0", "step_tokens": ">= 0",
+    }
 
 
 # ---- the student -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from benchmark.registry import register_task
 from tasks.base import MethodFactory
@@ -14,6 +14,8 @@ from tasks.qa import ContextParams, QATask, Stopwatch, per_context, summarize_co
 class BatchParams(ContextParams):
     num_contexts: int = 20  # contexts injected together (the paper: 100 and 500)
     episodes: int = 1  # independent batches over consecutive, disjoint slices of the data
+
+    RANGES: ClassVar[dict[str, str]] = {"num_contexts": ">= 1", "episodes": ">= 1"}
 
 
 @register_task("batch")

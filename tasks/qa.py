@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from benchmark.errors import BenchError
 from benchmark.metrics import qa_acc, qa_f1, summarize
@@ -67,6 +67,8 @@ class ContextParams:
     # in turn) or "default" (the data set's own choice: spread for SQuAD, first for the others).
     sample: str = "default"
     first_context: int = 0  # contexts of the split's order skipped before the ones used
+
+    RANGES: ClassVar[dict[str, str]] = {"first_context": ">= 0"}
 
 
 class QATask(Task):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from benchmark.errors import BenchError
 from benchmark.metrics import summarize
@@ -76,6 +76,11 @@ class RecommendationParams:
     candidates: str = "entities"  # titles a line may map to: entities (the paper's code) | items
     max_distance: int = 2  # r3/r4 drop matches farther than this edit distance (the paper: 2)
     target_turns: int = 6  # dialog turns quoted in a target sentence's question
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "num_probes": ">= 0", "probes_per_episode": ">= 1", "num_conversations": ">= 0",
+        "max_list_tokens": ">= 1", "max_distance": ">= 0", "target_turns": ">= 1",
+    }
 
 
 @register_task("recommendation")

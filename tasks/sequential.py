@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ class SequentialParams(ContextParams):
 
     num_sequences: int = 4  # independent sequences over consecutive, disjoint slices of the data
     sequence_length: int = 3  # contexts injected one per step in each sequence (L)
+
+    RANGES: ClassVar[dict[str, str]] = {"num_sequences": ">= 1", "sequence_length": ">= 1"}
 
 
 @register_task("sequential")

@@ -53,10 +53,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         executor = LocalExecutor()
     try:
         log = run_sweep(sweep, executor)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        from benchmark.cli import interrupted_code
+
         print(f"bench: sweep interrupted; run the same command to resume (finished cells and episodes "
               f"are kept in {sweep.out})", file=sys.stderr)
-        return 130
+        return interrupted_code(exc)
     print()
     print_summary(log)
     return 1 if log.counts()[FAILED] else 0

@@ -83,6 +83,22 @@ def spread(documents: list[Document], seed: int) -> list[Document]:
     return [members[i] for i in range(depth) for members in ordered if i < len(members)]
 
 
+def not_utf8(path: Path | str, data: bytes | None = None) -> BenchError:
+    """The one-line error for a data file that is not UTF-8, naming the line of its first bad byte.
+
+    Text is decoded in chunks, so where a ``UnicodeDecodeError`` surfaces says little about where
+    the bad byte is; the file's bytes (``data``, else read again) say exactly.
+    """
+    if data is None:
+        data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return BenchError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8")
+    return BenchError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, JSON value) for each non-blank line; a bad line names the file and line."""
     try:
@@ -90,13 +106,16 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     except OSError as exc:
         raise BenchError(f"cannot read data file {path}: {exc.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BenchError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -26,7 +26,7 @@ from typing import ClassVar
 from benchmark.errors import BenchError
 from benchmark.metrics import normalize_answer
 from benchmark.paths import shared_data_dir
-from tasks.data.base import read_jsonl
+from tasks.data.base import not_utf8, read_jsonl
 
 USER, SYSTEM = "User", "System"
 _PARENS = re.compile(r"\([^()]*\)")
@@ -151,6 +151,8 @@ def read_json(path: Path) -> object:
             return json.load(handle)
     except OSError as exc:
         raise BenchError(f"cannot read data file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except json.JSONDecodeError as exc:
         raise BenchError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
 

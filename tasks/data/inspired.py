@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
-from tasks.data.base import read_json_lines
+from tasks.data.base import not_utf8, read_json_lines
 from tasks.data.crs import SYSTEM, USER, Conversation, CRSDataset, merge_turns
 
 ROLES = {"RECOMMENDER": SYSTEM, "SEEKER": USER}
@@ -56,14 +56,17 @@ class Inspired(CRSDataset):
             raise BenchError(f"cannot read data file {path}: {exc.strerror}") from None
         dialogs: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
         with handle:
-            reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            if not reader.fieldnames or not {"dialog_id", "speaker", "text"} <= set(reader.fieldnames):
-                raise BenchError(f"{path}: expected the INSPIRED columns dialog_id, speaker, text")
-            for number, row in enumerate(reader, start=2):
-                text = (row["text"] or "").replace("QUOTATION_MARK", '"')
-                movies = tuple(m.strip() for m in (row.get("movies") or "").split(";") if m.strip())
-                speaker = _role(row["speaker"], f"{path}:{number}")
-                dialogs.setdefault(row["dialog_id"], []).append((speaker, text, movies))
+            try:
+                reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if not reader.fieldnames or not {"dialog_id", "speaker", "text"} <= set(reader.fieldnames):
+                    raise BenchError(f"{path}: expected the INSPIRED columns dialog_id, speaker, text")
+                for number, row in enumerate(reader, start=2):
+                    text = (row["text"] or "").replace("QUOTATION_MARK", '"')
+                    movies = tuple(m.strip() for m in (row.get("movies") or "").split(";") if m.strip())
+                    speaker = _role(row["speaker"], f"{path}:{number}")
+                    dialogs.setdefault(row["dialog_id"], []).append((speaker, text, movies))
+            except UnicodeDecodeError:
+                raise not_utf8(path) from None
         return [Conversation(f"inspired-{dialog_id}", merge_turns(messages), f"{path} ({dialog_id})")
                 for dialog_id, messages in dialogs.items()]
 

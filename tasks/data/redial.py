@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
-from tasks.data.base import read_jsonl
+from tasks.data.base import not_utf8, read_jsonl
 from tasks.data.crs import SYSTEM, USER, Conversation, CRSDataset, clean_text, merge_turns
 
 MOVIES_CSV = "movies_with_mentions.csv"
@@ -33,6 +33,15 @@ def read_movie_titles(handle: io.TextIOBase, where: str) -> dict[str, str]:
     if not reader.fieldnames or not {"movieId", "movieName"} <= set(reader.fieldnames):
         raise BenchError(f"{where}: expected the columns movieId,movieName")
     return {row["movieId"].strip(): clean_text(row["movieName"]) for row in reader if row["movieId"]}
+
+
+def _member_text(archive: zipfile.ZipFile, member: str, where: str) -> str:
+    """A file inside the archive as text; one that is not UTF-8 is named with its line."""
+    data = archive.read(member)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(where, data) from None
 
 
 def parse_redial_record(record: dict, where: str, titles: dict[str, str]) -> Conversation:
@@ -77,8 +86,11 @@ class ReDial(CRSDataset):
     def _titles_beside(self, path: Path) -> dict[str, str]:
         for candidate in (path.parent / MOVIES_CSV, self.root / self.name / MOVIES_CSV):
             if candidate.exists():
-                with candidate.open(encoding="utf-8", newline="") as handle:
-                    return read_movie_titles(handle, str(candidate))
+                try:
+                    with candidate.open(encoding="utf-8", newline="") as handle:
+                        return read_movie_titles(handle, str(candidate))
+                except UnicodeDecodeError:
+                    raise not_utf8(candidate) from None
         return {}  # each line's own movieMentions still name its movies
 
     def _read_zip(self, path: Path) -> list[Conversation]:
@@ -88,10 +100,9 @@ class ReDial(CRSDataset):
                 raise BenchError(f"{path}: no {ZIP_TRAIN} inside the archive")
             titles: dict[str, str] = {}
             if MOVIES_CSV in names:
-                with archive.open(names[MOVIES_CSV]) as raw:
-                    titles = read_movie_titles(io.TextIOWrapper(raw, encoding="utf-8"), f"{path}:{MOVIES_CSV}")
-            with archive.open(names[ZIP_TRAIN]) as raw:
-                lines = io.TextIOWrapper(raw, encoding="utf-8").read().splitlines()
+                csv_text = _member_text(archive, names[MOVIES_CSV], f"{path}:{MOVIES_CSV}")
+                titles = read_movie_titles(io.StringIO(csv_text, newline=""), f"{path}:{MOVIES_CSV}")
+            lines = _member_text(archive, names[ZIP_TRAIN], f"{path}:{ZIP_TRAIN}").splitlines()
         records = []
         for number, line in enumerate(lines, start=1):
             if line.strip():

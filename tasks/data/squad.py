@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
 from benchmark.types import QA, Document
-from tasks.data.base import QADataset
+from tasks.data.base import QADataset, not_utf8
 from tasks.data.public import load_hub, local_files, make_documents, short_answers
 
 LOCAL = [("squad", "dev-v1.1.part_a.json")]
@@ -45,7 +45,7 @@ def read_squad_json(path: Path, prefix: str = "squad") -> list[Group]:
     except OSError as exc:
         raise BenchError(f"cannot read data file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise BenchError(f"{path}: not UTF-8 text") from None
+        raise not_utf8(path) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
