@@ -110,6 +110,16 @@ def test_reference_plan_skips_what_does_not_apply():
         assert ("base_q", "recommendation", "redial") not in chosen
 
 
+def test_reference_cells_carry_their_sizes():
+    from benchmark.reference import plan
+
+    cells, _ = plan(methods=["base_q"], tasks=["batch"], datasets=["fictional", "squad"])
+    sizes = {c.dataset: dict(c.overrides) for c in cells}
+    assert sizes.get("fictional") == {}
+    if "squad" in sizes:  # present only where the shared data is
+        assert sizes["squad"] == {"num_contexts": "50"}
+
+
 def test_train_rate_counts_shared_prefixes_per_example():
     from leaderboard.extract import rate_counts_computed_tokens_only, train_rate
 
