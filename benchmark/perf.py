@@ -13,6 +13,8 @@ once and counts once; the figure that counts it for every example it serves (the
 without sharing does) is printed beside it. The two are measured alternately (A B A B) so that
 a change in machine load hits both. Also printed: the measured bf16 GEMM rate and the compute
 limit it implies at 4·N FLOPs per student token (forward + input gradients; LoRA adds little).
+``--breakdown`` adds a profile of a few of the harness's training steps by kind of work
+(``benchmark.breakdown``).
 """
 
 from __future__ import annotations
@@ -121,8 +123,12 @@ def ours(lm: LM, method_cls: type, params: Any, run: RunParams, contexts: list[C
 
 def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_contexts: int = 4,
              official_pairs: int = 6, rounds: int = 2, overrides: dict[str, str] | None = None,
-             seed: int = 0) -> dict[str, Any]:
-    """Measure both loops ``rounds`` times, alternating; returns the figures printed by ``bench perf``."""
+             seed: int = 0, breakdown: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Measure both loops ``rounds`` times, alternating; returns the figures printed by ``bench perf``.
+
+    ``breakdown=(skip, steps)`` adds the step profile of ``benchmark.breakdown`` (figures under
+    ``"breakdown"``); ``rounds=0`` then leaves out the throughput comparison.
+    """
     from benchmark.models import load_lm
     from benchmark.registry import METHODS
     from benchmark.targets import make_targets
@@ -143,11 +149,18 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
     gemm = [gemm_gflops(torch.bfloat16)]  # measured before and after: the machine may be shared
     fp32 = replace(lm, precision="fp32")  # the official loop: no autocast
     official, fast = Measure(), Measure()
-    official_style(fp32, contexts, retain, 1, mp.lr, seed)  # warm-up (allocations, kernels)
+    if rounds:
+        official_style(fp32, contexts, retain, 1, mp.lr, seed)  # warm-up (allocations, kernels)
     for _ in range(rounds):
         official.add(official_style(fp32, contexts, retain, official_pairs, mp.lr, seed))
         fast.add(ours(lm, method_cls, mp, run, contexts, seed))
     gemm.append(gemm_gflops(torch.bfloat16))
+    steps = None
+    if breakdown is not None:
+        from benchmark.breakdown import profile_steps
+
+        skip, count = breakdown
+        steps = profile_steps(lm, lambda: method_cls(lm, mp, run, seed), contexts, skip, count)
     bf16 = max(gemm)
     n_params = lm.info.get("parameters", 0)
     limit = bf16 * 1e9 / (4 * n_params) if n_params else 0.0
@@ -173,15 +186,26 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
         "compute_limit_tok_s": limit,
         "settings": {k: v for k, v in vars(mp).items()},
         "contexts": num_contexts,
+        "rounds": rounds,
+        **({"breakdown": steps} if steps is not None else {}),
     }
 
 
 def report(figures: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.1f}" for x in figures["load_average"])
+    header = (f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
+              f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}), load average {load}")
+    extra = []
+    if "breakdown" in figures:
+        from benchmark.breakdown import report as breakdown_report
+
+        extra.append(breakdown_report(figures["breakdown"]))
+    if not figures.get("rounds", 1):  # the step profile alone
+        gemm = f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s (the rate a matmul reaches at a model-like shape)"
+        return "\n".join([header, gemm, *extra])
     shared = figures["ours_example_tokens"] != figures["ours_tokens"]  # prefixes were shared
     lines = [
-        f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
-        f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}), load average {load}",
+        header,
         f"official-style loop (batch 1, 3 steps per QA pair, live full-vocab teacher, fp32): "
         f"{figures['official_tok_s']:.1f} tok/s ({figures['official_tokens']} student tokens)",
         f"selfparam here (teacher passes included):                                      "
@@ -199,5 +223,6 @@ def report(figures: dict[str, Any]) -> str:
         f"{figures['ours_tok_s'] / figures['compute_limit_tok_s']:.0%} (student steps only "
         f"{figures['ours_student_only_tok_s'] / figures['compute_limit_tok_s']:.0%})"
         if figures["compute_limit_tok_s"] else "",
+        *extra,
     ]
     return "\n".join(line for line in lines if line)
