@@ -368,7 +368,9 @@ def _dists_from_hidden(model: torch.nn.Module, lm: LM, hidden: torch.Tensor, cou
     example, offset = 0, 0  # where the next row goes: row ``offset`` of example ``example``
     for start in range(0, len(hidden), size):
         logits = head_logits(model, lm, hidden[start : start + size])
-        logp = torch.log_softmax(logits.div_(temperature), dim=-1)  # in place: one fp32 copy fewer
+        if temperature != 1.0:
+            logits.div_(temperature)  # in place: one fp32 copy fewer
+        logp = torch.log_softmax(logits, dim=-1)
         del logits
         assert logp.shape[-1] == vocab
         values, index = logp.topk(topk, dim=-1) if indices is not None else (logp, None)
@@ -534,7 +536,10 @@ class Trainer:
 
     def row_losses(self, hidden: torch.Tensor, target: torch.Tensor | Dist) -> torch.Tensor:
         """Per-row loss at final hidden states: KL from a teacher ``Dist`` or cross-entropy on token ids."""
-        logp = torch.log_softmax(head_logits(self.model, self.lm, hidden) / self.temperature, dim=-1)
+        logits = head_logits(self.model, self.lm, hidden)
+        if self.temperature != 1.0:  # a division over the whole (rows, V) block otherwise
+            logits = logits / self.temperature
+        logp = torch.log_softmax(logits, dim=-1)
         if isinstance(target, Dist):
             return kl_rows(logp, target) * self.temperature**2
         return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
