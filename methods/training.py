@@ -266,13 +266,6 @@ def selected_hidden(
     return hidden[rows, cols]
 
 
-def selected_logits(
-    model: torch.nn.Module, lm: LM, sequences: list[list[int]], starts: list[int], counts: list[int]
-) -> torch.Tensor:
-    """Logits (sum(counts), V) at positions ``start .. start+count-1`` of each sequence."""
-    return head_logits(model, lm, selected_hidden(model, lm, sequences, starts, counts))
-
-
 def head_logits(model: torch.nn.Module, lm: LM, hidden: torch.Tensor) -> torch.Tensor:
     """fp32 logits of the LM head at the given final hidden states."""
     _, head = split_lm(model)
@@ -414,12 +407,6 @@ def _prefix_cache(model: torch.nn.Module, lm: LM, prefix: list[int]):
         out = backbone(input_ids=torch.tensor([prefix], device=lm.device), use_cache=True)
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
-
-
-def _logits_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int, tails: list[list[int]],
-                         counts: list[int]) -> torch.Tensor:
-    """Logits at the first ``count`` positions of each tail, all continuing the cached prefix."""
-    return head_logits(model, lm, _hidden_after_prefix(model, lm, cache, prefix_len, tails, counts))
 
 
 def _hidden_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int, tails: list[list[int]],
@@ -603,14 +590,8 @@ class Trainer:
         summed gradients are its gradients. Each micro-batch runs its own shared prefixes;
         ``tokens_in_step`` counts every token run.
         """
-        parts = self.micro_batches(batch)
-        if len(parts) == 1:
-            loss = self.loss(batch, targets)
-            loss.backward()
-            self.report.passes += 1
-            return float(loss.detach())
         value, tokens = 0.0, 0
-        for part in parts:
+        for part in self.micro_batches(batch):
             share = len(part) / len(batch)
             loss = self.loss([batch[i] for i in part], None if targets is None else [targets[i] for i in part]) * share
             loss.backward()
