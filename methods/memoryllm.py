@@ -3,7 +3,12 @@
 - ``memoryllm``: the official checkpoint (``YuWangX/memoryllm-8b``, its own modelling code through
   ``trust_remote_code``) and its ``inject_memory``. It needs the checkpoint in the local Hugging Face
   cache and a CUDA GPU (8B parameters plus a 1.67B-parameter memory pool); otherwise ``bench list``
-  shows why and ``bench run`` stops with that reason.
+  shows why and ``bench run`` stops with that reason. Loading the checkpoint runs the Python code
+  that comes with it, so, as in transformers, that is off by default: the method's
+  ``trust_remote_code`` setting (``--set trust_remote_code=true``, recorded in the result's config)
+  allows it. Without it ``bench run`` stops with one line naming the setting before anything of the
+  checkpoint is read (the runner has loaded the run's model and data by then: the method first sees
+  its parameters when the runner builds it for the first episode).
 - ``memoryllm-mini``: the same mechanism re-implemented on the run's model (``methods.memoryllm_mini``),
   with a mechanism trained by ``bench train memoryllm-mini``.
 """
@@ -58,10 +63,20 @@ def official_unavailable_reason(repo_id: str = OFFICIAL_CHECKPOINT) -> str | Non
 @dataclass
 class MemoryLLMParams:
     checkpoint: str = OFFICIAL_CHECKPOINT
+    # Run the checkpoint's own modelling code (transformers' trust_remote_code): off unless asked for
+    trust_remote_code: bool = False
     min_inject_tokens: int = 16  # the official minimum context length for one injection
     max_inject_tokens: int = 512  # longer contexts are injected in pieces
 
     RANGES: ClassVar[dict[str, str]] = {"min_inject_tokens": ">= 1", "max_inject_tokens": ">= 1"}
+
+
+def remote_code_refusal(params: MemoryLLMParams) -> str | None:
+    """Why these settings may not load the checkpoint: its code runs only with trust_remote_code."""
+    if params.trust_remote_code:
+        return None
+    return (f"memoryllm runs the Python code that comes with checkpoint {params.checkpoint} "
+            f"(trust_remote_code, off by default); allow it with --set trust_remote_code=true")
 
 
 @register_method("memoryllm")
@@ -75,17 +90,26 @@ class MemoryLLM(Method):
     def unavailable_reason(cls) -> str | None:
         return official_unavailable_reason()
 
+    @classmethod
+    def params_problem(cls, params: MemoryLLMParams) -> str | None:
+        """Why a run with these settings must not start (the remote-code opt-in), or None."""
+        return remote_code_refusal(params)
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # judged before the machine's checkpoint and GPU, and before anything of the checkpoint loads
+        refusal = self.params_problem(self.params)
+        if refusal:
+            raise BenchError(refusal)
         reason = official_unavailable_reason(self.params.checkpoint)
         if reason:
             raise BenchError(f"memoryllm cannot run here: {reason}")
-        self.mem_model, self.mem_tokenizer = self._load(self.params.checkpoint)
+        self.mem_model, self.mem_tokenizer = self._load(self.params.checkpoint, self.params.trust_remote_code)
         self.model = self.mem_model
         self.stats["injections"] = 0
 
     @classmethod
-    def _load(cls, repo_id: str):
+    def _load(cls, repo_id: str, trust_remote_code: bool):
         """Load once per process; every episode restores the pool the checkpoint shipped with."""
         if repo_id not in cls._loaded:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -93,7 +117,7 @@ class MemoryLLM(Method):
             try:
                 tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=True)
                 model = AutoModelForCausalLM.from_pretrained(
-                    repo_id, trust_remote_code=True, local_files_only=True, dtype=torch.bfloat16
+                    repo_id, trust_remote_code=trust_remote_code, local_files_only=True, dtype=torch.bfloat16
                 )
             except Exception as exc:  # remote code written for an older transformers may not import
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,4 +1,5 @@
-"""MemoryLLM: the unavailable path of the official checkpoint, and memoryllm-mini's memory pool."""
+"""MemoryLLM: the unavailable path of the official checkpoint, its remote-code opt-in, and
+memoryllm-mini's memory pool."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from benchmark.config import RunParams
 from benchmark.errors import BenchError
 from benchmark.types import Context, Prompt
 from methods import memoryllm as memoryllm_module
-from methods.memoryllm import MemoryLLM, MemoryLLMMini, MemoryLLMMiniParams
+from methods.memoryllm import MemoryLLM, MemoryLLMMini, MemoryLLMMiniParams, MemoryLLMParams
 from methods.memoryllm_mini import MemoryPool, PoolConfig, build
 
 
@@ -49,6 +50,92 @@ def test_bench_list_and_run_show_the_one_line_reason(bench, monkeypatch, tmp_pat
     assert len(err.strip().splitlines()) == 1
     assert "method 'memoryllm' cannot run here: checkpoint YuWangX/memoryllm-8b" in err
     assert not list(tmp_path.rglob("*.json*"))
+
+
+REMOTE_CODE_LINE = ("bench: error: memoryllm runs the Python code that comes with checkpoint YuWangX/memoryllm-8b "
+                    "(trust_remote_code, off by default); allow it with --set trust_remote_code=true")
+
+
+@pytest.fixture
+def machine_can_run(monkeypatch, tmp_path):
+    """This machine has the checkpoint and a GPU, as far as memoryllm's availability checks can tell;
+    every call to the two ``from_pretrained`` for the checkpoint is recorded (and the model's stops
+    the load); the run's own model loads as usual."""
+    import transformers
+
+    monkeypatch.setattr(memoryllm_module, "cached_snapshot", lambda repo: tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(MemoryLLM, "_loaded", {})
+    calls: list[tuple[str, str, dict]] = []
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+    real_model = transformers.AutoModelForCausalLM.from_pretrained
+
+    def tokenizer(repo_id, *args, **kwargs):
+        if repo_id != memoryllm_module.OFFICIAL_CHECKPOINT:
+            return real_tokenizer(repo_id, *args, **kwargs)
+        calls.append(("tokenizer", repo_id, kwargs))
+        return object()
+
+    def model(repo_id, *args, **kwargs):
+        if repo_id != memoryllm_module.OFFICIAL_CHECKPOINT:
+            return real_model(repo_id, *args, **kwargs)
+        calls.append(("model", repo_id, kwargs))
+        raise OSError("the fake checkpoint stops here")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    return calls
+
+
+def test_remote_code_is_off_by_default_and_recorded_in_the_config(monkeypatch):
+    from benchmark.runner import RunRequest, resolve
+
+    assert MemoryLLMParams().trust_remote_code is False
+    assert "--set trust_remote_code=true" in MemoryLLM.params_problem(MemoryLLMParams())
+    assert MemoryLLM.params_problem(MemoryLLMParams(trust_remote_code=True)) is None
+    for overrides, expected in (({}, False), ({"trust_remote_code": "true"}, True),
+                                ({"method.trust_remote_code": "yes"}, True), ({"trust_remote_code": "off"}, False)):
+        request = RunRequest(method="memoryllm", task="batch", profile="smoke", overrides=overrides)
+        config = resolve(request, check_available=False).config
+        assert config["params"]["method"]["trust_remote_code"] is expected
+
+
+def test_the_opt_in_is_judged_before_the_checkpoint_is_looked_for(tiny_lm, monkeypatch):
+    """Even where the checkpoint is missing, a run without the opt-in names the opt-in first."""
+    monkeypatch.setattr(memoryllm_module, "cached_snapshot", lambda repo: None)
+    with pytest.raises(BenchError, match=r"trust_remote_code.*--set trust_remote_code=true"):
+        MemoryLLM(tiny_lm, MemoryLLMParams(), RunParams(precision="fp32"))
+    with pytest.raises(BenchError, match="not in the local Hugging Face cache"):  # opted in: the next check
+        MemoryLLM(tiny_lm, MemoryLLMParams(trust_remote_code=True), RunParams(precision="fp32"))
+
+
+def test_bench_run_without_the_opt_in_stops_before_loading_the_checkpoint(bench, machine_can_run, tmp_path):
+    code, out, err = bench("run", "--method", "memoryllm", "--task", "batch", "--profile", "smoke",
+                           "--set", "episodes=1", "--device", "cpu", "--out", tmp_path)
+    assert code == 2, err
+    assert err.strip().splitlines() == [REMOTE_CODE_LINE]
+    assert machine_can_run == []  # neither the tokenizer nor the model was asked for
+    assert not list(tmp_path.rglob("*__*.json"))  # no result file
+
+
+def test_bench_run_with_the_opt_in_passes_it_to_from_pretrained(bench, machine_can_run, tmp_path):
+    code, out, err = bench("run", "--method", "memoryllm", "--task", "batch", "--profile", "smoke",
+                           "--set", "episodes=1", "--set", "trust_remote_code=true", "--device", "cpu",
+                           "--out", tmp_path)
+    assert code == 2, err  # the fake checkpoint stops the load
+    assert err.strip().splitlines() == [
+        "bench: error: cannot load YuWangX/memoryllm-8b with trust_remote_code: the fake checkpoint stops here"]
+    model_calls = [kwargs for kind, repo, kwargs in machine_can_run if kind == "model"]
+    assert [repo for kind, repo, _ in machine_can_run] == ["YuWangX/memoryllm-8b"] * 2
+    assert len(model_calls) == 1
+    assert model_calls[0]["trust_remote_code"] is True and model_calls[0]["local_files_only"] is True
+
+
+def test_load_passes_the_setting_as_given(machine_can_run):
+    """``_load`` forwards the setting, never a literal True."""
+    with pytest.raises(BenchError):
+        MemoryLLM._load("YuWangX/memoryllm-8b", False)
+    assert machine_can_run[-1][0] == "model" and machine_can_run[-1][2]["trust_remote_code"] is False
 
 
 def _pool(tiny_lm, k: int = 4, blocks: int = 4, seed: int = 0) -> MemoryPool:
