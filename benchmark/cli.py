@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a parameter (run.x, task.x, method.x or a unique bare name)")
     run.add_argument("--out", type=Path, default=Path("runs"), help="result folder (default: runs)")
     run.add_argument("--force", action="store_true", help="recompute even if a result exists")
+    run.add_argument("--checkpoint-every", type=checkpoint_seconds, default=60.0, metavar="SECONDS",
+                     help="save training state inside an injection this often, to resume a killed run "
+                          "there (default 60; 0: after every step; off)")
 
     run.set_defaults(handler=cmd_run)
 
@@ -59,6 +62,19 @@ def command_modules() -> list:
     ]
 
 
+def checkpoint_seconds(text: str) -> float | None:
+    """``--checkpoint-every``: seconds >= 0, or ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 or off, got {text!r}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.config import parse_overrides
     from benchmark.runner import RunRequest, run
@@ -74,12 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides),
         out=args.out,
         force=args.force,
+        checkpoint_every=args.checkpoint_every,
     )
     try:
         outcome = run(request)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
         how = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-        print(f"bench: {how}; finished episodes are saved, run the same command to resume", file=sys.stderr)
+        print(f"bench: {how}; finished episodes and the last training checkpoint are saved; run the same command to resume", file=sys.stderr)
         return interrupted_code(exc)
     print_outcome(outcome)
     return 0

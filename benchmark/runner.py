@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.checkpoint import Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
 from benchmark.errors import BenchError, UnavailableError
 from benchmark.models import LM, load_lm
@@ -50,6 +51,9 @@ class RunRequest:
     overrides: dict[str, str] = field(default_factory=dict)
     out: Path = Path("runs")
     force: bool = False
+    # Seconds between training checkpoints inside an injection (0: after every step; None: off).
+    # Not part of the run's identity: it changes no result.
+    checkpoint_every: float | None = 60.0
 
 
 @dataclass
@@ -185,11 +189,16 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         def make_method(stream: str | None = None):
             """A fresh method whose random stream is its episode's (or the named ``stream``'s)."""
             seed = episode_seed(request.seed, stream or episode)
-            return resolved.method_cls(lm, resolved.params["method"], run_params, seed)
+            method = resolved.method_cls(lm, resolved.params["method"], run_params, seed)
+            method.checkpoints = checkpoints.for_stream(stream or episode)
+            return method
 
         return make_method
 
     log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config)})
+    checkpoints = Checkpoints(checkpoint_folder(path), config_hash(resolved.config), request.checkpoint_every)
+    if request.force:
+        checkpoints.remove_all()
     done = [] if request.force else log.load()
     done_ids = {r["episode"] for r in done}
     episodes = task.episodes()
@@ -205,6 +214,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         record = task.run_episode(episode, method_factory(episode))
         record.setdefault("cost", {})["wall_s"] = time.perf_counter() - tick
         log.append(record)
+        checkpoints.remove_stream(episode)
         records.append(record)
     order = {e: i for i, e in enumerate(episodes)}
     records.sort(key=lambda r: order[r["episode"]])
@@ -234,6 +244,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     }
     write_json_atomic(path, result)
     log.remove()
+    checkpoints.remove_all()
     return RunOutcome(path, result, reused=False, resumed_episodes=len(done_ids & set(episodes)))
 
 

@@ -8,7 +8,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from benchmark.checkpoint import StreamCheckpoints
 from benchmark.config import RunParams
+from benchmark.method_info import DEFAULT_TABLE_ORDER, ROLES, STORAGE_CLASSES
 from benchmark.models import LM
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
@@ -17,6 +19,10 @@ from benchmark.types import Context, Footprint, Prompt
 @dataclass
 class NoParams:
     """For methods without settings of their own."""
+
+
+# Method metadata that a subclass does not inherit (see ``Method``), with its defaults.
+_OWN_METADATA: dict[str, Any] = {"display_name": "", "table_order": DEFAULT_TABLE_ORDER, "role": ""}
 
 
 class Method(ABC):
@@ -34,6 +40,27 @@ class Method(ABC):
     uses_targets: ClassVar[bool] = False  # needs generated target sentences in its contexts
     sees_gold_context: ClassVar[bool] = False  # only the C+Q oracle
 
+    # What tables and the leaderboard show of the method (benchmark/method_info.py); the runner
+    # writes these into every result file. family and storage_class are inherited; display_name,
+    # table_order and role belong to one registered method, so a subclass that sets none gets the
+    # defaults, not its parent's row name, place or role.
+    display_name: ClassVar[str] = ""  # the row name ("SELF-PARAM"); "" shows the registered name
+    family: ClassVar[str] = ""  # reference, fine-tuning, parametric, memory, long-context, retrieval
+    storage_class: ClassVar[str] = ""  # "O(1)" or "O(n)" in the number of injected contexts; "" shows "—"
+    table_order: ClassVar[int] = DEFAULT_TABLE_ORDER  # row position; the default follows the built-ins
+    role: ClassVar[str] = ""  # "floor" (gains are measured against it), "ceiling" or ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr, default in _OWN_METADATA.items():
+            if attr not in vars(cls):
+                setattr(cls, attr, default)
+        if cls.storage_class not in ("", *STORAGE_CLASSES):
+            raise TypeError(f"{cls.__name__}.storage_class is {cls.storage_class!r}; "
+                            f"use one of {', '.join(STORAGE_CLASSES)} (or leave it empty)")
+        if cls.role not in ("", *ROLES):
+            raise TypeError(f"{cls.__name__}.role is {cls.role!r}; use one of {', '.join(ROLES)} (or leave it empty)")
+
     def __init__(self, lm: LM, params: Any, run: RunParams, seed: int = 0) -> None:
         self.lm = lm
         self.params = params
@@ -41,6 +68,8 @@ class Method(ABC):
         self.seed = seed
         self.model: torch.nn.Module = lm.model
         self.stats: dict[str, float] = {"train_tokens": 0, "train_s": 0.0}
+        # Set by the runner when checkpoints are on; methods that train save into it.
+        self.checkpoints: StreamCheckpoints | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -80,9 +109,19 @@ class Method(ABC):
 @register_method("base_q")
 class BaseQ(Method):
     description = "Base, Q: the untouched model answers without the context (the floor)"
+    display_name = "Base, Q"
+    family = "reference"
+    storage_class = "O(1)"
+    table_order = 20
+    role = "floor"
 
 
 @register_method("base_cq")
 class BaseCQ(Method):
     description = "Base, C+Q: the gold context in the prompt (the ceiling)"
     sees_gold_context = True
+    display_name = "Base, C+Q"
+    family = "reference"
+    storage_class = "O(n)"
+    table_order = 10
+    role = "ceiling"

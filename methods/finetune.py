@@ -37,13 +37,17 @@ class _Finetune(TrainedMethod):
         total = p.epochs * steps_per_epoch(len(examples), p.batch_size)
         trainer = Trainer(student, self.lm, p, total)
         report = run_epochs(trainer, (examples for _ in range(p.epochs)), p.batch_size, self.rng, total,
-                            desc=self.name)
+                            desc=self.name, checkpoint=self.next_checkpoint())
         self.record(report, time.perf_counter() - tick)
 
 
 @register_method("ft_context")
 class FinetuneContext(_Finetune):
     description = "FT(C): next-token fine-tuning on the contexts"
+    display_name = "FT (C)"
+    family = "fine-tuning"
+    storage_class = "O(1)"
+    table_order = 30
     profiles = {
         "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
         # lr 5e-3 with clipping, as selfparam / FT(S): at 1e-3 FT(C) scored 0.01 on 20 contexts.
@@ -61,6 +65,10 @@ class FinetuneContext(_Finetune):
 @register_method("ft_sentences")
 class FinetuneSentences(_Finetune):
     description = "FT(S): next-token fine-tuning on the generated target sentences"
+    display_name = "FT (S)"
+    family = "fine-tuning"
+    storage_class = "O(1)"
+    table_order = 40
     Params = SentenceParams
     uses_targets = True
     profiles = {

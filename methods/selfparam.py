@@ -84,6 +84,10 @@ class SelfParamParams(SentenceParams):
 @register_method("selfparam")
 class SelfParam(TrainedMethod):
     description = "SELF-PARAM: KL distillation of the context-reading model into LoRA weights"
+    display_name = "SELF-PARAM"
+    family = "parametric"
+    storage_class = "O(1)"
+    table_order = 110
     Params = SelfParamParams
     uses_targets = True
     profiles = {
@@ -143,7 +147,7 @@ class SelfParam(TrainedMethod):
             return plan.teacher_targets(teachers, batch, trainer)
 
         report = run_epochs(trainer, epoch_stream(plan.epoch, p.epochs), p.batch_size, self.rng, total,
-                            targets_for, desc="selfparam")
+                            targets_for, desc="selfparam", checkpoint=self.next_checkpoint())
         del snapshot, teachers
         self.record(report, time.perf_counter() - tick)
 

@@ -18,8 +18,10 @@ divergence from a teacher's distributions (SELF-PARAM). What makes it fast on a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Iterator
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from benchmark.checkpoint import InjectionCheckpoint
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.types import Footprint
@@ -601,6 +604,23 @@ class Trainer:
         self.tokens_in_step = tokens
         return value
 
+    def state(self) -> dict:
+        """What a resumed run needs to go on exactly as this one would (see ``run_epochs``)."""
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(),
+            "report": dataclasses.asdict(self.report),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self.params, state["params"], strict=True):
+                param.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.report = TrainReport(**state["report"])
+        torch.set_rng_state(state["torch_rng"])
+
     def step(self, batch: list[Example], targets: list[Dist] | None = None) -> float:
         tick = time.perf_counter()
         self.model.train()
@@ -629,16 +649,39 @@ def run_epochs(
     total_steps: int,
     targets_for: Callable[[list[Example]], list[Dist]] | None = None,
     desc: str = "training",
+    checkpoint: InjectionCheckpoint | None = None,
 ) -> TrainReport:
-    """Train over the examples of each epoch in shuffled, length-bucketed batches."""
+    """Train over the examples of each epoch in shuffled, length-bucketed batches.
+
+    With a ``checkpoint`` the training state is saved every ``checkpoint.every_s`` seconds; when
+    one of this injection is found, the batches before its position are drawn again (teacher
+    targets included, so every random stream and cache evolves as in the first attempt) but not
+    trained on, and the saved state is loaded at that position.
+    """
+    saved = checkpoint.load(total_steps) if checkpoint is not None else None
+    resume_at = saved["position"] if saved is not None else 0
+    if resume_at:
+        print(f"{desc}: resumed at step {resume_at} of {total_steps}", file=sys.stderr)
     bar = tqdm(total=total_steps, desc=desc, unit="step", leave=False, disable=total_steps < 10)
+    position = 0
     for examples in epochs:
         for batch in batches(examples, batch_size, rng):
             targets = targets_for(batch) if targets_for is not None else None
+            position += 1
+            if position <= resume_at:
+                if position == resume_at:
+                    trainer.load_state(saved)
+                bar.update(1)
+                continue
             loss = trainer.step(batch, targets)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if checkpoint is not None and checkpoint.due():
+                checkpoint.save({**trainer.state(), "position": position}, total_steps)
     bar.close()
+    if position < resume_at:
+        raise BenchError(f"{desc}: the checkpoint is at step {resume_at}, but this injection has "
+                         f"{position} steps; remove {checkpoint.path}")
     return trainer.report
 
 
@@ -672,6 +715,10 @@ class TrainedMethod(Method):
         self.student: torch.nn.Module | None = None
         self.rng = random.Random(seed)
         self.last_report: TrainReport | None = None
+
+    def next_checkpoint(self) -> InjectionCheckpoint | None:
+        """The checkpoint of the injection about to run (one per ``inject`` call, in order)."""
+        return self.checkpoints.next_injection() if self.checkpoints is not None else None
 
     def ensure_student(self) -> torch.nn.Module:
         if self.student is None:

@@ -1,0 +1,122 @@
+"""Issue #20 item 1: a batch injection killed mid-training resumes at its last checkpoint.
+
+The kill is a real SIGKILL of a ``bench run`` process, at a step drawn at random; the rerun must
+print where it resumed, train only the steps after that checkpoint, and end with exactly the
+weights, losses and predictions of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.checkpoint import Checkpoints, InjectionCheckpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs the CLI with two observers: it SIGKILLs itself when Trainer.step is called for the
+# KILL_AT-th time, and appends each injection's final weights digest and losses to STEP_LOG.
+DRIVER = """
+import hashlib, json, os, signal, sys
+import methods.training as training
+
+kill_at = int(os.environ.get("KILL_AT", "0"))
+calls = 0
+step = training.Trainer.step
+
+def counted_step(self, batch, targets=None):
+    global calls
+    calls += 1
+    if calls == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, batch, targets)
+
+record = training.TrainedMethod.record
+
+def logged_record(self, report, wall_s):
+    blob = b"".join(p.detach().float().numpy().tobytes()
+                    for p in training.trainable_parameters(self.student))
+    with open(os.environ["STEP_LOG"], "a") as f:
+        f.write(json.dumps({"trained": calls, "steps": report.steps, "losses": report.losses,
+                            "weights": hashlib.sha256(blob).hexdigest()}) + "\\n")
+    record(self, report, wall_s)
+
+training.Trainer.step = counted_step
+training.TrainedMethod.record = logged_record
+from benchmark.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+ARGS = ["run", "--task", "batch", "--profile", "smoke", "--checkpoint-every", "0"]
+
+
+def bench(tmp_path: Path, method: str, out: Path, log: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {"KILL_AT": str(kill_at), "STEP_LOG": str(log), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, str(driver), *ARGS, "--method", method, "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def predictions(out: Path) -> list[str]:
+    (path,) = out.glob("batch/*/*/*.json")
+    return [p["prediction"] for e in json.loads(path.read_text())["episodes"] for p in e["predictions"]]
+
+
+@pytest.mark.parametrize("method", ["selfparam", "ft_sentences"])
+def test_sigkill_mid_injection_resumes_to_identical_result(tmp_path: Path, method: str) -> None:
+    whole = bench(tmp_path, method, tmp_path / "whole", tmp_path / "whole.log")
+    assert whole.returncode == 0, whole.stderr
+    (reference,) = [json.loads(line) for line in (tmp_path / "whole.log").read_text().splitlines()]
+    total = reference["steps"]
+    assert total >= 4, "the smoke injection is too short to interrupt"
+
+    kill_at = random.randint(2, total)  # steps 1 .. kill_at - 1 finish and are checkpointed
+    out, log = tmp_path / "killed", tmp_path / "killed.log"
+    killed = bench(tmp_path, method, out, log, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not list(out.glob("batch/*/*/*.json")), "a killed run wrote a result file"
+    assert list(out.glob("batch/*/*/*.checkpoints/*.pt")), "no checkpoint was left to resume from"
+
+    resumed = bench(tmp_path, method, out, log)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {kill_at - 1} of {total}" in resumed.stderr, (kill_at, resumed.stderr)
+    (after,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert after["trained"] == total - (kill_at - 1), f"recomputed more than the steps after the checkpoint ({kill_at=})"
+    assert after["steps"] == total
+    assert after["losses"] == reference["losses"], f"{kill_at=}"
+    assert after["weights"] == reference["weights"], f"{kill_at=}"
+    assert predictions(out) == predictions(tmp_path / "whole")
+    assert not list(out.glob("batch/*/*/*.checkpoints")), "checkpoints outlived the finished run"
+
+
+def test_a_checkpoint_of_another_injection_or_length_is_ignored(tmp_path: Path) -> None:
+    tag = {"config_hash": "abc", "stream": "batch-0", "injection": 0}
+    saved = InjectionCheckpoint(tmp_path / "batch-0@0.pt", tag, every_s=0)
+    saved.save({"position": 3, "params": [torch.ones(2)]}, total_steps=10)
+    assert saved.load(total_steps=10)["position"] == 3
+    assert saved.load(total_steps=12) is None  # another data order
+    other = InjectionCheckpoint(tmp_path / "batch-0@0.pt", {**tag, "config_hash": "def"}, every_s=0)
+    assert other.load(total_steps=10) is None  # another run's settings
+    (tmp_path / "cut.pt").write_bytes(b"not a checkpoint")
+    assert InjectionCheckpoint(tmp_path / "cut.pt", tag, every_s=0).load(total_steps=10) is None
+
+
+def test_checkpoints_are_per_injection_and_removed_per_episode(tmp_path: Path) -> None:
+    folder = tmp_path / "run.checkpoints"
+    checkpoints = Checkpoints(folder, "abc", every_s=0)
+    stream = checkpoints.for_stream("seq-1")
+    first, second = stream.next_injection(), stream.next_injection()
+    assert first.path != second.path
+    for c in (first, second, checkpoints.for_stream("seq-10").next_injection()):
+        c.save({"position": 1}, total_steps=2)
+    checkpoints.remove_stream("seq-1")
+    assert sorted(p.name for p in folder.iterdir()) == ["seq-10@0.pt"]
+    assert Checkpoints(folder, "abc", every_s=None).for_stream("seq-1") is None  # turned off
