@@ -70,6 +70,10 @@ PLACEHOLDER = "<<infllm-context>>"
 @register_method("infllm")
 class InfLLM(Method):
     description = "InfLLM: contexts as one stream in a block memory; retrieval of top-k blocks inside attention"
+    display_name = "InfLLM"
+    family = "long-context"
+    storage_class = "O(n)"
+    table_order = 70
     Params = InfLLMParams
     # quick: scaled to SmolLM2-135M and ~1.4k-token streams (20 fictional contexts) so that the
     # stream is several times the local window; paper: the official Mistral-7B configuration.

@@ -82,6 +82,10 @@ def remote_code_refusal(params: MemoryLLMParams) -> str | None:
 @register_method("memoryllm")
 class MemoryLLM(Method):
     description = "MemoryLLM: the official 8B checkpoint with its self-updating memory pool (needs a GPU)"
+    display_name = "MemoryLLM"
+    family = "memory"
+    storage_class = "O(1)"
+    table_order = 50
     Params = MemoryLLMParams
     profiles = {"smoke": {}, "quick": {}, "paper": {}}
     _loaded: ClassVar[dict[str, tuple[Any, Any, torch.Tensor, torch.Tensor]]] = {}
@@ -183,6 +187,10 @@ class MemoryLLMMiniParams:
 @register_method("memoryllm-mini")
 class MemoryLLMMini(Method):
     description = "MemoryLLM-mini: a per-layer self-updating memory pool on the run's model (bench train memoryllm-mini)"
+    display_name = "MemoryLLM (mini)"
+    family = "memory"
+    storage_class = "O(1)"
+    table_order = 60
     Params = MemoryLLMMiniParams
     profiles = {
         "smoke": {"num_tokens": 4, "num_blocks": 4, "lora_r": 2, "checkpoint": "none"},

@@ -69,6 +69,10 @@ class Node:
 @register_method("raptor")
 class Raptor(RetrievalMethod):
     description = "RAPTOR: recursive cluster summaries by the LM, collapsed-tree dense retrieval"
+    display_name = "RAPTOR"
+    family = "retrieval"
+    storage_class = "O(n)"
+    table_order = 80
     Params = RaptorParams
     profiles = {
         "smoke": {"chunk_tokens": 48, "min_nodes": 3, "summary_tokens": 16, "max_context_tokens": 256},

@@ -238,6 +238,10 @@ class BM25(RetrievalMethod):
     """
 
     description = "BM25 (rank-bm25) over chunks of the injected contexts, top-k prepended"
+    display_name = "BM25"
+    family = "retrieval"
+    storage_class = "O(n)"
+    table_order = 90
     Params = BM25Params
     profiles = {"smoke": {"chunk_tokens": 64}, "quick": {}, "paper": {}}
 
@@ -331,6 +335,10 @@ class DenseRetrieval(RetrievalMethod):
     vectors, the question embedded at generation time."""
 
     description = "dense retrieval (sentence-transformers + faiss), top-k chunks prepended"
+    display_name = "DPR"
+    family = "retrieval"
+    storage_class = "O(n)"
+    table_order = 100
     Params = DPRParams
     profiles = {"smoke": {"chunk_tokens": 64}, "quick": {}, "paper": {}}
 

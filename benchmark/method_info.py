@@ -1,0 +1,73 @@
+"""What a method declares about itself for tables and the leaderboard, and how result files carry it.
+
+A method class declares (see ``methods.base.Method``): ``display_name`` (its row name; empty means
+the registered name), ``family`` (one of ``FAMILIES``, or another word for a new kind of method),
+``storage_class`` (one of ``STORAGE_CLASSES``: the storage S it keeps in the number n of injected
+contexts), ``table_order`` (its position among rows; built-ins use the paper's order, and a method
+that sets none follows them, alphabetically) and ``role`` (``"floor"`` for the reference every gain
+is measured against, ``"ceiling"`` for the upper reference, empty for all others).
+
+The runner writes these as ``method_info`` into each result file, so a table or the leaderboard
+shows a method correctly without importing it. This module knows the shape only; it imports no method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# O(n) keeps every context (in the prompt, an index or a KV store); O(1) keeps a fixed-size state
+# (weights, a memory pool), whatever the number n of injected contexts.
+STORAGE_CLASSES = ("O(1)", "O(n)")
+# reference: the untouched model (floor and ceiling); fine-tuning: weights trained on the contexts
+# or sentences about them; parametric: knowledge distilled into weights without the context at
+# question time; memory: a self-updating memory pool; long-context: the contexts kept as one long
+# attention stream; retrieval: passages retrieved and put into the prompt.
+FAMILIES = ("reference", "fine-tuning", "parametric", "memory", "long-context", "retrieval")
+ROLES = ("floor", "ceiling")
+DEFAULT_TABLE_ORDER = 1000  # after every built-in
+FIELDS = ("display_name", "family", "storage_class", "table_order", "role")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One method's table metadata; ``name`` is its registered name."""
+
+    name: str
+    display_name: str
+    family: str = ""
+    storage_class: str = ""
+    table_order: int = DEFAULT_TABLE_ORDER
+    role: str = ""
+
+    @classmethod
+    def of_class(cls, method_cls: type) -> MethodInfo:
+        """What a (registered) method class declares; attributes it lacks take their defaults."""
+        name = str(getattr(method_cls, "name", method_cls.__name__))
+        return cls.from_record(name, {field: getattr(method_cls, field, None) for field in FIELDS})
+
+    @classmethod
+    def from_record(cls, name: str, record: Mapping[str, Any]) -> MethodInfo:
+        """From a result file's ``method_info``; a missing or mistyped field takes its default."""
+        def text(field: str) -> str:
+            value = record.get(field)
+            return value if isinstance(value, str) else ""
+
+        order = record.get("table_order")
+        return cls(
+            name=name,
+            display_name=text("display_name") or name,
+            family=text("family"),
+            storage_class=text("storage_class"),
+            table_order=order if isinstance(order, int) and not isinstance(order, bool) else DEFAULT_TABLE_ORDER,
+            role=text("role"),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The ``method_info`` object of a result file."""
+        return {field: getattr(self, field) for field in FIELDS}
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        """Sort key of rows: declared order, then the registered name."""
+        return (self.table_order, self.name)
