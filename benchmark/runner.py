@@ -101,6 +101,9 @@ def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
         request.overrides,
         task=task_cls.name,
     )
+    problem = method_cls.params_problem(params["method"]) if check_available else None
+    if problem:
+        raise BenchError(problem)
     dataset = request.dataset or task_cls.default_dataset
     model = request.model or DEFAULT_MODELS[request.profile]
     data_file = Path(dataset).resolve() if Path(dataset).is_file() else None

@@ -76,6 +76,11 @@ class Method(ABC):
         """Why this method cannot run on this machine (missing package, checkpoint, GPU), or None."""
         return None
 
+    @classmethod
+    def params_problem(cls, params: Any) -> str | None:
+        """Why a run with these settings must not start (judged before anything loads), or None."""
+        return None
+
     def inject(self, contexts: list[Context]) -> None:
         """Absorb the contexts: train, index or remember. Called once per batch or sequence step."""
 

@@ -98,6 +98,9 @@ def test_remote_code_is_off_by_default_and_recorded_in_the_config(monkeypatch):
         request = RunRequest(method="memoryllm", task="batch", profile="smoke", overrides=overrides)
         config = resolve(request, check_available=False).config
         assert config["params"]["method"]["trust_remote_code"] is expected
+    monkeypatch.setattr(MemoryLLM, "unavailable_reason", classmethod(lambda cls: None))
+    with pytest.raises(BenchError, match="trust_remote_code"):  # before the model or data load
+        resolve(RunRequest(method="memoryllm", task="batch", profile="smoke"))
 
 
 def test_the_opt_in_is_judged_before_the_checkpoint_is_looked_for(tiny_lm, monkeypatch):

@@ -224,7 +224,7 @@ def test_second_identical_run_stops_and_sigterm_keeps_the_partial_log(bench, tmp
             first.kill()
     assert first.returncode == 128 + signal.SIGTERM, first_err
     last = first_err.strip().splitlines()[-1]
-    assert last == "bench: terminated by SIGTERM; finished episodes are saved, run the same command to resume"
+    assert last == "bench: terminated by SIGTERM; finished episodes and the last training checkpoint are saved; run the same command to resume"
     assert "Traceback" not in first_err
     assert not lock_path(path).exists() and not path.exists()
     kept = partial_path(path).read_text().splitlines()
