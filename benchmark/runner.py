@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from benchmark.checkpoint import Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
 from benchmark.errors import BenchError, UnavailableError
+from benchmark.method_info import MethodInfo
 from benchmark.models import LM, load_lm
 from benchmark.registry import METHODS, TASKS
 from benchmark.results import (
@@ -225,6 +226,8 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     result = {
         "schema_version": SCHEMA_VERSION,
         **resolved.identity,
+        # What tables show of the method (row name, storage class S, order, role), so they need not import it.
+        "method_info": MethodInfo.of_class(resolved.method_cls).record(),
         "config": resolved.config,
         "overrides": dict(request.overrides),
         # Which profile entries set the defaults: a task-specific one ("quick@sequential") on top.

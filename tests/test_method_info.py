@@ -56,3 +56,12 @@ def test_a_result_files_method_info_round_trips_and_tolerates_gaps():
     info = MethodInfo("mine", "Mine", "retrieval", "O(n)", 5, "")
     assert MethodInfo.from_record("mine", info.record()) == info
     assert MethodInfo.from_record("mine", {"table_order": "5", "storage_class": None}) == MethodInfo("mine", "mine")
+
+
+def test_the_runner_writes_method_info_into_the_result_file(tmp_path):
+    from benchmark.runner import RunRequest, run
+
+    outcome = run(RunRequest(method="base_q", task="batch", profile="smoke", out=tmp_path))
+    assert outcome.result["method_info"] == {"display_name": "Base, Q", "family": "reference",
+                                             "storage_class": "O(1)", "table_order": 20, "role": "floor"}
+    assert '"method_info"' in outcome.path.read_text()
