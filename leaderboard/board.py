@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leaderboard import extract
-from leaderboard.paper import FLOOR, display, method_rank
+from benchmark.method_info import MethodInfo
+from leaderboard import extract, meta
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_number, fmt_score
 
 Result = dict[str, Any]
@@ -76,6 +76,18 @@ class Board:
     metrics: list[str]
     deltas: list[Summary | None] = field(default_factory=list)  # main score minus the floor's, per row
     ranks: list[int | None] = field(default_factory=list)  # tied ranks, per row
+    methods: dict[str, MethodInfo] = field(default_factory=dict)  # what the runs say of each method
+
+    def info(self, row: Row) -> MethodInfo:
+        name = str(row.first["method"])
+        return self.methods.get(name) or meta.of_result(row.first)
+
+    def display(self, row: Row) -> str:
+        return self.info(row).display_name
+
+    @property
+    def floor_name(self) -> str:
+        return meta.floor_name(self.methods.values())
 
     @property
     def slug(self) -> str:
@@ -118,9 +130,11 @@ def boards(results: list[Result]) -> list[Board]:
     found = []
     for (task, dataset, model), runs in sorted(groups.items()):
         metrics = board_metrics(task, runs)
-        rows = ranked(seed_rows(runs), metrics)
+        infos = meta.by_method(runs)
+        rows = ranked(seed_rows(runs), metrics, infos)
         main = metrics[0] if metrics else ""
-        found.append(Board(task, dataset, model, rows, metrics, floor_deltas(rows, main), tie_ranks(rows, main)))
+        found.append(Board(task, dataset, model, rows, metrics, floor_deltas(rows, main, infos),
+                           tie_ranks(rows, main), infos))
     return found
 
 
@@ -139,26 +153,31 @@ def seed_rows(runs: list[Result]) -> list[Row]:
     return [Row(sorted(g, key=seed)) for same in groups.values() for g in same]
 
 
-def ranked(rows: list[Row], metrics: list[str]) -> list[Row]:
-    """Best main score first; rows without it last; ties in the paper's method order."""
+def ranked(rows: list[Row], metrics: list[str], infos: dict[str, MethodInfo]) -> list[Row]:
+    """Best main score first; rows without it last; ties in the methods' row order."""
     def key(row: Row) -> tuple:
         main = row.score(metrics[0]) if metrics else None
         run = row.first
-        return (-main["mean"] if main else float("inf"), method_rank(str(run["method"])),
+        return (-main["mean"] if main else float("inf"), infos[str(run["method"])].rank,
                 str(run.get("profile")), len(row.runs), str(run.get("seed")),
                 str(run.get("finished_at")), str(run.get("_path")))
 
     return sorted(rows, key=key)
 
 
-def floor_deltas(rows: list[Row], metric: str) -> list[Summary | None]:
+def floor_deltas(rows: list[Row], metric: str, infos: dict[str, MethodInfo]) -> list[Summary | None]:
     """Each row's main score minus the floor method's on the same contexts and seeds (paired)."""
-    floors = [row for row in rows if row.first["method"] == FLOOR]
+    floors = floor_rows(rows, infos)
     deltas = []
     for row in rows:
         pairs = (extract.paired(floor.runs, row.runs, metric) for floor in floors)
         deltas.append(next((d for d in pairs if d is not None), None))
     return deltas
+
+
+def floor_rows(rows: list[Row], infos: dict[str, MethodInfo]) -> list[Row]:
+    """The rows of the method(s) whose role is "floor"."""
+    return [row for row in rows if infos[str(row.first["method"])].role == "floor"]
 
 
 def tie_ranks(rows: list[Row], metric: str) -> list[int | None]:
@@ -214,12 +233,12 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
     main = board.metrics[:1]
     headers = ["#", "rank", "method", "profile", "seeds"]
     headers += [f"{label(board.task, m)} [95% CI]" for m in main]
-    headers += [f"Δ vs {display(FLOOR)} [95% CI]"] if main else []
+    headers += [f"Δ vs {board.floor_name} [95% CI]"] if main else []
     headers += [f"{label(board.task, m)} [95% CI]" for m in board.metrics[1:]]
     headers += ["inject s", "train tok/s", "footprint", "wall s", "date", "commit"]
     rows = []
     for position, (row, delta, rank) in enumerate(zip(board.rows, board.deltas, board.ranks), start=1):
-        name = display(str(row.first["method"]))
+        name = board.display(row)
         path = row.first.get("_path")
         if link_from is not None and path:
             rel = Path(os.path.relpath(Path(path).resolve(), link_from.resolve())).as_posix()

@@ -1,48 +1,11 @@
-"""What the tables take from the paper: row order, row names, storage classes, published scores.
+"""What the tables take from the paper: its published scores and the names of its models.
 
-Only numbers stated in the paper are listed here; a cell the paper does not give stays empty.
+Only numbers stated in the paper are listed here; a cell the paper does not give stays empty. Row
+names, order and storage classes are not here: each method declares them (``benchmark.method_info``)
+and result files carry them (``leaderboard.meta``).
 """
 
 from __future__ import annotations
-
-# Rows in the paper's order; methods not listed follow, alphabetically.
-METHOD_ORDER = (
-    "base_cq", "base_q", "ft_context", "ft_sentences", "memoryllm", "memoryllm-mini",
-    "infllm", "raptor", "bm25", "dpr", "selfparam",
-)
-# The paper's tables open with its two reference rows, the ceiling (Base, C+Q) and then the floor
-# (Base, Q: the untouched model without the context), against which the leaderboard measures gains.
-FLOOR = METHOD_ORDER[1]
-
-DISPLAY = {
-    "base_cq": "Base, C+Q",
-    "base_q": "Base, Q",
-    "ft_context": "FT (C)",
-    "ft_sentences": "FT (S)",
-    "memoryllm": "MemoryLLM",
-    "memoryllm-mini": "MemoryLLM (mini)",
-    "infllm": "InfLLM",
-    "raptor": "RAPTOR",
-    "bm25": "BM25",
-    "dpr": "DPR",
-    "selfparam": "SELF-PARAM",
-}
-
-# Storage class S of each method in the number n of injected contexts: O(n) keeps every context (in
-# the prompt, an index or a KV store); O(1) keeps a fixed-size state (weights, a memory pool).
-STORAGE = {
-    "base_cq": "O(n)",
-    "base_q": "O(1)",
-    "ft_context": "O(1)",
-    "ft_sentences": "O(1)",
-    "memoryllm": "O(1)",
-    "memoryllm-mini": "O(1)",
-    "infllm": "O(n)",
-    "raptor": "O(n)",
-    "bm25": "O(n)",
-    "dpr": "O(n)",
-    "selfparam": "O(1)",
-}
 
 # Table 1 of the paper (PwC, batch injection, QA-F1): {(paper model, contexts): {method: score}}.
 PAPER_TABLE1 = {
@@ -72,11 +35,3 @@ def paper_model(model: str) -> str | None:
         if pattern in lowered:
             return name
     return None
-
-
-def method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-def display(method: str) -> str:
-    return DISPLAY.get(method, method)

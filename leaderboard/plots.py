@@ -15,16 +15,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from leaderboard.board import Board, Row, label  # noqa: E402
-from leaderboard.paper import display  # noqa: E402
 
 _RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
 
-def _label(row: Row, rows: list[Row]) -> str:
+def _label(row: Row, board: Board) -> str:
     """The method's name, with profile and seeds when the board has several rows of it."""
     run = row.first
-    name = display(str(run["method"]))
-    if sum(1 for r in rows if r.first["method"] == run["method"]) > 1:
+    name = board.display(row)
+    if sum(1 for r in board.rows if r.first["method"] == run["method"]) > 1:
         seeds = ",".join(str(r.get("seed")) for r in row.runs)
         name += f" ({run.get('profile')}, seed{'s' if len(row.runs) > 1 else ''} {seeds})"
     return name
@@ -47,7 +46,7 @@ def scores_plot(board: Board, path: Path) -> bool:
         return False
     with plt.style.context("default"), matplotlib.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(points) + 1.2))
-        labels = [_label(r, board.rows) for r, _ in points][::-1]
+        labels = [_label(r, board) for r, _ in points][::-1]
         means = [s["mean"] for _, s in points][::-1]
         lows = [s["mean"] - s["ci_low"] if s.get("ci_low") is not None else 0.0 for _, s in points][::-1]
         highs = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in points][::-1]
@@ -71,7 +70,7 @@ def retention_plot(board: Board, path: Path) -> bool:
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         for row, curve in curves:
             steps = [i for i, v in enumerate(curve) if v is not None]
-            ax.plot(steps, [curve[i] for i in steps], marker="o", markersize=3, label=_label(row, board.rows))
+            ax.plot(steps, [curve[i] for i in steps], marker="o", markersize=3, label=_label(row, board))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step (contexts injected so far)")
         ax.set_ylabel("QA-F1 over the sequence's contexts")

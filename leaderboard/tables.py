@@ -18,15 +18,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable
 
-from leaderboard import extract
-from leaderboard.paper import (
-    PAPER_TABLE1,
-    PAPER_TABLE1_DATASET,
-    STORAGE,
-    display,
-    method_rank,
-    paper_model,
-)
+from benchmark.method_info import MethodInfo
+from leaderboard import extract, meta
+from leaderboard.paper import PAPER_TABLE1, PAPER_TABLE1_DATASET, paper_model
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_score
 
 Result = dict[str, Any]
@@ -41,8 +35,9 @@ def _group(results: list[Result], key: Callable[[Result], Any]) -> dict[Any, lis
     return dict(sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
 
 
-def _methods(results: list[Result]) -> list[str]:
-    return sorted({str(r["method"]) for r in results}, key=method_rank)
+def _methods(results: list[Result]) -> list[MethodInfo]:
+    """The methods of these results, in row order."""
+    return meta.ordered(meta.by_method(results).values())
 
 
 def _of(results: list[Result], **match: Any) -> list[Result]:
@@ -73,8 +68,9 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
         for model, n in columns:
             headers += [f"{model} · {n} QA-F1", "S bytes"] + (["paper"] if (model, n) in compared else [])
         rows = []
-        for method in _methods(runs):
-            row = [display(method), STORAGE.get(method, MISSING)]
+        for info in _methods(runs):
+            method = info.name
+            row = [info.display_name, info.storage_class or MISSING]
             for model, n in columns:
                 cell = [r for r in runs if r["method"] == method and r["model"] == model
                         and extract.num_contexts(r) == n]
@@ -111,11 +107,11 @@ def _paper_cell(dataset: str, model: str, n: int | None, method: str) -> str:
 def paper_table1() -> Table:
     """The published Table 1 numbers this harness knows, for reference."""
     columns = sorted(PAPER_TABLE1, key=lambda c: (c[0], c[1]))
-    methods = sorted({m for v in PAPER_TABLE1.values() for m in v}, key=method_rank)
+    methods = meta.ordered(meta.known(m) for m in {m for v in PAPER_TABLE1.values() for m in v})
     rows = [
-        [display(m), STORAGE.get(m, MISSING)]
-        + [MISSING if m not in PAPER_TABLE1[c] else f"{PAPER_TABLE1[c][m]:.4f}" for c in columns]
-        for m in methods
+        [i.display_name, i.storage_class or MISSING]
+        + [MISSING if i.name not in PAPER_TABLE1[c] else f"{PAPER_TABLE1[c][i.name]:.4f}" for c in columns]
+        for i in methods
     ]
     headers = ["Method", "S"] + [f"{model} · {n}" for model, n in columns]
     return Table(f"Table 1 as published (QA-F1, {PAPER_TABLE1_DATASET})", headers, rows,
@@ -131,10 +127,10 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
                           key=lambda d: (DATASET_ORDER.index(d) if d in DATASET_ORDER else 99, d))
         headers = ["Method"] + [f"{d.upper()} {rule}" for d in datasets for rule in extract.RULES]
         rows = []
-        for method in _methods(runs):
-            row = [display(method)]
+        for info in _methods(runs):
+            row = [info.display_name]
             for dataset in datasets:
-                cell = _of(runs, method=method, dataset=dataset)
+                cell = _of(runs, method=info.name, dataset=dataset)
                 for rule in extract.RULES:
                     row.append(fmt_score(_pooled(cell, lambda r: extract.recall(r, rule), rule), ci))
             rows.append(row)
@@ -155,9 +151,9 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
         steps = max((len(c) for c in curves.values() if c), default=0)
         headers = ["Method"] + [str(i) for i in range(steps)]
         rows = []
-        for method in _methods(runs):
-            cell = _of(runs, method=method)
-            row = [display(method)]
+        for info in _methods(runs):
+            cell = _of(runs, method=info.name)
+            row = [info.display_name]
             for i in range(steps):
                 def at(r: Result, i: int = i):
                     curve = curves[id(r)]
@@ -178,12 +174,13 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
     tables = []
     for (profile,), runs in _group(trained, lambda r: (r.get("profile"),)).items():
         columns = sorted({(str(r["dataset"]), str(r["model"]), extract.num_contexts(r)) for r in runs})
+        infos = meta.by_method(runs)
         row_keys = sorted({(str(r["method"]), extract.generator_label(r)) for r in runs},
-                          key=lambda k: (method_rank(k[0]), k[1]))
+                          key=lambda k: (infos[k[0]].rank, k[1]))
         headers = ["Method", "Generator"] + [f"{d} · {m} · {n}" for d, m, n in columns]
         rows = []
         for method, generator in row_keys:
-            row = [display(method), generator]
+            row = [infos[method].display_name, generator]
             for dataset, model, n in columns:
                 cell = [r for r in runs if r["method"] == method and extract.generator_label(r) == generator
                         and r["dataset"] == dataset and r["model"] == model and extract.num_contexts(r) == n]

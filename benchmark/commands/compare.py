@@ -42,8 +42,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from benchmark.metrics import detectable_difference, unit_differences
-    from leaderboard import extract
-    from leaderboard.paper import display
+    from leaderboard import extract, meta
 
     a, b = read_result(args.a), read_result(args.b)
     check_pairable(a, b)
@@ -68,7 +67,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not rows:
         raise BenchError(f"{args.a} and {args.b} hold no per-unit scores of the same metric to pair")
     for name, path, run in (("A", args.a, a), ("B", args.b, b)):
-        print(f"{name}: {display(str(run['method']))}, profile {run.get('profile')} ({path})")
+        print(f"{name}: {meta.of_result(run).display_name}, profile {run.get('profile')} ({path})")
     unit, drawn = UNIT_NAMES.get(task, ("contexts", "contexts"))
     print(f"{a['task']} · {a['dataset']} · {a['model']}, seed {a['seed']}: {counts[0]} {unit} paired, "
           f"bootstrap over {counts[1]} {drawn}")

@@ -1,12 +1,13 @@
 """``bench power PATHS...``: how small a difference each cell of results can detect.
 
 For every cell (task × data set × model, as on the leaderboard) found under the given result files
-or folders, one markdown table: each method's paired difference against the floor method (Base, Q)
-on the task's main score with its bootstrap 95% interval, and the minimum detectable difference
-(MDE) of that paired comparison at the cell's size (80% power, two-sided alpha 0.05). A difference
-smaller than the MDE that the interval calls a tie is not evidence of no effect: the cell is too
-small to see it. Runs are grouped, pooled over seeds and paired exactly as the leaderboard's
-"Δ vs Base, Q" column, so the Δ here is that column's.
+or folders, one markdown table: each method's paired difference against the floor method (the one
+whose declared role is "floor": the untouched model without the context) on the task's main score
+with its bootstrap 95% interval, and the minimum detectable difference (MDE) of that paired
+comparison at the cell's size (80% power, two-sided alpha 0.05). A difference smaller than the MDE
+that the interval calls a tie is not evidence of no effect: the cell is too small to see it. Runs
+are grouped, pooled over seeds and paired exactly as the leaderboard's "Δ vs" floor column, so the
+Δ here is that column's.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def register(subparsers) -> None:
         "power", help="paired difference vs the floor and the smallest detectable difference, per cell",
         description="For each cell (task, data set, model) under the given result files or folders, "
                     "print a markdown table: method, number of independent units, the paired "
-                    "difference against Base, Q on the main score with its bootstrap 95% interval, "
-                    "and the smallest difference a paired test detects at that size (80% power, "
-                    "alpha 0.05). Runs that cannot be paired with Base, Q are left out with a "
-                    "one-line note on stderr.",
+                    "difference against the floor method (the untouched model without the "
+                    "context) on the main score with its bootstrap 95% interval, and the smallest "
+                    "difference a paired test detects at that size (80% power, alpha 0.05). Runs "
+                    "that cannot be paired with the floor are left out with a one-line note on "
+                    "stderr.",
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="result files or folders, e.g. results/batch/fictional/smollm2-135m-instruct/")
@@ -79,20 +81,20 @@ def power_tables(results: list[dict[str, Any]]) -> list[PowerTable]:
     from benchmark.commands.compare import UNIT_NAMES
     from benchmark.metrics import detectable_difference, unit_differences
     from leaderboard import extract
-    from leaderboard.board import boards, label
-    from leaderboard.paper import FLOOR, display
+    from leaderboard.board import boards, floor_rows, label
 
     tables = []
     for board in boards(results):
         _, drawn = UNIT_NAMES.get(board.task, ("contexts", "contexts"))
         main = board.metrics[0] if board.metrics else None
+        floor_name = board.floor_name
         table = PowerTable(board.title, ["method", f"n ({drawn})",
-                                         f"Δ {label(board.task, main or '')} vs {display(FLOOR)} [95% CI]",
+                                         f"Δ {label(board.task, main or '')} vs {floor_name} [95% CI]",
                                          "MDE (80% power, α 0.05)"])
         tables.append(table)
-        floors = [row for row in board.rows if row.first["method"] == FLOOR]
+        floors = floor_rows(board.rows, board.methods)
         if main is None or not floors:
-            why = "no score to compare" if main is None else f"no {display(FLOOR)} run to pair with"
+            why = "no score to compare" if main is None else f"no {floor_name} run to pair with"
             table.notes.append(f"{board.title}: {why}; {len(board.rows)} runs left out")
             continue
         profiles = {str(row.first.get("profile")) for row in board.rows}
@@ -104,13 +106,13 @@ def power_tables(results: list[dict[str, Any]]) -> list[PowerTable]:
             floor, diff = next(((f, d) for f, d in pairs if d is not None), (None, None))
             if floor is None or diff is None:
                 table.notes.append(f"skipped {row.first.get('_path')}: cannot be paired with "
-                                   f"{display(FLOOR)} (other contexts, questions or seeds, or no "
+                                   f"{floor_name} (other contexts, questions or seeds, or no "
                                    f"per-unit {main} scores)")
                 continue
             differences = unit_differences(extract.pooled_units(floor.runs, main) or {},
                                            extract.pooled_units(row.runs, main) or {})
             mde = detectable_difference(differences, cluster)
-            name = display(str(row.first["method"]))
+            name = board.display(row)
             if len(profiles) > 1:
                 name += f" ({row.first.get('profile')})"
             if len(row.runs) > 1:
