@@ -6,8 +6,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from benchmark.registry import register_task
+from benchmark.task_info import MetricInfo
 from tasks.base import MethodFactory
-from tasks.qa import ContextParams, QATask, Stopwatch, per_context, summarize_contexts, targets_line
+from tasks.qa import (
+    RETRIEVAL_METRICS,
+    ContextParams,
+    QATask,
+    Stopwatch,
+    per_context,
+    summarize_contexts,
+    targets_line,
+)
 
 
 @dataclass
@@ -23,6 +32,13 @@ class BatchTask(QATask):
     description = "batch injection: inject N contexts at once, then answer all their questions"
     Params = BatchParams
     profiles = {"smoke": {"num_contexts": 3}, "quick": {}, "paper": {"num_contexts": 100}}
+    display_name = "batch injection"
+    metrics = (
+        MetricInfo("qa_f1", "QA-F1", primary=True),  # SQuAD token F1, per context, then over contexts
+        MetricInfo("acc", "acc"),  # the normalised gold answer is contained in the prediction
+        *(MetricInfo(name, board=False) for name in RETRIEVAL_METRICS),  # retrieval methods only
+    )
+    paper_table = "1"
 
     def contexts_used(self) -> int:
         return self.params.num_contexts * self.params.episodes

@@ -35,6 +35,7 @@ from benchmark.metrics import summarize
 from benchmark.models import LM
 from benchmark.registry import DATASETS, register_task
 from benchmark.targets import make_targets, split_generator
+from benchmark.task_info import MetricInfo
 from benchmark.types import QA, Context, Document, Prompt
 from methods.base import Method
 from tasks.base import MethodFactory, Task
@@ -94,6 +95,20 @@ class RecommendationTask(Task):
     }
     default_dataset = "redial"
     dataset_kind = "crs"
+    display_name = "conversational recommendation"
+    metrics = (
+        # Recall@k under filter r: hit or miss of each gold item, averaged over gold items
+        *(MetricInfo(f"recall@1_{r}", f"R@1 {r}", short=r, primary=r == "r1") for r in FILTERS),
+        *(MetricInfo(f"recall@{k}_r1", f"R@{k} r1") for k in KS[1:]),
+        *(MetricInfo(f"recall@{k}_{r}", f"R@{k} {r}", board=False) for r in FILTERS if r != "r1" for k in KS[1:]),
+        MetricInfo("list_length", "list lines per reply", higher_is_better=None, unit="lines", board=False),
+        MetricInfo("in_catalogue", "share of list lines near a catalogue title", board=False),
+    )
+    compared = tuple(f"recall@{k}_{r}" for r in FILTERS for k in KS)
+    paired_unit = "gold items"
+    resampled_unit = "test points"
+    paper_table = "2"
+    paper_metrics = tuple(f"recall@1_{r}" for r in FILTERS)
 
     # ---- data ------------------------------------------------------------------------------
     def prepare(self, lm: LM) -> None:

@@ -19,9 +19,10 @@ from benchmark.errors import BenchError
 from benchmark.metrics import qa_acc, summarize
 from benchmark.registry import register_task
 from benchmark.report import fmt_ci
+from benchmark.task_info import MetricInfo
 from benchmark.types import Document
 from tasks.base import MethodFactory
-from tasks.qa import ContextParams, QATask, Stopwatch, load_documents, per_context
+from tasks.qa import RETRIEVAL_METRICS, ContextParams, QATask, Stopwatch, load_documents, per_context
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,25 @@ class SequentialTask(QATask):
         "quick": {},
         "paper": {"num_sequences": 50, "sequence_length": 20},  # the first 1000 contexts
     }
+    display_name = "sequential injection"
+    metrics = (
+        MetricInfo("qa_f1", "QA-F1 after the last step", short="QA-F1", primary=True),
+        MetricInfo("efficacy.qa_f1", "efficacy QA-F1"),  # the context injected at that step
+        MetricInfo("retention_mean.qa_f1", "retention QA-F1 (mean over distances ≥ 1)"),
+        MetricInfo("interference", "interference", higher_is_better=False),
+        MetricInfo("before.qa_f1", "QA-F1 before injection"),
+        MetricInfo("acc", "acc"),
+        MetricInfo("efficacy.acc", "efficacy acc", board=False),
+        MetricInfo("retention_mean.acc", "retention acc (mean over distances ≥ 1)", board=False),
+        MetricInfo("before.acc", "acc before injection", board=False),
+        MetricInfo("efficacy_gain.qa_f1", "efficacy QA-F1 minus step 0", board=False),
+        MetricInfo("efficacy_gain.acc", "efficacy acc minus step 0", board=False),
+        *(MetricInfo(name, board=False) for name in RETRIEVAL_METRICS),  # retrieval methods only
+    )
+    resampled_unit = "sequences"
+    resample_episodes = True  # the contexts of a sequence share one model
+    curves = ("qa_f1",)  # scores["steps"]: the mean over the sequence's contexts after each step
+    paper_table = "3"
 
     def contexts_used(self) -> int:
         return self.params.num_sequences * self.params.sequence_length
