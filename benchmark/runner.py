@@ -35,6 +35,7 @@ from benchmark.results import (
     result_path,
     write_json_atomic,
 )
+from benchmark.task_info import TaskInfo
 from benchmark.threads import omp_wait_policy
 
 
@@ -228,6 +229,8 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         **resolved.identity,
         # What tables show of the method (row name, storage class S, order, role), so they need not import it.
         "method_info": MethodInfo.of_class(resolved.method_cls).record(),
+        # What tables know of the task's scores (labels, the primary one, units, curves), likewise.
+        "task_info": TaskInfo.of_class(resolved.task_cls).record(),
         "config": resolved.config,
         "overrides": dict(request.overrides),
         # Which profile entries set the defaults: a task-specific one ("quick@sequential") on top.

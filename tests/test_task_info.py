@@ -64,3 +64,12 @@ def test_task_info_round_trips_through_json_and_tolerates_gaps():
     assert sparse == TaskInfo("t", metrics=(MetricInfo("x", higher_is_better=None),))
     assert sparse.display_name == "t" and sparse.metric("x").label == "x" and sparse.primary.name == "x"
     assert sparse.metric("undeclared").heading == "undeclared"
+
+
+def test_the_runner_writes_task_info_into_the_result_file(tmp_path):
+    from benchmark.runner import RunRequest, run
+
+    outcome = run(RunRequest(method="base_q", task="batch", profile="smoke", out=tmp_path))
+    written = json.loads(outcome.path.read_text())["task_info"]
+    assert written == TaskInfo.of_class(BatchTask).record()
+    assert TaskInfo.from_record("batch", written) == TaskInfo.of_class(BatchTask)
