@@ -1,10 +1,10 @@
 """The ranked leaderboard: one table per task × data set × model, one row per method and setting.
 
 Runs that differ only by seed share a row (its scores pool contexts × seeds). Columns: tied rank,
-every score the task reports as a mean with a 95% interval (the task's main score first, used for
-ranking, then its paired difference against the floor method), cost (injection seconds, training
-tokens/s, footprint, wall seconds; means over seeds), the latest run's date and commit, and a link
-to the result file.
+every score the task declares as a leaderboard column, as a mean with a 95% interval (the primary
+score first, used for ranking, then its paired difference against the floor method), cost (injection
+seconds, training tokens/s, footprint, wall seconds; means over seeds), the latest run's date and
+commit, and a link to the result file.
 """
 
 from __future__ import annotations
@@ -16,30 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.method_info import MethodInfo
+from benchmark.task_info import TaskInfo
 from leaderboard import extract, meta
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_number, fmt_score
+from leaderboard.upgrade import upgrade_all
 
 Result = dict[str, Any]
 Summary = dict[str, Any]
-
-# The score columns of each known task, main score (the ranking key) first. Dotted names reach
-# into nested scores; recommendation's r1..r4 are Recall@1 under each filter.
-PREFERRED = {
-    "batch": ("qa_f1", "acc"),
-    "sequential": ("qa_f1", "efficacy.qa_f1", "retention_mean.qa_f1", "interference", "before.qa_f1", "acc"),
-    "recommendation": ("r1", "r2", "r3", "r4", "recall@5_r1", "recall@10_r1"),
-}
-LABELS = {
-    "qa_f1": "QA-F1",
-    "efficacy.qa_f1": "efficacy QA-F1",
-    "before.qa_f1": "QA-F1 before injection",
-    "retention_mean.qa_f1": "retention QA-F1 (mean over distances ≥ 1)",
-    "interference": "interference (lower is better)",
-    "r1": "R@1 r1", "r2": "R@1 r2", "r3": "R@1 r3", "r4": "R@1 r4",
-    "recall@5_r1": "R@5 r1", "recall@10_r1": "R@10 r1",
-}
-TASK_LABELS = {("sequential", "qa_f1"): "QA-F1 after the last step"}
-MAX_SCORE_COLUMNS = 6
 
 
 @dataclass
@@ -54,12 +37,12 @@ class Row:
 
     def score(self, metric: str) -> Summary | None:
         """The score over the row's seeds: one run's own, or contexts × seeds bootstrapped together."""
-        return extract.seeds_summary(self.runs, lambda r: metric_value(r, metric),
+        return extract.seeds_summary(self.runs, lambda r: extract.metric(r, metric),
                                      lambda runs: extract.pooled_units(runs, metric))
 
-    def curve(self) -> list[float | None] | None:
-        """Mean QA-F1 after each step, averaged over the seeds that have the step."""
-        curves = [c for c in (extract.step_curve(r) for r in self.runs) if c]
+    def curve(self, metric: str) -> list[float | None] | None:
+        """The mean of ``metric`` after each step, averaged over the seeds that have the step."""
+        curves = [c for c in (extract.step_curve(r, metric) for r in self.runs) if c]
         if not curves:
             return None
         steps = [[c[i] for c in curves if i < len(c) and c[i] is not None]
@@ -74,9 +57,14 @@ class Board:
     model: str
     rows: list[Row]
     metrics: list[str]
+    task_info: TaskInfo  # what the runs say of their task (see meta.by_task)
     deltas: list[Summary | None] = field(default_factory=list)  # main score minus the floor's, per row
     ranks: list[int | None] = field(default_factory=list)  # tied ranks, per row
     methods: dict[str, MethodInfo] = field(default_factory=dict)  # what the runs say of each method
+
+    def heading(self, metric: str) -> str:
+        """A score column's heading: the task's label for it."""
+        return self.task_info.metric(metric).heading
 
     def info(self, row: Row) -> MethodInfo:
         name = str(row.first["method"])
@@ -100,40 +88,23 @@ class Board:
         return f"{self.task} · {self.dataset} · {self.model}"
 
 
-def metric_value(result: Result, name: str) -> dict[str, Any] | None:
-    """A score column's value; recommendation columns r1..r4 also accept the task's other spellings."""
-    if result.get("task") == "recommendation" and name in extract.RULES:
-        return extract.recall(result, name)
-    return extract.metric(result, name)
-
-
-def board_metrics(task: str, runs: list[Result]) -> list[str]:
-    """The score columns of one board: a known task's columns that some run has; for another
-    task every top-level mean it reports."""
-    if task in PREFERRED:
-        return [m for m in PREFERRED[task] if any(metric_value(r, m) for r in runs)]
-    present: dict[str, None] = {}
-    for run in runs:
-        for name in extract.summary_metrics(run):
-            present[name] = None
-    return sorted(present)[:MAX_SCORE_COLUMNS]
-
-
-def label(task: str, name: str) -> str:
-    return TASK_LABELS.get((task, name), LABELS.get(name, name))
+def board_metrics(task: TaskInfo, runs: list[Result]) -> list[str]:
+    """The score columns of one board: the task's leaderboard columns that some run has."""
+    return [m for m in task.board_metrics if any(extract.metric(r, m) for r in runs)]
 
 
 def boards(results: list[Result]) -> list[Board]:
     groups: dict[tuple[str, str, str], list[Result]] = defaultdict(list)
-    for r in results:
+    for r in upgrade_all(results):
         groups[(str(r["task"]), str(r["dataset"]), str(r["model"]))].append(r)
     found = []
     for (task, dataset, model), runs in sorted(groups.items()):
-        metrics = board_metrics(task, runs)
+        info = meta.by_task(runs)
+        metrics = board_metrics(info, runs)
         infos = meta.by_method(runs)
-        rows = ranked(seed_rows(runs), metrics, infos)
+        rows = ranked(seed_rows(runs), metrics, infos, info)
         main = metrics[0] if metrics else ""
-        found.append(Board(task, dataset, model, rows, metrics, floor_deltas(rows, main, infos),
+        found.append(Board(task, dataset, model, rows, metrics, info, floor_deltas(rows, main, infos),
                            tie_ranks(rows, main), infos))
     return found
 
@@ -153,12 +124,15 @@ def seed_rows(runs: list[Result]) -> list[Row]:
     return [Row(sorted(g, key=seed)) for same in groups.values() for g in same]
 
 
-def ranked(rows: list[Row], metrics: list[str], infos: dict[str, MethodInfo]) -> list[Row]:
-    """Best main score first; rows without it last; ties in the methods' row order."""
+def ranked(rows: list[Row], metrics: list[str], infos: dict[str, MethodInfo], task: TaskInfo) -> list[Row]:
+    """Best main score first (the highest, or the lowest where lower is better); rows without it
+    last; ties in the methods' row order."""
+    sign = -1.0 if not metrics or task.metric(metrics[0]).higher_is_better is not False else 1.0
+
     def key(row: Row) -> tuple:
         main = row.score(metrics[0]) if metrics else None
         run = row.first
-        return (-main["mean"] if main else float("inf"), infos[str(run["method"])].rank,
+        return (sign * main["mean"] if main else float("inf"), infos[str(run["method"])].rank,
                 str(run.get("profile")), len(row.runs), str(run.get("seed")),
                 str(run.get("finished_at")), str(run.get("_path")))
 
@@ -232,9 +206,9 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
     """The board as a table; with ``link_from``, method names link to their (first seed's) result file."""
     main = board.metrics[:1]
     headers = ["#", "rank", "method", "profile", "seeds"]
-    headers += [f"{label(board.task, m)} [95% CI]" for m in main]
+    headers += [f"{board.heading(m)} [95% CI]" for m in main]
     headers += [f"Δ vs {board.floor_name} [95% CI]"] if main else []
-    headers += [f"{label(board.task, m)} [95% CI]" for m in board.metrics[1:]]
+    headers += [f"{board.heading(m)} [95% CI]" for m in board.metrics[1:]]
     headers += ["inject s", "train tok/s", "footprint", "wall s", "date", "commit"]
     rows = []
     for position, (row, delta, rank) in enumerate(zip(board.rows, board.deltas, board.ranks), start=1):

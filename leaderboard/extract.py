@@ -1,159 +1,48 @@
 """Pulling numbers out of result files, defensively.
 
-Each task writes its own score keys (batch: ``qa_f1``/``acc``; sequential: per-step scores and a
-retention matrix; recommendation: Recall@1 under the filters r1..r4). These helpers accept the
-spellings those tasks use and return ``None`` for anything absent, so a renderer shows "—" instead
-of failing or inventing a number. Per-unit scores (``units``) are what paired differences and
-seed pooling resample.
+Every function takes a result as ``load`` returns it or as a file holds it: ``upgrade`` brings both
+to one shape (flat ``scores``, ``details``, per-unit scores per episode), so nothing here knows how a
+task or an older file spelled its scores. What a task's scores are (labels, the primary one, which
+have a curve, what a bootstrap resamples) is its metadata, read through ``leaderboard.meta``. Absent
+values are ``None``, so a renderer shows "—" instead of failing or inventing a number. Per-unit
+scores (``units``) are what paired differences and seed pooling resample.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Any, Callable, Iterable
 
 from benchmark.metrics import cluster_summary, paired_difference
+from benchmark.task_info import TaskInfo
+from leaderboard import meta
+from leaderboard.upgrade import as_summary, is_summary, number, upgrade  # noqa: F401 (as_summary: for readers)
 
 Summary = dict[str, Any]  # {"mean", "ci_low", "ci_high", "n"}
 Units = dict[tuple[str, ...], float]  # (seed, episode, context or test point[, gold item]) -> value
 
-# Keys under which a sequential result may keep its per-step mean QA-F1 and its retention matrix.
-STEP_KEYS = ("per_step", "per_step_qa_f1", "qa_f1_per_step", "step_qa_f1", "steps", "step_f1", "curve")
-MATRIX_KEYS = ("retention_matrix", "matrix", "qa_f1_matrix", "step_context_f1")
-RULES = ("r1", "r2", "r3", "r4")
 
-
-def number(value: Any) -> float | None:
-    """A finite float, or None for missing, non-numeric and NaN values."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def is_summary(value: Any) -> bool:
-    return isinstance(value, dict) and number(value.get("mean")) is not None
-
-
-def as_summary(value: Any) -> Summary | None:
-    """A summary dict from a summary dict or a bare number (then without interval)."""
-    if is_summary(value):
-        return value
-    if number(value) is not None:
-        return {"mean": number(value), "ci_low": None, "ci_high": None, "n": None}
-    return None
-
-
-def scores(result: dict[str, Any]) -> dict[str, Any]:
-    value = result.get("scores")
+def scores(result: dict[str, Any]) -> dict[str, Summary]:
+    """The result's flat scores: name -> summary."""
+    value = upgrade(result).get("scores")
     return value if isinstance(value, dict) else {}
 
 
 def metric(result: dict[str, Any], *names: str) -> Summary | None:
-    """The first of ``names`` that the result's scores hold as a summary (or a number).
-
-    A dotted name reaches into a nested score: ``efficacy.qa_f1`` is ``scores["efficacy"]["qa_f1"]``.
-    """
+    """The first of ``names`` that the result holds as a summary (``efficacy.qa_f1``: ``qa_f1``
+    inside ``efficacy``)."""
+    found = scores(result)
     for name in names:
-        value: Any = scores(result)
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        summary = as_summary(value)
-        if summary is not None:
-            return summary
+        if is_summary(found.get(name)):
+            return found[name]
     return None
 
 
-def summary_metrics(result: dict[str, Any]) -> dict[str, Summary]:
-    """Every top-level score that is a mean (with or without interval), in the file's order."""
-    return {k: v for k, v in scores(result).items() if is_summary(v)}
-
-
-def _mean_of(value: Any) -> float | None:
-    if isinstance(value, dict):
-        for key in ("mean", "qa_f1", "f1"):
-            inner = value.get(key)
-            if isinstance(inner, dict):
-                inner = inner.get("mean")
-            if number(inner) is not None:
-                return number(inner)
-        return None
-    return number(value)
-
-
-def _series(value: Any) -> list[float | None] | None:
-    """A list of per-step values from a list or a {step: value} mapping."""
-    if isinstance(value, list) and value:
-        return [_mean_of(v) for v in value]
-    if isinstance(value, dict) and value and all(str(k).lstrip("-").isdigit() for k in value):
-        steps = sorted(value, key=lambda k: int(k))
-        last = int(steps[-1])
-        by_step = {int(k): _mean_of(value[k]) for k in steps}
-        return [by_step.get(i) for i in range(last + 1)]
-    return None
-
-
-def step_curve(result: dict[str, Any]) -> list[float | None] | None:
-    """Mean QA-F1 after each step 0..L of a sequential run, or None when it has none."""
-    found = scores(result)
-    for container in (found, found.get("qa_f1"), found.get("sequential")):
-        if not isinstance(container, dict):
-            continue
-        for key in STEP_KEYS:
-            series = _series(container.get(key))
-            if series and any(v is not None for v in series):
-                return series
-    series = _series(found.get("qa_f1"))  # qa_f1 itself given per step
-    if series and any(v is not None for v in series):
-        return series
-    matrix = retention_matrix(result)
-    if matrix:
-        rows = [[v for v in row if v is not None] for row in matrix]
-        return [sum(r) / len(r) if r else None for r in rows]
-    return None
-
-
-def retention_matrix(result: dict[str, Any]) -> list[list[float | None]] | None:
-    """Step × context mean QA-F1 of a sequential run, or None."""
-    found = scores(result)
-    for container in (found, found.get("qa_f1"), found.get("sequential")):
-        if not isinstance(container, dict):
-            continue
-        for key in MATRIX_KEYS:
-            value = container.get(key)
-            if isinstance(value, dict):  # {"mean": matrix} or {"qa_f1": matrix, "acc": matrix}
-                value = value.get("mean", value.get("qa_f1"))
-            if isinstance(value, list) and value and all(isinstance(r, list) for r in value):
-                return [[_mean_of(v) for v in row] for row in value]
-    return None
-
-
-def recall(result: dict[str, Any], rule: str, k: int = 1) -> Summary | None:
-    """Recall@k under filter ``rule`` (r1..r4) of a recommendation run, or None."""
-    found = scores(result)
-    flat = (
-        rule, f"recall@{k}_{rule}", f"{rule}_recall@{k}", f"r@{k}_{rule}", f"recall{k}_{rule}",
-        f"{rule}@{k}", f"recall_at_{k}_{rule}", f"{rule}_recall_at_{k}",
-    )
-    for name in flat:
-        value = found.get(name)
-        if is_summary(value) and (name != rule or k == 1):
-            return value
-        if isinstance(value, dict):  # e.g. {"r1": {"recall@1": {...}, "recall@5": {...}}}
-            for inner in (f"recall@{k}", f"@{k}", str(k), f"r@{k}"):
-                if is_summary(value.get(inner)):
-                    return value[inner]
-    for outer in (f"recall@{k}", f"recall_at_{k}", f"r@{k}", "recall"):
-        value = found.get(outer)
-        if isinstance(value, dict):
-            inner = value.get(rule)
-            if isinstance(inner, dict) and not is_summary(inner):
-                inner = inner.get(f"@{k}", inner.get(str(k)))
-            summary = as_summary(inner)
-            if summary is not None:
-                return summary
-    return None
+def step_curve(result: dict[str, Any], name: str) -> list[float | None] | None:
+    """The mean of score ``name`` after each step 0..L, or None when the result has no such curve."""
+    details = upgrade(result).get("details")
+    curves = details.get("curves") if isinstance(details, dict) else None
+    curve = curves.get(name) if isinstance(curves, dict) else None
+    return curve if isinstance(curve, list) and curve else None
 
 
 def params(result: dict[str, Any], scope: str) -> dict[str, Any]:
@@ -246,66 +135,37 @@ def seeds_summary(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], 
         return value(present[0]) if present else None
     found = units_of(present) if units_of else None
     if found:
-        return cluster_summary(found, cluster(str(present[0].get("task"))))
+        return cluster_summary(found, cluster(meta.task_of(present[0])))
     means = [value(r)["mean"] for r in present]  # type: ignore[index]
     return {"mean": sum(means) / len(means), "ci_low": min(means), "ci_high": max(means), "n": len(means)}
 
 
 # ---- per-unit scores: what a paired comparison matches and a bootstrap resamples ------------------
-_RECALL = re.compile(r"^(?:recall@(\d+)_)?(r\d+)$")  # r1 = Recall@1 under r1; recall@5_r1 = Recall@5
-
-
-def _episodes(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e for e in result.get("episodes") or [] if isinstance(e, dict)]
-
-
-def _scored(result: dict[str, Any], step: int = -1) -> list[tuple[str, dict[str, Any]]] | None:
-    """(episode, record with ``per_context`` and ``predictions``) of a QA run: a batch episode, or
-    step ``step`` of a sequential episode; None when a sequence lacks that step."""
-    found = []
-    for episode in _episodes(result):
-        record = episode
-        if result.get("task") == "sequential":
-            steps = episode.get("steps")
-            if not isinstance(steps, list) or not -len(steps) <= step < len(steps):
-                return None
-            record = steps[step]
-        found.append((str(episode.get("episode")), record))
-    return found
-
-
 def units(result: dict[str, Any], metric: str, step: int = -1) -> Units | None:
-    """Per-unit values of one score, keyed (seed, episode, unit), or None when the file holds none.
+    """Per-unit values of one score, keyed (seed, episode, unit[, gold item]), or None when the file
+    does not hold them for every unit.
 
-    Batch: each context's mean over its questions; sequential: each context after step ``step``
-    (the last by default; ``before.qa_f1`` is step 0); recommendation: each gold item of each test
-    point, as hit or miss under Recall@k and a filter.
+    Units are what the task probes once per step: contexts, or the gold items of test points;
+    ``step`` picks a step of a task that probes after every step (the last by default).
     """
-    seed, found = str(result.get("seed")), {}
-    if result.get("task") == "recommendation":
-        match = _RECALL.match(metric)
-        if not match:
+    view = upgrade(result)
+    seed = str(view.get("seed"))
+    found: Units = {}
+    for episode in view.get("episodes") or []:
+        per_unit = episode.get("per_unit")
+        if not isinstance(per_unit, list) or not -len(per_unit) <= step < len(per_unit):
             return None
-        k, rule = match.group(1) or "1", match.group(2)
-        for episode in _episodes(result):
-            for p in episode.get("predictions") or []:
-                hits = p.get("hits", {}).get(rule, {}).get(k) if isinstance(p, dict) else None
-                if not isinstance(hits, list):
+        entry = per_unit[step]
+        if not isinstance(entry, dict):
+            return None
+        name = str(episode.get("episode"))
+        for unit, values in entry.items():
+            value = values.get(metric) if isinstance(values, dict) else None
+            items = {(str(i),): v for i, v in enumerate(value)} if isinstance(value, list) else {(): value}
+            for key, each in items.items():
+                if number(each) is None:
                     return None
-                for i, hit in enumerate(hits):
-                    found[(seed, str(episode.get("episode")), str(p.get("probe_id")), str(i))] = float(hit)
-        return found or None
-    if result.get("task") == "sequential" and metric.startswith("before."):
-        metric, step = metric.removeprefix("before."), 0
-    for episode, record in _scored(result, step) or []:
-        per_context = record.get("per_context")
-        if not isinstance(per_context, dict):
-            return None
-        for cid, values in per_context.items():
-            value = number(values.get(metric)) if isinstance(values, dict) else None
-            if value is None:
-                return None
-            found[(seed, episode, str(cid))] = value
+                found[(seed, name, str(unit), *key)] = float(each)
     return found or None
 
 
@@ -322,22 +182,20 @@ def pooled_units(runs: list[dict[str, Any]], metric: str, step: int = -1) -> Uni
 
 
 def probes(result: dict[str, Any]) -> set[tuple[str, ...]]:
-    """What a run was scored on: (seed, episode, context, question) for every question answered
-    (for recommendation: test point and gold item). Two runs pair only when these agree."""
-    seed = str(result.get("seed"))
-    if result.get("task") == "recommendation":
-        return {(seed, str(e.get("episode")), str(p.get("probe_id")), str(gold))
-                for e in _episodes(result) for p in e.get("predictions") or [] if isinstance(p, dict)
-                for gold in p.get("gold") or []}
-    return {(seed, episode, str(p.get("context_id")), str(p.get("question")))
-            for episode, record in _scored(result) or [] for p in record.get("predictions") or []
-            if isinstance(p, dict)}
+    """What a run was scored on: (seed, episode, unit, question) for every question answered (for
+    recommendation: test point and gold item). Two runs pair only when these agree."""
+    view = upgrade(result)
+    seed = str(view.get("seed"))
+    return {(seed, str(e.get("episode")), str(unit), str(item))
+            for e in view.get("episodes") or [] if isinstance(e.get("asked"), dict)
+            for unit, items in e["asked"].items() for item in items}
 
 
-def cluster(task: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
-    """The independent unit a bootstrap draws: a whole sequence in sequential injection (its
-    contexts share one model), else a context or a test point (all its gold items together)."""
-    depth = 2 if task == "sequential" else 3
+def cluster(task: TaskInfo) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """The independent unit a bootstrap draws: a whole episode where the task says its units are
+    not independent (a sequence's contexts share one model), else a context or a test point (all its
+    gold items together)."""
+    depth = 2 if task.resample_episodes else 3
     return lambda key: key[:depth]
 
 
@@ -350,4 +208,4 @@ def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str) -> Sum
     units_a, units_b = pooled_units(a, metric), pooled_units(b, metric)
     if not units_a or not units_b or units_a.keys() != units_b.keys():
         return None
-    return paired_difference(units_a, units_b, cluster(str(a[0].get("task"))))
+    return paired_difference(units_a, units_b, cluster(meta.task_of(a[0])))

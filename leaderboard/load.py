@@ -1,4 +1,5 @@
-"""Reading result files: every finished run's JSON under the given files or folders."""
+"""Reading result files: every finished run's JSON under the given files or folders, in the shape
+readers expect (``leaderboard.upgrade``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchError
+from leaderboard.upgrade import upgrade
 
 # Keys without which a JSON file is not a result file of this harness.
 REQUIRED_KEYS = ("task", "method", "dataset", "model", "scores")
@@ -47,7 +49,7 @@ def load_results(paths: list[Path]) -> Loaded:
             loaded.skipped.append((str(path), "not a result file (task/method/dataset/model/scores missing)"))
             continue
         data["_path"] = path.as_posix()
-        loaded.results.append(data)
+        loaded.results.append(upgrade(data))
     loaded.results.sort(key=sort_key)
     return loaded
 

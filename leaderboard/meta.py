@@ -1,9 +1,12 @@
-"""What the tables and the leaderboard show of a method: row name, storage class S, row order, role.
+"""What the tables and the leaderboard know of a method (row name, storage class S, row order, role)
+and of a task (its scores: labels, the primary one, what a bootstrap resamples, curves, the paper's
+table it fills).
 
-Read from the result files' ``method_info`` (the runner writes it); for files written before it
-existed, from what the registered class declares (built-ins, and methods of outside packages found
-through the ``selfparam_bench.methods`` entry points); for a method neither knows, its raw name,
-no storage class and a place after the others.
+Read from the result files' ``method_info`` and ``task_info`` (the runner writes them); for files
+written before they existed, from what the registered class declares (built-ins, and classes of
+outside packages found through the ``selfparam_bench.methods`` / ``selfparam_bench.tasks`` entry
+points). A method neither knows shows its raw name, no storage class and a place after the others;
+a task neither knows shows its top-level scores, in name order, the first as the primary one.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from benchmark.method_info import MethodInfo
-from benchmark.registry import METHODS
+from benchmark.registry import METHODS, TASKS
+from benchmark.task_info import MetricInfo, TaskInfo
+from leaderboard.upgrade import upgrade
 
 Result = dict[str, Any]
 UNNAMED_FLOOR = "the floor"
@@ -59,3 +64,43 @@ def floor_name(infos: Iterable[MethodInfo]) -> str:
     if not floors:
         floors = [i for i in (MethodInfo.of_class(cls) for _, cls in METHODS.items()) if i.role == "floor"]
     return ordered(floors)[0].display_name if floors else UNNAMED_FLOOR
+
+
+# ---- tasks ----------------------------------------------------------------------------------------
+INFERRED_COLUMNS = 6  # leaderboard columns of a task that declares none
+
+
+def task_registered(name: str) -> TaskInfo | None:
+    """What the task class registered under ``name`` declares, or None when none is registered."""
+    return TaskInfo.of_class(TASKS.get(name)) if name in TASKS else None
+
+
+def task_of(result: Result) -> TaskInfo:
+    """What one result file says about its task (or, without ``task_info``, its class)."""
+    name = str(result.get("task"))
+    record = result.get("task_info")
+    if isinstance(record, dict):
+        return TaskInfo.from_record(name, record)
+    return task_registered(name) or inferred(name, [result])
+
+
+def by_task(results: Iterable[Result]) -> TaskInfo:
+    """One task's metadata for results of that task: its latest file's ``task_info``, else its class,
+    else what the results' scores show."""
+    results = list(results)
+    name = str(results[0].get("task")) if results else ""
+    described = [r for r in results if isinstance(r.get("task_info"), dict)]
+    if described:
+        return task_of(max(described, key=lambda r: (str(r.get("finished_at")), str(r.get("_path")))))
+    return task_registered(name) or inferred(name, results)
+
+
+def inferred(name: str, results: Iterable[Result]) -> TaskInfo:
+    """A task known from its results alone: every top-level score is a metric (name order, the first
+    primary, the first few leaderboard columns); ``bench compare`` pairs every per-unit score."""
+    views = [upgrade(r) for r in results]
+    means = sorted({n for v in views for n in v["scores"] if "." not in n})
+    metrics = tuple(MetricInfo(n, primary=i == 0, board=i < INFERRED_COLUMNS) for i, n in enumerate(means))
+    per_unit = sorted({m for v in views for e in v["episodes"] for entry in (e.get("per_unit") or [])[-1:]
+                       if isinstance(entry, dict) for values in entry.values() for m in values})
+    return TaskInfo(name, metrics=metrics, compared=tuple(per_unit))

@@ -62,7 +62,7 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         if plots.scores_plot(board, scores_png):
             figures.append(scores_png)
             lines += [f"![{board.title}]({PLOTS}/{scores_png.name})", ""]
-        if board.task == "sequential":
+        if board.task_info.curves:
             curve_png = plot_dir / f"{board.slug}__retention.png"
             if plots.retention_plot(board, curve_png):
                 figures.append(curve_png)

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from leaderboard.board import Board, Row, label  # noqa: E402
+from leaderboard.board import Board, Row  # noqa: E402
 
 _RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
@@ -52,7 +52,7 @@ def scores_plot(board: Board, path: Path) -> bool:
         highs = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in points][::-1]
         ax.barh(range(len(points)), means, xerr=[lows, highs], color="#4C72B0", capsize=3)
         ax.set_yticks(range(len(points)), labels)
-        ax.set_xlabel(f"{label(board.task, metric)} (mean, 95% CI)")
+        ax.set_xlabel(f"{board.heading(metric)} (mean, 95% CI)")
         ax.set_xlim(0, max(1.0, max(m + h for m, h in zip(means, highs))))
         ax.set_title(board.title)
         fig.tight_layout()
@@ -61,8 +61,12 @@ def scores_plot(board: Board, path: Path) -> bool:
 
 
 def retention_plot(board: Board, path: Path) -> bool:
-    """Mean QA-F1 after each step, one line per row; False when no row has per-step scores."""
-    curves = [(r, r.curve()) for r in board.rows]
+    """The task's (first) per-step score after each step, one line per row; False when no row has
+    per-step scores."""
+    if not board.task_info.curves:
+        return False
+    metric = board.task_info.metric(board.task_info.curves[0])
+    curves = [(r, r.curve(metric.name)) for r in board.rows]
     curves = [(r, c) for r, c in curves if c]
     if not curves:
         return False
@@ -73,7 +77,7 @@ def retention_plot(board: Board, path: Path) -> bool:
             ax.plot(steps, [curve[i] for i in steps], marker="o", markersize=3, label=_label(row, board))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step (contexts injected so far)")
-        ax.set_ylabel("QA-F1 over the sequence's contexts")
+        ax.set_ylabel(f"{metric.short} over the sequence's contexts")
         ax.set_ylim(0, 1)
         ax.set_title(f"retention · {board.dataset} · {board.model}")
         ax.legend(fontsize=7, loc="best")

@@ -7,10 +7,12 @@
 4. Target-sentence generator ablation: QA-F1 of the methods that train on target sentences, by
    generator.
 
-A cell without a result shows "—". Runs that differ only in seed are pooled into one cell, marked
-"(N seeds)": the interval bootstraps their contexts (or sequences, test points) across seeds
-together (see ``extract.seeds_summary``); of several configurations for one cell the most recent
-one is shown.
+Which results fill which table, and with which scores, each task declares (``paper_table`` and
+``paper_metrics``, see ``benchmark.task_info``); tables 1 and 4 show the results of a task that
+declares table 1. Data sets and models are in name order. A cell without a result shows "—". Runs
+that differ only in seed are pooled into one cell, marked "(N seeds)": the interval bootstraps their
+contexts (or sequences, test points) across seeds together (see ``extract.seeds_summary``); of
+several configurations for one cell the most recent one is shown.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from benchmark.method_info import MethodInfo
 from leaderboard import extract, meta
 from leaderboard.paper import PAPER_TABLE1, PAPER_TABLE1_DATASET, paper_model
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_score
+from leaderboard.upgrade import upgrade_all
 
 Result = dict[str, Any]
 TABLE_IDS = ("1", "2", "3", "4")
-DATASET_ORDER = ("inspired", "redial")
 
 
 def _group(results: list[Result], key: Callable[[Result], Any]) -> dict[Any, list[Result]]:
@@ -44,8 +46,13 @@ def _of(results: list[Result], **match: Any) -> list[Result]:
     return [r for r in results if all(r.get(k) == v for k, v in match.items())]
 
 
-def _f1(r: Result):
-    return extract.metric(r, "qa_f1")
+def _filling(results: list[Result], table: str) -> list[Result]:
+    """The results of tasks that fill the paper's table ``table``."""
+    return [r for r in upgrade_all(results) if meta.task_of(r).paper_table == table]
+
+
+def _score(name: str) -> Callable[[Result], Any]:
+    return lambda r: extract.metric(r, name)
 
 
 def _pooled(cell: list[Result], value: Callable[[Result], Any], metric: str, step: int = -1):
@@ -59,14 +66,19 @@ def _footprint(r: Result):
 
 # ---- Table 1 ------------------------------------------------------------------------------------
 def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list[Table]:
-    batch = [r for r in results if r.get("task") == "batch" and extract.num_contexts(r) is not None]
+    batch = [r for r in _filling(results, "1") if extract.num_contexts(r) is not None]
     tables = []
-    for (dataset, profile), runs in _group(batch, lambda r: (r["dataset"], r.get("profile"))).items():
+    key = lambda r: (r["task"], r["dataset"], r.get("profile"))  # noqa: E731
+    for (_, dataset, profile), runs in _group(batch, key).items():
+        task = meta.by_task(runs)
+        if not task.paper_columns:
+            continue
+        main = task.metric(task.paper_columns[0])
         columns = sorted({(str(r["model"]), extract.num_contexts(r)) for r in runs})
         compared = {c for c in columns if paper and _comparable(dataset, *c)}
         headers = ["Method", "S"]
         for model, n in columns:
-            headers += [f"{model} · {n} QA-F1", "S bytes"] + (["paper"] if (model, n) in compared else [])
+            headers += [f"{model} · {n} {main.short}", "S bytes"] + (["paper"] if (model, n) in compared else [])
         rows = []
         for info in _methods(runs):
             method = info.name
@@ -75,7 +87,8 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
                 cell = [r for r in runs if r["method"] == method and r["model"] == model
                         and extract.num_contexts(r) == n]
                 footprint = extract.pooled(cell, _footprint)
-                row += [fmt_score(_pooled(cell, _f1, "qa_f1"), ci), fmt_bytes(footprint and footprint["mean"])]
+                row += [fmt_score(_pooled(cell, _score(main.name), main.name), ci),
+                        fmt_bytes(footprint and footprint["mean"])]
                 if (model, n) in compared:
                     row.append(_paper_cell(dataset, model, n, method))
             rows.append(row)
@@ -84,7 +97,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
         if compared:
             notes.append(f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) where the "
                          "model, data set and number of contexts match.")
-        tables.append(Table(f"Table 1 — batch injection, QA-F1 ({dataset}, profile {profile})",
+        tables.append(Table(f"Table 1 — {task.display_name}, {main.short} ({dataset}, profile {profile})",
                             headers, rows, notes))
     if paper:
         tables.append(paper_table1())
@@ -120,34 +133,40 @@ def paper_table1() -> Table:
 
 # ---- Table 2 ------------------------------------------------------------------------------------
 def table2(results: list[Result], ci: bool = False) -> list[Table]:
-    rec = [r for r in results if r.get("task") == "recommendation"]
     tables = []
-    for (model, profile), runs in _group(rec, lambda r: (r["model"], r.get("profile"))).items():
-        datasets = sorted({str(r["dataset"]) for r in runs},
-                          key=lambda d: (DATASET_ORDER.index(d) if d in DATASET_ORDER else 99, d))
-        headers = ["Method"] + [f"{d.upper()} {rule}" for d in datasets for rule in extract.RULES]
+    key = lambda r: (r["task"], r["model"], r.get("profile"))  # noqa: E731
+    for (_, model, profile), runs in _group(_filling(results, "2"), key).items():
+        task = meta.by_task(runs)
+        scores = [task.metric(name) for name in task.paper_columns]
+        if not scores:
+            continue
+        datasets = sorted({str(r["dataset"]) for r in runs})
+        headers = ["Method"] + [f"{d.upper()} {score.short}" for d in datasets for score in scores]
         rows = []
         for info in _methods(runs):
             row = [info.display_name]
             for dataset in datasets:
                 cell = _of(runs, method=info.name, dataset=dataset)
-                for rule in extract.RULES:
-                    row.append(fmt_score(_pooled(cell, lambda r: extract.recall(r, rule), rule), ci))
+                for score in scores:
+                    row.append(fmt_score(_pooled(cell, _score(score.name), score.name), ci))
             rows.append(row)
         notes = ["Recall@1. r1: no filter; r2: items already mentioned in the dialog dropped; "
                  "r3: matches at edit distance > 2 dropped; r4: both. — = no result."]
-        tables.append(Table(f"Table 2 — conversational recommendation, Recall@1 ({model}, profile {profile})",
+        tables.append(Table(f"Table 2 — {task.display_name}, Recall@1 ({model}, profile {profile})",
                             headers, rows, notes))
     return tables
 
 
 # ---- Table 3 ------------------------------------------------------------------------------------
 def table3(results: list[Result], ci: bool = False) -> list[Table]:
-    seq = [r for r in results if r.get("task") == "sequential"]
     tables = []
-    key = lambda r: (r["dataset"], r["model"], r.get("profile"))  # noqa: E731
-    for (dataset, model, profile), runs in _group(seq, key).items():
-        curves = {id(r): extract.step_curve(r) for r in runs}
+    key = lambda r: (r["task"], r["dataset"], r["model"], r.get("profile"))  # noqa: E731
+    for (_, dataset, model, profile), runs in _group(_filling(results, "3"), key).items():
+        task = meta.by_task(runs)
+        if not task.paper_columns:
+            continue
+        main = task.metric(task.paper_columns[0])
+        curves = {id(r): extract.step_curve(r, main.name) for r in runs}
         steps = max((len(c) for c in curves.values() if c), default=0)
         headers = ["Method"] + [str(i) for i in range(steps)]
         rows = []
@@ -158,21 +177,25 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
                 def at(r: Result, i: int = i):
                     curve = curves[id(r)]
                     return extract.as_summary(curve[i]) if curve and i < len(curve) else None
-                row.append(fmt_score(_pooled(cell, at, "qa_f1", step=i), ci, digits=3))
+                row.append(fmt_score(_pooled(cell, at, main.name, step=i), ci, digits=3))
             rows.append(row)
-        notes = ["Mean QA-F1 over all contexts of a sequence after each step (step 0 = before any "
+        notes = [f"Mean {main.short} over all contexts of a sequence after each step (step 0 = before any "
                  "injection), averaged over sequences. — = no result."]
-        tables.append(Table(f"Table 3 — sequential injection, QA-F1 per step ({dataset}, {model}, "
+        tables.append(Table(f"Table 3 — {task.display_name}, {main.short} per step ({dataset}, {model}, "
                             f"profile {profile})", headers, rows, notes))
     return tables
 
 
 # ---- Table 4 ------------------------------------------------------------------------------------
 def table4(results: list[Result], ci: bool = False) -> list[Table]:
-    trained = [r for r in results if r.get("task") == "batch" and extract.num_targets(r) > 0
-               and extract.num_contexts(r) is not None]
+    trained = [r for r in _filling(results, "1")
+               if extract.num_targets(r) > 0 and extract.num_contexts(r) is not None]
     tables = []
-    for (profile,), runs in _group(trained, lambda r: (r.get("profile"),)).items():
+    for (_, profile), runs in _group(trained, lambda r: (r["task"], r.get("profile"))).items():
+        task = meta.by_task(runs)
+        if not task.paper_columns:
+            continue
+        main = task.paper_columns[0]
         columns = sorted({(str(r["dataset"]), str(r["model"]), extract.num_contexts(r)) for r in runs})
         infos = meta.by_method(runs)
         row_keys = sorted({(str(r["method"]), extract.generator_label(r)) for r in runs},
@@ -184,7 +207,7 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
             for dataset, model, n in columns:
                 cell = [r for r in runs if r["method"] == method and extract.generator_label(r) == generator
                         and r["dataset"] == dataset and r["model"] == model and extract.num_contexts(r) == n]
-                row.append(fmt_score(_pooled(cell, _f1, "qa_f1"), ci))
+                row.append(fmt_score(_pooled(cell, _score(main), main), ci))
             rows.append(row)
         notes = ["Batch-injection QA-F1 of the methods that train on target sentences, by the "
                  "generator of those sentences (dataset: the data set's own QA pairs; local: the "

@@ -44,7 +44,7 @@ def test_boards_are_ranked_per_task_dataset_model(tmp_path):
     main = found[1]
     assert [r.first["method"] for r in main.rows] == ["base_cq", "selfparam", "base_q"]  # best QA-F1 first
     assert main.metrics == ["qa_f1", "acc"]
-    assert found[2].metrics == ["r1", "r2", "r3", "r4", "recall@5_r1"]
+    assert found[2].metrics == ["recall@1_r1", "recall@1_r2", "recall@1_r3", "recall@1_r4", "recall@5_r1"]
     assert [r.first["method"] for r in found[2].rows] == ["selfparam", "base_q"]
     assert found[3].metrics == ["qa_f1", "efficacy.qa_f1", "before.qa_f1", "acc"]
     assert board_table(found[3]).headers[5:8] == ["QA-F1 after the last step [95% CI]", "Δ vs Base, Q [95% CI]",

@@ -103,8 +103,8 @@ def test_table4_rows_by_generator_only_for_target_users():
 def test_extract_tolerates_missing_and_malformed():
     broken = {"task": "batch", "method": "x", "dataset": "d", "model": "m", "scores": {"qa_f1": "n/a"}}
     assert extract.metric(broken, "qa_f1") is None
-    assert extract.step_curve(broken) is None
-    assert extract.recall(broken, "r1") is None
+    assert extract.step_curve(broken, "qa_f1") is None
+    assert extract.metric(broken, "recall@1_r1") is None
     assert fmt_score(None) == "—"
     assert extract.metric({"scores": {"qa_f1": {"mean": float("nan")}}}, "qa_f1") is None
     assert fmt_score(summary(0.25, 0.05)) == "0.2500 [0.2000, 0.3000]"

@@ -1,9 +1,10 @@
 """``bench compare A.json B.json``: the paired difference B − A of two runs on the same questions.
 
 Two methods scored on the same contexts share what makes a context easy or hard, so the bootstrap of
-their per-unit differences is far tighter than two separate intervals. Units are contexts (batch;
-sequential: each context after the last step, resampled as whole sequences) or the gold items of
-test points (recommendation, resampled by test point). After the interval comes the smallest
+their per-unit differences is far tighter than two separate intervals. What a unit is, what the
+bootstrap draws and which scores are paired, the task declares (``benchmark.task_info``): contexts
+(batch; sequential: each context after the last step, resampled as whole sequences) or the gold
+items of test points (recommendation, resampled by test point). After the interval comes the smallest
 difference a paired test detects at this size (``metrics.detectable_difference``, 80% power, alpha
 0.05), computed from the same per-unit differences over the same independent units.
 """
@@ -20,8 +21,6 @@ from benchmark.errors import BenchError
 
 Result = dict[str, Any]
 MUST_MATCH = ("task", "dataset", "model", "seed")
-# (what one paired unit is, what the bootstrap draws) for tasks whose units are not contexts
-UNIT_NAMES = {"sequential": ("contexts", "sequences"), "recommendation": ("gold items", "test points")}
 
 
 def register(subparsers) -> None:
@@ -46,7 +45,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a, b = read_result(args.a), read_result(args.b)
     check_pairable(a, b)
-    task = str(a["task"])
+    task = meta.task_of(a)
     rows, counts, detectable = [], (0, 0), []
     for metric in paired_metrics(a):
         units_a, units_b = extract.units(a, metric), extract.units(b, metric)
@@ -68,7 +67,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise BenchError(f"{args.a} and {args.b} hold no per-unit scores of the same metric to pair")
     for name, path, run in (("A", args.a, a), ("B", args.b, b)):
         print(f"{name}: {meta.of_result(run).display_name}, profile {run.get('profile')} ({path})")
-    unit, drawn = UNIT_NAMES.get(task, ("contexts", "contexts"))
+    unit, drawn = task.paired_unit, task.resampled_unit
     print(f"{a['task']} · {a['dataset']} · {a['model']}, seed {a['seed']}: {counts[0]} {unit} paired, "
           f"bootstrap over {counts[1]} {drawn}")
     print(tabulate(rows, headers=["metric", "A", "B", "B - A [95% CI]", "verdict"],
@@ -99,8 +98,9 @@ def verdict(diff: dict[str, float]) -> str:
 
 
 def read_result(path: Path) -> Result:
-    """One result file, or a one-line BenchError saying why it is not one."""
+    """One result file (in the shape readers expect), or a one-line BenchError saying why it is not one."""
     from leaderboard.load import REQUIRED_KEYS
+    from leaderboard.upgrade import upgrade
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -113,7 +113,7 @@ def read_result(path: Path) -> Result:
     missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
         raise BenchError(f"{path} is not a result file (no {', '.join(missing)})")
-    return data
+    return upgrade(data)
 
 
 def check_pairable(a: Result, b: Result) -> None:
@@ -140,15 +140,8 @@ def check_pairable(a: Result, b: Result) -> None:
 
 
 def paired_metrics(result: Result) -> list[str]:
-    """The task's main score for QA tasks; every Recall@k under every filter for recommendation;
-    for another task every per-context score it records."""
-    task = result.get("task")
-    if task in ("batch", "sequential"):
-        return ["qa_f1"]
-    episodes = [e for e in result.get("episodes") or [] if isinstance(e, dict)]
-    if task == "recommendation":
-        recalls = {(str(rule), int(k)) for e in episodes for p in e.get("predictions") or []
-                   for rule, by_k in (p.get("hits") or {}).items() for k in by_k if str(k).isdigit()}
-        return [f"recall@{k}_{rule}" for rule, k in sorted(recalls)]
-    return sorted({name for e in episodes for values in (e.get("per_context") or {}).values()
-                   if isinstance(values, dict) for name in values})
+    """The scores the task declares for pairing (its primary one unless it says otherwise; a task
+    that declares nothing: every per-unit score it records) that the result holds per unit."""
+    from leaderboard import extract, meta
+
+    return [m for m in meta.task_of(result).compared_metrics if extract.units(result, m) is not None]

@@ -78,18 +78,18 @@ def cmd_power(args: argparse.Namespace) -> int:
 
 def power_tables(results: list[dict[str, Any]]) -> list[PowerTable]:
     """One table per leaderboard board: every row but the floor's, paired against the floor."""
-    from benchmark.commands.compare import UNIT_NAMES
     from benchmark.metrics import detectable_difference, unit_differences
     from leaderboard import extract
-    from leaderboard.board import boards, floor_rows, label
+    from leaderboard.board import boards, floor_rows
 
     tables = []
     for board in boards(results):
-        _, drawn = UNIT_NAMES.get(board.task, ("contexts", "contexts"))
+        task = board.task_info
+        drawn = task.resampled_unit
         main = board.metrics[0] if board.metrics else None
         floor_name = board.floor_name
         table = PowerTable(board.title, ["method", f"n ({drawn})",
-                                         f"Δ {label(board.task, main or '')} vs {floor_name} [95% CI]",
+                                         f"Δ {board.heading(main or '')} vs {floor_name} [95% CI]",
                                          "MDE (80% power, α 0.05)"])
         tables.append(table)
         floors = floor_rows(board.rows, board.methods)
@@ -98,7 +98,7 @@ def power_tables(results: list[dict[str, Any]]) -> list[PowerTable]:
             table.notes.append(f"{board.title}: {why}; {len(board.rows)} runs left out")
             continue
         profiles = {str(row.first.get("profile")) for row in board.rows}
-        cluster = extract.cluster(board.task)
+        cluster = extract.cluster(task)
         for row in board.rows:
             if any(row is floor for floor in floors):
                 continue
