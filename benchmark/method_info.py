@@ -1,6 +1,6 @@
 """What a method declares about itself for tables and the leaderboard, and how result files carry it.
 
-A method class declares (see ``methods.base.Method``): ``display_name`` (its row name; empty means
+A method class declares (see ``benchmark.api.Method``): ``display_name`` (its row name; empty means
 the registered name), ``family`` (one of ``FAMILIES``, or another word for a new kind of method),
 ``storage_class`` (one of ``STORAGE_CLASSES``: the storage S it keeps in the number n of injected
 contexts), ``table_order`` (its position among rows; built-ins use the paper's order, and a method

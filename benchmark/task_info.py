@@ -1,6 +1,6 @@
 """What a task declares about its scores for tables and the leaderboard, and how result files carry it.
 
-A task class declares (see ``tasks.base.Task``):
+A task class declares (see ``benchmark.api.Task``):
 
 - ``display_name``: how tables name the task ("batch injection"); empty means the registered name.
 - ``version``: raised when the task's scores change meaning, so results of two versions can be told

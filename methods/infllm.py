@@ -20,11 +20,11 @@ from typing import ClassVar
 
 from tqdm.auto import tqdm
 
+from benchmark.api import Method
 from benchmark.errors import BenchError
 from benchmark.models import first_answer_line
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
-from methods.base import Method
 from methods.infllm_memory import InfLLMStream, MemoryConfig
 
 log = logging.getLogger(__name__)

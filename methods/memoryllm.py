@@ -23,11 +23,11 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.api import Method
 from benchmark.errors import BenchError
 from benchmark.models import LM, first_answer_line
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
-from methods.base import Method
 from methods.memoryllm_mini import MemoryPool, PoolConfig, build
 from methods.memoryllm_train import TRAIN_PROFILES, MiniTrainParams, checkpoint_path, load_mechanism
 

@@ -19,11 +19,11 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from benchmark.api import Method
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
-from methods.base import Method
 
 SEPARATOR = "\n\n"  # between retrieved passages in the prompt
 

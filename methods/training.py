@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from benchmark.api import Method
 from benchmark.checkpoint import InjectionCheckpoint
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.types import Footprint
-from methods.base import Method
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
 

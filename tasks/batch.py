@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from benchmark.api import MethodFactory
 from benchmark.registry import register_task
 from benchmark.task_info import MetricInfo
-from tasks.base import MethodFactory
 from tasks.qa import (
     RETRIEVAL_METRICS,
     ContextParams,

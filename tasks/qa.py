@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from benchmark.api import Method, Task
 from benchmark.errors import BenchError
 from benchmark.metrics import qa_acc, qa_f1, summarize
 from benchmark.models import LM
@@ -14,8 +15,6 @@ from benchmark.report import fmt_ci
 from benchmark.registry import DATASETS
 from benchmark.targets import check_no_leakage, grounding_counts, make_targets
 from benchmark.types import Context, Document, Prompt
-from methods.base import Method
-from tasks.base import Task
 from tasks.data.base import SAMPLES, SPLITS
 
 # Scored when the method retrieves (it exposes ``last_retrieved``): was the gold context first / in the top k?

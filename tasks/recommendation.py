@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from benchmark.api import Method, MethodFactory, Task
 from benchmark.errors import BenchError
 from benchmark.metrics import summarize
 from benchmark.models import LM
@@ -37,8 +38,6 @@ from benchmark.registry import DATASETS, register_task
 from benchmark.targets import make_targets, split_generator
 from benchmark.task_info import MetricInfo
 from benchmark.types import QA, Context, Document, Prompt
-from methods.base import Method
-from tasks.base import MethodFactory, Task
 from tasks.crs_scoring import FILTER_NAMES, FILTERS, KS, TitleMatcher, parse_recommendations, score_list
 from tasks.data.crs import (
     SYSTEM,

@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from benchmark.api import MethodFactory
 from benchmark.errors import BenchError
 from benchmark.metrics import qa_acc, summarize
 from benchmark.registry import register_task
 from benchmark.report import fmt_ci
 from benchmark.task_info import MetricInfo
 from benchmark.types import Document
-from tasks.base import MethodFactory
 from tasks.qa import RETRIEVAL_METRICS, ContextParams, QATask, Stopwatch, load_documents, per_context
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from benchmark.registry import TASKS
 from benchmark.task_info import MetricInfo, TaskInfo
 from leaderboard import extract, meta
 from leaderboard.upgrade import READ_VERSION, upgrade
-from tasks.base import Task
+from benchmark.api import Task
 from tasks.batch import BatchTask
 
 

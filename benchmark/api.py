@@ -1,0 +1,199 @@
+"""The two interfaces every method and task implements, and the metadata they declare.
+
+A ``Method`` turns the base model plus injected contexts into something that answers prompts; a
+``Task`` owns data, episodes and scoring. Both live here, below ``methods/`` and ``tasks/``, so that a
+task can take a method (and the runner both) without either package importing the other. What a
+method or task declares for tables and the leaderboard is described in ``benchmark.method_info`` and
+``benchmark.task_info``. This module imports neither torch nor any method or task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from benchmark.method_info import DEFAULT_TABLE_ORDER, ROLES, STORAGE_CLASSES
+from benchmark.task_info import MetricInfo, TaskInfo, problems
+from benchmark.types import Context, Footprint, Prompt
+
+if TYPE_CHECKING:
+    import torch
+
+    from benchmark.checkpoint import StreamCheckpoints
+    from benchmark.config import RunParams
+    from benchmark.models import LM
+
+
+@dataclass
+class NoParams:
+    """For methods and tasks without settings of their own."""
+
+
+# ---- methods -------------------------------------------------------------------------------------
+
+# Method metadata that a subclass does not inherit (see ``Method``), with its defaults.
+_METHOD_OWN_METADATA: dict[str, Any] = {"display_name": "", "table_order": DEFAULT_TABLE_ORDER, "role": ""}
+
+
+class Method(ABC):
+    """Turns the base model plus injected contexts into something that answers prompts.
+
+    A fresh instance serves one episode: the runner builds a new one for every batch or sequence,
+    so nothing leaks between episodes. Subclasses that train must work on their own copy of the
+    weights (``lm.clone_model()``), never on ``lm.model``, which is shared and stays the original.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    uses_targets: ClassVar[bool] = False  # needs generated target sentences in its contexts
+    sees_gold_context: ClassVar[bool] = False  # only the C+Q oracle
+
+    # What tables and the leaderboard show of the method (benchmark/method_info.py); the runner
+    # writes these into every result file. family and storage_class are inherited; display_name,
+    # table_order and role belong to one registered method, so a subclass that sets none gets the
+    # defaults, not its parent's row name, place or role.
+    display_name: ClassVar[str] = ""  # the row name ("SELF-PARAM"); "" shows the registered name
+    family: ClassVar[str] = ""  # reference, fine-tuning, parametric, memory, long-context, retrieval
+    storage_class: ClassVar[str] = ""  # "O(1)" or "O(n)" in the number of injected contexts; "" shows "—"
+    table_order: ClassVar[int] = DEFAULT_TABLE_ORDER  # row position; the default follows the built-ins
+    role: ClassVar[str] = ""  # "floor" (gains are measured against it), "ceiling" or ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr, default in _METHOD_OWN_METADATA.items():
+            if attr not in vars(cls):
+                setattr(cls, attr, default)
+        if cls.storage_class not in ("", *STORAGE_CLASSES):
+            raise TypeError(f"{cls.__name__}.storage_class is {cls.storage_class!r}; "
+                            f"use one of {', '.join(STORAGE_CLASSES)} (or leave it empty)")
+        if cls.role not in ("", *ROLES):
+            raise TypeError(f"{cls.__name__}.role is {cls.role!r}; use one of {', '.join(ROLES)} (or leave it empty)")
+
+    def __init__(self, lm: LM, params: Any, run: RunParams, seed: int = 0) -> None:
+        self.lm = lm
+        self.params = params
+        self.run = run
+        self.seed = seed
+        self.model: torch.nn.Module = lm.model
+        self.stats: dict[str, float] = {"train_tokens": 0, "train_s": 0.0}
+        # Set by the runner when checkpoints are on; methods that train save into it.
+        self.checkpoints: StreamCheckpoints | None = None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this method cannot run on this machine (missing package, checkpoint, GPU), or None."""
+        return None
+
+    @classmethod
+    def params_problem(cls, params: Any) -> str | None:
+        """Why a run with these settings must not start (judged before anything loads), or None."""
+        return None
+
+    def inject(self, contexts: list[Context]) -> None:
+        """Absorb the contexts: train, index or remember. Called once per batch or sequence step."""
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        """Answers, in order. The default asks ``self.model`` with the run's prompt format.
+
+        Prompts are grouped by their generation settings (answer length, one line or many).
+        """
+        answers: list[str] = [""] * len(prompts)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault((p.max_new_tokens or self.run.max_new_tokens, p.multiline), []).append(i)
+        for (max_new_tokens, multiline), indices in groups.items():
+            outputs = self.lm.generate(
+                [self.lm.format_prompt(prompts[i]) for i in indices],
+                max_new_tokens=max_new_tokens,
+                batch_size=self.run.eval_batch_size,
+                model=self.model,
+                stop_at_newline=not multiline,
+                progress="answering",
+            )
+            for i, output in zip(indices, outputs):
+                answers[i] = output
+        return answers
+
+    def footprint(self) -> Footprint:
+        """Extra state kept beyond the base model; Base methods keep none."""
+        return Footprint()
+
+
+# make_method(stream=None): a fresh method seeded by its episode (or by the named random stream).
+MethodFactory = Callable[..., Method]
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
+
+# Task metadata that a subclass does not inherit (see ``Task``), with its defaults.
+_TASK_OWN_METADATA: dict[str, Any] = {"display_name": "", "paper_table": "", "paper_metrics": ()}
+
+
+class Task(ABC):
+    """Yields episodes, runs a fresh method through each, and scores the answers."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    default_dataset: ClassVar[str] = "fictional"
+    dataset_kind: ClassVar[str] = "qa"
+
+    # What tables and the leaderboard know of the task's scores (benchmark/task_info.py); the runner
+    # writes these into every result file. display_name, paper_table and paper_metrics belong to one
+    # registered task, so a subclass that sets none gets the defaults, not its parent's name or
+    # place in the paper's tables; the rest is inherited.
+    display_name: ClassVar[str] = ""  # how tables name the task ("batch injection"); "" shows the registered name
+    version: ClassVar[int] = 1  # raise it when the scores change meaning
+    metrics: ClassVar[tuple[MetricInfo, ...]] = ()  # every score a table may show; one is primary
+    compared: ClassVar[tuple[str, ...]] = ()  # the scores `bench compare` pairs; () pairs the primary one
+    paired_unit: ClassVar[str] = "contexts"  # what one paired unit is (plural, for messages)
+    resampled_unit: ClassVar[str] = "contexts"  # what a bootstrap draws (plural, for messages)
+    resample_episodes: ClassVar[bool] = False  # whole episodes are the independent units
+    curves: ClassVar[tuple[str, ...]] = ()  # scores with a value after each step (the retention plot)
+    paper_table: ClassVar[str] = ""  # the paper's table ("1" to "3") its results fill; "" for none
+    paper_metrics: ClassVar[tuple[str, ...]] = ()  # the scores shown there; () shows the primary one
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr, default in _TASK_OWN_METADATA.items():
+            if attr not in vars(cls):
+                setattr(cls, attr, default)
+        found = problems(TaskInfo.of_class(cls))
+        if found:
+            raise TypeError(f"{cls.__name__}: " + "; ".join(found))
+
+    def __init__(self, params: Any, run: RunParams, dataset: str, data_path: str, seed: int) -> None:
+        self.params = params
+        self.run = run
+        self.dataset = dataset
+        self.data_path = data_path
+        self.seed = seed
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None
+
+    @abstractmethod
+    def prepare(self, lm: LM) -> None:
+        """Load and check the data against the model; every input error surfaces here, early."""
+
+    @abstractmethod
+    def episodes(self) -> list[str]:
+        """Episode ids in run order; each is run with a fresh method and saved on completion."""
+
+    @abstractmethod
+    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
+        """Run one episode; the returned record must be JSON-serialisable."""
+
+    @abstractmethod
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Scores over all episodes (means with bootstrap 95% intervals)."""
+
+    @classmethod
+    @abstractmethod
+    def summary(cls, scores: dict[str, Any]) -> str:
+        """A short human-readable table of the scores."""
