@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from benchmark.errors import BenchError
 from benchmark.models import cache_dir
-from benchmark.targets import GENERATORS, GROUNDED, grounding, wants_grounded
+from benchmark.grounding import GROUNDED, grounding, wants_grounded
 from benchmark.types import Document
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,3 @@ def openai_targets(documents: list[Document], count: int, seed: int, lm: Any = N
     grounded = wants_grounded(run)
     return cached(documents, cache_id(f"openai-{model}", grounded), count, seed,
                   lambda docs: collect(docs, count, ask, grounded, f"openai-{model}"), allow_empty=grounded)
-
-
-GENERATORS["local"] = local_targets
-GENERATORS["openai"] = openai_targets

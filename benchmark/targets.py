@@ -5,7 +5,7 @@ only ever see a context's text (``dataset``: the training QA the data set ships 
 leakage check below makes sure no probe question slipped into them.
 
 ``run.targets`` names a generator, optionally followed by ``+grounded`` (``local+grounded``): then
-only QA pairs whose answer occurs in their context are kept (see ``is_grounded``), and the
+only QA pairs whose answer occurs in their context are kept (``benchmark.grounding``), and the
 generators that sample (``local``, ``openai``) ask again until they have the requested count of
 grounded pairs or have asked a bounded number of times. The QA tasks record the grounding rate
 of the target sentences a run trains on (``grounding_counts``, see ``tasks.qa``).
@@ -20,73 +20,14 @@ import re
 from typing import Any, Callable
 
 from benchmark.errors import BenchError
+from benchmark.generation import local_targets, openai_targets
+from benchmark.grounding import GROUNDED, grounding, keep_grounded, split_generator, wants_grounded
 from benchmark.metrics import normalize_answer
 from benchmark.types import Document
 
 log = logging.getLogger(__name__)
 
-# A generator maps (documents, sentences per context, seed, LM, run params) to sentences per context id.
-Generator = Callable[..., dict[str, list[str]]]
-GENERATORS: dict[str, Generator] = {}
-GROUNDED = "grounded"  # the filter named after a "+": "local+grounded"
-
 _QUESTION = re.compile(r"Question:\s*(.*?)\s*Answer:", re.DOTALL)
-_ANSWER = re.compile(r"Question:.*?Answer:\s*(.*?)\s*$", re.DOTALL)
-
-
-# ---- grounding ------------------------------------------------------------------------------------
-
-
-def split_generator(name: str) -> tuple[str, bool]:
-    """``"local+grounded"`` -> ``("local", True)``; ``"local"`` -> ``("local", False)``."""
-    base, plus, option = name.partition("+")
-    if plus and option != GROUNDED:
-        raise BenchError(f"unknown target-sentence filter {option!r} in targets={name!r}; "
-                         f"the one filter is +{GROUNDED}")
-    return base, bool(plus)
-
-
-def wants_grounded(run: Any) -> bool:
-    """Whether the run's ``targets`` setting asks for the grounding filter."""
-    return run is not None and split_generator(str(getattr(run, "targets", "")))[1]
-
-
-def target_answer(sentence: str) -> str:
-    """The answer of a "Question: … Answer: …" sentence ("" when it has none)."""
-    match = _ANSWER.search(sentence)
-    return match.group(1) if match else ""
-
-
-def grounding(context: str) -> Callable[[str], bool]:
-    """A test of target sentences against ``context``: does the sentence's answer occur in it?
-
-    Both sides are normalised as for QA-F1 (``normalize_answer``: lowercase, no punctuation or
-    articles, single spaces) and the answer must occur as whole words: "1526" is in "founded in
-    1526", "1" and "Lin" are not. An answer that normalises to nothing is not grounded.
-    """
-    haystack = f" {normalize_answer(context)} "
-
-    def test(sentence: str) -> bool:
-        answer = normalize_answer(target_answer(sentence))
-        return bool(answer) and f" {answer} " in haystack
-
-    return test
-
-
-def is_grounded(sentence: str, context: str) -> bool:
-    return grounding(context)(sentence)
-
-
-def keep_grounded(context: str, sentences: list[str]) -> list[str]:
-    """The sentences whose answer occurs in ``context``, in order."""
-    test = grounding(context)
-    return [s for s in sentences if test(s)]
-
-
-def grounding_counts(context: str, sentences: list[str]) -> dict[str, int]:
-    """``{"sentences": n, "grounded": k}``: how many of a context's target sentences are grounded."""
-    test = grounding(context)
-    return {"sentences": len(sentences), "grounded": sum(1 for s in sentences if test(s))}
 
 
 # ---- dataset: the training QA a data set ships ------------------------------------------------------
@@ -110,10 +51,6 @@ def dataset_targets(documents: list[Document], count: int, seed: int,
             sentences = random.Random(f"{seed}-{doc.id}").sample(sentences, count)
         result[doc.id] = sentences
     return result
-
-
-GENERATORS["dataset"] = lambda documents, count, seed, lm, run: dataset_targets(
-    documents, count, seed, wants_grounded(run))
 
 
 # ---- cloze: the context's own sentences with a salient span blanked --------------------------------
@@ -275,7 +212,14 @@ def cloze_targets(documents: list[Document], count: int, seed: int) -> dict[str,
     return result
 
 
-GENERATORS["cloze"] = lambda documents, count, seed, lm, run: cloze_targets(documents, count, seed)
+# A generator maps (documents, sentences per context, seed, LM, run params) to sentences per context id.
+Generator = Callable[..., dict[str, list[str]]]
+GENERATORS: dict[str, Generator] = {
+    "dataset": lambda documents, count, seed, lm, run: dataset_targets(documents, count, seed, wants_grounded(run)),
+    "cloze": lambda documents, count, seed, lm, run: cloze_targets(documents, count, seed),
+    "local": local_targets,
+    "openai": openai_targets,
+}
 
 
 # ---- making and checking a run's targets -------------------------------------------------------------
@@ -283,8 +227,6 @@ GENERATORS["cloze"] = lambda documents, count, seed, lm, run: cloze_targets(docu
 
 def make_targets(documents: list[Document], run: Any, lm: Any, seed: int) -> dict[str, list[str]]:
     """Target sentences for each document from the generator the run names (and its filter)."""
-    import benchmark.generation  # noqa: F401  (registers the local and openai generators)
-
     name, grounded = split_generator(run.targets)
     if name not in GENERATORS:
         known = ", ".join(sorted(GENERATORS))

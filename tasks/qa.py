@@ -9,11 +9,12 @@ from typing import Any, ClassVar
 
 from benchmark.api import Method, Task
 from benchmark.errors import BenchError
+from benchmark.grounding import grounding_counts
 from benchmark.metrics import qa_acc, qa_f1, summarize
 from benchmark.models import LM
 from benchmark.report import fmt_ci
 from benchmark.registry import DATASETS
-from benchmark.targets import check_no_leakage, grounding_counts, make_targets
+from benchmark.targets import check_no_leakage, make_targets
 from benchmark.types import Context, Document, Prompt
 from tasks.data.base import SAMPLES, SPLITS
 

@@ -32,10 +32,11 @@ from typing import Any, ClassVar
 
 from benchmark.api import Method, MethodFactory, Task
 from benchmark.errors import BenchError
+from benchmark.grounding import split_generator
 from benchmark.metrics import summarize
 from benchmark.models import LM
 from benchmark.registry import DATASETS, register_task
-from benchmark.targets import make_targets, split_generator
+from benchmark.targets import make_targets
 from benchmark.task_info import MetricInfo
 from benchmark.types import QA, Context, Document, Prompt
 from tasks.crs_scoring import FILTER_NAMES, FILTERS, KS, TitleMatcher, parse_recommendations, score_list

@@ -11,18 +11,9 @@ import pytest
 from benchmark import generation
 from benchmark.config import RunParams
 from benchmark.errors import BenchError
+from benchmark.grounding import grounding_counts, is_grounded, keep_grounded, split_generator
 from benchmark.metrics import normalize_answer
-from benchmark.targets import (
-    check_no_leakage,
-    cloze_targets,
-    context_sentences,
-    grounding_counts,
-    is_grounded,
-    keep_grounded,
-    make_targets,
-    salient_spans,
-    split_generator,
-)
+from benchmark.targets import check_no_leakage, cloze_targets, context_sentences, make_targets, salient_spans
 from benchmark.types import QA, Document
 from tasks.batch import BatchParams, BatchTask
 from tasks.qa import load_documents

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from benchmark.config import DEFAULT_MODELS, RunParams
     from benchmark.errors import BenchError
-    from benchmark.targets import check_no_leakage, grounding_counts, make_targets, split_generator
+    from benchmark.grounding import grounding_counts, split_generator
+    from benchmark.targets import check_no_leakage, make_targets
     from tasks.qa import load_documents
 
     if args.base_url:
