@@ -26,7 +26,7 @@ test: $(STAMP)
 # The quick reference runs of every method that runs here into results/ (hours on a small CPU;
 # finished runs are kept), then the leaderboard page rebuilt from them.
 reference: $(STAMP)
-	$(BIN)/python -m benchmark.reference
+	$(BIN)/python -m benchmark.app.reference
 	$(BIN)/bench leaderboard
 
 leaderboard: $(STAMP)

@@ -1,8 +1,8 @@
-"""selfparam-bench: a harness for knowledge-injection methods (SELF-PARAM and its baselines)."""
+"""selfparam-bench: a harness for knowledge-injection methods (SELF-PARAM and its baselines).
 
-from benchmark.threads import choose_omp_wait_policy
-
-# Before torch is imported: OpenMP reads its wait policy once, when it loads.
-choose_omp_wait_policy()
+The modules here are the foundations (the Method and Task interfaces, registries, settings, the LM,
+metrics, result files and the runner); ``benchmark.app`` is what users call on top of them (the
+``bench`` command line and its commands). Importing this package does nothing else.
+"""
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ def tiny_lm():
 @pytest.fixture
 def bench(capsys):
     """Run ``bench ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    from benchmark.cli import main
+    from benchmark.app.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main([str(a) for a in args])

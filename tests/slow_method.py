@@ -36,7 +36,7 @@ def register() -> type:
 
 
 if __name__ == "__main__":
-    from benchmark.cli import main
+    from benchmark.app.cli import main
 
     register()
     sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.breakdown import (ATTENTION, AUTOGRAD, ELEMENTWISE, HEAD_LOSS, KINDS, MATMUL_BACKBONE,
+from benchmark.app.breakdown import (ATTENTION, AUTOGRAD, ELEMENTWISE, HEAD_LOSS, KINDS, MATMUL_BACKBONE,
                                  MATMUL_HEAD, OPTIMIZER, OTHER, OVERHEAD, VIEWS, classify, summarise)
 
 V = 1000  # a vocabulary size for the synthetic cases
@@ -18,7 +18,7 @@ V = 1000  # a vocabulary size for the synthetic cases
 @pytest.fixture(scope="module")
 def breakdown_run(tmp_path_factory):
     """``bench perf --breakdown`` once on the tiny model: (exit code, printed text, the --json figures)."""
-    from benchmark.cli import main
+    from benchmark.app.cli import main
 
     path = tmp_path_factory.mktemp("perf") / "perf.json"
     out = io.StringIO()

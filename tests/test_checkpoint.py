@@ -50,7 +50,7 @@ def logged_record(self, report, wall_s):
 
 training.Trainer.step = counted_step
 training.TrainedMethod.record = logged_record
-from benchmark.cli import main
+from benchmark.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -99,7 +99,7 @@ def test_empty_results_folder(tmp_path, bench):
 
 
 def test_reference_plan_skips_what_does_not_apply():
-    from benchmark.reference import plan
+    from benchmark.app.reference import plan
 
     cells, notes = plan(methods=["base_q", "base_cq"], tasks=["batch", "recommendation"], datasets=["fictional", "redial"])
     chosen = {(c.method, c.task, c.dataset) for c in cells}
@@ -111,7 +111,7 @@ def test_reference_plan_skips_what_does_not_apply():
 
 
 def test_reference_cells_carry_their_sizes():
-    from benchmark.reference import plan
+    from benchmark.app.reference import plan
 
     cells, _ = plan(methods=["base_q"], tasks=["batch"], datasets=["fictional", "squad"])
     sizes = {c.dataset: dict(c.overrides) for c in cells}

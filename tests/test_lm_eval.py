@@ -20,7 +20,7 @@ from lm_eval.api.model import LM as LMEvalModel  # noqa: E402
 
 @pytest.fixture(scope="module")
 def manager_factory():
-    from benchmark.commands.lm_eval import task_manager
+    from benchmark.app.commands.lm_eval import task_manager
 
     return task_manager
 

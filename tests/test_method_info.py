@@ -98,7 +98,7 @@ class MyPlugin(Method):
 SCRIPT = '''
 import json, shutil, sys
 from pathlib import Path
-from benchmark.cli import main
+from benchmark.app.cli import main
 
 out = Path(sys.argv[1])
 for method in ("base_q", "my-plugin"):
@@ -169,7 +169,7 @@ def test_an_outside_packages_method_shows_its_name_and_storage_class_everywhere(
         assert "my-plugin" not in page.replace("my-plugin__smoke", "")  # only in links to its result file
 
     # without the package installed, the result file alone still names the method and its class S
-    _bench(tmp_path, "import sys\nfrom benchmark.cli import main\n"
+    _bench(tmp_path, "import sys\nfrom benchmark.app.cli import main\n"
            "sys.exit(main(['table', '-t', '1', '-o', sys.argv[1] + '/alone.md', sys.argv[1] + '/runs']))",
            str(out), plugin=False)
     assert [row[:2] for row in _rows((out / "alone.md").read_text(), "My Plug-in")] == [["My Plug-in", "O(n)"]]

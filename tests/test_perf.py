@@ -11,7 +11,7 @@ import time
 import pytest
 
 from benchmark.allocator import keep_freed_memory
-from benchmark.perf import report, run_perf
+from benchmark.app.perf import report, run_perf
 
 
 def test_perf_measures_both_loops_and_their_ratio():

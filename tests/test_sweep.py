@@ -13,7 +13,7 @@ import benchmark.runner
 from benchmark.runner import episode_seed
 from benchmark.errors import BenchError
 from benchmark.registry import METHODS, register_method
-from benchmark.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
+from benchmark.app.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
 from methods.base import Method
 
 SMOKE = {"tasks": "batch", "profiles": "smoke", "set": {"num_contexts": 1}}

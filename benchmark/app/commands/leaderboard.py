@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmark.errors import BenchError
 from benchmark.results import REPO_ROOT
 
 
@@ -23,7 +24,6 @@ def register(subparsers) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmark.errors import BenchError
     from leaderboard.load import load_results
     from leaderboard.page import build_page
 

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from benchmark.errors import BenchError
+from methods.selfparam import InjectionPlan
+from methods.training import Trainer
 
 MATMUL_BACKBONE = "matmul: backbone"
 MATMUL_HEAD = "matmul: LM head"
@@ -223,9 +225,6 @@ def _run_window(make_method: Callable[[], Any], contexts: list, skip: int, steps
 
     When the run has fewer steps, the window ends with its last step (``steps`` is returned).
     """
-    from methods.selfparam import InjectionPlan
-    from methods.training import Trainer
-
     state: dict[str, Any] = {"done": 0, "start": None, "ends": [], "tokens": [], "teacher_s": 0.0}
 
     def after_step(trainer: Trainer) -> None:

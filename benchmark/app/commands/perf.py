@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmark.config import parse_overrides
+from benchmark.errors import BenchError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("perf", help="training tokens/s of selfparam vs the official-style loop")
@@ -34,9 +37,7 @@ def register(subparsers) -> None:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    from benchmark.config import parse_overrides
-    from benchmark.errors import BenchError
-    from benchmark.perf import report, run_perf
+    from benchmark.app.perf import report, run_perf
 
     if args.rounds < 0 or (args.rounds == 0 and not args.breakdown):
         raise BenchError("--rounds must be at least 1 (or 0 with --breakdown)")

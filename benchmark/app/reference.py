@@ -1,8 +1,8 @@
 """The reference runs behind the leaderboard: every method that runs here, on every task and data set
 present, with the ``quick`` profile, written to ``results/``.
 
-    python -m benchmark.reference --dry-run      # list the runs
-    python -m benchmark.reference                # run them (finished ones are kept, not redone)
+    python -m benchmark.app.reference --dry-run      # list the runs
+    python -m benchmark.app.reference                # run them (finished ones are kept, not redone)
     make reference                               # the same, then bench leaderboard
 
 Runs that do not apply (e.g. the C+Q oracle on recommendation, which has no gold context) or that
@@ -20,7 +20,9 @@ from pathlib import Path
 
 from benchmark.errors import BenchError
 from benchmark.paths import shared_data
+from benchmark.registry import METHODS, TASKS
 from benchmark.results import REPO_ROOT
+from benchmark.threads import choose_omp_wait_policy
 
 # (task, data set, the shared-data folder it needs or None for built-in data, settings of the cell).
 # Sizes chosen for power (README, "Power"): 50 SQuAD test contexts spread over 18 articles detect a
@@ -46,8 +48,6 @@ class Cell:
 def plan(methods: list[str] | None = None, tasks: list[str] | None = None,
          datasets: list[str] | None = None) -> tuple[list[Cell], list[str]]:
     """The runs to do, and a line for each method, task or data set left out (and why)."""
-    from benchmark.registry import METHODS, TASKS
-
     notes = []
     chosen = []
     for name, cls in METHODS.items():
@@ -76,7 +76,8 @@ def plan(methods: list[str] | None = None, tasks: list[str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.reference", description=__doc__.split("\n\n")[0])
+    choose_omp_wait_policy()  # as `bench` does, before torch loads (benchmark.threads)
+    parser = argparse.ArgumentParser(prog="python -m benchmark.app.reference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", help="comma-separated subset of methods")
     parser.add_argument("--tasks", help="comma-separated subset of tasks")
     parser.add_argument("--datasets", help="comma-separated subset of data sets")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(cells)} runs")
         return 0
 
-    from benchmark.runner import RunRequest, run
+    from benchmark.runner import RunRequest, run  # after the wait policy: it loads torch
 
     done, failed = 0, []
     for i, cell in enumerate(cells, start=1):

@@ -25,7 +25,9 @@ from typing import Any, Callable
 
 import yaml
 
-from benchmark.errors import BenchError
+from benchmark import runner
+from benchmark.app import worker
+from benchmark.errors import BenchError, UnavailableError
 from benchmark.results import safe_name
 from benchmark.runner import RunRequest
 
@@ -283,10 +285,8 @@ def _resolve(cell: Cell) -> Cell:
     Whether the method can run is left to the machine that runs the cell (a cluster's worker may
     have the GPU or checkpoint that the driver lacks); the run says so itself if not.
     """
-    from benchmark.runner import resolve
-
     try:
-        resolved = resolve(cell.request, check_available=False)
+        resolved = runner.resolve(cell.request, check_available=False)
     except Exception as exc:  # one bad cell must not stop the others
         cell.error = one_line(exc)
         return cell
@@ -297,11 +297,8 @@ def _resolve(cell: Cell) -> Cell:
 
 def unavailable_here(cell: Cell) -> str | None:
     """Why this machine cannot run the cell (a missing GPU, checkpoint or package), or None."""
-    from benchmark.errors import UnavailableError
-    from benchmark.runner import resolve
-
     try:
-        resolve(cell.request)
+        runner.resolve(cell.request)
     except UnavailableError as exc:
         return str(exc)
     except BenchError:
@@ -320,11 +317,9 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
 
 def run_cell(request: RunRequest) -> dict[str, Any]:
     """One ordinary run; never raises for a failure of the run itself (Ctrl-C still stops it)."""
-    from benchmark.runner import run
-
     tick = time.perf_counter()
     try:
-        outcome = run(request)
+        outcome = runner.run(request)
     except Exception as exc:
         return {"status": FAILED, "error": one_line(exc), "traceback": traceback.format_exc(),
                 "wall_s": time.perf_counter() - tick}
@@ -401,7 +396,7 @@ class RayExecutor:
         if not cells:
             return  # nothing to do: no need to start or join a cluster
         started = self._connect(ray)
-        remote = ray.remote(run_cell)
+        remote = ray.remote(worker.run_cell)
         pending: dict[Any, Cell] = {}
         try:
             totals = ray.cluster_resources()
@@ -412,7 +407,7 @@ class RayExecutor:
                     report(cell, {"status": FAILED, "error": f"needs {missing}; this Ray instance has "
                                   f"{_describe_totals(totals)} (raise --num-cpus or lower resources)"})
                     continue
-                ref = remote.options(**options, max_retries=self.max_retries).remote(cell.request)
+                ref = remote.options(**options, max_retries=self.max_retries).remote(asdict(cell.request))
                 pending[ref] = cell
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)

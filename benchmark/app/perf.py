@@ -14,7 +14,7 @@ without sharing does) is printed beside it. The two are measured alternately (A 
 a change in machine load hits both. Also printed: the measured bf16 GEMM rate and the compute
 limit it implies at 4·N FLOPs per student token (forward + input gradients; LoRA adds little).
 ``--breakdown`` adds a profile of a few of the harness's training steps by kind of work
-(``benchmark.breakdown``).
+(``benchmark.app.breakdown``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmark.app.breakdown import profile_steps
+from benchmark.app.breakdown import report as breakdown_report
 from benchmark.config import RUN_PROFILES, RunParams, build_params
-from benchmark.models import LM
+from benchmark.models import LM, load_lm
+from benchmark.registry import METHODS
+from benchmark.targets import make_targets
 from benchmark.threads import omp_wait_policy
 from benchmark.types import Context
+from methods.retain import RetainStream
+from methods.training import TrainParams, build_student
+from tasks.qa import load_documents
 
 
 @dataclass
@@ -72,8 +79,6 @@ def gemm_gflops(dtype: torch.dtype, seconds: float = 1.0) -> float:
 def official_style(lm: LM, contexts: list[Context], retain: list[list[int]], pairs: int, lr: float,
                    seed: int) -> Measure:
     """The official loop's structure: per QA pair, three batch-1 fp32 steps with a live teacher."""
-    from methods.training import TrainParams, build_student
-
     p = TrainParams(lr=lr, frozen_bf16=False)
     student = build_student(lm, p)
     optimizer = torch.optim.AdamW([t for t in student.parameters() if t.requires_grad], lr=lr)
@@ -126,15 +131,9 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
              seed: int = 0, breakdown: tuple[int, int] | None = None) -> dict[str, Any]:
     """Measure both loops ``rounds`` times, alternating; returns the figures printed by ``bench perf``.
 
-    ``breakdown=(skip, steps)`` adds the step profile of ``benchmark.breakdown`` (figures under
+    ``breakdown=(skip, steps)`` adds the step profile of ``benchmark.app.breakdown`` (figures under
     ``"breakdown"``); ``rounds=0`` then leaves out the throughput comparison.
     """
-    from benchmark.models import load_lm
-    from benchmark.registry import METHODS
-    from benchmark.targets import make_targets
-    from methods.retain import RetainStream
-    from tasks.qa import load_documents
-
     method_cls = METHODS.get("selfparam")
     params = build_params({"run": (RunParams, RUN_PROFILES), "method": (method_cls.Params, method_cls.profiles)},
                           profile, overrides or {})
@@ -157,8 +156,6 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
     gemm.append(gemm_gflops(torch.bfloat16))
     steps = None
     if breakdown is not None:
-        from benchmark.breakdown import profile_steps
-
         skip, count = breakdown
         steps = profile_steps(lm, lambda: method_cls(lm, mp, run, seed), contexts, skip, count)
     bf16 = max(gemm)
@@ -197,8 +194,6 @@ def report(figures: dict[str, Any]) -> str:
               f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}), load average {load}")
     extra = []
     if "breakdown" in figures:
-        from benchmark.breakdown import report as breakdown_report
-
         extra.append(breakdown_report(figures["breakdown"]))
     if not figures.get("rounds", 1):  # the step profile alone
         gemm = f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s (the rate a matmul reaches at a model-like shape)"

@@ -11,7 +11,9 @@ import argparse
 import json
 
 from benchmark.config import DEFAULT_MODELS, PROFILES, RUN_PROFILES, RunParams, build_params, parse_overrides
+from benchmark.app.cli import print_params
 from benchmark.errors import BenchError
+from benchmark.registry import METHODS
 
 
 def register(subparsers) -> None:
@@ -28,22 +30,17 @@ def register(subparsers) -> None:
 
 
 def trainable_methods() -> list[str]:
-    from benchmark.registry import METHODS
-
     return [name for name, cls in METHODS.items() if hasattr(cls, "train_mechanism")]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from benchmark.models import load_lm
-    from benchmark.registry import METHODS
     from benchmark.runner import seed_everything
 
     cls = METHODS.get(args.method)
     if not hasattr(cls, "train_mechanism"):
         raise BenchError(f"method {args.method!r} has nothing to train; trainable: {', '.join(trainable_methods())}")
     if args.params:
-        from benchmark.cli import print_params
-
         print_params(f"train {args.method}", cls.TrainParams, cls.train_profiles)
         return 0
     reason = cls.unavailable_reason()

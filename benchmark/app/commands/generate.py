@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from benchmark.config import DEFAULT_MODELS, RunParams
+from benchmark.errors import BenchError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -32,8 +35,6 @@ def register(subparsers) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from benchmark.config import DEFAULT_MODELS, RunParams
-    from benchmark.errors import BenchError
     from benchmark.grounding import grounding_counts, split_generator
     from benchmark.targets import check_no_leakage, make_targets
     from tasks.qa import load_documents

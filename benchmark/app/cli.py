@@ -1,12 +1,19 @@
-"""The ``bench`` command line."""
+"""The ``bench`` command line.
+
+Project modules that load torch (the runner, models, methods) are imported inside the handlers that
+need them: ``main`` chooses the OpenMP wait policy before torch loads, and ``bench table`` or
+``bench --help`` need no model.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
+import pkgutil
 import signal
 import sys
 import threading
@@ -14,8 +21,12 @@ from pathlib import Path
 from typing import Iterator
 
 from benchmark.allocator import keep_freed_memory
-from benchmark.config import PROFILES, RUN_PROFILES, RunParams
+from benchmark.app import commands
+from benchmark.config import PROFILES, RUN_PROFILES, RunParams, declared_ranges, parse_overrides
 from benchmark.errors import BenchError, Terminated
+from benchmark.registry import DATASETS, METHODS, TASKS
+from benchmark.threads import choose_omp_wait_policy
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Knowledge-injection benchmark harness.")
@@ -44,20 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--params", action="store_true", help="also show every parameter and its default")
     lst.set_defaults(handler=cmd_list)
 
-    # Further subcommands live in benchmark/commands/, one module each with register(subparsers).
+    # Further subcommands live in benchmark/app/commands/, one module each with register(subparsers).
     for module in command_modules():
         module.register(sub)
     return parser
 
 
 def command_modules() -> list:
-    import importlib
-    import pkgutil
-
-    from benchmark import commands
-
     return [
-        importlib.import_module(f"benchmark.commands.{info.name}")
+        importlib.import_module(f"benchmark.app.commands.{info.name}")
         for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name)
     ]
 
@@ -76,7 +82,6 @@ def checkpoint_seconds(text: str) -> float | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.config import parse_overrides
     from benchmark.runner import RunRequest, run
 
     request = RunRequest(
@@ -103,8 +108,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_outcome(outcome) -> None:
-    from benchmark.registry import TASKS
-
     result = outcome.result
     task_cls = TASKS.get(result["task"])
     header = (f"{result['method']} on {result['task']}/{result['dataset']} "
@@ -130,8 +133,6 @@ def print_outcome(outcome) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from benchmark.registry import DATASETS, METHODS, TASKS
-
     for title, registry in (("methods", METHODS), ("tasks", TASKS), ("datasets", DATASETS)):
         rows = []
         for name, cls in registry.items():
@@ -152,8 +153,6 @@ def print_params(title: str, params_cls: type, profiles: dict) -> None:
     fields = dataclasses.fields(params_cls)
     if not fields:
         return
-    from benchmark.config import declared_ranges
-
     ranges = declared_ranges(params_cls)
     print(f"{title} parameters (default; per-profile overrides; allowed range):")
     for f in fields:
@@ -188,6 +187,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "torch" not in sys.modules:  # OpenMP reads its wait policy once, when torch loads it
+        choose_omp_wait_policy()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

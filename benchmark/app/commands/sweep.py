@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmark.app.cli import interrupted_code
+from benchmark.config import parse_overrides
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,8 +33,7 @@ def register(subparsers) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from benchmark.config import parse_overrides
-    from benchmark.sweep import (FAILED, LocalExecutor, RayExecutor, import_ray, load_spec,
+    from benchmark.app.sweep import (FAILED, LocalExecutor, RayExecutor, import_ray, load_spec,
                                  print_summary, run_sweep, with_only)
 
     if args.executor == "ray" and not args.dry_run:
@@ -54,8 +56,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         log = run_sweep(sweep, executor)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
-        from benchmark.cli import interrupted_code
-
         print(f"bench: sweep interrupted; run the same command to resume (finished cells and episodes "
               f"are kept in {sweep.out})", file=sys.stderr)
         return interrupted_code(exc)
@@ -65,7 +65,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def dry_run(sweep) -> int:
-    from benchmark.sweep import FAILED, PENDING, SKIPPED, StatusLog, summary_table, unavailable_here
+    from benchmark.app.sweep import FAILED, PENDING, SKIPPED, StatusLog, summary_table, unavailable_here
 
     log = StatusLog(sweep, "dry-run")
     for cell in sweep.cells:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import PROFILES
+from benchmark.config import PROFILES, parse_overrides
 from benchmark.errors import BenchError
 from benchmark.types import Prompt
 
@@ -112,10 +112,9 @@ def _kind(dataset: str) -> str:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from benchmark.config import parse_overrides
+    from benchmark.api import Method
     from benchmark.models import load_lm
     from benchmark.runner import RunRequest, episode_seed, resolve, seed_everything
-    from methods.base import Method
 
     dataset = args.dataset
     kind = _kind(dataset)
