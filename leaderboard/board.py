@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.method_info import MethodInfo
+from benchmark.results import safe_name
 from benchmark.task_info import TaskInfo
 from leaderboard import extract, meta
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_number, fmt_score
@@ -79,8 +80,6 @@ class Board:
 
     @property
     def slug(self) -> str:
-        from benchmark.results import safe_name
-
         return safe_name(f"{self.task}__{self.dataset}__{self.model}")
 
     @property

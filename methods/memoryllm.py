@@ -29,7 +29,7 @@ from benchmark.models import LM, first_answer_line
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
 from methods.memoryllm_mini import MemoryPool, PoolConfig, build
-from methods.memoryllm_train import TRAIN_PROFILES, MiniTrainParams, checkpoint_path, load_mechanism
+from methods.memoryllm_train import TRAIN_PROFILES, MiniTrainParams, checkpoint_path, load_mechanism, train_mechanism
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,5 @@ class MemoryLLMMini(Method):
     @classmethod
     def train_mechanism(cls, lm: LM, params: MemoryLLMMiniParams, train: MiniTrainParams, seed: int) -> dict[str, Any]:
         """What `bench train memoryllm-mini` runs: train and save the mechanism for this model."""
-        from methods.memoryllm_train import train_mechanism
-
         cfg = PoolConfig(params.num_tokens, params.num_blocks, lora_r=params.lora_r)
         return train_mechanism(lm, cfg, train, seed)

@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 
 from benchmark.models import LM, cache_dir
 from benchmark.paths import shared_data
+from benchmark.registry import DATASETS
 from benchmark.results import safe_name
 from benchmark.types import QA, Document, Prompt
 from methods.memoryllm_mini import MemoryMechanism, MemoryPool, PoolConfig, build
-from tasks.data.fictional import Fictional
 
 log = logging.getLogger(__name__)
 
+TRAINING_DATASET = "fictional"  # generated entities: a fresh, unlimited supply for each seed
 EVAL_SEED_CONTEXTS = 1000  # names of the evaluation set's first contexts are never trained on
 HELDOUT_SEED = 999  # a seed kept out of training, for the before/after check
 
@@ -81,13 +82,18 @@ def _entity(text: str) -> str:
     return text.split(" is a ", 1)[0]
 
 
+def fictional(seed: int):
+    """The generated QA data set the mechanism trains on, with this seed (found by its registered name)."""
+    return DATASETS.get(TRAINING_DATASET)(seed=seed)
+
+
 class TrainingData:
     """QA samples from fresh fictional entities and text samples from the local C4 sample."""
 
     def __init__(self, lm: LM, p: MiniTrainParams, seed: int) -> None:
         self.lm, self.p = lm, p
         self.rng = random.Random(seed)
-        self.excluded = {_entity(d.text) for d in Fictional(seed=0).documents(EVAL_SEED_CONTEXTS)}
+        self.excluded = {_entity(d.text) for d in fictional(seed=0).documents(EVAL_SEED_CONTEXTS)}
         self.texts = self._c4_texts()
         self.qa = self._qa_stream(seed)
 
@@ -107,7 +113,7 @@ class TrainingData:
     def _qa_stream(self, seed: int) -> Iterator[Sample]:
         offset = 1000 + 1000 * seed
         for k in range(10**6):
-            for doc in Fictional(seed=offset + k).documents(100):
+            for doc in fictional(seed=offset + k).documents(100):
                 if _entity(doc.text) in self.excluded:
                     continue
                 yield qa_sample(self.lm, doc, self.rng.choice(doc.train_qa))
@@ -147,7 +153,7 @@ def qa_sample(lm: LM, doc: Document, qa: QA) -> Sample:
 def heldout_samples(lm: LM, n: int) -> list[tuple[Sample, list[torch.Tensor]]]:
     """Held-out QA examples (a seed never trained on), each with three other contexts injected
     before it, so the check reads a pool that holds more than the target."""
-    docs = Fictional(seed=HELDOUT_SEED).documents(n + 3)
+    docs = fictional(seed=HELDOUT_SEED).documents(n + 3)
     rng = random.Random(HELDOUT_SEED)
     out = []
     for i in range(n):

@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.paths import shared_data
+from benchmark.registry import DATASETS
 
 SOURCES = ("auto", "c4", "wikitext", "model", "slimpajama")
 SLIMPAJAMA = "DKYoon/SlimPajama-6B"
@@ -173,8 +174,6 @@ class RetainQuestions:
         if n <= 0:
             return []
         if self.pool is None:
-            from benchmark.registry import DATASETS
-
             documents = DATASETS.get("fictional")(seed=self.SEED_OFFSET + self.seed).documents(self.DOCUMENTS)
             self.pool = [f"Question: {qa.question} Answer: {qa.answers[0]}"
                          for doc in documents for qa in doc.probes + doc.train_qa]

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from benchmark.api import MethodFactory
 from benchmark.registry import register_task
+from benchmark.report import score_table
 from benchmark.task_info import MetricInfo
 from tasks.qa import (
     RETRIEVAL_METRICS,
@@ -79,7 +80,5 @@ class BatchTask(QATask):
 
     @classmethod
     def summary(cls, scores: dict[str, Any]) -> str:
-        from benchmark.report import score_table
-
         line = targets_line(scores)
         return score_table(scores) + (f"\n{line}" if line else "")

@@ -36,6 +36,8 @@ from benchmark.grounding import split_generator
 from benchmark.metrics import summarize
 from benchmark.models import LM
 from benchmark.registry import DATASETS, register_task
+from benchmark.report import fmt_ci
+from benchmark.runner import episode_seed, seed_everything
 from benchmark.targets import make_targets
 from benchmark.task_info import MetricInfo
 from benchmark.types import QA, Context, Document, Prompt
@@ -199,8 +201,6 @@ class RecommendationTask(Task):
         """The run's injected method, built on first use; the second value describes the injection."""
         if self._method is not None:
             return self._method, {}
-        from benchmark.runner import episode_seed, seed_everything
-
         method = make_method("inject")  # the same random stream whichever shard builds it
         if method.sees_gold_context:
             raise BenchError(
@@ -295,8 +295,6 @@ class RecommendationTask(Task):
     @classmethod
     def summary(cls, scores: dict[str, Any]) -> str:
         from tabulate import tabulate
-
-        from benchmark.report import fmt_ci
 
         rows = []
         for name in FILTERS:

@@ -14,8 +14,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from benchmark.config import RunParams
 from benchmark.errors import BenchError
+from benchmark.models import LM, cache_dir
+from benchmark.registry import DATASETS
+from benchmark.results import write_json_atomic
 from benchmark.types import Document, Prompt
+from tasks.batch import BatchParams
 
 FORMAT_VERSION = 1
 ENV_DATA_DIR = "SELFPARAM_BENCH_LMEVAL_DATA"
@@ -23,8 +30,6 @@ Formatter = Callable[[Prompt], str]
 
 
 def default_data_dir() -> Path:
-    from benchmark.models import cache_dir
-
     env = os.environ.get(ENV_DATA_DIR)
     return Path(env) if env else cache_dir() / "lm_eval"
 
@@ -35,19 +40,12 @@ def data_file(dataset: str, data_dir: str | Path | None = None) -> Path:
 
 def default_contexts() -> int:
     """How many contexts an automatic export takes: the batch task's default batch."""
-    from tasks.batch import BatchParams
-
     return BatchParams().num_contexts
 
 
 # ---- prompts --------------------------------------------------------------------------------------
 def model_free_formatter(fewshot: int | None = None) -> tuple[Formatter, dict[str, Any]]:
     """The harness's raw prompt (with its default demonstrations), for exports made without a model."""
-    import torch
-
-    from benchmark.config import RunParams
-    from benchmark.models import LM
-
     fewshot = RunParams().fewshot if fewshot is None else fewshot
     lm = LM(model=None, tokenizer=None, name="", device=torch.device("cpu"), prompt_format="raw",
             fewshot=fewshot)  # type: ignore[arg-type]
@@ -78,8 +76,6 @@ def model_formatter(lm: Any) -> tuple[Formatter, dict[str, Any]]:
 def qa_documents(dataset: str, limit: int | None) -> list[Document]:
     """The first ``limit`` test contexts of a registered QA data set in its default order, as a
     batch run takes them (fewer if it has fewer)."""
-    from benchmark.registry import DATASETS
-
     cls = DATASETS.get(dataset)
     if getattr(cls, "kind", "qa") != "qa":
         raise BenchError(f"dataset {dataset!r} is not a QA data set")
@@ -117,8 +113,6 @@ def export_qa(dataset: str, data_dir: str | Path | None = None, documents: list[
 
 
 def _write(path: Path, payload: dict[str, Any]) -> Path:
-    from benchmark.results import write_json_atomic
-
     write_json_atomic(path, payload)
     return path
 
@@ -131,16 +125,3 @@ def read_export(path: Path) -> dict[str, Any]:
     if payload.get("format") != FORMAT_VERSION:
         raise BenchError(f"{path} was written by another version; export it again (bench lm-eval --export)")
     return payload
-
-
-def ensure_export(dataset: str, kind: str, data_dir: str | Path | None = None) -> Path:
-    """The data file of ``dataset``, exported with the defaults first if it is not there yet."""
-    path = data_file(dataset, data_dir)
-    if not path.exists():
-        if kind == "qa":
-            export_qa(dataset, data_dir)
-        else:
-            from tasks.lm_eval.export_rec import export_recommendation
-
-            export_recommendation(dataset, data_dir)
-    return path

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchError
+from benchmark.registry import DATASETS
 from benchmark.types import Prompt
+from tasks.crs_scoring import FILTERS, TitleMatcher, parse_recommendations, score_list
 from tasks.lm_eval.export import FORMAT_VERSION, Formatter, _write, data_file, model_formatter, read_export
+from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationParams, select_evenly
 
 
 def _crs_dataset(dataset: str):
-    from benchmark.registry import DATASETS
-
     cls = DATASETS.get(dataset)
     if getattr(cls, "kind", "qa") != "crs":
         raise BenchError(f"dataset {dataset!r} is not a recommendation data set")
@@ -38,8 +39,6 @@ def export_recommendation(dataset: str, data_dir: str | Path | None = None, limi
     ``limit`` points are taken evenly over the test file, as the task does (default: the task's
     default ``num_probes``; 0 = all).
     """
-    from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationParams, select_evenly
-
     params = RecommendationParams()
     data = _crs_dataset(dataset)
     catalogue = data.catalogue()
@@ -87,8 +86,6 @@ _MATCHERS: dict[tuple[str, int], tuple[Any, int]] = {}
 
 def _matcher(path: str) -> tuple[Any, int]:
     """The catalogue matcher of one data file (built once per file version) and its distance limit."""
-    from tasks.crs_scoring import TitleMatcher
-
     key = (path, Path(path).stat().st_mtime_ns)
     if key not in _MATCHERS:
         payload = read_export(Path(path))
@@ -98,8 +95,6 @@ def _matcher(path: str) -> tuple[Any, int]:
 
 def score_reply(doc: dict[str, Any], reply: str) -> dict[str, list[int]]:
     """Recall@1 hits per gold item under r1..r4 for one generated reply."""
-    from tasks.crs_scoring import FILTERS, parse_recommendations, score_list
-
     matcher, max_distance = _matcher(doc["data_file"])
     matches = matcher.match(parse_recommendations(reply))
     hits = score_list(matches, doc["gold"], doc["seen"], max_distance)

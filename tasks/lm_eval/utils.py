@@ -9,10 +9,13 @@ with a list target would be binarised.
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from benchmark.metrics import exact_match, qa_acc, qa_f1
 from benchmark.models import first_answer_line
+from tasks.lm_eval.export import data_file, export_qa, read_export
+from tasks.lm_eval.export_rec import export_recommendation, score_reply
 
 
 def load(selfparam_dataset: str, selfparam_kind: str = "qa", data_dir: str | None = None, **_: Any):
@@ -24,11 +27,17 @@ def load(selfparam_dataset: str, selfparam_kind: str = "qa", data_dir: str | Non
     """
     import datasets
 
-    from tasks.lm_eval.export import ensure_export, read_export
-
     path = ensure_export(selfparam_dataset, selfparam_kind, data_dir)
     rows = read_export(path)["rows"]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def ensure_export(dataset: str, kind: str, data_dir: str | Path | None = None) -> Path:
+    """The data file of ``dataset``, exported with the defaults first if it is not there yet."""
+    path = data_file(dataset, data_dir)
+    if not path.exists():
+        (export_qa if kind == "qa" else export_recommendation)(dataset, data_dir)
+    return path
 
 
 def process_qa(doc: dict[str, Any], results: list[str]) -> dict[str, tuple[str, float]]:
@@ -61,6 +70,4 @@ def flat_mean(items: list[list[float]]) -> float:
 
 def process_recommendation(doc: dict[str, Any], results: list[str]) -> dict[str, list[int]]:
     """Recall@1 hits per gold item under the filters r1..r4, with the harness's CRS scorer."""
-    from tasks.lm_eval.export_rec import score_reply
-
     return score_reply(doc, results[0])
