@@ -11,12 +11,13 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.api import Method, Task
 from benchmark.checkpoint import Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
 from benchmark.errors import BenchError, UnavailableError
@@ -80,6 +81,10 @@ class ResolvedRun:
     config: dict[str, Any]
     path: Path
 
+    def new_method(self, lm: LM, seed: int) -> Method:
+        """A fresh method with the run's settings, its random stream seeded by ``seed``."""
+        return self.method_cls(lm, self.params["method"], self.params["run"], seed)
+
 
 def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
     """Check names, availability and ``--set`` keys; raises ``BenchError`` before any work.
@@ -93,16 +98,7 @@ def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
         reason = cls.unavailable_reason() if check_available else None
         if reason:
             raise UnavailableError(f"{kind} {cls.name!r} cannot run here: {reason}")
-    params = build_params(
-        {
-            "run": (RunParams, RUN_PROFILES),
-            "task": (task_cls.Params, task_cls.profiles),
-            "method": (method_cls.Params, method_cls.profiles),
-        },
-        request.profile,
-        request.overrides,
-        task=task_cls.name,
-    )
+    params = build_run_params(request.profile, request.overrides, method_cls=method_cls, task_cls=task_cls)
     problem = method_cls.params_problem(params["method"]) if check_available else None
     if problem:
         raise BenchError(problem)
@@ -134,6 +130,40 @@ def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
         config=config,
         path=result_path(request.out, identity, config),
     )
+
+
+def build_run_params(profile: str, overrides: Mapping[str, str], method_cls: type | None = None,
+                     task_cls: type | None = None, extra: Mapping[str, tuple[type, Mapping[str, Any]]] | None = None,
+                     ) -> dict[str, Any]:
+    """A run's settings by scope: ``run`` (``RunParams``), then ``task`` and ``method`` (their ``Params``)
+    when given, then any ``extra`` scope (a method's training settings); each takes the profile's
+    values (with a task's ``profile@task`` entry on top), then the ``--set`` overrides."""
+    scopes: dict[str, tuple[type, Mapping[str, Any]]] = {"run": (RunParams, RUN_PROFILES)}
+    if task_cls is not None:
+        scopes["task"] = (task_cls.Params, task_cls.profiles)
+    if method_cls is not None:
+        scopes["method"] = (method_cls.Params, method_cls.profiles)
+    scopes.update(extra or {})
+    return build_params(scopes, profile, overrides, task=task_cls.name if task_cls is not None else None)
+
+
+def load_run_lm(model: str, run: RunParams, device: str = "auto", seed: int = 0) -> LM:
+    """The base model of a run: on ``device``, with the run's precision, prompt format and demonstrations
+    (``seed`` initialises the tiny test model)."""
+    return load_lm(model, device=device, precision=run.precision, prompt_format=run.prompt_format, seed=seed,
+                   fewshot=run.fewshot)
+
+
+def set_up(resolved: ResolvedRun, lm: LM | None = None) -> tuple[LM, Task]:
+    """How every run starts: the random state seeded, the base model loaded (unless given) and the
+    task's data loaded and checked against it (every data error is raised here, before any work)."""
+    request, run_params = resolved.request, resolved.params["run"]
+    seed_everything(request.seed)
+    if lm is None:
+        lm = load_run_lm(resolved.model, run_params, request.device, request.seed)
+    task = resolved.task_cls(resolved.params["task"], run_params, resolved.dataset, run_params.data_path, request.seed)
+    task.prepare(lm)
+    return lm, task
 
 
 def seed_everything(seed: int) -> None:
@@ -174,27 +204,12 @@ def reuse(path: Path, force: bool) -> RunOutcome | None:
 def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     """Load the model and data, run the pending episodes into the partial log, write the result."""
     request, path = resolved.request, resolved.path
-    run_params: RunParams = resolved.params["run"]
-    seed_everything(request.seed)
-    if lm is None:
-        lm = load_lm(
-            resolved.model,
-            device=request.device,
-            precision=run_params.precision,
-            prompt_format=run_params.prompt_format,
-            seed=request.seed,
-            fewshot=run_params.fewshot,
-        )
-    task = resolved.task_cls(
-        resolved.params["task"], run_params, resolved.dataset, run_params.data_path, request.seed
-    )
-    task.prepare(lm)  # every data error is raised here, before anything is written
+    lm, task = set_up(resolved, lm)
 
     def method_factory(episode: str):
         def make_method(stream: str | None = None):
             """A fresh method whose random stream is its episode's (or the named ``stream``'s)."""
-            seed = episode_seed(request.seed, stream or episode)
-            method = resolved.method_cls(lm, resolved.params["method"], run_params, seed)
+            method = resolved.new_method(lm, episode_seed(request.seed, stream or episode))
             method.checkpoints = checkpoints.for_stream(stream or episode)
             return method
 

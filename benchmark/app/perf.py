@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from benchmark.app.breakdown import profile_steps
 from benchmark.app.breakdown import report as breakdown_report
-from benchmark.config import RUN_PROFILES, RunParams, build_params
-from benchmark.models import LM, load_lm
+from benchmark.config import RunParams
+from benchmark.models import LM
 from benchmark.registry import METHODS
+from benchmark.runner import build_run_params, load_run_lm
 from benchmark.targets import make_targets
 from benchmark.threads import omp_wait_policy
 from benchmark.types import Context
@@ -128,18 +129,17 @@ def ours(lm: LM, method_cls: type, params: Any, run: RunParams, contexts: list[C
 
 def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_contexts: int = 4,
              official_pairs: int = 6, rounds: int = 2, overrides: dict[str, str] | None = None,
-             seed: int = 0, breakdown: tuple[int, int] | None = None) -> dict[str, Any]:
+             seed: int = 0, breakdown: tuple[int, int] | None = None, device: str = "auto") -> dict[str, Any]:
     """Measure both loops ``rounds`` times, alternating; returns the figures printed by ``bench perf``.
 
     ``breakdown=(skip, steps)`` adds the step profile of ``benchmark.app.breakdown`` (figures under
     ``"breakdown"``); ``rounds=0`` then leaves out the throughput comparison.
     """
     method_cls = METHODS.get("selfparam")
-    params = build_params({"run": (RunParams, RUN_PROFILES), "method": (method_cls.Params, method_cls.profiles)},
-                          profile, overrides or {})
+    params = build_run_params(profile, overrides or {}, method_cls=method_cls)
     run, mp = params["run"], params["method"]
     torch.manual_seed(seed)
-    lm = load_lm(model, precision=run.precision, seed=seed, fewshot=run.fewshot)
+    lm = load_run_lm(model, run, device, seed)
     documents = load_documents("fictional", "", num_contexts, 0)
     targets = make_targets(documents, run, lm, seed)
     contexts = [Context(d.id, d.text, targets[d.id]) for d in documents]

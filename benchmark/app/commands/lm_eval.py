@@ -113,8 +113,7 @@ def _kind(dataset: str) -> str:
 
 def evaluate(args: argparse.Namespace) -> int:
     from benchmark.api import Method
-    from benchmark.models import load_lm
-    from benchmark.runner import RunRequest, episode_seed, resolve, seed_everything
+    from benchmark.runner import RunRequest, episode_seed, resolve, seed_everything, set_up
 
     dataset = args.dataset
     kind = _kind(dataset)
@@ -124,12 +123,8 @@ def evaluate(args: argparse.Namespace) -> int:
                          device=args.device, overrides=parse_overrides(args.overrides))
     resolved = resolve(request)
     run = resolved.params["run"]
-    seed_everything(args.seed)
-    lm = load_lm(resolved.model, device=args.device, precision=run.precision,
-                 prompt_format=run.prompt_format, seed=args.seed, fewshot=run.fewshot)
-    task = resolved.task_cls(resolved.params["task"], run, resolved.dataset, run.data_path, args.seed)
-    task.prepare(lm)
-    method = resolved.method_cls(lm, resolved.params["method"], run, args.seed)
+    lm, task = set_up(resolved)
+    method = resolved.new_method(lm, args.seed)
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="selfparam-lmeval-"))
 
     # Injection as the runner's task does it: the same contexts under the same seed.

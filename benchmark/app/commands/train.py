@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmark.config import DEFAULT_MODELS, PROFILES, RUN_PROFILES, RunParams, build_params, parse_overrides
+from benchmark.config import DEFAULT_MODELS, PROFILES, RunParams, parse_overrides
 from benchmark.app.cli import print_params
 from benchmark.errors import BenchError
 from benchmark.registry import METHODS
@@ -34,8 +34,7 @@ def trainable_methods() -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from benchmark.models import load_lm
-    from benchmark.runner import seed_everything
+    from benchmark.runner import build_run_params, load_run_lm, seed_everything
 
     cls = METHODS.get(args.method)
     if not hasattr(cls, "train_mechanism"):
@@ -46,19 +45,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     reason = cls.unavailable_reason()
     if reason:
         raise BenchError(f"method {args.method!r} cannot run here: {reason}")
-    params = build_params(
-        {
-            "run": (RunParams, RUN_PROFILES),
-            "method": (cls.Params, cls.profiles),
-            "train": (cls.TrainParams, cls.train_profiles),
-        },
-        args.profile,
-        parse_overrides(args.overrides),
-    )
+    params = build_run_params(args.profile, parse_overrides(args.overrides), method_cls=cls,
+                              extra={"train": (cls.TrainParams, cls.train_profiles)})
     run: RunParams = params["run"]
     seed_everything(args.seed)
-    lm = load_lm(args.model or DEFAULT_MODELS[args.profile], device=args.device, precision=run.precision,
-                 prompt_format=run.prompt_format, seed=args.seed, fewshot=run.fewshot)
+    lm = load_run_lm(args.model or DEFAULT_MODELS[args.profile], run, args.device, args.seed)
     summary = cls.train_mechanism(lm, params["method"], params["train"], args.seed)
     print(json.dumps(summary, indent=2, default=str))
     return 0
