@@ -28,6 +28,9 @@ from benchmark.registry import DATASETS, METHODS, TASKS
 from benchmark.threads import choose_omp_wait_policy
 
 
+SET_HELP = "override a parameter (run.x, task.x, method.x or a unique bare name)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Knowledge-injection benchmark harness.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -38,11 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", required=True)
     run.add_argument("--dataset", help="registered data set or a .jsonl file (default: the task's)")
     run.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
-    run.add_argument("--profile", default="quick", choices=PROFILES)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a parameter (run.x, task.x, method.x or a unique bare name)")
+    add_run_arguments(run)
     run.add_argument("--out", type=Path, default=Path("runs"), help="result folder (default: runs)")
     run.add_argument("--force", action="store_true", help="recompute even if a result exists")
     run.add_argument("--checkpoint-every", type=checkpoint_seconds, default=60.0, metavar="SECONDS",
@@ -59,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     for module in command_modules():
         module.register(sub)
     return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, set_help: str = SET_HELP,
+                      profile_help: str | None = None) -> None:
+    """``--profile``, ``--seed``, ``--device`` and ``--set``: how every command that sets up a run
+    (``benchmark.runner.build_run_params`` and ``load_run_lm``) is told its settings."""
+    parser.add_argument("--profile", default="quick", choices=PROFILES, help=profile_help)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    add_set_argument(parser, set_help)
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str = SET_HELP) -> None:
+    """``--set KEY=VALUE`` (repeatable), collected as ``overrides``; ``parse_overrides`` reads them."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def command_modules() -> list:

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import PROFILES, parse_overrides
+from benchmark.app.cli import add_run_arguments
+from benchmark.config import parse_overrides
 from benchmark.errors import BenchError
 from benchmark.types import Prompt
 
@@ -32,11 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", default="fictional",
                         help="fictional, squad, pwc, inspired or redial (default: fictional)")
     parser.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
-    parser.add_argument("--profile", default="quick", choices=PROFILES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter, as in bench run")
+    add_run_arguments(parser, set_help="override a parameter, as in bench run")
     parser.add_argument("--tasks", help="comma-separated lm-eval tasks (default: selfparam_<dataset>)")
     parser.add_argument("--limit", type=int, help="only the first N questions of each task")
     parser.add_argument("--data-dir", type=Path,

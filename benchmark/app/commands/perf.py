@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmark.app.cli import add_run_arguments
 from benchmark.config import parse_overrides
 from benchmark.errors import BenchError
 
@@ -13,14 +14,12 @@ from benchmark.errors import BenchError
 def register(subparsers) -> None:
     parser = subparsers.add_parser("perf", help="training tokens/s of selfparam vs the official-style loop")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--profile", default="quick", help="selfparam settings to measure (default quick)")
+    add_run_arguments(parser, set_help="override a selfparam or run parameter",
+                      profile_help="selfparam settings to measure (default quick)")
     parser.add_argument("--contexts", type=int, default=4, help="fictional contexts injected per round")
     parser.add_argument("--official-pairs", type=int, default=6, help="QA pairs (3 steps each) per round")
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternating measurement rounds (0 with --breakdown: the step profile only)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a selfparam or run parameter")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--breakdown", action="store_true",
@@ -43,7 +42,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
         raise BenchError("--rounds must be at least 1 (or 0 with --breakdown)")
     figures = run_perf(args.model, args.profile, args.contexts, args.official_pairs, args.rounds,
                        parse_overrides(args.overrides), args.seed,
-                       (args.breakdown_skip, args.breakdown_steps) if args.breakdown else None)
+                       (args.breakdown_skip, args.breakdown_steps) if args.breakdown else None, args.device)
     print(report(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmark.app.cli import interrupted_code
+from benchmark.app.cli import add_set_argument, interrupted_code
 from benchmark.config import parse_overrides
 
 
@@ -23,8 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--num-cpus", type=float, help="CPUs of the local Ray instance (default: the spec's ray.num_cpus)")
     parser.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance (default: the spec's ray.num_gpus or all)")
     parser.add_argument("--out", type=Path, help="result folder (default: the spec's out)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter in every cell (replaces the spec's value)")
+    add_set_argument(parser, "override a parameter in every cell (replaces the spec's value)")
     parser.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                         help="run only the cells with these values (axes: method task dataset model profile seed)")
     parser.add_argument("--force", action="store_true", help="recompute cells whose result exists")

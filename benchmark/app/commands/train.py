@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmark.config import DEFAULT_MODELS, PROFILES, RunParams, parse_overrides
-from benchmark.app.cli import print_params
+from benchmark.app.cli import add_run_arguments, print_params
+from benchmark.config import DEFAULT_MODELS, RunParams, parse_overrides
 from benchmark.errors import BenchError
 from benchmark.registry import METHODS
 
@@ -20,11 +20,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a method's learned mechanism (memoryllm-mini)")
     parser.add_argument("method")
     parser.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
-    parser.add_argument("--profile", default="quick", choices=PROFILES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter (run.x, method.x, train.x or a unique bare name)")
+    add_run_arguments(parser, set_help="override a parameter (run.x, method.x, train.x or a unique bare name)")
     parser.add_argument("--params", action="store_true", help="show the training parameters and exit")
     parser.set_defaults(handler=cmd_train)
 
