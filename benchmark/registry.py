@@ -91,3 +91,17 @@ def register_task(name: str) -> Callable[[T], T]:
 def register_dataset(name: str) -> Callable[[T], T]:
     """Class decorator: make a ``Dataset`` loader available as ``--dataset name``."""
     return DATASETS.register(name)
+
+
+def open_dataset(name: str, kind: str, path: str = "", seed: int = 0) -> Any:
+    """The registered data set ``name`` opened on ``path`` (its default location when empty) with
+    ``seed``. It must hold ``kind`` data (a data set's ``kind``, a task's ``dataset_kind``: ``qa``,
+    ``crs``) and be loadable here; otherwise a one-line error says why."""
+    cls = DATASETS.get(name)
+    if cls.kind != kind:
+        known = ", ".join(n for n, c in DATASETS.items() if c.kind == kind)
+        raise BenchError(f"dataset {name!r} holds {cls.kind} data, not {kind} data; the {kind} data sets: {known}")
+    reason = cls.unavailable_reason()
+    if reason:
+        raise BenchError(f"dataset {name!r} is unavailable: {reason}")
+    return cls(path=path, seed=seed)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from benchmark.models import LM, cache_dir
 from benchmark.paths import shared_data
-from benchmark.registry import DATASETS
+from benchmark.registry import open_dataset
 from benchmark.results import safe_name
 from benchmark.types import QA, Document, Prompt
 from methods.memoryllm_mini import MemoryMechanism, MemoryPool, PoolConfig, build
@@ -84,7 +84,7 @@ def _entity(text: str) -> str:
 
 def fictional(seed: int):
     """The generated QA data set the mechanism trains on, with this seed (found by its registered name)."""
-    return DATASETS.get(TRAINING_DATASET)(seed=seed)
+    return open_dataset(TRAINING_DATASET, "qa", seed=seed)
 
 
 class TrainingData:

@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.paths import shared_data
-from benchmark.registry import DATASETS
+from benchmark.registry import open_dataset
 
 SOURCES = ("auto", "c4", "wikitext", "model", "slimpajama")
 SLIMPAJAMA = "DKYoon/SlimPajama-6B"
@@ -174,7 +174,7 @@ class RetainQuestions:
         if n <= 0:
             return []
         if self.pool is None:
-            documents = DATASETS.get("fictional")(seed=self.SEED_OFFSET + self.seed).documents(self.DOCUMENTS)
+            documents = open_dataset("fictional", "qa", seed=self.SEED_OFFSET + self.seed).documents(self.DOCUMENTS)
             self.pool = [f"Question: {qa.question} Answer: {qa.answers[0]}"
                          for doc in documents for qa in doc.probes + doc.train_qa]
             random.Random(self.seed).shuffle(self.pool)

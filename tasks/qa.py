@@ -13,7 +13,7 @@ from benchmark.grounding import grounding_counts
 from benchmark.metrics import qa_acc, qa_f1, summarize
 from benchmark.models import LM
 from benchmark.report import fmt_ci
-from benchmark.registry import DATASETS
+from benchmark.registry import open_dataset
 from benchmark.targets import check_no_leakage, make_targets
 from benchmark.types import Context, Document, Prompt
 from tasks.data.base import SAMPLES, SPLITS
@@ -24,11 +24,12 @@ RETRIEVAL_METRICS = ("retrieval_recall@1", "retrieval_recall@k")
 
 def load_documents(
     dataset: str, data_path: str, limit: int | None, seed: int, strict: bool = True,
-    split: str = "test", sample: str = "default",
+    split: str = "test", sample: str = "default", kind: str = "qa",
 ) -> list[Document]:
     """The first ``limit`` contexts of ``split`` (test, dev or all) of a registered QA data set, or
     of a JSON-lines file given as the data set, in ``sample`` order (first, spread, or the data
-    set's default); ``seed`` seeds the data set (its generator, its spread order).
+    set's default); ``seed`` seeds the data set (its generator, its spread order). The data set must
+    hold ``kind`` data (``qa`` unless a task says otherwise through its ``dataset_kind``).
 
     ``strict`` makes a split with fewer than ``limit`` contexts an error; without it the caller
     gets what there is and decides.
@@ -36,19 +37,14 @@ def load_documents(
     label = dataset  # what the user named: the registered name or the file
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         dataset, data_path = "qa-jsonl", dataset
-    cls = DATASETS.get(dataset)
-    if getattr(cls, "kind", "qa") != "qa":
-        raise BenchError(f"dataset {dataset!r} is not a QA data set (it holds {cls.kind} data)")
+    data = open_dataset(dataset, kind, data_path, seed)
     if split not in SPLITS:
         raise BenchError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if sample == "default":
-        sample = cls.default_sample
+        sample = data.default_sample
     if sample not in SAMPLES:
         raise BenchError(f"sample must be one of {', '.join(SAMPLES)} or default, not {sample!r}")
-    reason = cls.unavailable_reason()
-    if reason:
-        raise BenchError(f"dataset {dataset!r} is unavailable: {reason}")
-    documents = cls(path=data_path, seed=seed).select(split, sample, limit)
+    documents = data.select(split, sample, limit)
     if strict and limit is not None and len(documents) < limit:
         raise BenchError(
             f"dataset {label!r} split {split!r} has {len(documents)} contexts, fewer than the {limit} asked for"
@@ -79,7 +75,7 @@ class QATask(Task):
     def load_documents(self) -> list[Document]:
         """The documents this run uses; a task may override how shortages are handled."""
         return self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0,
-                                        **self.selection()))
+                                        kind=self.dataset_kind, **self.selection()))
 
     def selection(self) -> dict[str, str]:
         """Which contexts: the ``split`` and ``sample`` task parameters."""

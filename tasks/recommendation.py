@@ -35,7 +35,7 @@ from benchmark.errors import BenchError
 from benchmark.grounding import split_generator
 from benchmark.metrics import summarize
 from benchmark.models import LM
-from benchmark.registry import DATASETS, register_task
+from benchmark.registry import open_dataset, register_task
 from benchmark.report import fmt_ci
 from benchmark.runner import episode_seed, seed_everything
 from benchmark.targets import make_targets
@@ -143,14 +143,7 @@ class RecommendationTask(Task):
         self._targets: dict[str, list[str]] | None = None
 
     def _dataset(self) -> CRSDataset:
-        cls = DATASETS.get(self.dataset)
-        if getattr(cls, "kind", "qa") != "crs":
-            known = ", ".join(n for n, c in DATASETS.items() if getattr(c, "kind", "qa") == "crs")
-            raise BenchError(f"dataset {self.dataset!r} is not a recommendation data set; use one of: {known}")
-        reason = cls.unavailable_reason()
-        if reason:
-            raise BenchError(f"dataset {self.dataset!r} is unavailable: {reason}")
-        return cls(path=self.data_path, seed=self.seed)
+        return open_dataset(self.dataset, self.dataset_kind, self.data_path, self.seed)
 
     def _training_conversations(self, conversations: list[Conversation]) -> list[Conversation]:
         """The first N training conversations, in file order."""

@@ -386,7 +386,7 @@ def test_missing_probe_folder_and_wrong_dataset_are_one_line_errors(tmp_path, be
     assert code == 2 and "recommendation probes for 'redial' not found" in err
     code, _, err = bench("run", "--method", "base_q", "--task", "recommendation", "--dataset", "fictional",
                          "--profile", "smoke", "--out", tmp_path / "runs")
-    assert code == 2 and "not a recommendation data set" in err
+    assert code == 2 and "'fictional' holds qa data, not crs data; the crs data sets: inspired, redial" in err
 
 
 def test_long_dialogs_lose_their_oldest_turns_to_fit_the_model(tmp_path, oracle_method, tiny_lm):

@@ -19,7 +19,7 @@ import torch
 from benchmark.config import RunParams
 from benchmark.errors import BenchError
 from benchmark.models import LM, cache_dir
-from benchmark.registry import DATASETS
+from benchmark.registry import open_dataset
 from benchmark.results import write_json_atomic
 from benchmark.types import Document, Prompt
 from tasks.batch import BatchParams
@@ -76,13 +76,8 @@ def model_formatter(lm: Any) -> tuple[Formatter, dict[str, Any]]:
 def qa_documents(dataset: str, limit: int | None) -> list[Document]:
     """The first ``limit`` test contexts of a registered QA data set in its default order, as a
     batch run takes them (fewer if it has fewer)."""
-    cls = DATASETS.get(dataset)
-    if getattr(cls, "kind", "qa") != "qa":
-        raise BenchError(f"dataset {dataset!r} is not a QA data set")
-    reason = cls.unavailable_reason()
-    if reason:
-        raise BenchError(f"dataset {dataset!r} is unavailable: {reason}")
-    return cls(path="", seed=0).select("test", cls.default_sample, limit)
+    data = open_dataset(dataset, "qa")
+    return data.select("test", data.default_sample, limit)
 
 
 def qa_rows(documents: list[Document], formatter: Formatter) -> list[dict[str, Any]]:

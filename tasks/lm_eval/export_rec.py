@@ -15,22 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import BenchError
-from benchmark.registry import DATASETS
+from benchmark.registry import open_dataset
 from benchmark.types import Prompt
 from tasks.crs_scoring import FILTERS, TitleMatcher, parse_recommendations, score_list
 from tasks.lm_eval.export import FORMAT_VERSION, Formatter, _write, data_file, model_formatter, read_export
-from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationParams, select_evenly
-
-
-def _crs_dataset(dataset: str):
-    cls = DATASETS.get(dataset)
-    if getattr(cls, "kind", "qa") != "crs":
-        raise BenchError(f"dataset {dataset!r} is not a recommendation data set")
-    reason = cls.unavailable_reason()
-    if reason:
-        raise BenchError(f"dataset {dataset!r} is unavailable: {reason}")
-    return cls(path="", seed=0)
+from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationParams, RecommendationTask, select_evenly
 
 
 def export_recommendation(dataset: str, data_dir: str | Path | None = None, limit: int | None = None) -> Path:
@@ -40,7 +29,7 @@ def export_recommendation(dataset: str, data_dir: str | Path | None = None, limi
     default ``num_probes``; 0 = all).
     """
     params = RecommendationParams()
-    data = _crs_dataset(dataset)
+    data = open_dataset(dataset, RecommendationTask.dataset_kind)
     catalogue = data.catalogue()
     probes = select_evenly(data.probes(), params.num_probes if limit is None else limit)
     titles = catalogue.titles
