@@ -38,6 +38,10 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plug-in taken away again; tests use it to undo their registrations)."""
+        self._items.pop(name, None)
+
     def _load(self) -> None:
         if self._loaded:
             return

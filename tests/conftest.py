@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.paths import shared_data_dir
+from benchmark.registry import DATASETS, METHODS, TASKS
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,6 +32,23 @@ def bench(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def registrations():
+    """Registrations made during the test are undone after it: a method, task or data set it adds
+    (with ``@register_method`` and the like, or ``REGISTRY.register(name)(cls)``) is unregistered,
+    and a registered name it removed or replaced gets its class back."""
+    registries = (METHODS, TASKS, DATASETS)
+    before = {registry: dict(registry.items()) for registry in registries}  # the built-ins loaded first
+    yield
+    for registry, items in before.items():
+        for name, cls in registry.items():
+            if items.get(name) is not cls:
+                registry.unregister(name)
+        for name, cls in items.items():
+            if name not in registry:
+                registry.register(name)(cls)
 
 
 @pytest.fixture

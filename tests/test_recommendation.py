@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.errors import BenchError
-from benchmark.registry import METHODS, register_method
+from benchmark.registry import register_method
 from benchmark.runner import RunRequest, run
 from methods.base import Method
 from tasks.crs_scoring import TitleMatcher, clean_item, filtered, parse_recommendations, recall_at_k, score_list
@@ -294,7 +294,7 @@ PROBES = [
 
 
 @pytest.fixture
-def oracle_method():
+def oracle_method(registrations):
     """Answers every probe with a fixed list: the seen title first, then the gold titles."""
 
     answers = {
@@ -318,9 +318,7 @@ def oracle_method():
     class OracleTargets(Oracle):
         uses_targets = True
 
-    yield Oracle
-    METHODS._items.pop("test-oracle", None)
-    METHODS._items.pop("test-oracle-targets", None)
+    return Oracle
 
 
 def request(tmp_path, method="test-oracle", **sets):

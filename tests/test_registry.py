@@ -18,7 +18,7 @@ def test_unknown_name_is_a_one_line_error_with_suggestion():
         METHODS.get("base_qq")
 
 
-def test_outside_method_registers_with_the_decorator_and_runs(bench, tmp_path):
+def test_outside_method_registers_with_the_decorator_and_runs(bench, tmp_path, registrations):
     @register_method("test-echo")
     class Echo(Method):
         description = "answers with the question's first word"
@@ -26,14 +26,11 @@ def test_outside_method_registers_with_the_decorator_and_runs(bench, tmp_path):
         def generate(self, prompts):
             return [p.question.split()[0] for p in prompts]
 
-    try:
-        assert METHODS.get("test-echo") is Echo
-        code, out, err = bench("run", "--method", "test-echo", "--task", "batch", "--profile", "smoke",
-                               "--out", tmp_path)
-        assert code == 0, err
-        assert "test-echo on batch/fictional" in out
-    finally:
-        METHODS._items.pop("test-echo", None)
+    assert METHODS.get("test-echo") is Echo
+    code, out, err = bench("run", "--method", "test-echo", "--task", "batch", "--profile", "smoke",
+                           "--out", tmp_path)
+    assert code == 0, err
+    assert "test-echo on batch/fictional" in out
 
 
 def test_entry_point_group_adds_a_method_without_core_edits(tmp_path, monkeypatch):

@@ -161,10 +161,8 @@ SLOW_ARGS = ["run", "--profile", "smoke", "--method", slow_method.NAME, "--task"
 
 
 @pytest.fixture
-def slow():
+def slow(registrations):
     slow_method.register()
-    yield
-    METHODS._items.pop(slow_method.NAME, None)
 
 
 def result_file(out: Path) -> Path:
@@ -245,17 +243,14 @@ class SigtermInSecondBatch(slow_method.SlowMethod):
             time.sleep(5)  # the handler raises during the wait
 
 
-def test_sigterm_in_process_behaves_like_ctrl_c(bench, tmp_path):
+def test_sigterm_in_process_behaves_like_ctrl_c(bench, tmp_path, registrations):
     from benchmark.registry import register_method
 
     register_method("test-sigterm")(SigtermInSecondBatch)
     before = signal.getsignal(signal.SIGTERM)
-    try:
-        args = [*SLOW_ARGS, "--out", tmp_path]
-        args[args.index(slow_method.NAME)] = "test-sigterm"
-        code, _, err = bench(*args)
-    finally:
-        METHODS._items.pop("test-sigterm", None)
+    args = [*SLOW_ARGS, "--out", tmp_path]
+    args[args.index(slow_method.NAME)] = "test-sigterm"
+    code, _, err = bench(*args)
     assert code == 143
     assert err.strip().splitlines()[-1].startswith("bench: terminated by SIGTERM")
     assert signal.getsignal(signal.SIGTERM) == before  # the CLI's handler is removed again

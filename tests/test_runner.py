@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from benchmark.registry import METHODS, register_method
+from benchmark.registry import register_method
 from benchmark.runner import RunRequest, run
 from methods.base import Method
 
@@ -10,7 +10,7 @@ CALLS: dict[str, list] = {"inject": [], "instances": []}
 
 
 @pytest.fixture
-def counting_method():
+def counting_method(registrations):
     """A method that records every instance and injection, and can die mid-run on request."""
 
     @register_method("test-counting")
@@ -31,7 +31,6 @@ def counting_method():
     CALLS["inject"].clear()
     CALLS["instances"].clear()
     yield Counting
-    METHODS._items.pop("test-counting", None)
 
 
 def request(tmp_path, **overrides):

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from benchmark.registry import METHODS, register_method
+from benchmark.registry import register_method
 from benchmark.runner import RunRequest, run
 from benchmark.types import Document
 from methods.base import Method
@@ -22,7 +22,7 @@ def gold_answers(dataset: str = "fictional", limit: int = 20) -> dict[str, str]:
 
 
 @pytest.fixture
-def recording_methods():
+def recording_methods(registrations):
     """Two test methods that never call the model: one remembers every injected context, one only
     the latest. Both answer a probe with its gold answer iff they remember the probe's context,
     and log every call with the instance that made it."""
@@ -50,9 +50,7 @@ def recording_methods():
     register_method("test-remember-all")(type("RememberAll", (Recording,), {"keep_all": True}))
     register_method("test-remember-last")(type("RememberLast", (Recording,), {"keep_all": False}))
     EVENTS.clear()
-    yield gold, instances
-    for name in ("test-remember-all", "test-remember-last"):
-        METHODS._items.pop(name, None)
+    return gold, instances
 
 
 def run_seq(tmp_path, lm, method="test-remember-all", dataset=None, **sizes):

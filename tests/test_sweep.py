@@ -12,7 +12,7 @@ import yaml
 import benchmark.runner
 from benchmark.runner import episode_seed
 from benchmark.errors import BenchError
-from benchmark.registry import METHODS, register_method
+from benchmark.registry import register_method
 from benchmark.app.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
 from methods.base import Method
 
@@ -149,7 +149,7 @@ def counted_runs(monkeypatch, tiny_lm):
 
 
 @pytest.fixture
-def flaky_method():
+def flaky_method(registrations):
     """A method that fails (a bug, not a user error) for seed 1 only."""
 
     @register_method("test-sweep-flaky")
@@ -160,8 +160,7 @@ def flaky_method():
             if self.seed == episode_seed(1, "batch-0"):  # the stream of the run with seed 1
                 raise RuntimeError("flaky method broke on purpose")
 
-    yield Flaky
-    METHODS._items.pop("test-sweep-flaky", None)
+    return Flaky
 
 
 def test_resume_skips_finished_cells(tmp_path, counted_runs):
@@ -216,26 +215,23 @@ def test_failing_cell_is_recorded_and_the_rest_complete(tmp_path, counted_runs, 
     assert counted_runs == [("test-sweep-flaky", 1)]
 
 
-def test_unavailable_method_fails_its_cells_only(tmp_path, counted_runs):
+def test_unavailable_method_fails_its_cells_only(tmp_path, counted_runs, registrations):
     @register_method("test-sweep-needs-gpu")
     class NeedsGPU(Method):
         @classmethod
         def unavailable_reason(cls):
             return "no GPU on this test machine"
 
-    try:
-        sweep = expand({**SMOKE, "methods": ["test-sweep-needs-gpu", "base_q"]}, out=tmp_path)
-        # The driver does not judge availability: a cluster's worker may have what it lacks.
-        assert all(c.error is None and c.path for c in sweep.cells)
-        log = run_sweep(sweep, LocalExecutor(), echo=lambda s: None)
-    finally:
-        METHODS._items.pop("test-sweep-needs-gpu", None)
+    sweep = expand({**SMOKE, "methods": ["test-sweep-needs-gpu", "base_q"]}, out=tmp_path)
+    # The driver does not judge availability: a cluster's worker may have what it lacks.
+    assert all(c.error is None and c.path for c in sweep.cells)
+    log = run_sweep(sweep, LocalExecutor(), echo=lambda s: None)
     assert log.counts() == {"done": 1, "skipped": 0, "failed": 1, "pending": 0}
     assert "cannot run here: no GPU on this test machine" in log.rows[0]["error"]
     assert counted_runs == [("test-sweep-needs-gpu", 0), ("base_q", 0)]
 
 
-def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench):
+def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench, registrations):
     @register_method("test-sweep-ctrl-c")
     class CtrlC(Method):
         armed = True
@@ -247,17 +243,14 @@ def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({**SMOKE, "name": "stop", "out": str(tmp_path / "out"),
                                          "methods": ["base_q", "test-sweep-ctrl-c", "base_cq"]}))
-    try:
-        code, out, err = bench("sweep", spec_file)
-        assert code == 130 and "run the same command to resume" in err
-        header = json.loads((tmp_path / "out" / "stop.sweep.jsonl").read_text().splitlines()[0])
-        assert header["counts"] == {"done": 1, "skipped": 0, "failed": 0, "pending": 2}
+    code, out, err = bench("sweep", spec_file)
+    assert code == 130 and "run the same command to resume" in err
+    header = json.loads((tmp_path / "out" / "stop.sweep.jsonl").read_text().splitlines()[0])
+    assert header["counts"] == {"done": 1, "skipped": 0, "failed": 0, "pending": 2}
 
-        CtrlC.armed = False
-        counted_runs.clear()
-        code, out, _ = bench("sweep", spec_file)
-    finally:
-        METHODS._items.pop("test-sweep-ctrl-c", None)
+    CtrlC.armed = False
+    counted_runs.clear()
+    code, out, _ = bench("sweep", spec_file)
     assert code == 0 and "2 done, 1 skipped, 0 failed" in out
     assert counted_runs == [("test-sweep-ctrl-c", 0), ("base_cq", 0)]
 

@@ -181,9 +181,8 @@ class ExactBatch(BatchTask):
         return scores
 
 
-def test_a_plugin_tasks_own_score_shows_under_its_label(tmp_path, bench, monkeypatch):
-    TASKS.names()  # the built-ins first, then the plug-in beside them for this test only
-    monkeypatch.setitem(TASKS._items, ExactBatch.name, ExactBatch)
+def test_a_plugin_tasks_own_score_shows_under_its_label(tmp_path, bench, registrations):
+    TASKS.register(ExactBatch.name)(ExactBatch)  # beside the built-ins, for this test only
     runs = tmp_path / "runs"
     for method in ("base_q", "base_cq"):
         code, _, err = bench("run", "--method", method, "--task", "exact-batch", "--profile", "smoke", "--out", runs)
@@ -213,5 +212,5 @@ def test_a_plugin_tasks_own_score_shows_under_its_label(tmp_path, bench, monkeyp
         (old / path.relative_to(runs)).write_text(json.dumps(data))
     assert shown(old) == (table, page.replace(str(runs), str(old)).replace("](../runs/", "](../prev/"))
     # with the plug-in gone, the result files alone still say what the scores are
-    monkeypatch.delitem(TASKS._items, ExactBatch.name)
+    TASKS.unregister(ExactBatch.name)
     assert shown(runs) == (table, page)
