@@ -167,7 +167,7 @@ def test_teacher_dists_run_the_head_on_at_most_chunk_rows_rows(tiny_lm, monkeypa
         rows.append(len(hidden))
         return real(model, lm, hidden)
 
-    monkeypatch.setattr(training, "head_logits", spy)
+    monkeypatch.setattr(training.teacher, "head_logits", spy)  # where teacher_dists looks it up
     teacher_dists(tiny_lm.model, tiny_lm, specs, topk=32, batch_tokens=4096, share_prefix=0, chunk_rows=5)
     assert max(rows) == 5 and sum(rows) == sum(s.rows for s in specs)
     rows.clear()

@@ -1,0 +1,141 @@
+"""Training examples, how they are batched, and how a batch runs through the student's backbone:
+right-padded, with the hidden states kept only at scored positions, and with a prefix shared by
+several examples run once and its key/value cache reused."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import random
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.models import LM
+from methods.training.student import split_lm
+
+
+@dataclass
+class Example:
+    """A student input with a loss on predictions at positions ``first .. len(ids) - 2``.
+
+    ``teacher`` names a cached teacher entry and the row of it matching position ``first``
+    (SELF-PARAM); without it the loss is cross-entropy on the next tokens (fine-tuning).
+    """
+
+    ids: list[int]
+    first: int = 0
+    kind: str = "text"
+    weight: float = 1.0
+    teacher: tuple[object, int] | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids) - 1 - self.first
+
+
+def batches(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffle, then bucket by length so that a batch wastes little on padding."""
+    order = examples[:]
+    rng.shuffle(order)
+    chunk = max(1, batch_size) * 16
+    result: list[list[Example]] = []
+    for start in range(0, len(order), chunk):
+        group = sorted(order[start : start + chunk], key=lambda e: len(e.ids))
+        result.extend(group[i : i + batch_size] for i in range(0, len(group), max(1, batch_size)))
+    rng.shuffle(result)
+    return result
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def padded_tokens(batch: list[Example], share_prefix: int) -> int:
+    """Tokens the student's backbone runs for the batch, padding included (``Trainer.student_hidden``):
+    one padded batch, or with ``share_prefix`` each shared prefix once plus its padded tails."""
+    groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], share_prefix)
+    total = len(plain) * max(len(batch[i].ids) for i in plain) if plain else 0
+    for key, members in groups.items():
+        total += len(key) + len(members) * max(len(batch[i].ids) - len(key) for i in members)
+    return total
+
+
+def group_by_prefix(sequences: list[tuple[list[int], int]], min_length: int
+                    ) -> tuple[dict[tuple[int, ...], list[int]], list[int]]:
+    """Indices of (ids, first) pairs grouped by their unscored prefix ``ids[:first]``.
+
+    Only prefixes of at least ``min_length`` tokens shared by two or more sequences form a group
+    (0 = no grouping); every other index is returned in the plain list.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    plain: list[int] = []
+    for i, (ids, first) in enumerate(sequences):
+        if min_length and first >= min_length:
+            groups.setdefault(tuple(ids[:first]), []).append(i)
+        else:
+            plain.append(i)
+    for key, members in list(groups.items()):
+        if len(members) < 2:
+            plain.extend(members)
+            del groups[key]
+    return groups, plain
+
+
+def _positions(starts: list[int], counts: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(counts)])
+    cols = torch.cat([torch.arange(s, s + n, dtype=torch.long) for s, n in zip(starts, counts)])
+    return rows.to(device), cols.to(device)
+
+
+def selected_hidden(
+    model: torch.nn.Module, lm: LM, sequences: list[list[int]], starts: list[int], counts: list[int]
+) -> torch.Tensor:
+    """Final hidden states (sum(counts), H) at positions ``start .. start+count-1`` of each sequence."""
+    backbone, _ = split_lm(model)
+    ids, mask = pad_right(sequences, lm.tokenizer.pad_token_id)
+    rows, cols = _positions(starts, counts, lm.device)
+    with lm.autocast():
+        hidden = backbone(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                          use_cache=False).last_hidden_state  # no key/value cache to build and drop
+    return hidden[rows, cols]
+
+
+def _cache_kwarg(backbone: torch.nn.Module) -> str:
+    """Newer transformers name the key/value cache argument ``cache``, older ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def cache_prefix(model: torch.nn.Module, lm: LM, prefix: list[int]):
+    backbone, _ = split_lm(model)
+    with lm.autocast():
+        out = backbone(input_ids=torch.tensor([prefix], device=lm.device), use_cache=True)
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def hidden_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int, tails: list[list[int]],
+                         counts: list[int], keep_cache: bool = True) -> torch.Tensor:
+    """Final hidden states at the first ``count`` positions of each tail, continuing the cached prefix.
+
+    With ``keep_cache=False`` the cache is consumed (and gradients flow back into the prefix).
+    """
+    backbone, _ = split_lm(model)
+    ids, mask = pad_right(tails, lm.tokenizer.pad_token_id)
+    n, width = ids.shape
+    batch_cache = copy.deepcopy(cache) if keep_cache else cache
+    batch_cache.batch_repeat_interleave(n)
+    attention = torch.cat([torch.ones((n, prefix_len), dtype=mask.dtype), mask], dim=1)
+    positions = torch.arange(prefix_len, prefix_len + width).unsqueeze(0).expand(n, -1)
+    rows, cols = _positions([0] * n, counts, lm.device)
+    with lm.autocast():
+        hidden = backbone(input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device),
+                          position_ids=positions.to(lm.device), use_cache=True,
+                          **{_cache_kwarg(backbone): batch_cache}).last_hidden_state
+    return hidden[rows, cols]

@@ -1,0 +1,309 @@
+"""The training loop: one optimiser step per batch (micro-batches within a token budget), epochs of
+shuffled batches with checkpoints to resume from, and the base class of the methods that train."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from benchmark.api import Method
+from benchmark.checkpoint import InjectionCheckpoint
+from benchmark.errors import BenchError
+from benchmark.models import LM
+from benchmark.types import Footprint
+from methods.training.examples import (
+    Example,
+    batches,
+    cache_prefix,
+    group_by_prefix,
+    hidden_after_prefix,
+    padded_tokens,
+    selected_hidden,
+)
+from methods.training.student import TrainParams, build_student, head_logits, student_footprint, trainable_parameters
+from methods.training.teacher import Dist, cat_dists, kl_rows
+
+
+@dataclass
+class TrainReport:
+    steps: int = 0
+    student_tokens: int = 0  # non-pad student input tokens, summed over steps
+    # The same with each shared prefix counted once per example it serves: the tokens a loop
+    # without ``share_prefix`` would run, so the two settings compare on the same work.
+    example_tokens: int = 0
+    student_s: float = 0.0
+    teacher_tokens: int = 0
+    teacher_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    passes: int = 0  # forward+backward passes: more than ``steps`` when ``step_tokens`` split batches
+
+
+class Trainer:
+    """One optimiser over a student; ``step`` trains on one batch of examples."""
+
+    def __init__(self, model: torch.nn.Module, lm: LM, p: TrainParams, total_steps: int,
+                 temperature: float = 1.0) -> None:
+        self.model, self.lm, self.p = model, lm, p
+        self.params = trainable_parameters(model)
+        if not self.params:
+            raise BenchError("the student has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=p.lr, weight_decay=p.weight_decay)
+        if p.schedule not in ("constant", "linear"):
+            raise BenchError(f"unknown schedule {p.schedule!r}; use constant or linear")
+        self.total_steps = max(1, total_steps)
+        self.temperature = temperature
+        self.tokens_in_step = 0
+        self.report = TrainReport()
+
+    def _lr(self) -> float:
+        if self.p.schedule == "linear":
+            return self.p.lr * max(0.0, 1.0 - self.report.steps / self.total_steps)
+        return self.p.lr
+
+    def loss(self, batch: list[Example], targets: list[Dist] | None) -> torch.Tensor:
+        """Mean over examples of each example's mean per-token loss (like one step per example)."""
+        counts = [e.rows for e in batch]
+        hidden = self.student_hidden(batch)
+        if targets is None:  # cross-entropy on the next tokens
+            target: torch.Tensor | Dist = torch.cat(
+                [torch.tensor(e.ids[e.first + 1 :], dtype=torch.long) for e in batch]).to(hidden.device)
+        else:
+            target = cat_dists(targets)
+        size = self.p.loss_chunk_rows
+        if size <= 0 or len(hidden) <= size:
+            per_token = self.row_losses(hidden, target)
+        else:
+            # Each chunk keeps only its hidden states for backward, which runs its head again: the
+            # (rows, V) logits of a long batch never exist at once.
+            per_token = torch.cat([
+                checkpoint(self.row_losses, hidden[i : i + size], target[i : i + size], use_reentrant=False)
+                for i in range(0, len(hidden), size)
+            ])
+        per_example = torch.stack([t.mean() for t in per_token.split(counts)])
+        weights = torch.tensor([e.weight for e in batch], dtype=per_example.dtype, device=per_example.device)
+        return (per_example * weights).mean()
+
+    def row_losses(self, hidden: torch.Tensor, target: torch.Tensor | Dist) -> torch.Tensor:
+        """Per-row loss at final hidden states: KL from a teacher ``Dist`` or cross-entropy on token ids."""
+        logits = head_logits(self.model, self.lm, hidden)
+        if self.temperature != 1.0:  # a division over the whole (rows, V) block otherwise
+            logits = logits / self.temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        if isinstance(target, Dist):
+            return kl_rows(logp, target) * self.temperature**2
+        return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+    def student_hidden(self, batch: list[Example]) -> torch.Tensor:
+        """Final hidden states at every scored row of the batch, in order.
+
+        Examples that share an unscored prefix of at least ``share_prefix`` tokens (the prompt's
+        demonstrations) run it once, with its key/value cache repeated for all of them.
+        """
+        counts = [e.rows for e in batch]
+        groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], self.p.share_prefix)
+        if not groups:
+            self.tokens_in_step = sum(len(e.ids) for e in batch)
+            return selected_hidden(self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts)
+        parts: dict[int, torch.Tensor] = {}
+        tokens = 0
+        if plain:
+            hidden = selected_hidden(self.model, self.lm, [batch[i].ids for i in plain],
+                                     [batch[i].first for i in plain], [counts[i] for i in plain])
+            parts.update(zip(plain, hidden.split([counts[i] for i in plain])))
+            tokens += sum(len(batch[i].ids) for i in plain)
+        for key, members in groups.items():
+            cache = cache_prefix(self.model, self.lm, list(key))
+            tails = [batch[i].ids[len(key):] for i in members]
+            hidden = hidden_after_prefix(self.model, self.lm, cache, len(key), tails,
+                                          [counts[i] for i in members], keep_cache=False)
+            parts.update(zip(members, hidden.split([counts[i] for i in members])))
+            tokens += len(key) + sum(len(t) for t in tails)
+        self.tokens_in_step = tokens
+        return torch.cat([parts[i] for i in range(len(batch))])
+
+    def micro_batches(self, batch: list[Example]) -> list[list[int]]:
+        """Indices of the batch cut into runs of at most ``step_tokens`` padded tokens.
+
+        One part (the batch as it is) when it fits; otherwise runs of whole examples in length
+        order, as few as filling each in turn needs, evened out when that stays within the budget
+        (16 similar examples, 5 to a budget: 4 + 4 + 4 + 4, not 5 + 5 + 5 + 1, since the peak memory
+        is the largest part's). An example longer than the budget runs alone.
+        """
+        limit, share = self.p.step_tokens, self.p.share_prefix
+        if limit <= 0 or padded_tokens(batch, share) <= limit:
+            return [list(range(len(batch)))]
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i].ids))  # stable: keeps a sorted batch's order
+        parts: list[list[int]] = [[]]
+        for i in order:
+            if parts[-1] and padded_tokens([batch[j] for j in parts[-1] + [i]], share) > limit:
+                parts.append([])
+            parts[-1].append(i)
+        k = len(parts)
+        even = [order[len(order) * j // k : len(order) * (j + 1) // k] for j in range(k)]
+        if all(len(part) == 1 or padded_tokens([batch[i] for i in part], share) <= limit for part in even):
+            return even
+        return parts
+
+    def backward(self, batch: list[Example], targets: list[Dist] | None = None) -> float:
+        """Add the gradients of the batch's loss (``loss``) to the parameters' and return the loss.
+
+        Micro-batches (``micro_batches``) each add their loss weighted by their share of the batch's
+        examples: the loss is a mean over examples, so the weighted sum is the batch's loss and the
+        summed gradients are its gradients. Each micro-batch runs its own shared prefixes;
+        ``tokens_in_step`` counts every token run.
+        """
+        value, tokens = 0.0, 0
+        for part in self.micro_batches(batch):
+            share = len(part) / len(batch)
+            loss = self.loss([batch[i] for i in part], None if targets is None else [targets[i] for i in part]) * share
+            loss.backward()
+            value += float(loss.detach())
+            tokens += self.tokens_in_step
+            self.report.passes += 1
+        self.tokens_in_step = tokens
+        return value
+
+    def state(self) -> dict:
+        """What a resumed run needs to go on exactly as this one would (see ``run_epochs``)."""
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(),
+            "report": dataclasses.asdict(self.report),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self.params, state["params"], strict=True):
+                param.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.report = TrainReport(**state["report"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def step(self, batch: list[Example], targets: list[Dist] | None = None) -> float:
+        tick = time.perf_counter()
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = self.backward(batch, targets)
+        if self.p.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.p.max_grad_norm)
+        self.optimizer.step()
+        if not math.isfinite(value):
+            raise BenchError(f"training diverged (loss {value}); lower --set lr")
+        self.report.steps += 1
+        self.report.student_tokens += self.tokens_in_step  # what was run: shared prefixes once per micro-batch
+        self.report.example_tokens += sum(len(e.ids) for e in batch)
+        self.report.student_s += time.perf_counter() - tick
+        self.report.losses.append(value)
+        return value
+
+
+def run_epochs(
+    trainer: Trainer,
+    epochs: Iterable[list[Example]],
+    batch_size: int,
+    rng: random.Random,
+    total_steps: int,
+    targets_for: Callable[[list[Example]], list[Dist]] | None = None,
+    desc: str = "training",
+    checkpoint: InjectionCheckpoint | None = None,
+) -> TrainReport:
+    """Train over the examples of each epoch in shuffled, length-bucketed batches.
+
+    With a ``checkpoint`` the training state is saved every ``checkpoint.every_s`` seconds; when
+    one of this injection is found, the batches before its position are drawn again (teacher
+    targets included, so every random stream and cache evolves as in the first attempt) but not
+    trained on, and the saved state is loaded at that position.
+    """
+    saved = checkpoint.load(total_steps) if checkpoint is not None else None
+    resume_at = saved["position"] if saved is not None else 0
+    if resume_at:
+        print(f"{desc}: resumed at step {resume_at} of {total_steps}", file=sys.stderr)
+    bar = tqdm(total=total_steps, desc=desc, unit="step", leave=False, disable=total_steps < 10)
+    position = 0
+    for examples in epochs:
+        for batch in batches(examples, batch_size, rng):
+            targets = targets_for(batch) if targets_for is not None else None
+            position += 1
+            if position <= resume_at:
+                if position == resume_at:
+                    trainer.load_state(saved)
+                bar.update(1)
+                continue
+            loss = trainer.step(batch, targets)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if checkpoint is not None and checkpoint.due():
+                checkpoint.save({**trainer.state(), "position": position}, total_steps)
+    bar.close()
+    if position < resume_at:
+        raise BenchError(f"{desc}: the checkpoint is at step {resume_at}, but this injection has "
+                         f"{position} steps; remove {checkpoint.path}")
+    return trainer.report
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Number of batches ``batches`` makes of ``num_examples`` examples (bucketed in chunks)."""
+    size = max(1, batch_size)
+    chunk = size * 16
+    full, rest = divmod(num_examples, chunk)
+    return full * 16 + math.ceil(rest / size)
+
+
+def epoch_stream(make: Callable[[int], list[Example]], epochs: int) -> Iterator[list[Example]]:
+    for epoch in range(epochs):
+        yield make(epoch)
+
+
+class TrainedMethod(Method):
+    """A method whose answers come from a trained copy of the base model.
+
+    The student is built on the first ``inject`` and kept: in sequential injection the same
+    instance receives one context per step and its LoRA adapters (or weights) keep accumulating.
+    """
+
+    Params = TrainParams
+
+    def __init__(self, lm: LM, params: TrainParams, run, seed: int = 0) -> None:
+        super().__init__(lm, params, run, seed)
+        self.student: torch.nn.Module | None = None
+        self.rng = random.Random(seed)
+        self.last_report: TrainReport | None = None
+
+    def next_checkpoint(self) -> InjectionCheckpoint | None:
+        """The checkpoint of the injection about to run (one per ``inject`` call, in order)."""
+        return self.checkpoints.next_injection() if self.checkpoints is not None else None
+
+    def ensure_student(self) -> torch.nn.Module:
+        if self.student is None:
+            self.student = build_student(self.lm, self.params)
+            self.model = self.student  # Method.generate answers with it
+        return self.student
+
+    def record(self, report: TrainReport, wall_s: float) -> None:
+        """Add one injection's cost to ``stats`` (the runner sums them and reports tokens/s)."""
+        self.last_report = report
+        for key, value in (
+            ("train_tokens", report.student_tokens),
+            ("train_example_tokens", report.example_tokens),
+            ("train_s", wall_s),
+            ("train_steps", report.steps),
+            ("student_s", report.student_s),
+            ("teacher_tokens", report.teacher_tokens),
+            ("teacher_s", report.teacher_s),
+        ):
+            self.stats[key] = self.stats.get(key, 0) + value
+
+    def footprint(self) -> Footprint:
+        return student_footprint(self.student, self.params)

@@ -1,0 +1,152 @@
+"""The student: a trainable copy of the base model (LoRA through ``peft``, full or MLP-only), what it
+stores, and its LM head run on selected hidden states only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from benchmark.errors import BenchError
+from benchmark.models import LM
+from benchmark.types import Footprint
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class TrainParams:
+    """How the student is parameterised and optimised (the official code's values by default)."""
+
+    params: str = "lora"  # lora | full | mlp
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    lr: float = 2e-5
+    weight_decay: float = 0.01  # AdamW's default, as in the official code
+    schedule: str = "constant"  # constant | linear (decay to zero over the run)
+    epochs: int = 50
+    batch_size: int = 1  # examples per optimizer step
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    frozen_bf16: bool = True  # store frozen student weights in bf16 under bf16-autocast
+    # The student's attention kernel: on CPU, "eager" is ~10% faster than "sdpa" for the short
+    # sequences trained on here (its backward pass is plain matmuls). "" keeps the model's own.
+    attn_implementation: str = "eager"
+    # Training examples whose unscored prefixes are identical and at least this long run the
+    # prefix once and share its key/value cache; 0 = off (a ~17-token prefix ran no faster shared
+    # on a CPU; a ~50-token one saves about a quarter of the step time).
+    share_prefix: int = 0
+    # The LM head, log-softmax and loss run on at most this many scored rows at a time, and a batch
+    # with more rows recomputes each chunk's logits in the backward pass: with a 49k vocabulary,
+    # fp32 logits cost ~200 KB a row, several copies of them kept for backward, so a batch of long
+    # examples scored at every token (context suffixes) would otherwise hold gigabytes. 0 = off.
+    loss_chunk_rows: int = 1024
+    # A batch whose student pass would run more than this many padded tokens (a shared prefix counted
+    # once, as run) is split into micro-batches of whole examples, in length order, each run forward
+    # and backward on its own; their gradients add up to the whole batch's before its one optimizer
+    # step, so the update is the same. Backward keeps ~1.5 MB a token of SmolLM2-135M activations,
+    # plus eager attention's (L, L) maps: one pass of 16 long examples needed 17-38 GB. A batch
+    # within the budget runs as one pass, as before. 0 = off. One step of 16 x ~800-token examples,
+    # bf16-autocast, peak RSS: 6.6 / 4.2 / 3.0 GiB at 4096 / 2048 / 1024 with sdpa attention,
+    # 10.4 / 6.4 / 4.6 GiB with eager, and no slower for the smaller parts.
+    step_tokens: int = 2048
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "lora_r": ">= 1", "lora_alpha": "> 0", "lora_dropout": "[0, 1)", "lr": "> 0", "weight_decay": ">= 0",
+        "epochs": ">= 0", "batch_size": ">= 1", "max_grad_norm": ">= 0", "share_prefix": ">= 0",
+        "loss_chunk_rows": ">= 0", "step_tokens": ">= 0",
+    }
+
+
+def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
+    """A trainable copy of the base model; ``lm.model`` itself is never touched."""
+    model = lm.clone_model()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if p.params == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        targets = [t for t in p.lora_targets if t in present]
+        if not targets:
+            raise BenchError(
+                f"none of the LoRA target modules {list(p.lora_targets)} exist in model {lm.name!r}"
+            )
+        config = LoraConfig(
+            r=p.lora_r,
+            lora_alpha=p.lora_alpha,
+            lora_dropout=p.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    elif p.params == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+    elif p.params == "mlp":
+        for name, param in model.named_parameters():
+            if ".mlp." in name:
+                param.requires_grad_(True)
+    else:
+        raise BenchError(f"unknown params {p.params!r}; use lora, full or mlp")
+    if p.frozen_bf16 and lm.precision == "bf16-autocast":
+        _store_frozen_in_bf16(model)
+    if p.attn_implementation:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        try:
+            base.set_attn_implementation(p.attn_implementation)
+        except (ValueError, ImportError) as exc:
+            raise BenchError(f"attn_implementation {p.attn_implementation!r}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+def _store_frozen_in_bf16(model: torch.nn.Module) -> None:
+    """Keep frozen matmul weights in bf16 so autocast does not re-cast them at every step.
+
+    Embeddings stay fp32 (they feed the residual stream). A tied, frozen LM head gets its own bf16
+    copy; its values are what autocast would have used anyway.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    embed = base.get_input_embeddings()
+    if head is not None and not head.weight.requires_grad:
+        if head.weight is embed.weight:
+            head.weight = torch.nn.Parameter(head.weight.detach().to(torch.bfloat16), requires_grad=False)
+        else:
+            head.weight.data = head.weight.data.to(torch.bfloat16)
+    for module in base.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            if not module.weight.requires_grad:
+                module.weight.data = module.weight.data.to(torch.bfloat16)
+                if module.bias is not None and not module.bias.requires_grad:
+                    module.bias.data = module.bias.data.to(torch.bfloat16)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def student_footprint(model: torch.nn.Module | None, p: TrainParams) -> Footprint:
+    """LoRA: the adapter bytes; full / MLP: the bytes of the changed weights (a second copy)."""
+    if model is None:
+        return Footprint()
+    changed = trainable_parameters(model)
+    count = sum(t.numel() for t in changed)
+    size = sum(t.numel() * t.element_size() for t in changed)
+    return Footprint(extra_bytes=size, changed_params=count, detail={f"{p.params}_params": count})
+
+
+def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(backbone returning hidden states, LM head): lets the head run on selected positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def head_logits(model: torch.nn.Module, lm: LM, hidden: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the LM head at the given final hidden states."""
+    _, head = split_lm(model)
+    with lm.autocast():
+        logits = head(hidden)
+    return logits.float()

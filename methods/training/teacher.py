@@ -1,0 +1,159 @@
+"""The teacher's distributions (computed once per example, optionally as top-k with a tail bucket)
+and the KL divergence the student is trained on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.models import LM
+from methods.training.examples import cache_prefix, group_by_prefix, hidden_after_prefix, selected_hidden
+from methods.training.student import head_logits, split_lm
+
+
+@dataclass
+class TeacherSpec:
+    """The teacher's input and the position whose prediction is row 0 of its distributions."""
+
+    ids: list[int]
+    first: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids) - 1 - self.first
+
+
+@dataclass
+class Dist:
+    """Teacher log-probabilities per row: full vocabulary (``index`` None) or top-k with indices."""
+
+    logp: torch.Tensor  # (rows, V) or (rows, k), fp32
+    index: torch.Tensor | None = None  # (rows, k) int64
+
+    def __getitem__(self, rows: slice) -> "Dist":
+        return Dist(self.logp[rows], None if self.index is None else self.index[rows])
+
+
+@torch.no_grad()
+def teacher_dists(
+    teacher: torch.nn.Module,
+    lm: LM,
+    specs: list[TeacherSpec],
+    topk: int = 0,
+    temperature: float = 1.0,
+    batch_tokens: int = 4096,
+    progress: str | None = None,
+    share_prefix: int = 8,
+    chunk_rows: int = 1024,
+) -> list[Dist]:
+    """The teacher's (tempered) log-probabilities at every scored row of every spec.
+
+    Specs whose unscored prefixes (``ids[:first]``, e.g. BOS + context) are identical and at least
+    ``share_prefix`` tokens long are run as one prefix pass whose key/value cache is reused by all
+    of them (0 turns this off); the rest are batched by length. The LM head, log-softmax and top-k
+    run on at most ``chunk_rows`` rows of a bucket at a time (0 = all at once).
+    """
+    was_training = teacher.training
+    teacher.eval()
+    out: list[Dist | None] = [None] * len(specs)
+    shared, plain = group_by_prefix([(s.ids, s.first) for s in specs], share_prefix)
+    jobs = [(None, group) for group in _length_groups(plain, [len(s.ids) for s in specs], batch_tokens)]
+    for key, members in shared.items():
+        lengths = [len(specs[i].ids) - len(key) for i in members]
+        for group in _length_groups(list(range(len(members))), lengths, batch_tokens):
+            jobs.append((key, [members[j] for j in group]))
+    bar = tqdm(jobs, desc=progress, disable=progress is None or len(jobs) < 4, leave=False)
+    prefix_cache: dict[tuple[int, ...], object] = {}
+    for key, group in bar:
+        counts = [specs[i].rows for i in group]
+        if key is None:
+            hidden = selected_hidden(teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts)
+        else:
+            if key not in prefix_cache:
+                prefix_cache.clear()  # one context's prefix at a time
+                prefix_cache[key] = cache_prefix(teacher, lm, list(key))
+            tails = [specs[i].ids[len(key):] for i in group]
+            hidden = hidden_after_prefix(teacher, lm, prefix_cache[key], len(key), tails, counts)
+        out_group = _dists_from_hidden(teacher, lm, hidden, counts, topk, temperature, chunk_rows)
+        for i, dist in zip(group, out_group):
+            out[i] = dist
+    teacher.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def _dists_from_hidden(model: torch.nn.Module, lm: LM, hidden: torch.Tensor, counts: list[int], topk: int,
+                       temperature: float, chunk_rows: int) -> list[Dist]:
+    """Per-example ``Dist``s from the final hidden states of their rows (in order, ``counts`` each).
+
+    The head and log-softmax (and top-k) run on at most ``chunk_rows`` rows at a time, written into
+    each example's own tensors: a bucket of long examples never holds its whole (rows, V) fp32
+    logits, their log-softmax and per-example copies at once (~800 MB each for 4096 rows).
+    """
+    vocab = split_lm(model)[1].weight.shape[0]
+    width = topk if topk and topk < vocab else vocab
+    logps = [torch.empty((n, width), dtype=torch.float32, device=hidden.device) for n in counts]
+    indices = [torch.empty((n, width), dtype=torch.long, device=hidden.device) for n in counts] if width < vocab else None
+    size = chunk_rows if chunk_rows > 0 else max(1, len(hidden))
+    example, offset = 0, 0  # where the next row goes: row ``offset`` of example ``example``
+    for start in range(0, len(hidden), size):
+        logits = head_logits(model, lm, hidden[start : start + size])
+        if temperature != 1.0:
+            logits.div_(temperature)  # in place: one fp32 copy fewer
+        logp = torch.log_softmax(logits, dim=-1)
+        del logits
+        assert logp.shape[-1] == vocab
+        values, index = logp.topk(topk, dim=-1) if indices is not None else (logp, None)
+        done = 0
+        while done < len(values):
+            while offset == counts[example]:  # skip finished (and empty) examples
+                example, offset = example + 1, 0
+            take = min(len(values) - done, counts[example] - offset)
+            logps[example][offset : offset + take] = values[done : done + take]
+            if indices is not None:
+                indices[example][offset : offset + take] = index[done : done + take]
+            done, offset = done + take, offset + take
+        del logp, values, index
+    return [Dist(v, None if indices is None else indices[j]) for j, v in enumerate(logps)]
+
+
+def _length_groups(indices: list[int], lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most ~``batch_tokens`` padded tokens."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(indices, key=lambda i: lengths[i]):
+        if current and (len(current) + 1) * lengths[i] > batch_tokens:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def kl_rows(student_logp: torch.Tensor, target: Dist) -> torch.Tensor:
+    """KL(teacher ‖ student) per row.
+
+    With a top-k teacher the probability outside the top k is one extra "tail" outcome on both
+    sides, so this is the exact KL between the two distributions coarsened that way (it equals the
+    full KL when k is the vocabulary size) and it is zero when student and teacher agree.
+    """
+    t_logp = target.logp
+    t_p = t_logp.exp()
+    if target.index is None:
+        return (t_p * (t_logp - student_logp)).sum(-1)
+    s_top = student_logp.gather(-1, target.index)
+    kl = (t_p * (t_logp - s_top)).sum(-1)
+    t_tail = (1.0 - t_p.sum(-1)).clamp_min(0.0)
+    # log(1 - sum of the student's top-k probabilities); the floor only matters when both tails are
+    # negligible, and it saves a second full-vocabulary pass.
+    s_tail = torch.log1p(-s_top.exp().sum(-1).clamp(max=1.0 - 1e-6))
+    # Rounding leaves ~1e-7 of "tail" even when the top k hold everything: ignore such crumbs.
+    tail = torch.where(t_tail > 1e-6, t_tail * (t_tail.clamp_min(1e-30).log() - s_tail), torch.zeros_like(t_tail))
+    return kl + tail
+
+
+def cat_dists(dists: list[Dist]) -> Dist:
+    index = None if dists[0].index is None else torch.cat([d.index for d in dists])  # type: ignore[misc]
+    return Dist(torch.cat([d.logp for d in dists]), index)
