@@ -15,7 +15,7 @@ from benchmark.threads import choose_omp_wait_policy
 def run_cell(request: dict[str, Any]) -> dict[str, Any]:
     choose_omp_wait_policy()
     # Imported here, not above: after the wait policy is set, since torch comes with them.
-    from benchmark.app.sweep import run_cell as run_one
+    from benchmark.app.sweep.executors import run_cell as run_one
     from benchmark.runner import RunRequest
 
     return run_one(RunRequest(**request))

@@ -1,45 +1,26 @@
-"""Sweeps: many ordinary runs from one YAML spec, run in-process or as Ray tasks, resumable.
-
-A spec names methods, tasks, data sets, models, profiles and seeds (each a value or a list) and
-``set`` overrides (a list value is swept too); lists expand to their product. ``grid`` entries
-repeat that per part of the sweep, on top of the top-level defaults, and ``exclude`` drops cells.
-Each cell is one ``benchmark.runner.run`` with its own result file, so a cell whose result file
-exists is skipped, and an interrupted cell resumes from its finished episodes. Every cell's status
-(done / skipped / failed, with the error message) is kept in ``<out>/<name>.sweep.jsonl``.
-"""
+"""A sweep spec and its cells: parsing the YAML, expanding its axes, ``set`` values, ``grid`` entries
+and ``exclude`` rules into one resolved cell per run (its result file named, or the error that makes
+it invalid), and the resources a cell asks a cluster for."""
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import re
-import sys
-import tempfile
-import time
-import traceback
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from benchmark import runner
-from benchmark.app import worker
 from benchmark.errors import BenchError, UnavailableError
-from benchmark.results import safe_name
 from benchmark.runner import RunRequest
 
-# Axis name -> how a spec may spell it (singular or plural).
 AXES = ("method", "task", "dataset", "model", "profile", "seed")
 ENTRY_KEYS = {*AXES, *(a + "s" for a in AXES), "set", "resources", "device"}
 TOP_KEYS = ENTRY_KEYS | {"name", "out", "grid", "exclude", "ray"}
 RESOURCE_KEYS = {"cpus", "gpus", "memory", "custom"}
 RAY_KEYS = {"num_cpus", "num_gpus", "max_retries"}
-RAY_INSTALL_HINT = "Ray is not installed: pip install 'selfparam-bench[ray]' (or pip install 'ray[default]')"
-
-SKIPPED, DONE, FAILED, PENDING = "skipped", "done", "failed", "pending"
 
 
 @dataclass(frozen=True)
@@ -99,8 +80,6 @@ class Sweep:
     ray: dict[str, Any]
     source: Path | None = None
 
-
-# ---- spec parsing and expansion ------------------------------------------------------------------
 
 def load_spec(path: Path, overrides: dict[str, str] | None = None, out: Path | None = None,
               force: bool = False) -> Sweep:
@@ -311,232 +290,6 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     text = " ".join(str(exc).split())
     text = text if isinstance(exc, BenchError) else f"{type(exc).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# ---- running one cell (in-process or inside a Ray worker) ----------------------------------------
-
-def run_cell(request: RunRequest) -> dict[str, Any]:
-    """One ordinary run; never raises for a failure of the run itself (Ctrl-C still stops it)."""
-    tick = time.perf_counter()
-    try:
-        outcome = runner.run(request)
-    except Exception as exc:
-        return {"status": FAILED, "error": one_line(exc), "traceback": traceback.format_exc(),
-                "wall_s": time.perf_counter() - tick}
-    return {
-        "status": SKIPPED if outcome.reused else DONE,
-        "path": str(outcome.path),
-        "resumed_episodes": outcome.resumed_episodes,
-        "headline": headline(outcome.result.get("scores", {})),
-        "wall_s": time.perf_counter() - tick,
-    }
-
-
-def headline(scores: dict[str, Any]) -> str:
-    """The first few mean scores of a result, for the sweep's summary."""
-    parts = [f"{k}={v['mean']:.4f}" for k, v in scores.items()
-             if isinstance(v, dict) and isinstance(v.get("mean"), (int, float))]
-    return " ".join(parts[:3])
-
-
-Report = Callable[[Cell, dict[str, Any]], None]
-
-
-class LocalExecutor:
-    """Cells one after another in this process (each loads its model like ``bench run`` does)."""
-
-    name = "local"
-
-    def run(self, cells: list[Cell], report: Report) -> None:
-        for cell in cells:
-            report(cell, run_cell(cell.request))
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise BenchError(RAY_INSTALL_HINT) from None
-    return ray
-
-
-class RayExecutor:
-    """Each cell a Ray task with the spec's resource request, on an existing or a local cluster."""
-
-    name = "ray"
-
-    def __init__(self, address: str | None = None, num_cpus: float | None = None,
-                 num_gpus: float | None = None, max_retries: int = 1, verbose: bool = False) -> None:
-        self.address = address
-        self.num_cpus = num_cpus
-        self.num_gpus = num_gpus
-        self.max_retries = max_retries
-        self.verbose = verbose
-
-    def _connect(self, ray) -> bool:
-        """Join ``address`` or start a local Ray; returns whether this call started it."""
-        if ray.is_initialized():
-            return False
-        common = dict(log_to_driver=self.verbose, logging_level="INFO" if self.verbose else "WARNING")
-        if self.address:
-            env = {k: v for k, v in os.environ.items()
-                   if k.startswith("SELFPARAM_BENCH_") or k in ("TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE")}
-            try:
-                ray.init(address=self.address, runtime_env={"env_vars": env} if env else None, **common)
-            except ConnectionError as exc:
-                raise BenchError(f"cannot join the Ray cluster at {self.address!r}: {one_line(exc)}") from None
-        else:
-            # address="local": a fresh instance, never a cluster that `ray start` left on this machine
-            ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
-                     include_dashboard=False, **common)
-        return True
-
-    def run(self, cells: list[Cell], report: Report) -> None:
-        ray = import_ray()
-        if not cells:
-            return  # nothing to do: no need to start or join a cluster
-        started = self._connect(ray)
-        remote = ray.remote(worker.run_cell)
-        pending: dict[Any, Cell] = {}
-        try:
-            totals = ray.cluster_resources()
-            for cell in cells:
-                options = cell.resources.ray_options()
-                missing = _unschedulable(options, totals) if started else None
-                if missing:  # a fixed local cluster would wait for it forever
-                    report(cell, {"status": FAILED, "error": f"needs {missing}; this Ray instance has "
-                                  f"{_describe_totals(totals)} (raise --num-cpus or lower resources)"})
-                    continue
-                ref = remote.options(**options, max_retries=self.max_retries).remote(asdict(cell.request))
-                pending[ref] = cell
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    cell = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # the worker died (out of memory, node lost, ...)
-                        result = {"status": FAILED, "error": one_line(exc)}
-                    report(cell, result)
-        finally:
-            for ref in pending:  # interrupted: stop what is still queued or running
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # already finished or the cluster is gone: nothing left to stop
-                    pass
-            if started:
-                ray.shutdown()
-
-
-def _unschedulable(options: dict[str, Any], totals: dict[str, float]) -> str | None:
-    wanted = {"CPU": options.get("num_cpus", 0), "GPU": options.get("num_gpus", 0),
-              "memory": options.get("memory", 0), **options.get("resources", {})}
-    for key, amount in wanted.items():
-        if amount and amount > totals.get(key, 0):
-            return f"{amount / 2**30:.1f} GiB memory" if key == "memory" else f"{amount:g} {key}"
-    return None
-
-
-def _describe_totals(totals: dict[str, float]) -> str:
-    parts = [f"{totals.get('CPU', 0):g} CPU", f"{totals.get('GPU', 0):g} GPU"]
-    if totals.get("memory"):
-        parts.append(f"{totals['memory'] / 2**30:.1f} GiB memory")
-    return ", ".join(parts)
-
-
-# ---- the sweep itself: skip, dispatch, record ----------------------------------------------------
-
-class StatusLog:
-    """``<out>/<name>.sweep.jsonl``: a header line, then one line per cell, rewritten atomically."""
-
-    def __init__(self, sweep: Sweep, executor: str) -> None:
-        self.path = sweep.out / f"{safe_name(sweep.name)}.sweep.jsonl"
-        self.header = {"sweep": sweep.name, "spec": str(sweep.source) if sweep.source else None,
-                       "executor": executor, "out": str(sweep.out),
-                       "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self.rows: dict[int, dict[str, Any]] = {}
-
-    def set(self, cell: Cell, result: dict[str, Any]) -> None:
-        row = {"cell": cell.index, **cell.axes(),
-               "overrides": dict(cell.request.overrides), "resources": cell.resources.describe(),
-               "status": result["status"], "path": result.get("path") or (str(cell.path) if cell.path else None)}
-        for key in ("error", "headline", "wall_s", "resumed_episodes", "traceback"):
-            if result.get(key) is not None:
-                row[key] = result[key]
-        self.rows[cell.index] = row
-
-    def counts(self) -> dict[str, int]:
-        counts = {DONE: 0, SKIPPED: 0, FAILED: 0, PENDING: 0}
-        for row in self.rows.values():
-            counts[row["status"]] += 1
-        return counts
-
-    def write(self, finished: bool = False) -> None:
-        header = {**self.header, "counts": self.counts()}
-        if finished:
-            header["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        lines = [header] + [self.rows[i] for i in sorted(self.rows)]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(line, default=str) + "\n" for line in lines))
-        os.replace(tmp, self.path)
-
-
-def run_sweep(sweep: Sweep, executor, echo: Callable[[str], None] = print) -> StatusLog:
-    """Skip finished cells, record invalid ones, run the rest with ``executor``; returns the log."""
-    log = StatusLog(sweep, executor.name)
-    todo: list[Cell] = []
-    for cell in sweep.cells:
-        if cell.error:
-            log.set(cell, {"status": FAILED, "error": cell.error})
-        elif cell.path.exists() and not cell.request.force:
-            log.set(cell, {"status": SKIPPED, "path": str(cell.path)})
-        else:
-            log.set(cell, {"status": PENDING})
-            todo.append(cell)
-    counts = log.counts()
-    echo(f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED]} already done, "
-         f"{counts[FAILED]} invalid, {len(todo)} to run ({executor.name}); results in {sweep.out}")
-    log.write()
-    finished = 0
-
-    def report(cell: Cell, result: dict[str, Any]) -> None:
-        nonlocal finished
-        finished += 1
-        log.set(cell, result)
-        log.write()
-        note = result.get("error") or result.get("headline") or ""
-        wall = f" {result['wall_s']:.1f}s" if result.get("wall_s") is not None else ""
-        echo(f"[{finished}/{len(todo)}] {result['status']:<7} {cell.label()}{wall}  {note}".rstrip())
-
-    try:
-        executor.run(todo, report)
-    finally:
-        log.write(finished=True)
-    return log
-
-
-def summary_table(log: StatusLog) -> str:
-    from tabulate import tabulate
-
-    rows = []
-    for row in (log.rows[i] for i in sorted(log.rows)):
-        sets = " ".join(f"{k}={v}" for k, v in row["overrides"].items())
-        rows.append((row["cell"], row["method"], row["task"], row["dataset"], row["model"], row["profile"],
-                     row["seed"], sets, row["status"], row.get("error") or row.get("headline") or ""))
-    return tabulate(rows, headers=("#", "method", "task", "dataset", "model", "profile", "seed", "set",
-                                   "status", "scores / error"), tablefmt="simple", maxcolwidths=[None] * 9 + [70])
-
-
-def print_summary(log: StatusLog, stream=None) -> None:
-    stream = stream or sys.stdout
-    counts = log.counts()
-    print(summary_table(log), file=stream)
-    line = f"{counts[DONE]} done, {counts[SKIPPED]} skipped, {counts[FAILED]} failed"
-    if counts[PENDING]:
-        line += f", {counts[PENDING]} not run"
-    print(f"{line}; status per cell: {log.path}", file=stream)
 
 
 def with_only(sweep: Sweep, filters: dict[str, str]) -> Sweep:

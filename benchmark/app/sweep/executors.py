@@ -1,0 +1,148 @@
+"""Running cells: one ordinary run per cell, one after another in this process (``LocalExecutor``) or
+as Ray tasks with each cell's resource request (``RayExecutor``)."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import asdict
+from typing import Any, Callable
+
+from benchmark import runner
+from benchmark.app import worker
+from benchmark.app.sweep.spec import Cell, one_line
+from benchmark.app.sweep.status import DONE, FAILED, SKIPPED
+from benchmark.errors import BenchError
+from benchmark.runner import RunRequest
+
+RAY_INSTALL_HINT = "Ray is not installed: pip install 'selfparam-bench[ray]' (or pip install 'ray[default]')"
+
+
+def run_cell(request: RunRequest) -> dict[str, Any]:
+    """One ordinary run; never raises for a failure of the run itself (Ctrl-C still stops it)."""
+    tick = time.perf_counter()
+    try:
+        outcome = runner.run(request)
+    except Exception as exc:
+        return {"status": FAILED, "error": one_line(exc), "traceback": traceback.format_exc(),
+                "wall_s": time.perf_counter() - tick}
+    return {
+        "status": SKIPPED if outcome.reused else DONE,
+        "path": str(outcome.path),
+        "resumed_episodes": outcome.resumed_episodes,
+        "headline": headline(outcome.result.get("scores", {})),
+        "wall_s": time.perf_counter() - tick,
+    }
+
+
+def headline(scores: dict[str, Any]) -> str:
+    """The first few mean scores of a result, for the sweep's summary."""
+    parts = [f"{k}={v['mean']:.4f}" for k, v in scores.items()
+             if isinstance(v, dict) and isinstance(v.get("mean"), (int, float))]
+    return " ".join(parts[:3])
+
+
+Report = Callable[[Cell, dict[str, Any]], None]
+
+
+class LocalExecutor:
+    """Cells one after another in this process (each loads its model like ``bench run`` does)."""
+
+    name = "local"
+
+    def run(self, cells: list[Cell], report: Report) -> None:
+        for cell in cells:
+            report(cell, run_cell(cell.request))
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BenchError(RAY_INSTALL_HINT) from None
+    return ray
+
+
+class RayExecutor:
+    """Each cell a Ray task with the spec's resource request, on an existing or a local cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: float | None = None,
+                 num_gpus: float | None = None, max_retries: int = 1, verbose: bool = False) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.max_retries = max_retries
+        self.verbose = verbose
+
+    def _connect(self, ray) -> bool:
+        """Join ``address`` or start a local Ray; returns whether this call started it."""
+        if ray.is_initialized():
+            return False
+        common = dict(log_to_driver=self.verbose, logging_level="INFO" if self.verbose else "WARNING")
+        if self.address:
+            env = {k: v for k, v in os.environ.items()
+                   if k.startswith("SELFPARAM_BENCH_") or k in ("TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE")}
+            try:
+                ray.init(address=self.address, runtime_env={"env_vars": env} if env else None, **common)
+            except ConnectionError as exc:
+                raise BenchError(f"cannot join the Ray cluster at {self.address!r}: {one_line(exc)}") from None
+        else:
+            # address="local": a fresh instance, never a cluster that `ray start` left on this machine
+            ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                     include_dashboard=False, **common)
+        return True
+
+    def run(self, cells: list[Cell], report: Report) -> None:
+        ray = import_ray()
+        if not cells:
+            return  # nothing to do: no need to start or join a cluster
+        started = self._connect(ray)
+        remote = ray.remote(worker.run_cell)
+        pending: dict[Any, Cell] = {}
+        try:
+            totals = ray.cluster_resources()
+            for cell in cells:
+                options = cell.resources.ray_options()
+                missing = _unschedulable(options, totals) if started else None
+                if missing:  # a fixed local cluster would wait for it forever
+                    report(cell, {"status": FAILED, "error": f"needs {missing}; this Ray instance has "
+                                  f"{_describe_totals(totals)} (raise --num-cpus or lower resources)"})
+                    continue
+                ref = remote.options(**options, max_retries=self.max_retries).remote(asdict(cell.request))
+                pending[ref] = cell
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    cell = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except Exception as exc:  # the worker died (out of memory, node lost, ...)
+                        result = {"status": FAILED, "error": one_line(exc)}
+                    report(cell, result)
+        finally:
+            for ref in pending:  # interrupted: stop what is still queued or running
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # already finished or the cluster is gone: nothing left to stop
+                    pass
+            if started:
+                ray.shutdown()
+
+
+def _unschedulable(options: dict[str, Any], totals: dict[str, float]) -> str | None:
+    wanted = {"CPU": options.get("num_cpus", 0), "GPU": options.get("num_gpus", 0),
+              "memory": options.get("memory", 0), **options.get("resources", {})}
+    for key, amount in wanted.items():
+        if amount and amount > totals.get(key, 0):
+            return f"{amount / 2**30:.1f} GiB memory" if key == "memory" else f"{amount:g} {key}"
+    return None
+
+
+def _describe_totals(totals: dict[str, float]) -> str:
+    parts = [f"{totals.get('CPU', 0):g} CPU", f"{totals.get('GPU', 0):g} GPU"]
+    if totals.get("memory"):
+        parts.append(f"{totals['memory'] / 2**30:.1f} GiB memory")
+    return ", ".join(parts)

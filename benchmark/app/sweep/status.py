@@ -1,0 +1,110 @@
+"""A sweep's status: which cells are done, skipped, failed or pending, kept in
+``<out>/<name>.sweep.jsonl`` (rewritten atomically after every cell), and ``run_sweep``, which skips
+finished cells, records invalid ones and hands the rest to an executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from benchmark.app.sweep.spec import Cell, Sweep
+from benchmark.results import safe_name
+
+SKIPPED, DONE, FAILED, PENDING = "skipped", "done", "failed", "pending"
+
+
+class StatusLog:
+    """``<out>/<name>.sweep.jsonl``: a header line, then one line per cell, rewritten atomically."""
+
+    def __init__(self, sweep: Sweep, executor: str) -> None:
+        self.path = sweep.out / f"{safe_name(sweep.name)}.sweep.jsonl"
+        self.header = {"sweep": sweep.name, "spec": str(sweep.source) if sweep.source else None,
+                       "executor": executor, "out": str(sweep.out),
+                       "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.rows: dict[int, dict[str, Any]] = {}
+
+    def set(self, cell: Cell, result: dict[str, Any]) -> None:
+        row = {"cell": cell.index, **cell.axes(),
+               "overrides": dict(cell.request.overrides), "resources": cell.resources.describe(),
+               "status": result["status"], "path": result.get("path") or (str(cell.path) if cell.path else None)}
+        for key in ("error", "headline", "wall_s", "resumed_episodes", "traceback"):
+            if result.get(key) is not None:
+                row[key] = result[key]
+        self.rows[cell.index] = row
+
+    def counts(self) -> dict[str, int]:
+        counts = {DONE: 0, SKIPPED: 0, FAILED: 0, PENDING: 0}
+        for row in self.rows.values():
+            counts[row["status"]] += 1
+        return counts
+
+    def write(self, finished: bool = False) -> None:
+        header = {**self.header, "counts": self.counts()}
+        if finished:
+            header["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        lines = [header] + [self.rows[i] for i in sorted(self.rows)]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(line, default=str) + "\n" for line in lines))
+        os.replace(tmp, self.path)
+
+
+def run_sweep(sweep: Sweep, executor, echo: Callable[[str], None] = print) -> StatusLog:
+    """Skip finished cells, record invalid ones, run the rest with ``executor``; returns the log."""
+    log = StatusLog(sweep, executor.name)
+    todo: list[Cell] = []
+    for cell in sweep.cells:
+        if cell.error:
+            log.set(cell, {"status": FAILED, "error": cell.error})
+        elif cell.path.exists() and not cell.request.force:
+            log.set(cell, {"status": SKIPPED, "path": str(cell.path)})
+        else:
+            log.set(cell, {"status": PENDING})
+            todo.append(cell)
+    counts = log.counts()
+    echo(f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED]} already done, "
+         f"{counts[FAILED]} invalid, {len(todo)} to run ({executor.name}); results in {sweep.out}")
+    log.write()
+    finished = 0
+
+    def report(cell: Cell, result: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        log.set(cell, result)
+        log.write()
+        note = result.get("error") or result.get("headline") or ""
+        wall = f" {result['wall_s']:.1f}s" if result.get("wall_s") is not None else ""
+        echo(f"[{finished}/{len(todo)}] {result['status']:<7} {cell.label()}{wall}  {note}".rstrip())
+
+    try:
+        executor.run(todo, report)
+    finally:
+        log.write(finished=True)
+    return log
+
+
+def summary_table(log: StatusLog) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for row in (log.rows[i] for i in sorted(log.rows)):
+        sets = " ".join(f"{k}={v}" for k, v in row["overrides"].items())
+        rows.append((row["cell"], row["method"], row["task"], row["dataset"], row["model"], row["profile"],
+                     row["seed"], sets, row["status"], row.get("error") or row.get("headline") or ""))
+    return tabulate(rows, headers=("#", "method", "task", "dataset", "model", "profile", "seed", "set",
+                                   "status", "scores / error"), tablefmt="simple", maxcolwidths=[None] * 9 + [70])
+
+
+def print_summary(log: StatusLog, stream=None) -> None:
+    stream = stream or sys.stdout
+    counts = log.counts()
+    print(summary_table(log), file=stream)
+    line = f"{counts[DONE]} done, {counts[SKIPPED]} skipped, {counts[FAILED]} failed"
+    if counts[PENDING]:
+        line += f", {counts[PENDING]} not run"
+    print(f"{line}; status per cell: {log.path}", file=stream)
