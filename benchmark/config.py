@@ -43,7 +43,7 @@ class RunParams:
     num_targets: int = 0  # target sentences per context; 0 = all the generator gives
     data_path: str = ""  # a data file or folder instead of the data set's default location
 
-    # fewshot: at most the three DEMONSTRATIONS in benchmark/models.py (more would silently be three)
+    # fewshot: at most the three DEMONSTRATIONS in benchmark/models/prompts.py (more would silently be three)
     RANGES: ClassVar[dict[str, str]] = {"fewshot": "[0, 3]", "max_new_tokens": ">= 1",
                                         "eval_batch_size": ">= 1", "num_targets": ">= 0"}
 

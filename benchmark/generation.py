@@ -30,8 +30,8 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from benchmark.errors import BenchError
-from benchmark.models import cache_dir
 from benchmark.grounding import GROUNDED, grounding, wants_grounded
+from benchmark.paths import cache_dir
 from benchmark.types import Document
 
 log = logging.getLogger(__name__)

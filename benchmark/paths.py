@@ -1,4 +1,4 @@
-"""Where the harness finds local copies of the public data sets."""
+"""Where the harness finds local copies of the public data sets, and where it keeps its cache."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 from benchmark.results import REPO_ROOT
+
+
+def cache_dir() -> Path:
+    """Where converted models and generated sentences live (``$SELFPARAM_BENCH_CACHE``)."""
+    root = os.environ.get("SELFPARAM_BENCH_CACHE") or Path.home() / ".cache" / "selfparam-bench"
+    return Path(root)
 
 
 def shared_data_dir() -> Path:

@@ -26,8 +26,8 @@ from typing import Any, ClassVar, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.models import LM, cache_dir
-from benchmark.paths import shared_data
+from benchmark.models import LM
+from benchmark.paths import cache_dir, shared_data
 from benchmark.registry import open_dataset
 from benchmark.results import safe_name
 from benchmark.types import QA, Document, Prompt

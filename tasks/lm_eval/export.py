@@ -18,7 +18,8 @@ import torch
 
 from benchmark.config import RunParams
 from benchmark.errors import BenchError
-from benchmark.models import LM, cache_dir
+from benchmark.models import LM
+from benchmark.paths import cache_dir
 from benchmark.registry import open_dataset
 from benchmark.results import write_json_atomic
 from benchmark.types import Document, Prompt

@@ -1,0 +1,122 @@
+"""The LM wrapper: a causal LM, its tokenizer, how prompts are written for it (``prompts``), its
+precision, and batched generation."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.errors import BenchError
+from benchmark.models.prompts import first_answer_line, format_prompt
+from benchmark.types import Prompt
+
+
+@dataclass
+class LM:
+    """A causal LM, its tokenizer and how prompts are written for it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    precision: str = "fp32"
+    prompt_format: str = "raw"
+    fewshot: int = 0  # demonstrations prepended to raw prompts (see DEMONSTRATIONS)
+    max_length: int = 2048
+    info: dict = field(default_factory=dict)
+
+    # ---- precision -----------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when asked for (fast matmuls on CPUs with AVX512-BF16/AMX)."""
+        if self.precision == "bf16-autocast":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- prompts -------------------------------------------------------------------------
+    def format_prompt(self, prompt: Prompt) -> str:
+        """The text given to the model for one question (the paper's format by default)."""
+        return format_prompt(prompt, self.prompt_format, self.fewshot, self.apply_chat_template)
+
+    def apply_chat_template(self, user_message: str) -> str:
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise BenchError(f"model {self.name!r} has no chat template; use prompt_format=raw")
+        return tok.apply_chat_template(
+            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+        )
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids, with BOS first when the tokenizer has one (the official code's layout)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def check_fits(self, text: str, what: str, reserve: int = 0) -> int:
+        """Raise a one-line error if ``text`` plus ``reserve`` tokens exceeds the model window."""
+        n = len(self.encode(text))
+        if n + reserve > self.max_length:
+            raise BenchError(
+                f"{what} is {n} tokens, longer than model {self.name!r} allows "
+                f"({self.max_length} minus {reserve} for the answer)"
+            )
+        return n
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int = 10,
+        batch_size: int = 16,
+        model: torch.nn.Module | None = None,
+        stop_at_newline: bool = True,
+        progress: str | None = None,
+        sample_temperature: float | None = None,
+    ) -> list[str]:
+        """Greedy (or sampled) continuation of each prompt, batched with left padding."""
+        model = model if model is not None else self.model
+        tok = self.tokenizer
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths batch
+        outputs: list[str] = [""] * len(prompts)
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        bar = tqdm(batches, desc=progress, disable=progress is None or len(batches) < 2, leave=False)
+        for batch in bar:
+            encoded = [self.encode(prompts[i]) for i in batch]
+            width = max(len(e) for e in encoded)
+            input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(encoded):
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            kwargs = dict(do_sample=False)
+            if sample_temperature is not None:
+                kwargs = dict(do_sample=True, temperature=sample_temperature, top_p=1.0, top_k=0)
+            with self.autocast():
+                generated = model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    **kwargs,
+                )
+            for row, i in enumerate(batch):
+                text = tok.decode(generated[row, width:], skip_special_tokens=True)
+                outputs[i] = first_answer_line(text) if stop_at_newline else text
+        model.train(was_training)
+        return outputs
+
+    def clone_model(self) -> torch.nn.Module:
+        """An independent copy of the weights, for methods that train."""
+        return copy.deepcopy(self.model)
+
+    def parameters_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
