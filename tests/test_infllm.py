@@ -10,7 +10,7 @@ import torch
 from benchmark.config import RunParams
 from benchmark.types import Context, Prompt
 from methods.infllm import InfLLM, InfLLMParams
-from methods.infllm_memory import InfLLMStream, LayerMemory, MemoryConfig
+from methods.infllm.memory import InfLLMStream, LayerMemory, MemoryConfig
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ from benchmark.errors import BenchError
 from benchmark.types import Context, Prompt
 from methods import memoryllm as memoryllm_module
 from methods.memoryllm import MemoryLLM, MemoryLLMMini, MemoryLLMMiniParams, MemoryLLMParams
-from methods.memoryllm_mini import MemoryPool, PoolConfig, build
+from methods.memoryllm.mini import MemoryPool, PoolConfig, build
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,7 +207,7 @@ def test_mini_method_injects_answers_and_reports_its_footprint(tiny_lm):
 
 
 def test_mini_without_a_trained_mechanism_says_how_to_get_one(tiny_lm, monkeypatch, tmp_path):
-    from methods import memoryllm_train
+    import methods.memoryllm.train as memoryllm_train
 
     monkeypatch.setattr(memoryllm_train, "cache_dir", lambda: tmp_path)
     params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto")
@@ -216,7 +216,7 @@ def test_mini_without_a_trained_mechanism_says_how_to_get_one(tiny_lm, monkeypat
 
 
 def test_bench_train_saves_a_mechanism_that_run_loads(bench, tiny_lm, monkeypatch, tmp_path):
-    from methods import memoryllm_train
+    import methods.memoryllm.train as memoryllm_train
 
     monkeypatch.setattr(memoryllm_train, "cache_dir", lambda: tmp_path)  # models stay where they are
     code, out, err = bench("train", "memoryllm-mini", "--profile", "smoke", "--model", "tiny-random-llama")

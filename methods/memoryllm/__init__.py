@@ -9,8 +9,10 @@
   allows it. Without it ``bench run`` stops with one line naming the setting before anything of the
   checkpoint is read (the runner has loaded the run's model and data by then: the method first sees
   its parameters when the runner builds it for the first episode).
-- ``memoryllm-mini``: the same mechanism re-implemented on the run's model (``methods.memoryllm_mini``),
-  with a mechanism trained by ``bench train memoryllm-mini``.
+- ``memoryllm-mini``: the same mechanism re-implemented on the run's model (``methods.memoryllm.mini``),
+  with a mechanism trained by ``bench train memoryllm-mini`` (``methods.memoryllm.train``).
+
+Both methods are here; ``mini`` is the memory pool and its update, ``train`` trains it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from benchmark.errors import BenchError
 from benchmark.models import LM, first_answer_line
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
-from methods.memoryllm_mini import MemoryPool, PoolConfig, build
-from methods.memoryllm_train import TRAIN_PROFILES, MiniTrainParams, checkpoint_path, load_mechanism, train_mechanism
+from methods.memoryllm.mini import MemoryPool, PoolConfig, build
+from methods.memoryllm.train import TRAIN_PROFILES, MiniTrainParams, checkpoint_path, load_mechanism, train_mechanism
 
 log = logging.getLogger(__name__)
 

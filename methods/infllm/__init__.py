@@ -8,6 +8,8 @@ in it. A question is read after the stream, in a fork of the memory, and answere
 chunk of it, and every generated token, attends over the initial tokens, the ``topk`` blocks it
 retrieves and its local window. Which blocks each probe retrieved is logged (``bench -v run ...``)
 and counted in the episode's record.
+
+The method (registered as ``infllm``) is here; the block memory inside attention is ``memory``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from benchmark.errors import BenchError
 from benchmark.models import first_answer_line
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
-from methods.infllm_memory import InfLLMStream, MemoryConfig
+from methods.infllm.memory import InfLLMStream, MemoryConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class InfLLMParams:
     topk: int = 8  # blocks retrieved per query chunk (8 x 16 = the 128 tokens of 4 x 32 blocks)
     repr_topk: int = 4  # representative tokens per block
     chunk_size: int = 64  # query chunk (the official exc_block_size)
-    # how a chunk scores a block (see methods/infllm_memory.py): "dot", the paper's mean-query dot
+    # how a chunk scores a block (see methods/infllm/memory.py): "dot", the paper's mean-query dot
     # product summed over heads, retrieves at chance level with SmolLM2-135M: most heads give every
     # block about the same large score and outvote the few heads that attend by content; "attention"
     # (softmax over the representatives, per head and query token) lets those heads decide

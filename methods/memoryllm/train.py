@@ -31,7 +31,7 @@ from benchmark.paths import cache_dir, shared_data
 from benchmark.registry import open_dataset
 from benchmark.results import safe_name
 from benchmark.types import QA, Document, Prompt
-from methods.memoryllm_mini import MemoryMechanism, MemoryPool, PoolConfig, build
+from methods.memoryllm.mini import MemoryMechanism, MemoryPool, PoolConfig, build
 
 log = logging.getLogger(__name__)
 
