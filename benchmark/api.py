@@ -1,10 +1,12 @@
-"""The two interfaces every method and task implements, and the metadata they declare.
+"""The interfaces every method, task and data set implements, and the metadata they declare.
 
 A ``Method`` turns the base model plus injected contexts into something that answers prompts; a
-``Task`` owns data, episodes and scoring. Both live here, below ``methods/`` and ``tasks/``, so that a
-task can take a method (and the runner both) without either package importing the other. What a
-method or task declares for tables and the leaderboard is described in ``benchmark.method_info`` and
-``benchmark.task_info``. This module imports neither torch nor any method or task.
+``Task`` owns data, episodes and scoring; a ``Dataset`` is where a task's data comes from. They live
+here, below ``methods/`` and ``tasks/``, so that a task can take a method (and the runner both)
+without either package importing the other, and the registries (``benchmark.registry``) accept
+subclasses of them only. What a method or task declares for tables and the leaderboard is described
+in ``benchmark.method_info`` and ``benchmark.task_info``. This module imports neither torch nor any
+method or task.
 """
 
 from __future__ import annotations
@@ -124,6 +126,31 @@ class Method(ABC):
 
 # make_method(stream=None): a fresh method seeded by its episode (or by the named random stream).
 MethodFactory = Callable[..., Method]
+
+
+# ---- data sets -----------------------------------------------------------------------------------
+
+class Dataset(ABC):
+    """A source of a task's data, opened on a path (empty: its default location) with a seed.
+
+    ``kind`` says what it holds, and a task reads the data sets of its ``dataset_kind`` only
+    (``benchmark.registry.open_dataset``): ``qa`` for contexts with probe questions
+    (``tasks.data.base.QADataset``), ``crs`` for recommendation conversations
+    (``tasks.data.crs.CRSDataset``).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    kind: ClassVar[str] = "qa"
+
+    def __init__(self, path: str = "", seed: int = 0) -> None:
+        self.path = path
+        self.seed = seed
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this data set cannot be loaded here, or None."""
+        return None
 
 
 # ---- tasks ---------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Built-ins register themselves with a decorator when their module is imported. Outside packages
 register through the entry-point groups ``selfparam_bench.methods``, ``selfparam_bench.tasks`` and
 ``selfparam_bench.datasets``: each entry point names a class (or a module whose import registers
-one), so a third party adds a method without touching this repository.
+one), so a third party adds a method without touching this repository. Each registry holds
+subclasses of one interface of ``benchmark.api`` (``Method``, ``Task``, ``Dataset``) and refuses
+anything else when it is registered.
 """
 
 from __future__ import annotations
@@ -11,28 +13,35 @@ from __future__ import annotations
 import difflib
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
+from benchmark.api import Dataset, Method, Task
 from benchmark.errors import BenchError
 
-T = TypeVar("T")
+T = TypeVar("T", bound=type)  # what a registry holds: type[Method], type[Task] or type[Dataset]
+C = TypeVar("C", bound=type)  # the class being registered (a subclass, kept as it is)
 
 
 class Registry(Generic[T]):
-    """A named collection of classes with lazy loading of built-ins and entry points."""
+    """A named collection of subclasses of ``base``, with lazy loading of built-ins and entry points."""
 
-    def __init__(self, kind: str, group: str, builtin_package: str) -> None:
+    def __init__(self, kind: str, group: str, builtin_package: str, base: type) -> None:
         self.kind = kind
         self.group = group
         self.builtin_package = builtin_package
+        self.base = base
         self._items: dict[str, T] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def decorator(obj: T) -> T:
+    def register(self, name: str) -> Callable[[C], C]:
+        def decorator(obj: C) -> C:
+            if not (isinstance(obj, type) and issubclass(obj, self.base)):
+                what = f"class {obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else repr(obj)
+                raise TypeError(f"cannot register {what} as {self.kind} {name!r}: a {self.kind} must be a "
+                                f"subclass of {self.base.__module__}.{self.base.__qualname__}")
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = obj
+            self._items[name] = obj  # type: ignore[assignment]  # C is a subclass of the registry's base
             setattr(obj, "name", name)
             return obj
 
@@ -77,27 +86,31 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-METHODS: Registry[Any] = Registry("method", "selfparam_bench.methods", "methods")
-TASKS: Registry[Any] = Registry("task", "selfparam_bench.tasks", "tasks")
-DATASETS: Registry[Any] = Registry("dataset", "selfparam_bench.datasets", "tasks.data")
+METHODS: Registry[type[Method]] = Registry("method", "selfparam_bench.methods", "methods", Method)
+TASKS: Registry[type[Task]] = Registry("task", "selfparam_bench.tasks", "tasks", Task)
+DATASETS: Registry[type[Dataset]] = Registry("dataset", "selfparam_bench.datasets", "tasks.data", Dataset)
+
+M = TypeVar("M", bound=type[Method])
+K = TypeVar("K", bound=type[Task])
+D = TypeVar("D", bound=type[Dataset])
 
 
-def register_method(name: str) -> Callable[[T], T]:
+def register_method(name: str) -> Callable[[M], M]:
     """Class decorator: make a ``Method`` subclass available as ``--method name``."""
     return METHODS.register(name)
 
 
-def register_task(name: str) -> Callable[[T], T]:
+def register_task(name: str) -> Callable[[K], K]:
     """Class decorator: make a ``Task`` subclass available as ``--task name``."""
     return TASKS.register(name)
 
 
-def register_dataset(name: str) -> Callable[[T], T]:
-    """Class decorator: make a ``Dataset`` loader available as ``--dataset name``."""
+def register_dataset(name: str) -> Callable[[D], D]:
+    """Class decorator: make a ``Dataset`` subclass available as ``--dataset name``."""
     return DATASETS.register(name)
 
 
-def open_dataset(name: str, kind: str, path: str = "", seed: int = 0) -> Any:
+def open_dataset(name: str, kind: str, path: str = "", seed: int = 0) -> Dataset:
     """The registered data set ``name`` opened on ``path`` (its default location when empty) with
     ``seed``. It must hold ``kind`` data (a data set's ``kind``, a task's ``dataset_kind``: ``qa``,
     ``crs``) and be loadable here; otherwise a one-line error says why."""

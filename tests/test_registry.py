@@ -48,10 +48,24 @@ def test_entry_point_group_adds_a_method_without_core_edits(tmp_path, monkeypatc
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-pkg\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[test_selfparam_bench.methods]\noutside = outside_pkg:Outside\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry = Registry("method", "test_selfparam_bench.methods", "methods")
+    registry = Registry("method", "test_selfparam_bench.methods", "methods", Method)
     assert "outside" in registry.names()
     assert registry.get("outside").description == "from an outside package"
     sys.modules.pop("outside_pkg", None)
+
+
+def test_a_registry_takes_subclasses_of_its_interface_only(registrations):
+    class NotAMethod:
+        pass
+
+    with pytest.raises(TypeError, match=r"cannot register class .*NotAMethod as method 'not-a-method': "
+                                        r"a method must be a subclass of benchmark\.api\.Method"):
+        register_method("not-a-method")(NotAMethod)
+    with pytest.raises(TypeError, match=r"a task must be a subclass of benchmark\.api\.Task"):
+        TASKS.register("a-method-as-task")(Method)
+    with pytest.raises(TypeError, match=r"cannot register <function .*> as method 'a-function'"):
+        register_method("a-function")(lambda: None)
+    assert "not-a-method" not in METHODS and "a-method-as-task" not in TASKS
 
 
 def test_bench_list_shows_methods_tasks_and_availability(bench):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
+from benchmark.api import Dataset
 from benchmark.errors import BenchError
 from benchmark.types import QA, Document
 
@@ -21,20 +22,14 @@ SPLITS = ("test", "dev", "all")
 SAMPLES = ("first", "spread")
 
 
-class QADataset(ABC):
+class QADataset(Dataset):
     """A source of ``Document``s: contexts with probe questions (and optional training QA)."""
 
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
     kind: ClassVar[str] = "qa"
     # The order a run takes contexts in unless told otherwise (``sample=default``).
     default_sample: ClassVar[str] = "first"
     # The share of groups (contexts without a group) that a finite data set holds out as ``dev``.
     dev_fraction: ClassVar[float] = 0.2
-
-    def __init__(self, path: str = "", seed: int = 0) -> None:
-        self.path = path
-        self.seed = seed
 
     @abstractmethod
     def documents(self, limit: int | None = None) -> list[Document]:
@@ -52,11 +47,6 @@ class QADataset(ABC):
         if sample == "spread":
             documents = spread(documents, self.seed)
         return documents if limit is None else documents[:limit]
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """Why this data set cannot be loaded here, or None."""
-        return None
 
 
 def split_of(doc: Document, dev_fraction: float) -> str:

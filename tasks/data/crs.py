@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from benchmark.api import Dataset
 from benchmark.errors import BenchError
 from benchmark.metrics import normalize_answer
 from benchmark.paths import shared_data_dir
@@ -157,30 +158,23 @@ def read_json(path: Path) -> object:
         raise BenchError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
 
 
-class CRSDataset:
+class CRSDataset(Dataset):
     """A conversational-recommendation data set: training conversations, probes, catalogue.
 
     ``path`` (the run's ``data_path``) is empty for the shared data folder, a folder laid out like
     it, or a single training-conversation file for the subclass to parse.
     """
 
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
     kind: ClassVar[str] = "crs"
     default_train: ClassVar[str]  # the training file, relative to the data root
 
     def __init__(self, path: str = "", seed: int = 0) -> None:
-        self.path = path
-        self.seed = seed
+        super().__init__(path, seed)
         given = Path(path) if path else None
         if given is not None and not given.exists():
             raise BenchError(f"data_path {path!r} does not exist")
         self.root = given if given is not None and given.is_dir() else shared_data_dir()
         self.train_path = given if given is not None and given.is_file() else self.root / self.name / self.default_train
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return None
 
     # ---- training conversations -------------------------------------------------------------
     @abstractmethod
