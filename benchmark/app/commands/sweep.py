@@ -64,17 +64,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def dry_run(sweep) -> int:
-    from benchmark.app.sweep import FAILED, PENDING, SKIPPED, StatusLog, summary_table, unavailable_here
+    from benchmark.app.sweep import FAILED, PENDING, SKIPPED, StatusLog, settled, summary_table, unavailable_here
 
     log = StatusLog(sweep, "dry-run")
     for cell in sweep.cells:
-        if cell.error:
-            log.set(cell, {"status": FAILED, "error": cell.error})
-        elif cell.path.exists() and not cell.request.force:
-            log.set(cell, {"status": SKIPPED, "path": str(cell.path)})
-        else:
+        status = settled(cell)
+        if status is None:
             reason = unavailable_here(cell)  # a cluster's workers may still run it
-            log.set(cell, {"status": PENDING, "path": str(cell.path), "headline": reason and f"({reason})"})
+            status = {"status": PENDING, "path": str(cell.path), "headline": reason and f"({reason})"}
+        log.set(cell, status)
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells; results in {sweep.out} (dry run: nothing written)")
     print(summary_table(log))
     counts = log.counts()

@@ -46,6 +46,7 @@ from benchmark.app.sweep.status import (
     StatusLog,
     print_summary,
     run_sweep,
+    settled,
     summary_table,
 )
 
@@ -53,5 +54,5 @@ __all__ = [
     "AXES", "DONE", "ENTRY_KEYS", "FAILED", "PENDING", "RAY_INSTALL_HINT", "RAY_KEYS", "RESOURCE_KEYS",
     "SKIPPED", "TOP_KEYS", "Cell", "LocalExecutor", "RayExecutor", "Report", "Resources", "StatusLog",
     "Sweep", "expand", "headline", "import_ray", "load_spec", "one_line", "parse_resources", "print_summary",
-    "run_cell", "run_sweep", "summary_table", "unavailable_here", "with_only",
+    "run_cell", "run_sweep", "settled", "summary_table", "unavailable_here", "with_only",
 ]

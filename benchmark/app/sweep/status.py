@@ -54,17 +54,24 @@ class StatusLog:
         os.replace(tmp, self.path)
 
 
+def settled(cell: Cell) -> dict[str, Any] | None:
+    """A cell's status before anything runs: failed (invalid) or skipped (its result file exists and
+    no --force); None for a cell still to run."""
+    if cell.error:
+        return {"status": FAILED, "error": cell.error}
+    if cell.path.exists() and not cell.request.force:
+        return {"status": SKIPPED, "path": str(cell.path)}
+    return None
+
+
 def run_sweep(sweep: Sweep, executor, echo: Callable[[str], None] = print) -> StatusLog:
     """Skip finished cells, record invalid ones, run the rest with ``executor``; returns the log."""
     log = StatusLog(sweep, executor.name)
     todo: list[Cell] = []
     for cell in sweep.cells:
-        if cell.error:
-            log.set(cell, {"status": FAILED, "error": cell.error})
-        elif cell.path.exists() and not cell.request.force:
-            log.set(cell, {"status": SKIPPED, "path": str(cell.path)})
-        else:
-            log.set(cell, {"status": PENDING})
+        status = settled(cell)
+        log.set(cell, status or {"status": PENDING})
+        if status is None:
             todo.append(cell)
     counts = log.counts()
     echo(f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED]} already done, "
