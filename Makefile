@@ -20,7 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bench run --method selfparam --task sequential
 
+# Lint (ruff), then the tests.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # The quick reference runs of every method that runs here into results/ (hours on a small CPU;

@@ -12,8 +12,9 @@ method or task.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.method_info import DEFAULT_TABLE_ORDER, ROLES, STORAGE_CLASSES
 from benchmark.task_info import MetricInfo, TaskInfo, problems
@@ -94,7 +95,8 @@ class Method(ABC):
         """Why a run with these settings must not start (judged before anything loads), or None."""
         return None
 
-    def inject(self, contexts: list[Context]) -> None:
+    # A no-op default on purpose, not an abstract method: the Base rows keep nothing.
+    def inject(self, contexts: list[Context]) -> None:  # noqa: B027
         """Absorb the contexts: train, index or remember. Called once per batch or sequence step."""
 
     def generate(self, prompts: list[Prompt]) -> list[str]:

@@ -9,7 +9,8 @@ of the target sentences a run trains on (``grounding_counts``), share what is he
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.metrics import normalize_answer

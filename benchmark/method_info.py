@@ -13,8 +13,9 @@ shows a method correctly without importing it. This module knows the shape only;
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # O(n) keeps every context (in the prompt, an index or a KV store); O(1) keeps a fixed-size state
 # (weights, a memory pool), whatever the number n of injected contexts.

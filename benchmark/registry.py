@@ -11,9 +11,10 @@ anything else when it is registered.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from benchmark.api import Dataset, Method, Task
 from benchmark.errors import BenchError
@@ -42,7 +43,7 @@ class Registry(Generic[T]):
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj  # type: ignore[assignment]  # C is a subclass of the registry's base
-            setattr(obj, "name", name)
+            obj.name = name
             return obj
 
         return decorator

@@ -8,10 +8,11 @@ import resource
 import sys
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -223,7 +224,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     done_ids = {r["episode"] for r in done}
     episodes = task.episodes()
     log.start([r for r in done if r["episode"] in episodes])
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     pending = [e for e in episodes if e not in done_ids]
     bar = tqdm(pending, desc=f"{resolved.method_cls.name} on {resolved.task_cls.name}", unit="episode",
                disable=len(episodes) < 2, file=sys.stderr)
@@ -250,7 +251,8 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         "overrides": dict(request.overrides),
         # Which profile entries set the defaults: a task-specific one ("quick@sequential") on top.
         "profile_entries": {
-            scope: [k for k in (request.profile, f"{request.profile}{TASK_SEP}{resolved.task_cls.name}") if k in profiles]
+            scope: [k for k in (request.profile, f"{request.profile}{TASK_SEP}{resolved.task_cls.name}")
+                    if k in profiles]
             for scope, profiles in (("run", RUN_PROFILES), ("task", resolved.task_cls.profiles),
                                     ("method", resolved.method_cls.profiles))
         },
@@ -261,7 +263,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": omp_wait_policy()},
         "git_commit": git_commit(),
         "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "scores": task.aggregate(records),
         "cost": total_cost(records),
         "episodes": records,

@@ -17,7 +17,8 @@ import hashlib
 import logging
 import random
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.generation import local_targets, openai_targets

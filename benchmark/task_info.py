@@ -23,8 +23,9 @@ task's scores correctly without importing it. This module knows the shape only; 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # What a value is measured in: "fraction" for scores between 0 and 1 (F1, accuracy, recall, shares).
 DEFAULT_UNIT = "fraction"
@@ -111,7 +112,8 @@ class TaskInfo:
     def from_record(cls, name: str, record: Mapping[str, Any]) -> TaskInfo:
         """From a result file's ``task_info``; a missing or mistyped field takes its default."""
         metrics = record.get("metrics")
-        parsed = [MetricInfo.from_record(m) for m in metrics if isinstance(m, Mapping)] if isinstance(metrics, list) else []
+        parsed = ([MetricInfo.from_record(m) for m in metrics if isinstance(m, Mapping)]
+                  if isinstance(metrics, list) else [])
         version = record.get("version")
         return cls(
             name=name,

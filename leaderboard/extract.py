@@ -10,7 +10,8 @@ scores (``units``) are what paired differences and seed pooling resample.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from benchmark.metrics import cluster_summary, paired_difference
 from benchmark.task_info import TaskInfo

@@ -11,7 +11,8 @@ a task neither knows shows its top-level scores, in name order, the first as the
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from benchmark.method_info import MethodInfo
 from benchmark.registry import METHODS, TASKS

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from leaderboard import meta, plots
-from leaderboard.board import boards, board_table
+from leaderboard.board import board_table, boards
 from leaderboard.tables import render_all
 
 PLOTS = "plots"
@@ -44,7 +44,8 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "and seeds are bootstrapped together, cost columns are means). Rank groups tied methods: "
         "a row starts the next rank only when the paired interval of its difference against the "
         "first row of the current rank excludes 0 (— when the two were not scored on the same "
-        f"questions). Δ vs {meta.floor_name(meta.by_method(results).values())} is the paired difference of the first score against the floor "
+        f"questions). Δ vs {meta.floor_name(meta.by_method(results).values())} is the paired difference of the "
+        "first score against the floor "
         "run on the same contexts and seeds. Cost columns: "
         "injection seconds, student training tokens per second (every training example's whole "
         "sequence, so runs that share a prefix across a batch compare on the same work; † marks a "

@@ -18,7 +18,8 @@ several configurations for one cell the most recent one is shown.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from benchmark.method_info import MethodInfo
 from leaderboard import extract, meta
@@ -174,7 +175,7 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
             cell = _of(runs, method=info.name)
             row = [info.display_name]
             for i in range(steps):
-                def at(r: Result, i: int = i):
+                def at(r: Result, i: int = i, curves: dict[int, Any] = curves):
                     curve = curves[id(r)]
                     return extract.as_summary(curve[i]) if curve and i < len(curve) else None
                 row.append(fmt_score(_pooled(cell, at, main.name, step=i), ci, digits=3))

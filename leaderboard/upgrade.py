@@ -202,7 +202,8 @@ def _episode(episode: dict[str, Any]) -> dict[str, Any]:
         per_unit = [_contexts(s.get("per_context")) if isinstance(s, dict) else None for s in steps]
         if per_unit and per_unit[0] is not None:
             before = {cid: {f"before.{m}": v for m, v in values.items()} for cid, values in per_unit[0].items()}
-            per_unit = [None if entry is None else {cid: {**values, **before.get(cid, {})} for cid, values in entry.items()}
+            per_unit = [None if entry is None
+                        else {cid: {**values, **before.get(cid, {})} for cid, values in entry.items()}
                         for entry in per_unit]
         last = steps[-1] if steps and isinstance(steps[-1], dict) else {}
         return {**episode, "per_unit": per_unit, "asked": _questions(last.get("predictions"))}

@@ -148,7 +148,8 @@ class SelfParam(TrainedMethod):
 
         report = run_epochs(trainer, epoch_stream(plan.epoch, p.epochs), p.batch_size, self.rng, total,
                             targets_for, desc="selfparam", checkpoint=self.next_checkpoint())
-        del snapshot, teachers
+        teachers.clear()  # targets_for still holds the dict: emptying it lets the frozen copy go
+        del snapshot
         self.record(report, time.perf_counter() - tick)
 
 

@@ -96,7 +96,8 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
     """
     sentence = sentence.rstrip()
     cut = sentence.rfind(ANSWER_MARK)
-    question, answer = (sentence, "") if cut < 0 else (sentence[: cut + len(ANSWER_MARK)], sentence[cut + len(ANSWER_MARK):])
+    split = cut + len(ANSWER_MARK)
+    question, answer = (sentence, "") if cut < 0 else (sentence[:split], sentence[split:])
     answer += "\n" if p.end_answer else ""
     if p.sentence_loss not in SENTENCE_LOSSES:
         raise BenchError(f"unknown sentence_loss {p.sentence_loss!r}; use {' or '.join(SENTENCE_LOSSES)}")

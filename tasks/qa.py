@@ -12,8 +12,8 @@ from benchmark.errors import BenchError
 from benchmark.grounding import grounding_counts
 from benchmark.metrics import qa_acc, qa_f1, summarize
 from benchmark.models import LM
-from benchmark.report import fmt_ci
 from benchmark.registry import open_dataset
+from benchmark.report import fmt_ci
 from benchmark.targets import check_no_leakage, make_targets
 from benchmark.types import Context, Document, Prompt
 from tasks.data.base import SAMPLES, SPLITS
@@ -229,7 +229,7 @@ class Stopwatch:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, key: str) -> "_Lap":
+    def __call__(self, key: str) -> _Lap:
         return _Lap(self, key)
 
 

@@ -137,7 +137,8 @@ class RecommendationTask(Task):
         for probe in self.probes:
             self.prompts[probe.id], self.dropped_turns[probe.id] = self._fit(probe)
         titles = self.catalogue.titles
-        pool = titles.values() if p.candidates == "entities" else [titles[i] for i in self.catalogue.items if i in titles]
+        pool = (titles.values() if p.candidates == "entities"
+                else [titles[i] for i in self.catalogue.items if i in titles])
         self.matcher = TitleMatcher(pool)
         self._method: Method | None = None
         self._targets: dict[str, list[str]] | None = None

@@ -32,7 +32,8 @@ def result(task: str, method: str, scores: dict[str, Any], dataset: str = "ficti
 
 
 def write(folder: Path, data: dict[str, Any]) -> Path:
-    name = f"{data['method']}__{data['profile']}__seed{data['seed']}__{zlib.crc32(json.dumps(data, sort_keys=True).encode()):08x}.json"
+    digest = zlib.crc32(json.dumps(data, sort_keys=True).encode())
+    name = f"{data['method']}__{data['profile']}__seed{data['seed']}__{digest:08x}.json"
     path = folder / data["task"] / data["dataset"] / data["model"].replace("/", "_") / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))

@@ -9,8 +9,21 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.app.breakdown import (ATTENTION, AUTOGRAD, ELEMENTWISE, HEAD_LOSS, KINDS, MATMUL_BACKBONE,
-                                 MATMUL_HEAD, OPTIMIZER, OTHER, OVERHEAD, VIEWS, classify, summarise)
+from benchmark.app.breakdown import (
+    ATTENTION,
+    AUTOGRAD,
+    ELEMENTWISE,
+    HEAD_LOSS,
+    KINDS,
+    MATMUL_BACKBONE,
+    MATMUL_HEAD,
+    OPTIMIZER,
+    OTHER,
+    OVERHEAD,
+    VIEWS,
+    classify,
+    summarise,
+)
 
 V = 1000  # a vocabulary size for the synthetic cases
 

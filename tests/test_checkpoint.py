@@ -89,7 +89,8 @@ def test_sigkill_mid_injection_resumes_to_identical_result(tmp_path: Path, metho
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {kill_at - 1} of {total}" in resumed.stderr, (kill_at, resumed.stderr)
     (after,) = [json.loads(line) for line in log.read_text().splitlines()]
-    assert after["trained"] == total - (kill_at - 1), f"recomputed more than the steps after the checkpoint ({kill_at=})"
+    assert after["trained"] == total - (kill_at - 1), (
+        f"recomputed more than the steps after the checkpoint ({kill_at=})")
     assert after["steps"] == total
     assert after["losses"] == reference["losses"], f"{kill_at=}"
     assert after["weights"] == reference["weights"], f"{kill_at=}"

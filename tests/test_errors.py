@@ -45,7 +45,8 @@ def write_jsonl(path, records):
     return path
 
 
-GOOD = {"id": "c1", "context": "Ann lives in Rome.", "probes": [{"question": "Where does Ann live?", "answers": ["Rome"]}],
+GOOD = {"id": "c1", "context": "Ann lives in Rome.",
+        "probes": [{"question": "Where does Ann live?", "answers": ["Rome"]}],
         "train_qa": [{"question": "Ann's home city?", "answer": "Rome"}]}
 
 

@@ -111,4 +111,5 @@ def test_end_answer_trains_the_line_break_after_the_answer(tiny_lm, end_answer):
     for example, sentence in zip(examples, CONTEXTS[0].targets):
         assert (example.ids[-len(newline):] == newline) is end_answer
         answer = tiny_lm.encode(sentence, add_bos=False)
-        assert example.ids[len(example.ids) - len(answer) - (len(newline) if end_answer else 0):][: len(answer)] == answer
+        start = len(example.ids) - len(answer) - (len(newline) if end_answer else 0)
+        assert example.ids[start:][: len(answer)] == answer

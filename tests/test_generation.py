@@ -131,7 +131,8 @@ class Endpoint(BaseHTTPRequestHandler):
             context = body["messages"][1]["content"].split("\n", 1)[1]
             name = context.split()[0]
             payload = {"choices": [{"message": {"role": "assistant", "content":
-                       f"- Question: What is {name}? Answer: something\n- Question: Who knows {name}? Answer: nobody"}}]}
+                       f"- Question: What is {name}? Answer: something\n"
+                       f"- Question: Who knows {name}? Answer: nobody"}}]}
         data = json.dumps(payload).encode()
         self.send_response(type(self).status)
         self.send_header("Content-Type", "application/json")

@@ -18,7 +18,8 @@ from benchmark.types import QA, Document
 from tasks.batch import BatchParams, BatchTask
 from tasks.qa import load_documents
 
-TEXT = "Douprur is a town. It was founded by Drexrain Lintrim in 1526. The Mirren lighthouse stands north of Port Ansel."
+TEXT = ("Douprur is a town. It was founded by Drexrain Lintrim in 1526. "
+        "The Mirren lighthouse stands north of Port Ansel.")
 DOC = Document("d0", TEXT, (QA("Who founded Douprur?", ("Drexrain Lintrim",)),),
                (QA("Which person established Douprur?", ("Drexrain Lintrim",)),
                 QA("What colour is Douprur's flag?", ("green",))))

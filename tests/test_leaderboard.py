@@ -101,7 +101,8 @@ def test_empty_results_folder(tmp_path, bench):
 def test_reference_plan_skips_what_does_not_apply():
     from benchmark.app.reference import plan
 
-    cells, notes = plan(methods=["base_q", "base_cq"], tasks=["batch", "recommendation"], datasets=["fictional", "redial"])
+    cells, notes = plan(methods=["base_q", "base_cq"], tasks=["batch", "recommendation"],
+                        datasets=["fictional", "redial"])
     chosen = {(c.method, c.task, c.dataset) for c in cells}
     assert ("base_q", "batch", "fictional") in chosen and ("base_cq", "batch", "fictional") in chosen
     assert ("base_cq", "recommendation", "redial") not in chosen  # no gold context to show

@@ -133,7 +133,8 @@ def _bench(tmp_path, code: str, *args: str, plugin: bool) -> None:
     import sys
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site")] * plugin + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    paths = [str(tmp_path / "site")] * plugin + [env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(paths).strip(os.pathsep)
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,8 +6,19 @@ import pytest
 import torch
 
 import methods.training as training
-from methods.training import (Dist, Example, TeacherSpec, Trainer, TrainParams, build_student, group_by_prefix,
-                              head_logits, padded_tokens, selected_hidden, teacher_dists)
+from methods.training import (
+    Dist,
+    Example,
+    TeacherSpec,
+    Trainer,
+    TrainParams,
+    build_student,
+    group_by_prefix,
+    head_logits,
+    padded_tokens,
+    selected_hidden,
+    teacher_dists,
+)
 
 BUDGET = 60  # padded tokens per micro-batch: the batch below (~250) runs as several
 LR = 1e-2
@@ -152,7 +163,8 @@ def test_teacher_dists_in_row_chunks_equal_the_whole_bucket_and_each_spec_alone(
         if topk:
             assert torch.equal(a.index, b.index)
         # an independent reference: each spec alone, the whole vocabulary
-        logits = head_logits(tiny_lm.model, tiny_lm, selected_hidden(tiny_lm.model, tiny_lm, [spec.ids], [spec.first], [spec.rows]))
+        hidden = selected_hidden(tiny_lm.model, tiny_lm, [spec.ids], [spec.first], [spec.rows])
+        logits = head_logits(tiny_lm.model, tiny_lm, hidden)
         ref = torch.log_softmax(logits / 2.0, dim=-1)
         if topk:
             ref = ref.gather(-1, b.index)

@@ -21,6 +21,7 @@ from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationTask, recomme
 
 # ---- the list parser ---------------------------------------------------------------------------
 
+# A model reply kept verbatim, long first line included.
 MISTRAL_REPLY = """Based on your preference for comedy, drama, and documentaries, and your recent viewing of "Hustlers" (a drama film), here are 20 movie recommendations:
 
 1. The Grand Budapest Hotel (Comedy, Drama)
@@ -30,7 +31,7 @@ MISTRAL_REPLY = """Based on your preference for comedy, drama, and documentaries
 5. "The Imitation Game" (2014)
 6) Spider-Man: Into the Spider-Verse
 
-These recommendations offer a mix of comedy, drama, and documentaries."""
+These recommendations offer a mix of comedy, drama, and documentaries."""  # noqa: E501
 
 
 def test_parser_reads_numbered_list_and_ignores_chatter():
@@ -277,7 +278,8 @@ ENTITIES = {"Alien_(film)": 0, "Aliens_(film)": 1, "Predator_(film)": 2, "Heat_(
 def make_data_root(root: Path, probes: list[dict]) -> Path:
     crs = root / "crs" / "redial"
     write_jsonl(crs / "test.jsonl", probes)
-    (crs / "entity2id.json").write_text(json.dumps({f"<http://dbpedia.org/resource/{k}>": v for k, v in ENTITIES.items()}))
+    entity2id = {f"<http://dbpedia.org/resource/{k}>": v for k, v in ENTITIES.items()}
+    (crs / "entity2id.json").write_text(json.dumps(entity2id))
     (crs / "item_ids.json").write_text(json.dumps([0, 1, 2, 3, 4]))
     write_jsonl(root / "redial" / "train_subset500.jsonl", [REDIAL_LINE, dict(REDIAL_LINE, conversationId="778")])
     write_movies(root / "redial" / "movies_with_mentions.csv")
@@ -289,7 +291,8 @@ PROBES = [
      "dialog_id": "test_1", "turn_id": 1},
     {"input": "\nUser: I love Alien (1979)\nSystem: Then Aliens (1986)\nUser: more?\nSystem: ", "rec": [2, 3],
      "prev_entity": [0, 1], "dialog_id": "test_1", "turn_id": 3},
-    {"input": "\nUser: a heist movie please\nSystem: ", "rec": [3], "prev_entity": [], "dialog_id": "test_2", "turn_id": 1},
+    {"input": "\nUser: a heist movie please\nSystem: ", "rec": [3], "prev_entity": [],
+     "dialog_id": "test_2", "turn_id": 1},
 ]
 
 

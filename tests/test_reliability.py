@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 import slow_method
+
 from benchmark.config import RunParams, declared_ranges, in_range
 from benchmark.registry import METHODS, TASKS
 from benchmark.results import RunLock, lock_path, partial_path
@@ -222,7 +222,8 @@ def test_second_identical_run_stops_and_sigterm_keeps_the_partial_log(bench, tmp
             first.kill()
     assert first.returncode == 128 + signal.SIGTERM, first_err
     last = first_err.strip().splitlines()[-1]
-    assert last == "bench: terminated by SIGTERM; finished episodes and the last training checkpoint are saved; run the same command to resume"
+    assert last == ("bench: terminated by SIGTERM; finished episodes and the last training checkpoint are saved; "
+                    "run the same command to resume")
     assert "Traceback" not in first_err
     assert not lock_path(path).exists() and not path.exists()
     kept = partial_path(path).read_text().splitlines()

@@ -161,7 +161,7 @@ def test_retrieved_text_is_cut_to_the_model_window(tiny_lm, monkeypatch):
     method.generate([Prompt("long", "What does the lighthouse keeper do?", max_new_tokens=10)])
     assert "lighthouse" in seen[0]
     assert len(tiny_lm.encode(seen[0])) + 10 <= tiny_lm.max_length
-    assert 1 <= len(method.last_retrieved[0]) and method.last_retrieved[0] == ["long"]
+    assert len(method.last_retrieved[0]) >= 1 and method.last_retrieved[0] == ["long"]
 
     method.params.max_context_tokens = 40  # less than one passage: the best one is cut to fit
     method.generate([Prompt("long", "What does the lighthouse keeper do?", max_new_tokens=10)])

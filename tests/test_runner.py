@@ -131,8 +131,9 @@ def test_task_specific_profile_values_resolve_and_are_recorded(tmp_path, countin
     batch = run(request(tmp_path), lm=tiny_lm).result
     assert batch["config"]["params"]["method"] == {"epochs": 2, "lr": 0.1}
     assert batch["profile_entries"]["method"] == ["smoke"]
+    overrides = {"num_sequences": "1", "sequence_length": "1", "lr": "0.3"}
     sequential = run(RunRequest(method="test-counting", task="sequential", profile="smoke", out=tmp_path,
-                                overrides={"num_sequences": "1", "sequence_length": "1", "lr": "0.3"}), lm=tiny_lm).result
+                                overrides=overrides), lm=tiny_lm).result
     assert sequential["config"]["params"]["method"] == {"epochs": 5, "lr": 0.3}  # --set still wins
     assert sequential["profile_entries"]["method"] == ["smoke", "smoke@sequential"]
     assert CALLS["instances"][-1].params == Steps(epochs=5, lr=0.3)

@@ -93,7 +93,8 @@ def test_step_count_and_matrix_shape(tmp_path, recording_methods, tiny_lm):
 def test_retention_by_distance_sees_forgetting(tmp_path, recording_methods, tiny_lm):
     gold, _ = recording_methods
     gold.update(gold_answers())
-    scores = run_seq(tmp_path, tiny_lm, method="test-remember-last", num_sequences=2, sequence_length=3).result["scores"]
+    done = run_seq(tmp_path, tiny_lm, method="test-remember-last", num_sequences=2, sequence_length=3)
+    scores = done.result["scores"]
     assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
     assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
     assert scores["retention_mean"]["qa_f1"]["mean"] == 0.0

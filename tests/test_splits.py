@@ -4,13 +4,13 @@ import json
 import random
 
 import pytest
+from test_errors import assert_clean_error, smoke, write_jsonl
 
 from benchmark.config import RunParams
 from benchmark.errors import BenchError
 from tasks.batch import BatchParams, BatchTask
 from tasks.data.fictional import make_document
 from tasks.qa import load_documents
-from test_errors import assert_clean_error, smoke, write_jsonl
 
 SQUAD = ("squad", "dev-v1.1.part_a.json")
 

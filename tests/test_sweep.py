@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 import benchmark.runner
-from benchmark.runner import episode_seed
+from benchmark.app.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
 from benchmark.errors import BenchError
 from benchmark.registry import register_method
-from benchmark.app.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
+from benchmark.runner import episode_seed
 from methods.base import Method
 
 SMOKE = {"tasks": "batch", "profiles": "smoke", "set": {"num_contexts": 1}}
@@ -70,7 +70,8 @@ def test_grid_entries_override_defaults_and_merge_set(tmp_path):
 
 def test_exclude_sees_the_defaults_filled_in(tmp_path):
     sweep = expand({**SMOKE, "methods": ["base_q", "base_cq"], "seeds": [0, 1],
-                    "exclude": [{"dataset": "fictional", "seed": 1}, {"model": "tiny-random-llama", "method": "base_cq"}]},
+                    "exclude": [{"dataset": "fictional", "seed": 1},
+                                {"model": "tiny-random-llama", "method": "base_cq"}]},
                    out=tmp_path)
     assert [(c.request.method, c.request.seed) for c in sweep.cells] == [("base_q", 0)]
 

@@ -10,12 +10,12 @@ import json
 import pytest
 from resultfiles import batch, recommendation, result, sequential, summary, with_contexts
 
+from benchmark.api import Task
 from benchmark.metrics import exact_match, summarize
 from benchmark.registry import TASKS
 from benchmark.task_info import MetricInfo, TaskInfo
 from leaderboard import extract, meta
 from leaderboard.upgrade import READ_VERSION, upgrade
-from benchmark.api import Task
 from tasks.batch import BatchTask
 
 
@@ -160,7 +160,8 @@ def test_upgrade_gives_every_layout_per_unit_scores_and_what_was_asked():
         {"probe_id": "p1", "gold": ["A", "B"], "hits": hits}, {"probe_id": "p2", "gold": ["C"], "hits": {}}]}]
     assert extract.units(rec, "recall@1_r1") is None  # p2 holds no hits: no per-unit scores to pair
     rec["episodes"][0]["predictions"].pop()
-    assert extract.units(rec, "recall@5_r1") == {("0", "probes-0000", "p1", "0"): 1.0, ("0", "probes-0000", "p1", "1"): 1.0}
+    assert extract.units(rec, "recall@5_r1") == {("0", "probes-0000", "p1", "0"): 1.0,
+                                                  ("0", "probes-0000", "p1", "1"): 1.0}
     assert extract.probes(rec) == {("0", "probes-0000", "p1", "A"), ("0", "probes-0000", "p1", "B")}
     assert extract.units(rec, "qa_f1") is None
 

@@ -17,8 +17,8 @@ import pkgutil
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from benchmark.allocator import keep_freed_memory
 from benchmark.app import commands
@@ -26,7 +26,6 @@ from benchmark.config import PROFILES, RUN_PROFILES, RunParams, declared_ranges,
 from benchmark.errors import BenchError, Terminated
 from benchmark.registry import DATASETS, METHODS, TASKS
 from benchmark.threads import choose_omp_wait_policy
-
 
 SET_HELP = "override a parameter (run.x, task.x, method.x or a unique bare name)"
 
@@ -115,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = run(request)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
         how = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-        print(f"bench: {how}; finished episodes and the last training checkpoint are saved; run the same command to resume", file=sys.stderr)
+        print(f"bench: {how}; finished episodes and the last training checkpoint are saved; "
+              "run the same command to resume", file=sys.stderr)
         return interrupted_code(exc)
     print_outcome(outcome)
     return 0

@@ -57,7 +57,7 @@ class Measure:
     def example_rate(self) -> float:
         return self.example_tokens / self.seconds if self.seconds else 0.0
 
-    def add(self, other: "Measure") -> None:
+    def add(self, other: Measure) -> None:
         self.tokens += other.tokens
         self.seconds += other.seconds
         self.student_seconds += other.student_seconds

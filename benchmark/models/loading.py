@@ -9,8 +9,8 @@ import contextlib
 import importlib.util
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -5,7 +5,7 @@ model wrote (``first_answer_line``)."""
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from benchmark.errors import BenchError
 from benchmark.types import Prompt

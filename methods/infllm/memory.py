@@ -27,8 +27,8 @@ extends a fork and leaves the injected memory untouched.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -104,7 +104,7 @@ class LayerMemory:
     def n_blocks(self) -> int:
         return len(self.blocks_k)
 
-    def clone(self) -> "LayerMemory":
+    def clone(self) -> LayerMemory:
         """A fork sharing tensors with this memory; safe because no tensor is modified in place."""
         other = copy.copy(self)
         other.blocks_k, other.blocks_v = list(self.blocks_k), list(self.blocks_v)
@@ -277,7 +277,7 @@ class InfLLMStream:
         like = torch.empty(0, device=weight.device, dtype=torch.float32)
         return self.parts.rope(positions, like)
 
-    def fork(self) -> "InfLLMStream":
+    def fork(self) -> InfLLMStream:
         other = copy.copy(self)
         other.segments = list(self.segments)
         other.memories = [m.clone() for m in self.memories]

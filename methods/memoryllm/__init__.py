@@ -169,7 +169,8 @@ class MemoryLLM(Method):
     def footprint(self) -> Footprint:
         memory = self.mem_model.memory
         size = memory.numel() * memory.element_size()
-        return Footprint(extra_bytes=size, detail={"memory_pool_bytes": size, "memory_tokens": memory.shape[0] * memory.shape[1]})
+        return Footprint(extra_bytes=size,
+                         detail={"memory_pool_bytes": size, "memory_tokens": memory.shape[0] * memory.shape[1]})
 
 
 @dataclass
@@ -188,7 +189,8 @@ class MemoryLLMMiniParams:
 
 @register_method("memoryllm-mini")
 class MemoryLLMMini(Method):
-    description = "MemoryLLM-mini: a per-layer self-updating memory pool on the run's model (bench train memoryllm-mini)"
+    description = ("MemoryLLM-mini: a per-layer self-updating memory pool on the run's model "
+                   "(bench train memoryllm-mini)")
     display_name = "MemoryLLM (mini)"
     family = "memory"
     storage_class = "O(1)"

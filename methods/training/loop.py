@@ -8,8 +8,8 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.checkpoint import checkpoint

@@ -117,11 +117,10 @@ def _store_frozen_in_bf16(model: torch.nn.Module) -> None:
         else:
             head.weight.data = head.weight.data.to(torch.bfloat16)
     for module in base.modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            if not module.weight.requires_grad:
-                module.weight.data = module.weight.data.to(torch.bfloat16)
-                if module.bias is not None and not module.bias.requires_grad:
-                    module.bias.data = module.bias.data.to(torch.bfloat16)
+        if isinstance(module, torch.nn.Linear) and module is not head and not module.weight.requires_grad:
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias.data = module.bias.data.to(torch.bfloat16)
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:

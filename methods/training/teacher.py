@@ -32,7 +32,7 @@ class Dist:
     logp: torch.Tensor  # (rows, V) or (rows, k), fp32
     index: torch.Tensor | None = None  # (rows, k) int64
 
-    def __getitem__(self, rows: slice) -> "Dist":
+    def __getitem__(self, rows: slice) -> Dist:
         return Dist(self.logp[rows], None if self.index is None else self.index[rows])
 
 
@@ -69,7 +69,8 @@ def teacher_dists(
     for key, group in bar:
         counts = [specs[i].rows for i in group]
         if key is None:
-            hidden = selected_hidden(teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts)
+            hidden = selected_hidden(teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group],
+                                     counts)
         else:
             if key not in prefix_cache:
                 prefix_cache.clear()  # one context's prefix at a time
@@ -94,7 +95,8 @@ def _dists_from_hidden(model: torch.nn.Module, lm: LM, hidden: torch.Tensor, cou
     vocab = split_lm(model)[1].weight.shape[0]
     width = topk if topk and topk < vocab else vocab
     logps = [torch.empty((n, width), dtype=torch.float32, device=hidden.device) for n in counts]
-    indices = [torch.empty((n, width), dtype=torch.long, device=hidden.device) for n in counts] if width < vocab else None
+    indices = ([torch.empty((n, width), dtype=torch.long, device=hidden.device) for n in counts]
+               if width < vocab else None)
     size = chunk_rows if chunk_rows > 0 else max(1, len(hidden))
     example, offset = 0, 0  # where the next row goes: row ``offset`` of example ``example``
     for start in range(0, len(hidden), size):

@@ -6,13 +6,13 @@ import hashlib
 import json
 import random
 from abc import abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 from benchmark.api import Dataset
 from benchmark.errors import BenchError
 from benchmark.types import QA, Document
-
 
 # Which contexts a run uses: ``split`` says which part of the data set (``test`` for scored runs,
 # ``dev`` for tuning, ``all`` for a finite set taken whole), ``sample`` in which order they are taken

@@ -16,8 +16,8 @@ teaches nothing about a test entity. Every context is an independent draw with n
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
@@ -77,7 +77,8 @@ ENTITY_TYPES: dict[str, tuple[str, list[Attribute]]] = {
                                         "cedar boats", "paper lanterns", "iron keys", "honey wine"]),
                       "{name} is famous for its {value}.",
                       ("What is {name} known for?",),
-                      ("Which goods made {name} famous?", "What does the town of {name} produce that it is renowned for?")),
+                      ("Which goods made {name} famous?",
+                       "What does the town of {name} produce that it is renowned for?")),
             Attribute("river", _word, "The river that runs through {name} is the {value}.",
                       ("Which river flows through {name}?",),
                       ("Name the river of {name}.", "What river crosses the town of {name}?")),

@@ -8,8 +8,9 @@ users with network access. The same parsing code reads all three.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.metrics import normalize_answer

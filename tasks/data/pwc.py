@@ -19,8 +19,9 @@ hash of their text), and the test split is the paper's order with those left out
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset

@@ -60,7 +60,7 @@ def parse_redial_record(record: dict, where: str, titles: dict[str, str]) -> Con
             raise BenchError(f"{where}: messages[{i}] comes from worker {sender!r}, neither participant")
         movies: list[str] = []
 
-        def title(match: re.Match) -> str:
+        def title(match: re.Match[str], movies: list[str] = movies) -> str:
             name = titles.get(match.group(1)) or own.get(match.group(1))
             if not name:
                 return match.group(0)  # an unknown id stays as written

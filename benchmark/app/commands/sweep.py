@@ -20,8 +20,10 @@ def register(subparsers) -> None:
                         help="local: one cell after another in this process (default); ray: one Ray task per cell")
     parser.add_argument("--address", help="Ray cluster to join (e.g. auto or ray://head:10001); "
                                            "without it a local Ray instance is started")
-    parser.add_argument("--num-cpus", type=float, help="CPUs of the local Ray instance (default: the spec's ray.num_cpus)")
-    parser.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance (default: the spec's ray.num_gpus or all)")
+    parser.add_argument("--num-cpus", type=float,
+                        help="CPUs of the local Ray instance (default: the spec's ray.num_cpus)")
+    parser.add_argument("--num-gpus", type=float,
+                        help="GPUs of the local Ray instance (default: the spec's ray.num_gpus or all)")
     parser.add_argument("--out", type=Path, help="result folder (default: the spec's out)")
     add_set_argument(parser, "override a parameter in every cell (replaces the spec's value)")
     parser.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
@@ -32,8 +34,16 @@ def register(subparsers) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from benchmark.app.sweep import (FAILED, LocalExecutor, RayExecutor, import_ray, load_spec,
-                                 print_summary, run_sweep, with_only)
+    from benchmark.app.sweep import (
+        FAILED,
+        LocalExecutor,
+        RayExecutor,
+        import_ray,
+        load_spec,
+        print_summary,
+        run_sweep,
+        with_only,
+    )
 
     if args.executor == "ray" and not args.dry_run:
         import_ray()  # says how to install it before any work

@@ -3,11 +3,13 @@ as Ray tasks with each cell's resource request (``RayExecutor``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 from benchmark import runner
 from benchmark.app import worker
@@ -124,10 +126,9 @@ class RayExecutor:
                     report(cell, result)
         finally:
             for ref in pending:  # interrupted: stop what is still queued or running
-                try:
+                # already finished or the cluster is gone: nothing left to stop
+                with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
-                except Exception:  # already finished or the cluster is gone: nothing left to stop
-                    pass
             if started:
                 ray.shutdown()
 

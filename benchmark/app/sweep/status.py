@@ -8,8 +8,9 @@ import json
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from benchmark.app.sweep.spec import Cell, Sweep
 from benchmark.results import safe_name
@@ -24,7 +25,7 @@ class StatusLog:
         self.path = sweep.out / f"{safe_name(sweep.name)}.sweep.jsonl"
         self.header = {"sweep": sweep.name, "spec": str(sweep.source) if sweep.source else None,
                        "executor": executor, "out": str(sweep.out),
-                       "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                       "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
         self.rows: dict[int, dict[str, Any]] = {}
 
     def set(self, cell: Cell, result: dict[str, Any]) -> None:
@@ -45,7 +46,7 @@ class StatusLog:
     def write(self, finished: bool = False) -> None:
         header = {**self.header, "counts": self.counts()}
         if finished:
-            header["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            header["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         lines = [header] + [self.rows[i] for i in sorted(self.rows)]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
