@@ -20,9 +20,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bench run --method selfparam --task sequential
 
-# Lint (ruff), then the tests.
+# Lint (ruff), type check (mypy, strict on benchmark/), then the tests.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The quick reference runs of every method that runs here into results/ (hours on a small CPU;

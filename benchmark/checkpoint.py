@@ -34,7 +34,7 @@ class InjectionCheckpoint:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # a file cut short by a full disk: start the injection over
             print(f"ignoring unreadable checkpoint {self.path.name}: {error}", file=sys.stderr)
             return None

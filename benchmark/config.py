@@ -138,7 +138,7 @@ def build_params(
     if profile not in PROFILES:
         raise BenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     values: dict[str, dict[str, Any]] = {}
-    fields: dict[str, dict[str, dataclasses.Field]] = {}
+    fields: dict[str, dict[str, dataclasses.Field[Any]]] = {}
     hints: dict[str, dict[str, Any]] = {}
     for scope, (cls, profiles) in scopes.items():
         fields[scope] = {f.name: f for f in dataclasses.fields(cls)}
@@ -149,7 +149,7 @@ def build_params(
             raise ValueError(f"profile {profile!r} sets unknown {scope} fields {sorted(unknown)}")
     for key, raw in overrides.items():
         scope, name = _locate(key, fields)
-        instance_default = values[scope].get(name, _default(fields[scope][name]))
+        instance_default = values[scope].get(name, field_default(fields[scope][name]))
         values[scope][name] = parse_value(key, raw, instance_default, hints[scope].get(name))
     params = {scope: cls(**values[scope]) for scope, (cls, _) in scopes.items()}
     problems = [p for scope, instance in params.items() for p in range_problems(scope, instance)]
@@ -196,11 +196,12 @@ def range_problems(scope: str, params: Any) -> list[str]:
     return problems
 
 
-def _default(field: dataclasses.Field) -> Any:
+def field_default(field: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default value (its factory called), or None when it has none."""
     if field.default is not dataclasses.MISSING:
         return field.default
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return field.default_factory()  # type: ignore[misc]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
     return None
 
 

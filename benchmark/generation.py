@@ -168,7 +168,7 @@ def collect(
         log.warning(
             "%s: %d of %d contexts have fewer than the %d %sQA pairs asked for after %d rounds "
             "(fewest: %d, for %s)", label, len(short), len(documents), count,
-            "grounded " if grounded else "", rounds, min(short.values()), min(short, key=short.get),
+            "grounded " if grounded else "", rounds, min(short.values()), min(short, key=short.__getitem__),
         )
     return {doc_id: sentences[:count] for doc_id, sentences in pairs.items()}
 
@@ -180,7 +180,8 @@ def local_prompt(lm: Any, context: str) -> str:
     messages = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": USER_PROMPT.format(context=context)}]
     if getattr(lm.tokenizer, "chat_template", None):
-        return lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text: str = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
     return f"{SYSTEM_PROMPT}\n{USER_PROMPT.format(context=context)}\n\nQuestion:"
 
 

@@ -9,8 +9,11 @@ import string
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from statistics import NormalDist
+from typing import Any, TypeVar
 
 import numpy as np
+
+K = TypeVar("K", bound=Hashable)  # a scored unit's key (a tuple of ids in result files)
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -78,7 +81,7 @@ def summarize(values: Sequence[float], seed: int = 0) -> dict[str, float]:
 
 
 def cluster_summary(
-    values: Mapping[Hashable, float], cluster: Callable[[Hashable], Hashable] | None = None,
+    values: Mapping[K, float], cluster: Callable[[K], Hashable] | None = None,
     seed: int = 0, n_resamples: int = 1000, level: float = 0.95,
 ) -> dict[str, float]:
     """Mean over units with a percentile bootstrap interval that resamples whole clusters of units.
@@ -107,8 +110,8 @@ def cluster_summary(
 
 
 def paired_difference(
-    a: Mapping[Hashable, float], b: Mapping[Hashable, float],
-    cluster: Callable[[Hashable], Hashable] | None = None, seed: int = 0,
+    a: Mapping[K, float], b: Mapping[K, float],
+    cluster: Callable[[K], Hashable] | None = None, seed: int = 0,
 ) -> dict[str, float]:
     """Mean of B minus A over the units both scored, with its paired bootstrap 95% interval.
 
@@ -118,14 +121,14 @@ def paired_difference(
     return cluster_summary(unit_differences(a, b), cluster, seed=seed)
 
 
-def unit_differences(a: Mapping[Hashable, float], b: Mapping[Hashable, float]) -> dict[Hashable, float]:
+def unit_differences(a: Mapping[K, float], b: Mapping[K, float]) -> dict[K, float]:
     """B minus A on each unit both scored: what ``paired_difference`` resamples."""
     return {k: float(b[k]) - float(a[k]) for k in a.keys() & b.keys()}
 
 
 def detectable_difference(
-    differences: Mapping[Hashable, float] | Sequence[float],
-    cluster: Callable[[Hashable], Hashable] | None = None,
+    differences: Mapping[K, float] | Sequence[float],
+    cluster: Callable[[K], Hashable] | None = None,
     alpha: float = 0.05, power: float = 0.8,
 ) -> float:
     """Minimum detectable difference (MDE) of the paired comparison at this size: (z_{1-alpha/2} +
@@ -151,11 +154,11 @@ def detectable_difference(
     """
     if not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError(f"alpha and power must lie strictly between 0 and 1 (got {alpha}, {power})")
-    if not isinstance(differences, Mapping):
-        differences = dict(enumerate(differences))
+    # A plain sequence is keyed by position (and then has no cluster function).
+    units: Mapping[Any, float] = differences if isinstance(differences, Mapping) else dict(enumerate(differences))
     groups: dict[Hashable, list[float]] = {}
-    for key in differences:
-        groups.setdefault(key if cluster is None else cluster(key), []).append(float(differences[key]))
+    for key in units:
+        groups.setdefault(key if cluster is None else cluster(key), []).append(float(units[key]))
     if len(groups) < 2:
         return float("nan")
     sums = np.array([sum(g) for g in groups.values()])

@@ -43,7 +43,8 @@ class Registry(Generic[T]):
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj  # type: ignore[assignment]  # C is a subclass of the registry's base
-            obj.name = name
+            # setattr: C is bound to type only, which declares no name (each base declares it as a ClassVar).
+            setattr(obj, "name", name)  # noqa: B010
             return obj
 
         return decorator

@@ -8,7 +8,7 @@ import resource
 import sys
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,8 +73,8 @@ class ResolvedRun:
     """A request with its classes found, its parameters built and its result file named."""
 
     request: RunRequest
-    method_cls: type
-    task_cls: type
+    method_cls: type[Method]
+    task_cls: type[Task]
     dataset: str
     model: str
     params: dict[str, Any]
@@ -133,9 +133,9 @@ def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
     )
 
 
-def build_run_params(profile: str, overrides: Mapping[str, str], method_cls: type | None = None,
-                     task_cls: type | None = None, extra: Mapping[str, tuple[type, Mapping[str, Any]]] | None = None,
-                     ) -> dict[str, Any]:
+def build_run_params(profile: str, overrides: Mapping[str, str], method_cls: type[Method] | None = None,
+                     task_cls: type[Task] | None = None,
+                     extra: Mapping[str, tuple[type, Mapping[str, Any]]] | None = None) -> dict[str, Any]:
     """A run's settings by scope: ``run`` (``RunParams``), then ``task`` and ``method`` (their ``Params``)
     when given, then any ``extra`` scope (a method's training settings); each takes the profile's
     values (with a task's ``profile@task`` entry on top), then the ``--set`` overrides."""
@@ -207,8 +207,8 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     request, path = resolved.request, resolved.path
     lm, task = set_up(resolved, lm)
 
-    def method_factory(episode: str):
-        def make_method(stream: str | None = None):
+    def method_factory(episode: str) -> Callable[[str | None], Method]:
+        def make_method(stream: str | None = None) -> Method:
             """A fresh method whose random stream is its episode's (or the named ``stream``'s)."""
             method = resolved.new_method(lm, episode_seed(request.seed, stream or episode))
             method.checkpoints = checkpoints.for_stream(stream or episode)

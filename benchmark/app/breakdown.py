@@ -161,7 +161,7 @@ def summarise(events: Iterable[Any], wall_s: float, steps: int, vocab: int, top:
     if optimizer_threads:
         main = optimizer_threads[0]
     else:
-        main = max(per_thread_calls, key=per_thread_calls.get) if per_thread_calls else None
+        main = max(per_thread_calls, key=per_thread_calls.__getitem__) if per_thread_calls else None
     seconds: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     flops: dict[str, float] = defaultdict(float)
@@ -211,7 +211,7 @@ class _WindowDone(Exception):
 
 
 @contextlib.contextmanager
-def _patched(owner: type, name: str, make: Callable[[Callable], Callable]) -> Iterator[None]:
+def _patched(owner: type, name: str, make: Callable[[Any], Callable[..., Any]]) -> Iterator[None]:
     original = owner.__dict__[name]
     setattr(owner, name, make(original))
     try:
@@ -220,7 +220,7 @@ def _patched(owner: type, name: str, make: Callable[[Callable], Callable]) -> It
         setattr(owner, name, original)
 
 
-def _run_window(make_method: Callable[[], Any], contexts: list, skip: int, steps: int,
+def _run_window(make_method: Callable[[], Any], contexts: list[Any], skip: int, steps: int,
                 profiler: torch.profiler.profile | None = None) -> dict[str, Any]:
     """Run one inject to the end of steps ``skip+1 .. skip+steps``; times (and profiles) that window.
 
@@ -243,15 +243,15 @@ def _run_window(make_method: Callable[[], Any], contexts: list, skip: int, steps
                     profiler.stop()
                 raise _WindowDone
 
-    def wrap_step(original: Callable) -> Callable:
-        def step(self, batch, targets=None):
+    def wrap_step(original: Callable[..., Any]) -> Callable[..., Any]:
+        def step(self: Trainer, batch: Any, targets: Any = None) -> Any:
             value = original(self, batch, targets)
             after_step(self)
             return value
         return step
 
-    def wrap_teacher(original: Callable) -> Callable:
-        def teacher_targets(self, *args, **kwargs):
+    def wrap_teacher(original: Callable[..., Any]) -> Callable[..., Any]:
+        def teacher_targets(self: Any, *args: Any, **kwargs: Any) -> Any:
             tick = time.perf_counter()
             try:
                 return original(self, *args, **kwargs)
@@ -275,7 +275,7 @@ def _run_window(make_method: Callable[[], Any], contexts: list, skip: int, steps
             "tokens": state["tokens"][-1], "teacher_s": state["teacher_s"]}
 
 
-def profile_steps(lm: Any, make_method: Callable[[], Any], contexts: list, skip: int = 2,
+def profile_steps(lm: Any, make_method: Callable[[], Any], contexts: list[Any], skip: int = 2,
                   steps: int = 4, top: int = 12) -> dict[str, Any]:
     """The step profile: the window timed plainly (best of two runs), then under the profiler."""
     if skip < 1 or steps < 1:
@@ -289,7 +289,8 @@ def profile_steps(lm: Any, make_method: Callable[[], Any], contexts: list, skip:
     profiled = _run_window(make_method, contexts, skip, steps, profiler)
     head = lm.model.get_output_embeddings()
     vocab = int(head.weight.shape[0]) if head is not None else int(getattr(lm.model.config, "vocab_size", 0))
-    figures = summarise(profiler.events(), profiled["wall_s"], profiled["steps"], vocab, top)
+    figures = summarise(profiler.events(),  # type: ignore[no-untyped-call]  # torch leaves events() unannotated
+                        profiled["wall_s"], profiled["steps"], vocab, top)
     n = profiled["steps"]
     figures.update({
         "skip": skip,

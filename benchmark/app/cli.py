@@ -17,15 +17,20 @@ import pkgutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from benchmark.allocator import keep_freed_memory
 from benchmark.app import commands
-from benchmark.config import PROFILES, RUN_PROFILES, RunParams, declared_ranges, parse_overrides
+from benchmark.config import PROFILES, RUN_PROFILES, RunParams, declared_ranges, field_default, parse_overrides
 from benchmark.errors import BenchError, Terminated
 from benchmark.registry import DATASETS, METHODS, TASKS
 from benchmark.threads import choose_omp_wait_policy
+
+if TYPE_CHECKING:
+    from benchmark.runner import RunOutcome
 
 SET_HELP = "override a parameter (run.x, task.x, method.x or a unique bare name)"
 
@@ -74,7 +79,7 @@ def add_set_argument(parser: argparse.ArgumentParser, help: str = SET_HELP) -> N
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
-def command_modules() -> list:
+def command_modules() -> list[ModuleType]:
     return [
         importlib.import_module(f"benchmark.app.commands.{info.name}")
         for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name)
@@ -121,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_outcome(outcome) -> None:
+def print_outcome(outcome: RunOutcome) -> None:
     result = outcome.result
     task_cls = TASKS.get(result["task"])
     header = (f"{result['method']} on {result['task']}/{result['dataset']} "
@@ -163,14 +168,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_params(title: str, params_cls: type, profiles: dict) -> None:
+def print_params(title: str, params_cls: type, profiles: Mapping[str, Mapping[str, Any]]) -> None:
     fields = dataclasses.fields(params_cls)
     if not fields:
         return
     ranges = declared_ranges(params_cls)
     print(f"{title} parameters (default; per-profile overrides; allowed range):")
     for f in fields:
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else field_default(f)
         per_profile = ", ".join(f"{p}={v[f.name]}" for p, v in profiles.items() if f.name in v)
         print(f"  {f.name} = {default!r}" + (f"  ({per_profile})" if per_profile else "")
               + (f"  range: {ranges[f.name]}" if f.name in ranges else ""))
@@ -211,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
     keep_freed_memory()  # training steps reuse their activation memory instead of re-mapping it
     try:
         with sigterm_as_interrupt():
-            return args.handler(args)
+            code: int = args.handler(args)
+            return code
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

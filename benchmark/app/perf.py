@@ -101,7 +101,7 @@ def official_style(lm: LM, contexts: list[Context], retain: list[list[int]], pai
         loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
                         reduction="batchmean")
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         optimizer.step()
         measure.tokens += len(student_ids)
         measure.example_tokens += len(student_ids)

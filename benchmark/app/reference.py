@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the runs without running them")
     args = parser.parse_args(argv)
 
-    split = lambda text: [s.strip() for s in text.split(",") if s.strip()] if text else None  # noqa: E731
+    def split(text: str | None) -> list[str] | None:
+        return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
     cells, notes = plan(split(args.methods), split(args.tasks), split(args.datasets))
     for note in notes:
         print(f"skip: {note}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -20,17 +21,17 @@ class LM:
     """A causal LM, its tokenizer and how prompts are written for it."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer (untyped calls: __call__, decode, apply_chat_template)
     name: str
     device: torch.device
     precision: str = "fp32"
     prompt_format: str = "raw"
     fewshot: int = 0  # demonstrations prepended to raw prompts (see DEMONSTRATIONS)
     max_length: int = 2048
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     # ---- precision -----------------------------------------------------------------------
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when asked for (fast matmuls on CPUs with AVX512-BF16/AMX)."""
         if self.precision == "bf16-autocast":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -45,13 +46,14 @@ class LM:
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
             raise BenchError(f"model {self.name!r} has no chat template; use prompt_format=raw")
-        return tok.apply_chat_template(
+        text: str = tok.apply_chat_template(
             [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
         )
+        return text
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """Token ids, with BOS first when the tokenizer has one (the official code's layout)."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         bos = self.tokenizer.bos_token_id
         if add_bos and bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
@@ -96,11 +98,12 @@ class LM:
             for row, ids in enumerate(encoded):
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
-            kwargs = dict(do_sample=False)
+            kwargs: dict[str, Any] = dict(do_sample=False)
             if sample_temperature is not None:
                 kwargs = dict(do_sample=True, temperature=sample_temperature, top_p=1.0, top_k=0)
             with self.autocast():
-                generated = model.generate(
+                # nn.Module's __getattr__ types generate as Tensor | Module; the model is a transformers one.
+                generated = model.generate(  # type: ignore[operator]
                     input_ids=input_ids.to(self.device),
                     attention_mask=attention.to(self.device),
                     max_new_tokens=max_new_tokens,

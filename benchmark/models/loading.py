@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,7 +80,7 @@ def _resolve_device(device: str) -> torch.device:
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]{0,95}(/[A-Za-z0-9_][\w.-]{0,95})?")
 
 
-def _load_pretrained(name_or_path: str | Path):
+def _load_pretrained(name_or_path: str | Path) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, local = str(name_or_path), Path(name_or_path).expanduser()
@@ -122,7 +123,8 @@ def _smollm2_dir() -> Path:
     gguf = _smollm2_gguf()
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    # Any: the quantizer attributes below are transformers internals its types do not declare.
+    model: Any = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     # The weights are dequantised to fp32 on load; forget the GGUF quantizer so they can be saved.
@@ -141,7 +143,7 @@ def _smollm2_dir() -> Path:
     return target
 
 
-def _tiny_random_llama(seed: int):
+def _tiny_random_llama(seed: int) -> tuple[torch.nn.Module, Any]:
     """A two-layer Llama with random weights: a real forward pass in milliseconds."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

@@ -23,7 +23,7 @@ Result = dict[str, Any]
 MUST_MATCH = ("task", "dataset", "model", "seed")
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "compare", help="paired difference of two runs on the same contexts and questions",
         description="Print A's and B's mean, the paired difference B - A with its bootstrap 95% "
@@ -72,8 +72,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"bootstrap over {counts[1]} {drawn}")
     print(tabulate(rows, headers=["metric", "A", "B", "B - A [95% CI]", "verdict"],
                    tablefmt="simple", disable_numparse=True))
-    for metric, mde, clusters in detectable:
-        print(detectable_line(mde, clusters, drawn) + (f" ({metric})" if len(detectable) > 1 else ""))
+    for metric, mde, n_clusters in detectable:
+        print(detectable_line(mde, n_clusters, drawn) + (f" ({metric})" if len(detectable) > 1 else ""))
     return 0
 
 

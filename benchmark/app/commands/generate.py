@@ -11,7 +11,7 @@ from benchmark.config import DEFAULT_MODELS, RunParams
 from benchmark.errors import BenchError
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "generate", help="generate target QA sentences for a data set's contexts (cached on disk)"
     )

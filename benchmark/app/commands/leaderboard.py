@@ -10,7 +10,7 @@ from benchmark.errors import BenchError
 from benchmark.results import REPO_ROOT
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "leaderboard", help="rewrite the leaderboard page and plots from result files",
         description="Rewrite leaderboard/README.md (ranked tables per task × data set × model, the "

@@ -23,7 +23,7 @@ from benchmark.errors import BenchError
 from benchmark.types import Prompt
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "lm-eval", help="evaluate a model after injection on the lm-eval tasks",
         description="Inject a batch of contexts with a method, then evaluate the injected model with "
@@ -59,7 +59,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     return evaluate(args)
 
 
-def task_manager(data_dir: Path | None = None):
+def task_manager(data_dir: Path | None = None) -> Any:
     """lm-eval's TaskManager over this package's task folder only (fast: no built-in index)."""
     import logging
 
@@ -120,7 +120,8 @@ def evaluate(args: argparse.Namespace) -> int:
                          device=args.device, overrides=parse_overrides(args.overrides))
     resolved = resolve(request)
     run = resolved.params["run"]
-    lm, task = set_up(resolved)
+    lm, resolved_task = set_up(resolved)
+    task: Any = resolved_task  # a QA or a recommendation task: each branch below uses its own attributes
     method = resolved.new_method(lm, args.seed)
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="selfparam-lmeval-"))
 
@@ -202,7 +203,8 @@ def run_lm_eval(model: Any, lm: Any, tasks: list[str], data_dir: Path, batch_siz
                                           gen_kwargs=gen_kwargs)
     if results is None:
         raise BenchError("lm-eval returned no results")
-    return results
+    scored: dict[str, Any] = results
+    return scored
 
 
 def _lm_eval_scores(block: dict[str, Any]) -> dict[str, float]:
@@ -213,7 +215,8 @@ def _lm_eval_scores(block: dict[str, Any]) -> dict[str, float]:
 def _response(sample: dict[str, Any]) -> str:
     """The generated text lm-eval logged for one sample."""
     response = sample["resps"][0]
-    return response[0] if isinstance(response, list) else response
+    text: str = response[0] if isinstance(response, list) else response
+    return text
 
 
 def lm_eval_prediction(sample: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from benchmark.config import parse_overrides
 from benchmark.errors import BenchError
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("perf", help="training tokens/s of selfparam vs the official-style loop")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     add_run_arguments(parser, set_help="override a selfparam or run parameter",

@@ -38,7 +38,7 @@ class PowerTable:
     notes: list[str] = field(default_factory=list)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "power", help="paired difference vs the floor and the smallest detectable difference, per cell",
         description="For each cell (task, data set, model) under the given result files or folders, "

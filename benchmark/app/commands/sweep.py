@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.app.cli import add_set_argument, interrupted_code
 from benchmark.config import parse_overrides
 
+if TYPE_CHECKING:
+    from benchmark.app.sweep.spec import Sweep
+    from benchmark.app.sweep.status import Executor
 
-def register(subparsers) -> None:
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "sweep", help="run a grid of methods x tasks x data sets x models x seeds from a YAML spec",
         description="Run every cell of a sweep spec (see sweeps/*.yaml). Cells whose result file "
@@ -52,6 +57,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sweep = with_only(sweep, parse_overrides(args.only))
     if args.dry_run:
         return dry_run(sweep)
+    executor: Executor
     if args.executor == "ray":
         executor = RayExecutor(
             address=args.address,
@@ -73,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if log.counts()[FAILED] else 0
 
 
-def dry_run(sweep) -> int:
+def dry_run(sweep: Sweep) -> int:
     from benchmark.app.sweep import FAILED, PENDING, SKIPPED, StatusLog, settled, summary_table, unavailable_here
 
     log = StatusLog(sweep, "dry-run")

@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmark.results import REPO_ROOT
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "table", help="render the paper's tables from result files",
         description="Render the paper's tables (1: batch, 2: recommendation, 3: sequential, "

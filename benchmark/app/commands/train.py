@@ -16,7 +16,7 @@ from benchmark.errors import BenchError
 from benchmark.registry import METHODS
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("train", help="train a method's learned mechanism (memoryllm-mini)")
     parser.add_argument("method")
     parser.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
@@ -33,7 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from benchmark.runner import build_run_params, load_run_lm, seed_everything
 
     cls = METHODS.get(args.method)
-    if not hasattr(cls, "train_mechanism"):
+    # The three parts a trainable method declares (see above).
+    if not (hasattr(cls, "train_mechanism") and hasattr(cls, "TrainParams") and hasattr(cls, "train_profiles")):
         raise BenchError(f"method {args.method!r} has nothing to train; trainable: {', '.join(trainable_methods())}")
     if args.params:
         print_params(f"train {args.method}", cls.TrainParams, cls.train_profiles)

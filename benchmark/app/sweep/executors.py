@@ -9,6 +9,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
+from types import ModuleType
 from typing import Any
 
 from benchmark import runner
@@ -58,7 +59,7 @@ class LocalExecutor:
             report(cell, run_cell(cell.request))
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
@@ -79,7 +80,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.verbose = verbose
 
-    def _connect(self, ray) -> bool:
+    def _connect(self, ray: ModuleType) -> bool:
         """Join ``address`` or start a local Ray; returns whether this call started it."""
         if ray.is_initialized():
             return False

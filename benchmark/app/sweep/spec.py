@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ def expand(data: Any, name: str = "sweep", overrides: dict[str, str] | None = No
     return Sweep(str(data.get("name") or name), out_dir.absolute(), cells, ray_settings)
 
 
-def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
+def _check_keys(mapping: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(str(k) for k in mapping if k not in allowed)
     if unknown:
         raise BenchError(f"unknown key {unknown[0]!r} in {where}; allowed: {', '.join(sorted(allowed))}")
@@ -173,7 +174,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _entry_cells(merged: dict[str, Any], where: str, cli_overrides: dict[str, str], out: Path,
-                 force: bool):
+                 force: bool) -> Iterator[tuple[RunRequest, Resources]]:
     for axis in ("method", "task"):
         if merged.get(axis) in (None, [], ""):
             raise BenchError(f"{where} names no {axis}s (add `{axis}s: [...]`)")

@@ -10,10 +10,18 @@ import sys
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TextIO
 
 from benchmark.app.sweep.spec import Cell, Sweep
 from benchmark.results import safe_name
+
+
+class Executor(Protocol):
+    """What runs a sweep's cells (``LocalExecutor``, ``RayExecutor``), reporting each cell's outcome."""
+
+    name: str
+
+    def run(self, cells: list[Cell], report: Callable[[Cell, dict[str, Any]], None]) -> None: ...
 
 SKIPPED, DONE, FAILED, PENDING = "skipped", "done", "failed", "pending"
 
@@ -60,12 +68,12 @@ def settled(cell: Cell) -> dict[str, Any] | None:
     no --force); None for a cell still to run."""
     if cell.error:
         return {"status": FAILED, "error": cell.error}
-    if cell.path.exists() and not cell.request.force:
+    if cell.path is not None and cell.path.exists() and not cell.request.force:
         return {"status": SKIPPED, "path": str(cell.path)}
     return None
 
 
-def run_sweep(sweep: Sweep, executor, echo: Callable[[str], None] = print) -> StatusLog:
+def run_sweep(sweep: Sweep, executor: Executor, echo: Callable[[str], None] = print) -> StatusLog:
     """Skip finished cells, record invalid ones, run the rest with ``executor``; returns the log."""
     log = StatusLog(sweep, executor.name)
     todo: list[Cell] = []
@@ -108,7 +116,7 @@ def summary_table(log: StatusLog) -> str:
                                    "status", "scores / error"), tablefmt="simple", maxcolwidths=[None] * 9 + [70])
 
 
-def print_summary(log: StatusLog, stream=None) -> None:
+def print_summary(log: StatusLog, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     counts = log.counts()
     print(summary_table(log), file=stream)
