@@ -46,7 +46,7 @@ class Row:
         curves = [c for c in (extract.step_curve(r, metric) for r in self.runs) if c]
         if not curves:
             return None
-        steps = [[c[i] for c in curves if i < len(c) and c[i] is not None]
+        steps = [[v for v in (c[i] for c in curves if i < len(c)) if v is not None]
                  for i in range(max(len(c) for c in curves))]
         return [sum(v) / len(v) if v else None for v in steps]
 
@@ -128,7 +128,7 @@ def ranked(rows: list[Row], metrics: list[str], infos: dict[str, MethodInfo], ta
     last; ties in the methods' row order."""
     sign = -1.0 if not metrics or task.metric(metrics[0]).higher_is_better is not False else 1.0
 
-    def key(row: Row) -> tuple:
+    def key(row: Row) -> tuple[Any, ...]:
         main = row.score(metrics[0]) if metrics else None
         run = row.first
         return (sign * main["mean"] if main else float("inf"), infos[str(run["method"])].rank,

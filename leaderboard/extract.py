@@ -16,7 +16,9 @@ from typing import Any
 from benchmark.metrics import cluster_summary, paired_difference
 from benchmark.task_info import TaskInfo
 from leaderboard import meta
-from leaderboard.upgrade import as_summary, is_summary, number, upgrade  # noqa: F401 (as_summary: for readers)
+from leaderboard.upgrade import as_summary as as_summary  # re-exported for readers
+from leaderboard.upgrade import is_summary, upgrade
+from leaderboard.upgrade import number as number  # re-exported for readers
 
 Summary = dict[str, Any]  # {"mean", "ci_low", "ci_high", "n"}
 Units = dict[tuple[str, ...], float]  # (seed, episode, context or test point[, gold item]) -> value
@@ -164,9 +166,10 @@ def units(result: dict[str, Any], metric: str, step: int = -1) -> Units | None:
             value = values.get(metric) if isinstance(values, dict) else None
             items = {(str(i),): v for i, v in enumerate(value)} if isinstance(value, list) else {(): value}
             for key, each in items.items():
-                if number(each) is None:
+                finite = number(each)
+                if finite is None:
                     return None
-                found[(seed, name, str(unit), *key)] = float(each)
+                found[(seed, name, str(unit), *key)] = finite
     return found or None
 
 

@@ -54,7 +54,7 @@ def load_results(paths: list[Path]) -> Loaded:
     return loaded
 
 
-def sort_key(result: dict[str, Any]) -> tuple:
+def sort_key(result: dict[str, Any]) -> tuple[Any, ...]:
     """A total order on runs that does not depend on the file system's listing order."""
     return (
         str(result.get("task")), str(result.get("dataset")), str(result.get("model")),

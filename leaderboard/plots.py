@@ -7,16 +7,20 @@ user's matplotlibrc), fixed size and resolution, and no "Software" metadata in t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.typing import RcKeyType  # noqa: E402
 
 from leaderboard.board import Board, Row  # noqa: E402
 
-_RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
+_RC: dict[RcKeyType, Any] = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True,
+                             "grid.alpha": 0.3}
 
 
 def _label(row: Row, board: Board) -> str:
@@ -29,7 +33,7 @@ def _label(row: Row, board: Board) -> str:
     return name
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
@@ -40,8 +44,7 @@ def scores_plot(board: Board, path: Path) -> bool:
     if not board.metrics:
         return False
     metric = board.metrics[0]
-    points = [(r, r.score(metric)) for r in board.rows]
-    points = [(r, s) for r, s in points if s is not None]
+    points = [(r, s) for r in board.rows if (s := r.score(metric)) is not None]
     if not points:
         return False
     with plt.style.context("default"), matplotlib.rc_context(_RC):
@@ -66,15 +69,14 @@ def retention_plot(board: Board, path: Path) -> bool:
     if not board.task_info.curves:
         return False
     metric = board.task_info.metric(board.task_info.curves[0])
-    curves = [(r, r.curve(metric.name)) for r in board.rows]
-    curves = [(r, c) for r, c in curves if c]
+    curves = [(r, c) for r in board.rows if (c := r.curve(metric.name))]
     if not curves:
         return False
     with plt.style.context("default"), matplotlib.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         for row, curve in curves:
             steps = [i for i, v in enumerate(curve) if v is not None]
-            ax.plot(steps, [curve[i] for i in steps], marker="o", markersize=3, label=_label(row, board))
+            ax.plot(steps, [v for v in curve if v is not None], marker="o", markersize=3, label=_label(row, board))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step (contexts injected so far)")
         ax.set_ylabel(f"{metric.short} over the sequence's contexts")

@@ -56,12 +56,12 @@ def _score(name: str) -> Callable[[Result], Any]:
     return lambda r: extract.metric(r, name)
 
 
-def _pooled(cell: list[Result], value: Callable[[Result], Any], metric: str, step: int = -1):
+def _pooled(cell: list[Result], value: Callable[[Result], Any], metric: str, step: int = -1) -> extract.Summary | None:
     """The cell's score over its seeds, bootstrapping the seeds' per-unit ``metric`` scores together."""
     return extract.pooled(cell, value, lambda runs: extract.pooled_units(runs, metric, step))
 
 
-def _footprint(r: Result):
+def _footprint(r: Result) -> extract.Summary | None:
     return extract.as_summary(extract.cost(r, "footprint_bytes"))
 
 
@@ -89,7 +89,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
                         and extract.num_contexts(r) == n]
                 footprint = extract.pooled(cell, _footprint)
                 row += [fmt_score(_pooled(cell, _score(main.name), main.name), ci),
-                        fmt_bytes(footprint and footprint["mean"])]
+                        fmt_bytes(footprint["mean"] if footprint else None)]
                 if (model, n) in compared:
                     row.append(_paper_cell(dataset, model, n, method))
             rows.append(row)
@@ -112,7 +112,7 @@ def _comparable(dataset: str, model: str, n: int | None) -> bool:
 
 def _paper_cell(dataset: str, model: str, n: int | None, method: str) -> str:
     name = paper_model(model)
-    if dataset != PAPER_TABLE1_DATASET or name is None:
+    if dataset != PAPER_TABLE1_DATASET or name is None or n is None:
         return MISSING
     value = PAPER_TABLE1.get((name, n), {}).get(method)
     return MISSING if value is None else f"{value:.4f}"
@@ -175,7 +175,7 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
             cell = _of(runs, method=info.name)
             row = [info.display_name]
             for i in range(steps):
-                def at(r: Result, i: int = i, curves: dict[int, Any] = curves):
+                def at(r: Result, i: int = i, curves: dict[int, Any] = curves) -> extract.Summary | None:
                     curve = curves[id(r)]
                     return extract.as_summary(curve[i]) if curve and i < len(curve) else None
                 row.append(fmt_score(_pooled(cell, at, main.name, step=i), ci, digits=3))

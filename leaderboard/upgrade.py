@@ -64,7 +64,7 @@ def is_summary(value: Any) -> bool:
 
 def as_summary(value: Any) -> Summary | None:
     """A summary dict from a summary dict or a bare number (then without interval)."""
-    if is_summary(value):
+    if isinstance(value, dict) and is_summary(value):
         return value
     if number(value) is not None:
         return {"mean": number(value), "ci_low": None, "ci_high": None, "n": None}
