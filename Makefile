@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bench run --method selfparam --task sequential
 
-# Lint (ruff), type check (mypy, strict on benchmark/ and leaderboard/), then the tests.
+# Lint (ruff), type check (mypy, strict on benchmark/, leaderboard/ and tasks/), then the tests.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy

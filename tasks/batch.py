@@ -32,6 +32,7 @@ class BatchParams(ContextParams):
 class BatchTask(QATask):
     description = "batch injection: inject N contexts at once, then answer all their questions"
     Params = BatchParams
+    params: BatchParams
     profiles = {"smoke": {"num_contexts": 3}, "quick": {}, "paper": {"num_contexts": 100}}
     display_name = "batch injection"
     metrics = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, cast
 
 from benchmark.api import Method, Task
 from benchmark.errors import BenchError
@@ -16,7 +16,7 @@ from benchmark.registry import open_dataset
 from benchmark.report import fmt_ci
 from benchmark.targets import check_no_leakage, make_targets
 from benchmark.types import Context, Document, Prompt
-from tasks.data.base import SAMPLES, SPLITS
+from tasks.data.base import SAMPLES, SPLITS, QADataset
 
 # Scored when the method retrieves (it exposes ``last_retrieved``): was the gold context first / in the top k?
 RETRIEVAL_METRICS = ("retrieval_recall@1", "retrieval_recall@k")
@@ -37,7 +37,7 @@ def load_documents(
     label = dataset  # what the user named: the registered name or the file
     if dataset.endswith(".jsonl") or Path(dataset).is_file():
         dataset, data_path = "qa-jsonl", dataset
-    data = open_dataset(dataset, kind, data_path, seed)
+    data = cast(QADataset, open_dataset(dataset, kind, data_path, seed))  # what load_documents reads: QA data
     if split not in SPLITS:
         raise BenchError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if sample == "default":
@@ -67,9 +67,17 @@ class ContextParams:
     RANGES: ClassVar[dict[str, str]] = {"first_context": ">= 0"}
 
 
+class Selection(TypedDict):
+    """Which contexts a QA task loads (``load_documents``'s ``split`` and ``sample``)."""
+
+    split: str
+    sample: str
+
+
 class QATask(Task):
     """Base of the QA tasks: documents, their target sentences and context-free probing."""
 
+    params: ContextParams
     documents: list[Document]
 
     def load_documents(self) -> list[Document]:
@@ -77,7 +85,7 @@ class QATask(Task):
         return self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0,
                                         kind=self.dataset_kind, **self.selection()))
 
-    def selection(self) -> dict[str, str]:
+    def selection(self) -> Selection:
         """Which contexts: the ``split`` and ``sample`` task parameters."""
         return {"split": self.params.split, "sample": self.params.sample}
 

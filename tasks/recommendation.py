@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from benchmark.api import Method, MethodFactory, Task
 from benchmark.errors import BenchError
@@ -90,6 +90,7 @@ class RecommendationParams:
 class RecommendationTask(Task):
     description = "conversational recommendation (INSPIRED, ReDial): inject conversations, Recall@k r1-r4"
     Params = RecommendationParams
+    params: RecommendationParams
     profiles = {
         "smoke": {"num_probes": 4, "probes_per_episode": 2, "num_conversations": 3, "max_list_tokens": 24},
         "quick": {"prompt_style": "list"},
@@ -144,7 +145,7 @@ class RecommendationTask(Task):
         self._targets: dict[str, list[str]] | None = None
 
     def _dataset(self) -> CRSDataset:
-        return open_dataset(self.dataset, self.dataset_kind, self.data_path, self.seed)
+        return cast(CRSDataset, open_dataset(self.dataset, self.dataset_kind, self.data_path, self.seed))
 
     def _training_conversations(self, conversations: list[Conversation]) -> list[Conversation]:
         """The first N training conversations, in file order."""
@@ -252,12 +253,13 @@ class RecommendationTask(Task):
         titles = self.catalogue.titles
         items = [parse_recommendations(a) for a in answers]
         matches = self.matcher.match([line for lines in items for line in lines])
-        records, offset = [], 0
+        records: list[dict[str, Any]] = []
+        offset = 0
         for probe, answer, lines in zip(probes, answers, items):
             matched = matches[offset : offset + len(lines)]
             offset += len(lines)
             gold = [titles[g] for g in probe.gold]
-            record = {
+            record: dict[str, Any] = {
                 "probe_id": probe.id,
                 "dialog_id": probe.dialog_id,
                 "gold": gold,
@@ -350,7 +352,8 @@ def target_question(turns: list[Turn] | tuple[Turn, ...]) -> str:
 
 def recommendation_qa(conversation: Conversation, window: int) -> list[QA]:
     """A QA pair at every recommender turn that names movies not mentioned earlier in the dialog."""
-    pairs, mentioned = [], set()
+    pairs: list[QA] = []
+    mentioned: set[str] = set()
     for i, turn in enumerate(conversation.turns):
         new = [m for m in turn.movies if m.lower() not in mentioned]
         if turn.speaker == SYSTEM and new and i > 0:

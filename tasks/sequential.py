@@ -43,6 +43,7 @@ class SequentialParams(ContextParams):
 class SequentialTask(QATask):
     description = "sequential injection: one context per step, all of the sequence probed after each step"
     Params = SequentialParams
+    params: SequentialParams
     profiles = {
         "smoke": {"num_sequences": 2, "sequence_length": 3},
         "quick": {},

@@ -21,7 +21,7 @@ import re
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from benchmark.api import Dataset
 from benchmark.errors import BenchError
@@ -239,7 +239,7 @@ class CRSDataset(Dataset):
         return Catalogue({i: t for i, t in titles.items() if t}, frozenset(int(i) for i in item_ids))
 
 
-def _int_list(record: dict, key: str, where: str) -> list[int]:
+def _int_list(record: dict[str, Any], key: str, where: str) -> list[int]:
     value = record.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
         raise BenchError(f"{where}: field {key!r} must be a list of entity ids")

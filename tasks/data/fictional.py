@@ -172,7 +172,9 @@ def make_document(index: int, rng: random.Random, used_names: set[str], prefix: 
     while name in used_names:
         name = _word(rng)
     used_names.add(name)
-    sentences, probes, train = [intro.format(name=name)], [], []
+    sentences: list[str] = [intro.format(name=name)]
+    probes: list[QA] = []
+    train: list[QA] = []
     for attribute in attributes:
         value = attribute.draw(rng)
         sentences.append(attribute.statement.format(name=name, value=value))

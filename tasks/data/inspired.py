@@ -9,7 +9,9 @@ grouped by ``dialog_id``), which hold the full training set.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
@@ -22,7 +24,7 @@ ROLES = {"RECOMMENDER": SYSTEM, "SEEKER": USER}
 def _role(value: object, where: str) -> str:
     if value not in ROLES:
         raise BenchError(f"{where}: speaker {value!r} is neither RECOMMENDER nor SEEKER")
-    return ROLES[value]  # type: ignore[index]
+    return ROLES[value]
 
 
 @register_dataset("inspired")
@@ -71,7 +73,7 @@ class Inspired(CRSDataset):
                 for dialog_id, messages in dialogs.items()]
 
 
-def _read_json_lists(path: Path):
+def _read_json_lists(path: Path) -> Iterator[tuple[int, list[Any]]]:
     """(line number, list of turns) per line; ``read_jsonl`` insists on objects, these are lists."""
     for number, value in read_json_lines(path):
         if isinstance(value, dict) and isinstance(value.get("dialog"), list):

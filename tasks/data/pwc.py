@@ -29,7 +29,7 @@ from benchmark.types import QA, Document
 from tasks.data.base import QADataset, read_jsonl, require_text
 from tasks.data.public import load_hub, local_files, make_documents, short_answers
 
-LOCAL = [("pwc", "PWC_eval_data.jsonl"), ("pwc", "icae_dev_v2.jsonl")]
+LOCAL: list[tuple[str, ...]] = [("pwc", "PWC_eval_data.jsonl"), ("pwc", "icae_dev_v2.jsonl")]
 HUB = "sggetao/PwC"
 HUB_SPLITS = ["test", "train"]  # the official code chains them in this order
 

@@ -15,7 +15,9 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from benchmark.errors import BenchError
 from benchmark.registry import register_dataset
@@ -44,7 +46,7 @@ def _member_text(archive: zipfile.ZipFile, member: str, where: str) -> str:
         raise not_utf8(where, data) from None
 
 
-def parse_redial_record(record: dict, where: str, titles: dict[str, str]) -> Conversation:
+def parse_redial_record(record: dict[str, Any], where: str, titles: dict[str, str]) -> Conversation:
     """One official-format ReDial line as a conversation with titles in place of ``@id``."""
     messages = record.get("messages")
     seeker, recommender = record.get("initiatorWorkerId"), record.get("respondentWorkerId")
@@ -113,5 +115,5 @@ class ReDial(CRSDataset):
         return self._read_lines(records, f"{path}:{ZIP_TRAIN}", titles)
 
     @staticmethod
-    def _read_lines(records, where: str, titles: dict[str, str]) -> list[Conversation]:
+    def _read_lines(records: Iterable[tuple[int, Any]], where: str, titles: dict[str, str]) -> list[Conversation]:
         return [parse_redial_record(record, f"{where}:{number}", titles) for number, record in records]

@@ -24,7 +24,7 @@ from benchmark.types import QA, Document
 from tasks.data.base import QADataset, not_utf8
 from tasks.data.public import load_hub, local_files, make_documents, short_answers
 
-LOCAL = [("squad", "dev-v1.1.part_a.json")]
+LOCAL: list[tuple[str, ...]] = [("squad", "dev-v1.1.part_a.json")]
 HUB = "rajpurkar/squad"
 
 # (id, source, context, questions, article title) per paragraph

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -25,6 +25,7 @@ from benchmark.registry import open_dataset
 from benchmark.results import write_json_atomic
 from benchmark.types import Document, Prompt
 from tasks.batch import BatchParams
+from tasks.data.base import QADataset
 
 FORMAT_VERSION = 1
 ENV_DATA_DIR = "SELFPARAM_BENCH_LMEVAL_DATA"
@@ -49,8 +50,9 @@ def default_contexts() -> int:
 def model_free_formatter(fewshot: int | None = None) -> tuple[Formatter, dict[str, Any]]:
     """The harness's raw prompt (with its default demonstrations), for exports made without a model."""
     fewshot = RunParams().fewshot if fewshot is None else fewshot
-    lm = LM(model=None, tokenizer=None, name="", device=torch.device("cpu"), prompt_format="raw",
-            fewshot=fewshot)  # type: ignore[arg-type]
+    # No model: this LM only formats prompts.
+    lm = LM(model=None, tokenizer=None, name="", device=torch.device("cpu"),  # type: ignore[arg-type]
+            prompt_format="raw", fewshot=fewshot)
     return lm.format_prompt, {"prompt_format": "raw", "fewshot": fewshot, "bos": None, "model": None}
 
 
@@ -64,7 +66,7 @@ def model_formatter(lm: Any) -> tuple[Formatter, dict[str, Any]]:
     bos_text = getattr(tok, "bos_token", None)
 
     def formatter(prompt: Prompt) -> str:
-        text = lm.format_prompt(prompt)
+        text: str = lm.format_prompt(prompt)
         plain = tok(text, add_special_tokens=False)["input_ids"]
         if bos_text and lm.encode(text) == [tok.bos_token_id, *plain]:
             text = bos_text + text
@@ -78,7 +80,7 @@ def model_formatter(lm: Any) -> tuple[Formatter, dict[str, Any]]:
 def qa_documents(dataset: str, limit: int | None) -> list[Document]:
     """The first ``limit`` test contexts of a registered QA data set in its default order, as a
     batch run takes them (fewer if it has fewer)."""
-    data = open_dataset(dataset, "qa")
+    data = cast(QADataset, open_dataset(dataset, "qa"))
     return data.select("test", data.default_sample, limit)
 
 
@@ -116,7 +118,7 @@ def _write(path: Path, payload: dict[str, Any]) -> Path:
 
 def read_export(path: Path) -> dict[str, Any]:
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise BenchError(f"cannot read lm-eval data file {path}: {exc}") from None
     if payload.get("format") != FORMAT_VERSION:

@@ -12,12 +12,14 @@ harness gives the model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from benchmark.registry import open_dataset
 from benchmark.types import Prompt
 from tasks.crs_scoring import FILTERS, TitleMatcher, parse_recommendations, score_list
+from tasks.data.crs import CRSDataset, RecProbe
 from tasks.lm_eval.export import FORMAT_VERSION, Formatter, _write, data_file, model_formatter, read_export
 from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationParams, RecommendationTask, select_evenly
 
@@ -29,7 +31,7 @@ def export_recommendation(dataset: str, data_dir: str | Path | None = None, limi
     default ``num_probes``; 0 = all).
     """
     params = RecommendationParams()
-    data = open_dataset(dataset, RecommendationTask.dataset_kind)
+    data = cast(CRSDataset, open_dataset(dataset, RecommendationTask.dataset_kind))
     catalogue = data.catalogue()
     probes = select_evenly(data.probes(), params.num_probes if limit is None else limit)
     titles = catalogue.titles
@@ -48,9 +50,9 @@ def export_task(task: Any, data_dir: str | Path, lm: Any) -> Path:
                                 task.params, formatter, header)
 
 
-def write_recommendation(dataset: str, data_dir: str | Path | None, probes: list, messages: dict[str, str],
-                         titles: dict[int, str], pool, params: Any, formatter: Formatter,
-                         header: dict[str, Any]) -> Path:
+def write_recommendation(dataset: str, data_dir: str | Path | None, probes: list[RecProbe],
+                         messages: dict[str, str], titles: dict[int, str], pool: Iterable[str], params: Any,
+                         formatter: Formatter, header: dict[str, Any]) -> Path:
     path = data_file(dataset, data_dir)
     rows = []
     for probe in probes:

@@ -18,7 +18,7 @@ from tasks.lm_eval.export import data_file, export_qa, read_export
 from tasks.lm_eval.export_rec import export_recommendation, score_reply
 
 
-def load(selfparam_dataset: str, selfparam_kind: str = "qa", data_dir: str | None = None, **_: Any):
+def load(selfparam_dataset: str, selfparam_kind: str = "qa", data_dir: str | None = None, **_: Any) -> Any:
     """``custom_dataset``: the exported rows of one data set as a DatasetDict with a test split.
 
     ``data_dir`` comes from lm-eval metadata (``--metadata '{"data_dir": …}'`` or
