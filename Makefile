@@ -20,9 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bench run --method selfparam --task sequential
 
-# Lint (ruff), type check (mypy, strict on benchmark/, leaderboard/ and tasks/), then the tests.
+# Lint and format check (ruff), type check (mypy, strict on benchmark/, leaderboard/ and tasks/),
+# then the tests.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

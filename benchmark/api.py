@@ -70,8 +70,10 @@ class Method(ABC):
             if attr not in vars(cls):
                 setattr(cls, attr, default)
         if cls.storage_class not in ("", *STORAGE_CLASSES):
-            raise TypeError(f"{cls.__name__}.storage_class is {cls.storage_class!r}; "
-                            f"use one of {', '.join(STORAGE_CLASSES)} (or leave it empty)")
+            raise TypeError(
+                f"{cls.__name__}.storage_class is {cls.storage_class!r}; "
+                f"use one of {', '.join(STORAGE_CLASSES)} (or leave it empty)"
+            )
         if cls.role not in ("", *ROLES):
             raise TypeError(f"{cls.__name__}.role is {cls.role!r}; use one of {', '.join(ROLES)} (or leave it empty)")
 
@@ -131,6 +133,7 @@ MethodFactory = Callable[..., Method]
 
 
 # ---- data sets -----------------------------------------------------------------------------------
+
 
 class Dataset(ABC):
     """A source of a task's data, opened on a path (empty: its default location) with a seed.

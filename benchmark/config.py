@@ -45,8 +45,12 @@ class RunParams:
     data_path: str = ""  # a data file or folder instead of the data set's default location
 
     # fewshot: at most the three DEMONSTRATIONS in benchmark/models/prompts.py (more would silently be three)
-    RANGES: ClassVar[dict[str, str]] = {"fewshot": "[0, 3]", "max_new_tokens": ">= 1",
-                                        "eval_batch_size": ">= 1", "num_targets": ">= 0"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "fewshot": "[0, 3]",
+        "max_new_tokens": ">= 1",
+        "eval_batch_size": ">= 1",
+        "num_targets": ">= 0",
+    }
 
 
 RUN_PROFILES: dict[str, dict[str, Any]] = {
@@ -128,7 +132,9 @@ def profile_values(profiles: Mapping[str, Mapping[str, Any]], profile: str, task
 
 
 def build_params(
-    scopes: Mapping[str, tuple[type, Mapping[str, Any]]], profile: str, overrides: Mapping[str, str],
+    scopes: Mapping[str, tuple[type, Mapping[str, Any]]],
+    profile: str,
+    overrides: Mapping[str, str],
     task: str | None = None,
 ) -> dict[str, Any]:
     """Instantiate each scope's dataclass with its profile defaults, then apply ``--set`` overrides.

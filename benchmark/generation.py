@@ -63,7 +63,7 @@ _PAIR = re.compile(
 
 
 def parse_qa_pairs(reply: str) -> list[str]:
-    """"Question: … Answer: …" sentences found in a model's reply, in order, without duplicates.
+    """ "Question: … Answer: …" sentences found in a model's reply, in order, without duplicates.
 
     Accepts bullets, numbering, markdown bold and pairs split over lines or run together on one
     line; an answer ends at the end of its line.
@@ -135,18 +135,30 @@ def cached(
             path = cache_path(generator_id, doc.text, count, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({
-                "generator": generator_id, "context_sha256": context_hash(doc.text), "count": count,
-                "seed": seed, "sentences": sentences,
-            }, indent=1), encoding="utf-8")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "generator": generator_id,
+                        "context_sha256": context_hash(doc.text),
+                        "count": count,
+                        "seed": seed,
+                        "sentences": sentences,
+                    },
+                    indent=1,
+                ),
+                encoding="utf-8",
+            )
             tmp.replace(path)
             result[doc.id] = sentences
     return result
 
 
 def collect(
-    documents: list[Document], count: int, ask: Callable[[list[Document], int], list[str]],
-    grounded: bool = False, label: str = "generator",
+    documents: list[Document],
+    count: int,
+    ask: Callable[[list[Document], int], list[str]],
+    grounded: bool = False,
+    label: str = "generator",
 ) -> dict[str, list[str]]:
     """Ask for replies round after round until every context has ``count`` distinct pairs (with
     ``grounded``: pairs whose answer occurs in the context), or the rounds run out."""
@@ -166,9 +178,15 @@ def collect(
     short = {doc.id: len(pairs[doc.id]) for doc in documents if len(pairs[doc.id]) < count}
     if short:
         log.warning(
-            "%s: %d of %d contexts have fewer than the %d %sQA pairs asked for after %d rounds "
-            "(fewest: %d, for %s)", label, len(short), len(documents), count,
-            "grounded " if grounded else "", rounds, min(short.values()), min(short, key=short.__getitem__),
+            "%s: %d of %d contexts have fewer than the %d %sQA pairs asked for after %d rounds (fewest: %d, for %s)",
+            label,
+            len(short),
+            len(documents),
+            count,
+            "grounded " if grounded else "",
+            rounds,
+            min(short.values()),
+            min(short, key=short.__getitem__),
         )
     return {doc_id: sentences[:count] for doc_id, sentences in pairs.items()}
 
@@ -177,8 +195,10 @@ def collect(
 
 
 def local_prompt(lm: Any, context: str) -> str:
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": USER_PROMPT.format(context=context)}]
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": USER_PROMPT.format(context=context)},
+    ]
     if getattr(lm.tokenizer, "chat_template", None):
         text: str = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text
@@ -198,8 +218,9 @@ def local_temperature() -> float:
     return value
 
 
-def local_targets(documents: list[Document], count: int, seed: int, lm: Any, run: Any = None,
-                  max_new_tokens: int = 320) -> dict[str, list[str]]:
+def local_targets(
+    documents: list[Document], count: int, seed: int, lm: Any, run: Any = None, max_new_tokens: int = 320
+) -> dict[str, list[str]]:
     """QA pairs sampled from the run's model with the official prompt style."""
     import torch
 
@@ -215,15 +236,26 @@ def local_targets(documents: list[Document], count: int, seed: int, lm: Any, run
         torch.manual_seed(seed * 7919 + round_)
         try:
             prompts = [local_prompt(lm, doc.text) for doc in pending]
-            replies = lm.generate(prompts, max_new_tokens=max_new_tokens, stop_at_newline=False,
-                                  sample_temperature=temperature, progress=f"writing QA pairs (round {round_ + 1})")
+            replies = lm.generate(
+                prompts,
+                max_new_tokens=max_new_tokens,
+                stop_at_newline=False,
+                sample_temperature=temperature,
+                progress=f"writing QA pairs (round {round_ + 1})",
+            )
         finally:
             torch.random.set_rng_state(state)
         # Without a chat template the prompt ends in "Question:", so the reply starts mid-pair.
         return replies if getattr(lm.tokenizer, "chat_template", None) else ["Question:" + r for r in replies]
 
-    return cached(documents, cache_id(generator_id, grounded), count, seed,
-                  lambda docs: collect(docs, count, ask, grounded, generator_id), allow_empty=grounded)
+    return cached(
+        documents,
+        cache_id(generator_id, grounded),
+        count,
+        seed,
+        lambda docs: collect(docs, count, ask, grounded, generator_id),
+        allow_empty=grounded,
+    )
 
 
 # ---- openai: any OpenAI-compatible chat endpoint ----------------------------------------------------------
@@ -237,8 +269,15 @@ def openai_settings() -> tuple[str, str, str | None]:
     return base, model, key
 
 
-def chat_completion(base: str, model: str, key: str | None, messages: list[dict[str, str]],
-                    seed: int | None = None, retries: int = 3, timeout: float = 120.0) -> str:
+def chat_completion(
+    base: str,
+    model: str,
+    key: str | None,
+    messages: list[dict[str, str]],
+    seed: int | None = None,
+    retries: int = 3,
+    timeout: float = 120.0,
+) -> str:
     """One reply at temperature 1; transient failures (network, 429, 5xx) are retried."""
     import requests
 
@@ -268,8 +307,9 @@ def chat_completion(base: str, model: str, key: str | None, messages: list[dict[
     raise BenchError(f"openai generator: {problem}")
 
 
-def openai_targets(documents: list[Document], count: int, seed: int, lm: Any = None, run: Any = None,
-                   workers: int = 8) -> dict[str, list[str]]:
+def openai_targets(
+    documents: list[Document], count: int, seed: int, lm: Any = None, run: Any = None, workers: int = 8
+) -> dict[str, list[str]]:
     base, model, key = openai_settings()
     if key is None and base == "https://api.openai.com/v1":
         raise BenchError("the openai generator needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
@@ -277,15 +317,22 @@ def openai_targets(documents: list[Document], count: int, seed: int, lm: Any = N
 
     def ask(pending: list[Document], round_: int) -> list[str]:
         def one(doc: Document) -> str:
-            messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                        {"role": "user", "content": USER_PROMPT.format(context=doc.text)}]
+            messages = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": USER_PROMPT.format(context=doc.text)},
+            ]
             return chat_completion(base, model, key, messages, seed=seed * 7919 + round_)
 
         with ThreadPoolExecutor(max_workers=min(workers, len(pending))) as pool:
             futures = [pool.submit(one, doc) for doc in pending]
-            return [f.result() for f in tqdm(futures, desc=f"asking {model}", leave=False,
-                                             disable=len(futures) < 4)]
+            return [f.result() for f in tqdm(futures, desc=f"asking {model}", leave=False, disable=len(futures) < 4)]
 
     grounded = wants_grounded(run)
-    return cached(documents, cache_id(f"openai-{model}", grounded), count, seed,
-                  lambda docs: collect(docs, count, ask, grounded, f"openai-{model}"), allow_empty=grounded)
+    return cached(
+        documents,
+        cache_id(f"openai-{model}", grounded),
+        count,
+        seed,
+        lambda docs: collect(docs, count, ask, grounded, f"openai-{model}"),
+        allow_empty=grounded,
+    )

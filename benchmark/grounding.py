@@ -24,8 +24,9 @@ def split_generator(name: str) -> tuple[str, bool]:
     """``"local+grounded"`` -> ``("local", True)``; ``"local"`` -> ``("local", False)``."""
     base, plus, option = name.partition("+")
     if plus and option != GROUNDED:
-        raise BenchError(f"unknown target-sentence filter {option!r} in targets={name!r}; "
-                         f"the one filter is +{GROUNDED}")
+        raise BenchError(
+            f"unknown target-sentence filter {option!r} in targets={name!r}; the one filter is +{GROUNDED}"
+        )
     return base, bool(plus)
 
 

@@ -50,6 +50,7 @@ class MethodInfo:
     @classmethod
     def from_record(cls, name: str, record: Mapping[str, Any]) -> MethodInfo:
         """From a result file's ``method_info``; a missing or mistyped field takes its default."""
+
         def text(field: str) -> str:
             value = record.get(field)
             return value if isinstance(value, str) else ""

@@ -81,8 +81,11 @@ def summarize(values: Sequence[float], seed: int = 0) -> dict[str, float]:
 
 
 def cluster_summary(
-    values: Mapping[K, float], cluster: Callable[[K], Hashable] | None = None,
-    seed: int = 0, n_resamples: int = 1000, level: float = 0.95,
+    values: Mapping[K, float],
+    cluster: Callable[[K], Hashable] | None = None,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    level: float = 0.95,
 ) -> dict[str, float]:
     """Mean over units with a percentile bootstrap interval that resamples whole clusters of units.
 
@@ -110,8 +113,10 @@ def cluster_summary(
 
 
 def paired_difference(
-    a: Mapping[K, float], b: Mapping[K, float],
-    cluster: Callable[[K], Hashable] | None = None, seed: int = 0,
+    a: Mapping[K, float],
+    b: Mapping[K, float],
+    cluster: Callable[[K], Hashable] | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Mean of B minus A over the units both scored, with its paired bootstrap 95% interval.
 
@@ -129,7 +134,8 @@ def unit_differences(a: Mapping[K, float], b: Mapping[K, float]) -> dict[K, floa
 def detectable_difference(
     differences: Mapping[K, float] | Sequence[float],
     cluster: Callable[[K], Hashable] | None = None,
-    alpha: float = 0.05, power: float = 0.8,
+    alpha: float = 0.05,
+    power: float = 0.8,
 ) -> float:
     """Minimum detectable difference (MDE) of the paired comparison at this size: (z_{1-alpha/2} +
     z_{power}) × SE, the normal approximation for a two-sided test at level ``alpha`` (default 0.05)

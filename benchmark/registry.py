@@ -38,8 +38,10 @@ class Registry(Generic[T]):
         def decorator(obj: C) -> C:
             if not (isinstance(obj, type) and issubclass(obj, self.base)):
                 what = f"class {obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else repr(obj)
-                raise TypeError(f"cannot register {what} as {self.kind} {name!r}: a {self.kind} must be a "
-                                f"subclass of {self.base.__module__}.{self.base.__qualname__}")
+                raise TypeError(
+                    f"cannot register {what} as {self.kind} {name!r}: a {self.kind} must be a "
+                    f"subclass of {self.base.__module__}.{self.base.__qualname__}"
+                )
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj  # type: ignore[assignment]  # C is a subclass of the registry's base

@@ -133,9 +133,13 @@ def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
     )
 
 
-def build_run_params(profile: str, overrides: Mapping[str, str], method_cls: type[Method] | None = None,
-                     task_cls: type[Task] | None = None,
-                     extra: Mapping[str, tuple[type, Mapping[str, Any]]] | None = None) -> dict[str, Any]:
+def build_run_params(
+    profile: str,
+    overrides: Mapping[str, str],
+    method_cls: type[Method] | None = None,
+    task_cls: type[Task] | None = None,
+    extra: Mapping[str, tuple[type, Mapping[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """A run's settings by scope: ``run`` (``RunParams``), then ``task`` and ``method`` (their ``Params``)
     when given, then any ``extra`` scope (a method's training settings); each takes the profile's
     values (with a task's ``profile@task`` entry on top), then the ``--set`` overrides."""
@@ -151,8 +155,9 @@ def build_run_params(profile: str, overrides: Mapping[str, str], method_cls: typ
 def load_run_lm(model: str, run: RunParams, device: str = "auto", seed: int = 0) -> LM:
     """The base model of a run: on ``device``, with the run's precision, prompt format and demonstrations
     (``seed`` initialises the tiny test model)."""
-    return load_lm(model, device=device, precision=run.precision, prompt_format=run.prompt_format, seed=seed,
-                   fewshot=run.fewshot)
+    return load_lm(
+        model, device=device, precision=run.precision, prompt_format=run.prompt_format, seed=seed, fewshot=run.fewshot
+    )
 
 
 def set_up(resolved: ResolvedRun, lm: LM | None = None) -> tuple[LM, Task]:
@@ -226,8 +231,13 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     log.start([r for r in done if r["episode"] in episodes])
     started = datetime.now(UTC)
     pending = [e for e in episodes if e not in done_ids]
-    bar = tqdm(pending, desc=f"{resolved.method_cls.name} on {resolved.task_cls.name}", unit="episode",
-               disable=len(episodes) < 2, file=sys.stderr)
+    bar = tqdm(
+        pending,
+        desc=f"{resolved.method_cls.name} on {resolved.task_cls.name}",
+        unit="episode",
+        disable=len(episodes) < 2,
+        file=sys.stderr,
+    )
     records = list(done)
     for episode in bar:
         seed_everything(episode_seed(request.seed, episode))
@@ -251,13 +261,21 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         "overrides": dict(request.overrides),
         # Which profile entries set the defaults: a task-specific one ("quick@sequential") on top.
         "profile_entries": {
-            scope: [k for k in (request.profile, f"{request.profile}{TASK_SEP}{resolved.task_cls.name}")
-                    if k in profiles]
-            for scope, profiles in (("run", RUN_PROFILES), ("task", resolved.task_cls.profiles),
-                                    ("method", resolved.method_cls.profiles))
+            scope: [
+                k for k in (request.profile, f"{request.profile}{TASK_SEP}{resolved.task_cls.name}") if k in profiles
+            ]
+            for scope, profiles in (
+                ("run", RUN_PROFILES),
+                ("task", resolved.task_cls.profiles),
+                ("method", resolved.method_cls.profiles),
+            )
         },
-        "model_info": {**lm.info, "max_length": lm.max_length, "prompt_format": lm.prompt_format,
-                       "fewshot": lm.fewshot},
+        "model_info": {
+            **lm.info,
+            "max_length": lm.max_length,
+            "prompt_format": lm.prompt_format,
+            "fewshot": lm.fewshot,
+        },
         "versions": package_versions(),
         # What the cost figures depend on beyond the code: CPU threads and how idle ones wait.
         "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": omp_wait_policy()},

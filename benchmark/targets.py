@@ -34,8 +34,7 @@ _QUESTION = re.compile(r"Question:\s*(.*?)\s*Answer:", re.DOTALL)
 # ---- dataset: the training QA a data set ships ------------------------------------------------------
 
 
-def dataset_targets(documents: list[Document], count: int, seed: int,
-                    grounded: bool = False) -> dict[str, list[str]]:
+def dataset_targets(documents: list[Document], count: int, seed: int, grounded: bool = False) -> dict[str, list[str]]:
     """The data set's own training QA pairs (``count`` of them per context, 0 = all); with
     ``grounded``, drawn from the grounded ones only."""
     result: dict[str, list[str]] = {}
@@ -62,13 +61,16 @@ _YEAR = r"\d{3,4}"
 _WORD = r"(?:(?:[A-ZÀ-ÖØ-Þ]\.)+(?![\w'’-])|[A-ZÀ-ÖØ-Þ][\w'’-]*)"
 # Salient spans, in order of preference where they overlap: dates, numbers, capitalised phrases.
 _SPANS = (
-    re.compile(rf"\b(?:\d{{1,2}}\s+{_MONTH}(?:,?\s+{_YEAR})?|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+{_YEAR})?"
-               rf"|{_MONTH}\s+{_YEAR})\b"),
+    re.compile(
+        rf"\b(?:\d{{1,2}}\s+{_MONTH}(?:,?\s+{_YEAR})?|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+{_YEAR})?"
+        rf"|{_MONTH}\s+{_YEAR})\b"
+    ),
     re.compile(r"(?<![\w.,])[$£€]?\d(?:[\d,]*\d)?(?:\.\d+)?(?:\s?%|\s(?:percent|million|billion|thousand)\b)?"),
     re.compile(rf"\b{_WORD}(?:(?:\s+(?:of|de|da|del|der|di|du|van|von|la|le|the|&))*\s+{_WORD})*"),
 )
 # Capitalised only because they start a sentence, or too common to ask about.
-_COMMON = frozenset("""
+_COMMON = frozenset(
+    """
 a an the in on at of to by for from with as after before during since until when while where which
 who what why how if although though because but and or nor so yet however also then there here this
 that these those it its he she they we i you his her their our my your him them us one some many
@@ -77,11 +79,14 @@ only even still thus therefore moreover furthermore meanwhile instead later earl
 like under over about around between among through throughout within without following according
 due upon once now again often usually although whereas besides indeed likewise similarly
 additionally finally first second third last next
-""".split())
-_ABBREVIATIONS = frozenset("""
+""".split()
+)
+_ABBREVIATIONS = frozenset(
+    """
 mr mrs ms dr st jr sr prof gen col lt sgt capt rev vs etc inc ltd co corp no vol fig approx mt ft
 jan feb mar apr jun jul aug sep sept oct nov dec
-""".split())
+""".split()
+)
 _END = re.compile(r"([.!?]+[\"'”’)\]]*)\s+|\s*\n\s*")
 _BLANK = "___"
 
@@ -94,18 +99,18 @@ def context_sentences(text: str) -> list[str]:
     for match in _END.finditer(text):
         end_mark = match.group(1)
         if end_mark:
-            following = text[match.end():match.end() + 1]
+            following = text[match.end() : match.end() + 1]
             if not (following.isupper() or following.isdigit() or following in "\"'“‘("):
                 continue
-            before = re.search(r"(\S+)$", text[start:match.start()])
+            before = re.search(r"(\S+)$", text[start : match.start()])
             token = before.group(1).lower().lstrip("(\"'“‘") if before else ""
             if end_mark.startswith(".") and (
                 token in _ABBREVIATIONS or re.fullmatch(r"[a-z]|(?:[a-z]\.)+[a-z]", token)
             ):
                 continue
-            piece = text[start:match.start() + len(end_mark)]
+            piece = text[start : match.start() + len(end_mark)]
         else:
-            piece = text[start:match.start()]
+            piece = text[start : match.start()]
         if piece.strip():
             result.append(piece.strip())
         start = match.end()
@@ -128,17 +133,17 @@ def salient_spans(sentence: str) -> list[str]:
             if pattern is _SPANS[-1]:
                 words = [(start + w.start(), start + w.end()) for w in re.finditer(r"\S+", match.group(0))]
                 if start == first:
-                    while words and sentence[words[0][0]:words[0][1]].lower() in _COMMON:
+                    while words and sentence[words[0][0] : words[0][1]].lower() in _COMMON:
                         words.pop(0)
                 for i in range(1, len(words)):  # "U.S. The": a new sentence the split did not see
-                    word = sentence[words[i][0]:words[i][1]]
+                    word = sentence[words[i][0] : words[i][1]]
                     if word[0].isupper() and word.lower() in _COMMON:
                         words = words[:i]
                         break
                 if not words or all(sentence[s:e].lower() in _COMMON for s, e in words):
                     continue
                 start, end = words[0][0], words[-1][1]
-                if sentence[end - 2:end] in ("'s", "’s"):
+                if sentence[end - 2 : end] in ("'s", "’s"):
                     end -= 2
                 while end > start and sentence[end - 1] in "'’-":
                     end -= 1
@@ -150,8 +155,7 @@ def salient_spans(sentence: str) -> list[str]:
 def fallback_span(sentence: str) -> str | None:
     """For a sentence without a date, number or name: its longest word of five letters or more
     that is not a common word (the last of equals), or None."""
-    words = [w for w in re.findall(r"[^\W\d_][\w'’-]*[^\W_]", sentence)
-             if len(w) >= 5 and w.lower() not in _COMMON]
+    words = [w for w in re.findall(r"[^\W\d_][\w'’-]*[^\W_]", sentence) if len(w) >= 5 and w.lower() not in _COMMON]
     return max(reversed(words), key=len) if words else None
 
 
@@ -231,15 +235,21 @@ def make_targets(documents: list[Document], run: Any, lm: Any, seed: int) -> dic
     name, grounded = split_generator(run.targets)
     if name not in GENERATORS:
         known = ", ".join(sorted(GENERATORS))
-        raise BenchError(f"unknown target-sentence generator {run.targets!r}; known: {known} "
-                         f"(each optionally +{GROUNDED})")
+        raise BenchError(
+            f"unknown target-sentence generator {run.targets!r}; known: {known} (each optionally +{GROUNDED})"
+        )
     targets = GENERATORS[name](documents, run.num_targets, seed, lm, run)
     if grounded:  # the generators filter already; this keeps any other one honest
         targets = {doc.id: keep_grounded(doc.text, targets.get(doc.id, [])) for doc in documents}
     empty = [doc.id for doc in documents if not targets.get(doc.id)]
     if empty:
-        log.warning("targets=%s: %d of %d contexts have no target sentence (%s)", run.targets,
-                    len(empty), len(documents), ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""))
+        log.warning(
+            "targets=%s: %d of %d contexts have no target sentence (%s)",
+            run.targets,
+            len(empty),
+            len(documents),
+            ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+        )
     return targets
 
 

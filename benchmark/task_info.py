@@ -30,8 +30,18 @@ from typing import Any
 # What a value is measured in: "fraction" for scores between 0 and 1 (F1, accuracy, recall, shares).
 DEFAULT_UNIT = "fraction"
 METRIC_FIELDS = ("name", "label", "short", "primary", "higher_is_better", "unit", "board")
-FIELDS = ("display_name", "version", "metrics", "compared", "paired_unit", "resampled_unit",
-          "resample_episodes", "curves", "paper_table", "paper_metrics")
+FIELDS = (
+    "display_name",
+    "version",
+    "metrics",
+    "compared",
+    "paired_unit",
+    "resampled_unit",
+    "resample_episodes",
+    "curves",
+    "paper_table",
+    "paper_metrics",
+)
 PAPER_TABLES = ("1", "2", "3")
 LOWER_IS_BETTER = " (lower is better)"
 
@@ -112,8 +122,9 @@ class TaskInfo:
     def from_record(cls, name: str, record: Mapping[str, Any]) -> TaskInfo:
         """From a result file's ``task_info``; a missing or mistyped field takes its default."""
         metrics = record.get("metrics")
-        parsed = ([MetricInfo.from_record(m) for m in metrics if isinstance(m, Mapping)]
-                  if isinstance(metrics, list) else [])
+        parsed = (
+            [MetricInfo.from_record(m) for m in metrics if isinstance(m, Mapping)] if isinstance(metrics, list) else []
+        )
         version = record.get("version")
         return cls(
             name=name,

@@ -38,16 +38,19 @@ class Row:
 
     def score(self, metric: str) -> Summary | None:
         """The score over the row's seeds: one run's own, or contexts × seeds bootstrapped together."""
-        return extract.seeds_summary(self.runs, lambda r: extract.metric(r, metric),
-                                     lambda runs: extract.pooled_units(runs, metric))
+        return extract.seeds_summary(
+            self.runs, lambda r: extract.metric(r, metric), lambda runs: extract.pooled_units(runs, metric)
+        )
 
     def curve(self, metric: str) -> list[float | None] | None:
         """The mean of ``metric`` after each step, averaged over the seeds that have the step."""
         curves = [c for c in (extract.step_curve(r, metric) for r in self.runs) if c]
         if not curves:
             return None
-        steps = [[v for v in (c[i] for c in curves if i < len(c)) if v is not None]
-                 for i in range(max(len(c) for c in curves))]
+        steps = [
+            [v for v in (c[i] for c in curves if i < len(c)) if v is not None]
+            for i in range(max(len(c) for c in curves))
+        ]
         return [sum(v) / len(v) if v else None for v in steps]
 
 
@@ -103,8 +106,11 @@ def boards(results: list[Result]) -> list[Board]:
         infos = meta.by_method(runs)
         rows = ranked(seed_rows(runs), metrics, infos, info)
         main = metrics[0] if metrics else ""
-        found.append(Board(task, dataset, model, rows, metrics, info, floor_deltas(rows, main, infos),
-                           tie_ranks(rows, main), infos))
+        found.append(
+            Board(
+                task, dataset, model, rows, metrics, info, floor_deltas(rows, main, infos), tie_ranks(rows, main), infos
+            )
+        )
     return found
 
 
@@ -131,9 +137,15 @@ def ranked(rows: list[Row], metrics: list[str], infos: dict[str, MethodInfo], ta
     def key(row: Row) -> tuple[Any, ...]:
         main = row.score(metrics[0]) if metrics else None
         run = row.first
-        return (sign * main["mean"] if main else float("inf"), infos[str(run["method"])].rank,
-                str(run.get("profile")), len(row.runs), str(run.get("seed")),
-                str(run.get("finished_at")), str(run.get("_path")))
+        return (
+            sign * main["mean"] if main else float("inf"),
+            infos[str(run["method"])].rank,
+            str(run.get("profile")),
+            len(row.runs),
+            str(run.get("seed")),
+            str(run.get("finished_at")),
+            str(run.get("_path")),
+        )
 
     return sorted(rows, key=key)
 
@@ -216,8 +228,13 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
         if link_from is not None and path:
             rel = Path(os.path.relpath(Path(path).resolve(), link_from.resolve())).as_posix()
             name = f"[{name}]({rel})"
-        cells = [str(position), MISSING if rank is None else str(rank), name,
-                 str(row.first.get("profile", MISSING)), str(len(row.runs))]
+        cells = [
+            str(position),
+            MISSING if rank is None else str(rank),
+            name,
+            str(row.first.get("profile", MISSING)),
+            str(len(row.runs)),
+        ]
         scores = [fmt_score(row.score(m)) for m in board.metrics]
         cells += scores[:1] + ([fmt_score(delta)] if main else []) + scores[1:]
         cells += [

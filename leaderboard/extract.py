@@ -112,8 +112,11 @@ def config_without_seed(result: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def pooled(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Summary | None],
-           units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None) -> Summary | None:
+def pooled(
+    results: Iterable[dict[str, Any]],
+    value: Callable[[dict[str, Any]], Summary | None],
+    units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None,
+) -> Summary | None:
     """One cell from several runs: the latest configuration's seeds, pooled (see ``seeds_summary``);
     several seeds add ``seeds`` to the summary."""
     runs = [r for r in results if value(r) is not None]
@@ -125,8 +128,11 @@ def pooled(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], 
     return summary if len(chosen) == 1 or summary is None else {**summary, "seeds": len(chosen)}
 
 
-def seeds_summary(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], Summary | None],
-                  units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None) -> Summary | None:
+def seeds_summary(
+    runs: list[dict[str, Any]],
+    value: Callable[[dict[str, Any]], Summary | None],
+    units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None,
+) -> Summary | None:
     """One score of runs that differ only by seed.
 
     A single run keeps its own interval. Several seeds pool their units (contexts × seeds) into one
@@ -190,9 +196,13 @@ def probes(result: dict[str, Any]) -> set[tuple[str, ...]]:
     recommendation: test point and gold item). Two runs pair only when these agree."""
     view = upgrade(result)
     seed = str(view.get("seed"))
-    return {(seed, str(e.get("episode")), str(unit), str(item))
-            for e in view.get("episodes") or [] if isinstance(e.get("asked"), dict)
-            for unit, items in e["asked"].items() for item in items}
+    return {
+        (seed, str(e.get("episode")), str(unit), str(item))
+        for e in view.get("episodes") or []
+        if isinstance(e.get("asked"), dict)
+        for unit, items in e["asked"].items()
+        for item in items
+    }
 
 
 def cluster(task: TaskInfo) -> Callable[[tuple[str, ...]], tuple[str, ...]]:

@@ -57,7 +57,12 @@ def load_results(paths: list[Path]) -> Loaded:
 def sort_key(result: dict[str, Any]) -> tuple[Any, ...]:
     """A total order on runs that does not depend on the file system's listing order."""
     return (
-        str(result.get("task")), str(result.get("dataset")), str(result.get("model")),
-        str(result.get("method")), str(result.get("profile")), str(result.get("seed")),
-        str(result.get("finished_at")), str(result.get("_path")),
+        str(result.get("task")),
+        str(result.get("dataset")),
+        str(result.get("model")),
+        str(result.get("method")),
+        str(result.get("profile")),
+        str(result.get("seed")),
+        str(result.get("finished_at")),
+        str(result.get("_path")),
     )

@@ -102,6 +102,15 @@ def inferred(name: str, results: Iterable[Result]) -> TaskInfo:
     views = [upgrade(r) for r in results]
     means = sorted({n for v in views for n in v["scores"] if "." not in n})
     metrics = tuple(MetricInfo(n, primary=i == 0, board=i < INFERRED_COLUMNS) for i, n in enumerate(means))
-    per_unit = sorted({m for v in views for e in v["episodes"] for entry in (e.get("per_unit") or [])[-1:]
-                       if isinstance(entry, dict) for values in entry.values() for m in values})
+    per_unit = sorted(
+        {
+            m
+            for v in views
+            for e in v["episodes"]
+            for entry in (e.get("per_unit") or [])[-1:]
+            if isinstance(entry, dict)
+            for values in entry.values()
+            for m in values
+        }
+    )
     return TaskInfo(name, metrics=metrics, compared=tuple(per_unit))

@@ -19,8 +19,13 @@ from matplotlib.typing import RcKeyType  # noqa: E402
 
 from leaderboard.board import Board, Row  # noqa: E402
 
-_RC: dict[RcKeyType, Any] = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True,
-                             "grid.alpha": 0.3}
+_RC: dict[RcKeyType, Any] = {
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
 
 
 def _label(row: Row, board: Board) -> str:

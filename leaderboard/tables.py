@@ -85,21 +85,29 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
             method = info.name
             row = [info.display_name, info.storage_class or MISSING]
             for model, n in columns:
-                cell = [r for r in runs if r["method"] == method and r["model"] == model
-                        and extract.num_contexts(r) == n]
+                cell = [
+                    r for r in runs if r["method"] == method and r["model"] == model and extract.num_contexts(r) == n
+                ]
                 footprint = extract.pooled(cell, _footprint)
-                row += [fmt_score(_pooled(cell, _score(main.name), main.name), ci),
-                        fmt_bytes(footprint["mean"] if footprint else None)]
+                row += [
+                    fmt_score(_pooled(cell, _score(main.name), main.name), ci),
+                    fmt_bytes(footprint["mean"] if footprint else None),
+                ]
                 if (model, n) in compared:
                     row.append(_paper_cell(dataset, model, n, method))
             rows.append(row)
-        notes = ["S: storage class in the number n of injected contexts; S bytes: the measured "
-                 "footprint (extra state the method keeps). — = no result."]
+        notes = [
+            "S: storage class in the number n of injected contexts; S bytes: the measured "
+            "footprint (extra state the method keeps). — = no result."
+        ]
         if compared:
-            notes.append(f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) where the "
-                         "model, data set and number of contexts match.")
-        tables.append(Table(f"Table 1 — {task.display_name}, {main.short} ({dataset}, profile {profile})",
-                            headers, rows, notes))
+            notes.append(
+                f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) where the "
+                "model, data set and number of contexts match."
+            )
+        tables.append(
+            Table(f"Table 1 — {task.display_name}, {main.short} ({dataset}, profile {profile})", headers, rows, notes)
+        )
     if paper:
         tables.append(paper_table1())
     return tables
@@ -128,8 +136,12 @@ def paper_table1() -> Table:
         for i in methods
     ]
     headers = ["Method", "S"] + [f"{model} · {n}" for model, n in columns]
-    return Table(f"Table 1 as published (QA-F1, {PAPER_TABLE1_DATASET})", headers, rows,
-                 ["The published values this harness carries; — = not transcribed."])
+    return Table(
+        f"Table 1 as published (QA-F1, {PAPER_TABLE1_DATASET})",
+        headers,
+        rows,
+        ["The published values this harness carries; — = not transcribed."],
+    )
 
 
 # ---- Table 2 ------------------------------------------------------------------------------------
@@ -151,10 +163,13 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
                 for score in scores:
                     row.append(fmt_score(_pooled(cell, _score(score.name), score.name), ci))
             rows.append(row)
-        notes = ["Recall@1. r1: no filter; r2: items already mentioned in the dialog dropped; "
-                 "r3: matches at edit distance > 2 dropped; r4: both. — = no result."]
-        tables.append(Table(f"Table 2 — {task.display_name}, Recall@1 ({model}, profile {profile})",
-                            headers, rows, notes))
+        notes = [
+            "Recall@1. r1: no filter; r2: items already mentioned in the dialog dropped; "
+            "r3: matches at edit distance > 2 dropped; r4: both. — = no result."
+        ]
+        tables.append(
+            Table(f"Table 2 — {task.display_name}, Recall@1 ({model}, profile {profile})", headers, rows, notes)
+        )
     return tables
 
 
@@ -175,22 +190,31 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
             cell = _of(runs, method=info.name)
             row = [info.display_name]
             for i in range(steps):
+
                 def at(r: Result, i: int = i, curves: dict[int, Any] = curves) -> extract.Summary | None:
                     curve = curves[id(r)]
                     return extract.as_summary(curve[i]) if curve and i < len(curve) else None
+
                 row.append(fmt_score(_pooled(cell, at, main.name, step=i), ci, digits=3))
             rows.append(row)
-        notes = [f"Mean {main.short} over all contexts of a sequence after each step (step 0 = before any "
-                 "injection), averaged over sequences. — = no result."]
-        tables.append(Table(f"Table 3 — {task.display_name}, {main.short} per step ({dataset}, {model}, "
-                            f"profile {profile})", headers, rows, notes))
+        notes = [
+            f"Mean {main.short} over all contexts of a sequence after each step (step 0 = before any "
+            "injection), averaged over sequences. — = no result."
+        ]
+        tables.append(
+            Table(
+                f"Table 3 — {task.display_name}, {main.short} per step ({dataset}, {model}, profile {profile})",
+                headers,
+                rows,
+                notes,
+            )
+        )
     return tables
 
 
 # ---- Table 4 ------------------------------------------------------------------------------------
 def table4(results: list[Result], ci: bool = False) -> list[Table]:
-    trained = [r for r in _filling(results, "1")
-               if extract.num_targets(r) > 0 and extract.num_contexts(r) is not None]
+    trained = [r for r in _filling(results, "1") if extract.num_targets(r) > 0 and extract.num_contexts(r) is not None]
     tables = []
     for (_, profile), runs in _group(trained, lambda r: (r["task"], r.get("profile"))).items():
         task = meta.by_task(runs)
@@ -199,27 +223,37 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
         main = task.paper_columns[0]
         columns = sorted({(str(r["dataset"]), str(r["model"]), extract.num_contexts(r)) for r in runs})
         infos = meta.by_method(runs)
-        row_keys = sorted({(str(r["method"]), extract.generator_label(r)) for r in runs},
-                          key=lambda k: (infos[k[0]].rank, k[1]))
+        row_keys = sorted(
+            {(str(r["method"]), extract.generator_label(r)) for r in runs}, key=lambda k: (infos[k[0]].rank, k[1])
+        )
         headers = ["Method", "Generator"] + [f"{d} · {m} · {n}" for d, m, n in columns]
         rows = []
         for method, generator in row_keys:
             row = [infos[method].display_name, generator]
             for dataset, model, n in columns:
-                cell = [r for r in runs if r["method"] == method and extract.generator_label(r) == generator
-                        and r["dataset"] == dataset and r["model"] == model and extract.num_contexts(r) == n]
+                cell = [
+                    r
+                    for r in runs
+                    if r["method"] == method
+                    and extract.generator_label(r) == generator
+                    and r["dataset"] == dataset
+                    and r["model"] == model
+                    and extract.num_contexts(r) == n
+                ]
                 row.append(fmt_score(_pooled(cell, _score(main), main), ci))
             rows.append(row)
-        notes = ["Batch-injection QA-F1 of the methods that train on target sentences, by the "
-                 "generator of those sentences (dataset: the data set's own QA pairs; local: the "
-                 "model's instruct variant; openai: an OpenAI-compatible endpoint). — = no result."]
-        tables.append(Table(f"Table 4 — target-sentence generator ablation (profile {profile})",
-                            headers, rows, notes))
+        notes = [
+            "Batch-injection QA-F1 of the methods that train on target sentences, by the "
+            "generator of those sentences (dataset: the data set's own QA pairs; local: the "
+            "model's instruct variant; openai: an OpenAI-compatible endpoint). — = no result."
+        ]
+        tables.append(Table(f"Table 4 — target-sentence generator ablation (profile {profile})", headers, rows, notes))
     return tables
 
 
-def paper_tables(results: list[Result], which: tuple[str, ...] = TABLE_IDS, ci: bool = False,
-                 paper: bool = False) -> list[tuple[str, list[Table]]]:
+def paper_tables(
+    results: list[Result], which: tuple[str, ...] = TABLE_IDS, ci: bool = False, paper: bool = False
+) -> list[tuple[str, list[Table]]]:
     """(table id, tables) for each table asked for; an id with no results gives an empty list."""
     builders = {
         "1": lambda: table1(results, ci, paper),
@@ -238,14 +272,22 @@ TITLES = {
 }
 
 
-def render_all(results: list[Result], which: tuple[str, ...] = TABLE_IDS, fmt: str = "markdown",
-               ci: bool = False, paper: bool = False) -> str:
+def render_all(
+    results: list[Result],
+    which: tuple[str, ...] = TABLE_IDS,
+    fmt: str = "markdown",
+    ci: bool = False,
+    paper: bool = False,
+) -> str:
     """Every table asked for, with a one-line placeholder for those that have no results."""
     parts = []
     for table_id, tables in paper_tables(results, which, ci, paper):
         if not tables:
             title = TITLES[table_id]
-            parts.append(f"### {title}\n\nNo results yet.\n" if fmt == "markdown"
-                         else f"{title}\n{'=' * len(title)}\nNo results yet.\n")
+            parts.append(
+                f"### {title}\n\nNo results yet.\n"
+                if fmt == "markdown"
+                else f"{title}\n{'=' * len(title)}\nNo results yet.\n"
+            )
         parts += [t.render(fmt) for t in tables]
     return "\n".join(parts)

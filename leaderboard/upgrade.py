@@ -40,14 +40,17 @@ _STEP_KEYS = ("per_step", "per_step_qa_f1", "qa_f1_per_step", "step_qa_f1", "ste
 _MATRIX_KEYS = ("retention_matrix", "matrix", "qa_f1_matrix", "step_context_f1")
 # Recall@k under filter rN, as a flat score path (after flattening nested ones with "."); groups
 # name the filter ("rule") and k (absent: k = 1).
-_RECALL_SPELLINGS = tuple(re.compile(p) for p in (
-    r"^(?:recall@|r@|recall|recall_at_)(?P<k>\d+)_(?P<rule>r\d+)$",  # recall@5_r1, r@5_r1, recall5_r1
-    r"^(?P<rule>r\d+)(?:_recall@|@|_recall_at_)(?P<k>\d+)$",  # r1_recall@5, r1@5, r1_recall_at_5
-    r"^(?P<rule>r\d+)$",  # r1: Recall@1
-    r"^(?P<rule>r\d+)\.(?:recall@|@|r@)?(?P<k>\d+)$",  # {"r1": {"recall@5": ...}}
-    r"^(?:recall@|recall_at_|r@)(?P<k>\d+)\.(?P<rule>r\d+)$",  # {"recall@5": {"r1": ...}}
-    r"^recall\.(?P<rule>r\d+)(?:\.@?(?P<k>\d+))?$",  # {"recall": {"r1": {"@5": ...}}}
-))
+_RECALL_SPELLINGS = tuple(
+    re.compile(p)
+    for p in (
+        r"^(?:recall@|r@|recall|recall_at_)(?P<k>\d+)_(?P<rule>r\d+)$",  # recall@5_r1, r@5_r1, recall5_r1
+        r"^(?P<rule>r\d+)(?:_recall@|@|_recall_at_)(?P<k>\d+)$",  # r1_recall@5, r1@5, r1_recall_at_5
+        r"^(?P<rule>r\d+)$",  # r1: Recall@1
+        r"^(?P<rule>r\d+)\.(?:recall@|@|r@)?(?P<k>\d+)$",  # {"r1": {"recall@5": ...}}
+        r"^(?:recall@|recall_at_|r@)(?P<k>\d+)\.(?P<rule>r\d+)$",  # {"recall@5": {"r1": ...}}
+        r"^recall\.(?P<rule>r\d+)(?:\.@?(?P<k>\d+))?$",  # {"recall": {"r1": {"@5": ...}}}
+    )
+)
 
 
 def number(value: Any) -> float | None:
@@ -202,14 +205,18 @@ def _episode(episode: dict[str, Any]) -> dict[str, Any]:
         per_unit = [_contexts(s.get("per_context")) if isinstance(s, dict) else None for s in steps]
         if per_unit and per_unit[0] is not None:
             before = {cid: {f"before.{m}": v for m, v in values.items()} for cid, values in per_unit[0].items()}
-            per_unit = [None if entry is None
-                        else {cid: {**values, **before.get(cid, {})} for cid, values in entry.items()}
-                        for entry in per_unit]
+            per_unit = [
+                None if entry is None else {cid: {**values, **before.get(cid, {})} for cid, values in entry.items()}
+                for entry in per_unit
+            ]
         last = steps[-1] if steps and isinstance(steps[-1], dict) else {}
         return {**episode, "per_unit": per_unit, "asked": _questions(last.get("predictions"))}
     if "per_context" in episode:
-        return {**episode, "per_unit": [_contexts(episode["per_context"])],
-                "asked": _questions(episode.get("predictions"))}
+        return {
+            **episode,
+            "per_unit": [_contexts(episode["per_context"])],
+            "asked": _questions(episode.get("predictions")),
+        }
     predictions = episode.get("predictions")
     if isinstance(predictions, list) and any(isinstance(p, dict) and "hits" in p for p in predictions):
         return {**episode, "per_unit": [_hits(predictions)], "asked": _gold_items(predictions)}
@@ -238,8 +245,8 @@ def _hits(predictions: list[Any]) -> PerUnit:
             continue
         values = found.setdefault(str(p.get("probe_id")), {})
         hits = p.get("hits")
-        for rule, by_k in (hits.items() if isinstance(hits, dict) else []):
-            for k, each in (by_k.items() if isinstance(by_k, dict) else []):
+        for rule, by_k in hits.items() if isinstance(hits, dict) else []:
+            for k, each in by_k.items() if isinstance(by_k, dict) else []:
                 if isinstance(each, list) and str(k).isdigit():
                     values[f"recall@{k}_{rule}"] = [float(h) for h in each]
     return found

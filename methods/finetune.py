@@ -36,8 +36,15 @@ class _Finetune(TrainedMethod):
         student = self.ensure_student()
         total = p.epochs * steps_per_epoch(len(examples), p.batch_size)
         trainer = Trainer(student, self.lm, p, total)
-        report = run_epochs(trainer, (examples for _ in range(p.epochs)), p.batch_size, self.rng, total,
-                            desc=self.name, checkpoint=self.next_checkpoint())
+        report = run_epochs(
+            trainer,
+            (examples for _ in range(p.epochs)),
+            p.batch_size,
+            self.rng,
+            total,
+            desc=self.name,
+            checkpoint=self.next_checkpoint(),
+        )
         self.record(report, time.perf_counter() - tick)
 
 
@@ -52,8 +59,14 @@ class FinetuneContext(_Finetune):
         "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
         # lr 5e-3 with clipping, as selfparam / FT(S): at 1e-3 FT(C) scored 0.01 on 20 contexts.
         # 10 epochs memorise the contexts (loss ~0.03) and keep the answer format better than 30.
-        "quick": {"epochs": 10, "batch_size": 8, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
-                  "max_grad_norm": 1.0},
+        "quick": {
+            "epochs": 10,
+            "batch_size": 8,
+            "lr": 5e-3,
+            "schedule": "linear",
+            "lora_dropout": 0.0,
+            "max_grad_norm": 1.0,
+        },
         "quick@sequential": {"epochs": 8},  # selfparam's sequential budget
         "paper": {},
     }
@@ -74,8 +87,17 @@ class FinetuneSentences(_Finetune):
     profiles = {
         "smoke": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
         # The same sentences, framing and optimiser schedule as selfparam's quick profile.
-        "quick": {"epochs": 14, "batch_size": 16, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
-                  "max_grad_norm": 1.0, "prompt_style": "run", "end_answer": True, "share_prefix": 8},
+        "quick": {
+            "epochs": 14,
+            "batch_size": 16,
+            "lr": 5e-3,
+            "schedule": "linear",
+            "lora_dropout": 0.0,
+            "max_grad_norm": 1.0,
+            "prompt_style": "run",
+            "end_answer": True,
+            "share_prefix": 8,
+        },
         "quick@sequential": {"epochs": 8},  # selfparam's sequential budget
         "paper": {},
     }

@@ -58,10 +58,7 @@ def llama_parts(model: nn.Module) -> LlamaParts:
     """Find the pieces, or explain in one line why this model is not a Llama-style decoder."""
     config = model.config
     inner = getattr(model, "model", None)
-    missing = [
-        name for name, obj in (("model", inner), ("lm_head", getattr(model, "lm_head", None)))
-        if obj is None
-    ]
+    missing = [name for name, obj in (("model", inner), ("lm_head", getattr(model, "lm_head", None))) if obj is None]
     if inner is not None:
         missing += [n for n in ("embed_tokens", "layers", "norm", "rotary_emb") if not hasattr(inner, n)]
     if not missing:
@@ -121,8 +118,11 @@ def project_qkv(
     attn = layer.self_attn
     b, t, _ = normed.shape
     outs = []
-    for name, proj, heads in (("q", attn.q_proj, parts.n_heads), ("k", attn.k_proj, parts.n_kv_heads),
-                              ("v", attn.v_proj, parts.n_kv_heads)):
+    for name, proj, heads in (
+        ("q", attn.q_proj, parts.n_heads),
+        ("k", attn.k_proj, parts.n_kv_heads),
+        ("v", attn.v_proj, parts.n_kv_heads),
+    ):
         y = proj(normed)
         if adapters and name in adapters:
             y = y + adapters[name](normed)

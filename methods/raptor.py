@@ -55,8 +55,14 @@ class RaptorParams(RetrievalParams):
     max_cluster_tokens: int = 3500  # a cluster longer than this is clustered again
 
     RANGES: ClassVar[dict[str, str]] = {
-        "embed_batch_size": ">= 1", "reduction_dim": ">= 1", "max_clusters": ">= 1", "threshold": "[0, 1]",
-        "max_layers": ">= 0", "min_nodes": ">= 0", "summary_tokens": ">= 1", "max_cluster_tokens": ">= 1",
+        "embed_batch_size": ">= 1",
+        "reduction_dim": ">= 1",
+        "max_clusters": ">= 1",
+        "threshold": "[0, 1]",
+        "max_layers": ">= 0",
+        "min_nodes": ">= 0",
+        "summary_tokens": ">= 1",
+        "max_cluster_tokens": ">= 1",
     }
 
 
@@ -165,8 +171,9 @@ class Raptor(RetrievalMethod):
     def summary_input_tokens(self) -> int:
         """How much cluster text one summary may read: RAPTOR's limit, and the model's window."""
         overhead = len(self.lm.encode(self.summary_prompt("")))
-        return max(16, min(self.params.max_cluster_tokens,
-                           self.lm.max_length - self.params.summary_tokens - overhead - 8))
+        return max(
+            16, min(self.params.max_cluster_tokens, self.lm.max_length - self.params.summary_tokens - overhead - 8)
+        )
 
     def cluster_text(self, texts: list[str]) -> str:
         text = "\n\n".join(texts)
@@ -223,8 +230,7 @@ class Raptor(RetrievalMethod):
         text = self.text_bytes()
         return Footprint(
             extra_bytes=vectors + text,
-            detail={"index_bytes": vectors, "text_bytes": text, "nodes": len(self.nodes),
-                    "layers": len(self.layers)},
+            detail={"index_bytes": vectors, "text_bytes": text, "nodes": len(self.nodes), "layers": len(self.layers)},
         )
 
 
@@ -269,6 +275,7 @@ def reduce(vectors: np.ndarray, dim: int, neighbors: int, seed: int) -> np.ndarr
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state", numba notes
-        reducer = umap.UMAP(n_neighbors=min(neighbors, len(vectors) - 1), n_components=dim,
-                            metric="cosine", random_state=seed)
+        reducer = umap.UMAP(
+            n_neighbors=min(neighbors, len(vectors) - 1), n_components=dim, metric="cosine", random_state=seed
+        )
         return reducer.fit_transform(vectors)

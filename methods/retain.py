@@ -142,8 +142,13 @@ def sample_from_model(lm: LM, n: int, tokens: int, seed: int, offset: int = 0) -
     state = torch.random.get_rng_state()
     torch.manual_seed(seed * 1_000_003 + offset)
     try:
-        texts = lm.generate([""] * n, max_new_tokens=tokens, stop_at_newline=False,
-                            sample_temperature=1.0, progress="sampling retain text")
+        texts = lm.generate(
+            [""] * n,
+            max_new_tokens=tokens,
+            stop_at_newline=False,
+            sample_temperature=1.0,
+            progress="sampling retain text",
+        )
     finally:
         torch.random.set_rng_state(state)
     result = []
@@ -175,8 +180,11 @@ class RetainQuestions:
             return []
         if self.pool is None:
             documents = open_dataset("fictional", "qa", seed=self.SEED_OFFSET + self.seed).documents(self.DOCUMENTS)
-            self.pool = [f"Question: {qa.question} Answer: {qa.answers[0]}"
-                         for doc in documents for qa in doc.probes + doc.train_qa]
+            self.pool = [
+                f"Question: {qa.question} Answer: {qa.answers[0]}"
+                for doc in documents
+                for qa in doc.probes + doc.train_qa
+            ]
             random.Random(self.seed).shuffle(self.pool)
         start, self.position = self.position, self.position + n
         return [self.pool[(start + i) % len(self.pool)] for i in range(n)]

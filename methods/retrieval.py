@@ -278,8 +278,10 @@ class BM25(RetrievalMethod):
 
 BUNDLED_ENCODER = "all-MiniLM-L6-v2"
 # The original DPR encoders (Karpukhin et al. 2020), as sentence-transformers ports with CLS pooling.
-DPR_NQ = ("sentence-transformers/facebook-dpr-question_encoder-single-nq-base",
-          "sentence-transformers/facebook-dpr-ctx_encoder-single-nq-base")
+DPR_NQ = (
+    "sentence-transformers/facebook-dpr-question_encoder-single-nq-base",
+    "sentence-transformers/facebook-dpr-ctx_encoder-single-nq-base",
+)
 
 
 def resolve_encoders(name: str, context_name: str = "") -> tuple[str, str]:
@@ -316,8 +318,13 @@ def embed(encoder: Any, texts: list[str], batch_size: int) -> np.ndarray:
     """Unit-length float32 embeddings, so inner product is cosine similarity."""
     if not texts:
         return np.zeros((0, encoder.get_embedding_dimension()), dtype=np.float32)
-    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=len(texts) > 4 * batch_size)
+    vectors = encoder.encode(
+        texts,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=len(texts) > 4 * batch_size,
+    )
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

@@ -74,10 +74,19 @@ class SelfParamParams(SentenceParams):
     retain_weight: float = 1.0
 
     RANGES: ClassVar[dict[str, str]] = {
-        "context_per_target": ">= 0", "retain_per_target": ">= 0", "retain_tokens": ">= 1",
-        "retain_pool": ">= 0", "retain_qa_per_target": ">= 0", "targets_per_epoch": ">= 0",
-        "teacher_topk": ">= 0", "teacher_share_prefix": ">= 0", "temperature": "> 0",
-        "teacher_temperature": ">= 0", "qa_weight": ">= 0", "context_weight": ">= 0", "retain_weight": ">= 0",
+        "context_per_target": ">= 0",
+        "retain_per_target": ">= 0",
+        "retain_tokens": ">= 1",
+        "retain_pool": ">= 0",
+        "retain_qa_per_target": ">= 0",
+        "targets_per_epoch": ">= 0",
+        "teacher_topk": ">= 0",
+        "teacher_share_prefix": ">= 0",
+        "temperature": "> 0",
+        "teacher_temperature": ">= 0",
+        "qa_weight": ">= 0",
+        "context_weight": ">= 0",
+        "retain_weight": ">= 0",
     }
 
 
@@ -91,18 +100,38 @@ class SelfParam(TrainedMethod):
     Params = SelfParamParams
     uses_targets = True
     profiles = {
-        "smoke": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "retain_tokens": 16, "retain_pool": 1,
-                  "retain_per_target": 0.5, "context_per_target": 0.5, "teacher_topk": 16},
+        "smoke": {
+            "epochs": 2,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "retain_tokens": 16,
+            "retain_pool": 1,
+            "retain_per_target": 0.5,
+            "context_per_target": 0.5,
+            "teacher_topk": 16,
+        },
         # Tuned on SmolLM2-135M / fictional (contexts 20-29 as the dev split): at batch 32 and lr
         # 1e-3 the student took too few steps to learn anything (QA-F1 0.00); at lr 5e-3 it learns,
         # and gradient clipping keeps 20 contexts from diverging. A sharpened teacher
         # (teacher_temperature 0.5) and a demonstration-free student (run-teacher) did worse.
         # The student's demonstration prefix (~50 tokens with the run's three) is shared by the
         # batch: one pass instead of one per example, a quarter to a third less wall time.
-        "quick": {"epochs": 14, "batch_size": 16, "lr": 5e-3, "schedule": "linear", "lora_dropout": 0.0,
-                  "max_grad_norm": 1.0, "retain_tokens": 48, "retain_pool": 2, "retain_per_target": 0.1,
-                  "context_per_target": 0.25, "teacher_topk": 128, "prompt_style": "run", "end_answer": True,
-                  "share_prefix": 8},
+        "quick": {
+            "epochs": 14,
+            "batch_size": 16,
+            "lr": 5e-3,
+            "schedule": "linear",
+            "lora_dropout": 0.0,
+            "max_grad_norm": 1.0,
+            "retain_tokens": 48,
+            "retain_pool": 2,
+            "retain_per_target": 0.1,
+            "context_per_target": 0.25,
+            "teacher_topk": 128,
+            "prompt_style": "run",
+            "end_answer": True,
+            "share_prefix": 8,
+        },
         # The official code: a frozen copy of the current model as teacher, 10 fresh target
         # sentences per epoch, 50 epochs for batch and 20 for sequential injection.
         # Sequential injection, chosen on fictional dev sequences (3 x 4, split=dev; README):
@@ -136,8 +165,10 @@ class SelfParam(TrainedMethod):
             raise BenchError("selfparam needs target sentences; none were generated for these contexts")
         student = self.ensure_student()
         snapshot = _frozen_copy(student) if "current" in (p.teacher, p.retain_teacher) else None
-        teachers = {kind: self.lm.model if choice == "original" else snapshot
-                    for kind, choice in (("target", p.teacher), ("retain", p.retain_teacher or p.teacher))}
+        teachers = {
+            kind: self.lm.model if choice == "original" else snapshot
+            for kind, choice in (("target", p.teacher), ("retain", p.retain_teacher or p.teacher))
+        }
         plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng, self.retain_questions)
         per_epoch = plan.examples_per_epoch()
         total = p.epochs * steps_per_epoch(per_epoch, p.batch_size)
@@ -146,8 +177,16 @@ class SelfParam(TrainedMethod):
         def targets_for(batch: list[Example]) -> list[Dist]:
             return plan.teacher_targets(teachers, batch, trainer)
 
-        report = run_epochs(trainer, epoch_stream(plan.epoch, p.epochs), p.batch_size, self.rng, total,
-                            targets_for, desc="selfparam", checkpoint=self.next_checkpoint())
+        report = run_epochs(
+            trainer,
+            epoch_stream(plan.epoch, p.epochs),
+            p.batch_size,
+            self.rng,
+            total,
+            targets_for,
+            desc="selfparam",
+            checkpoint=self.next_checkpoint(),
+        )
         teachers.clear()  # targets_for still holds the dict: emptying it lets the frozen copy go
         del snapshot
         self.record(report, time.perf_counter() - tick)
@@ -169,8 +208,15 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 class InjectionPlan:
     """The examples of each epoch and the teacher distributions they are scored against."""
 
-    def __init__(self, lm, contexts: list[Context], p: SelfParamParams, retain: RetainStream, rng,
-                 retain_questions: RetainQuestions | None = None) -> None:
+    def __init__(
+        self,
+        lm,
+        contexts: list[Context],
+        p: SelfParamParams,
+        retain: RetainStream,
+        rng,
+        retain_questions: RetainQuestions | None = None,
+    ) -> None:
         self.lm, self.p, self.retain, self.rng = lm, p, retain, rng
         self.retain_questions = retain_questions or RetainQuestions(0)
         bos = lm.tokenizer.bos_token_id
@@ -188,11 +234,17 @@ class InjectionPlan:
             for text in c.targets:
                 student, teacher = frame(lm, self.student_prefix, text, p), frame(lm, t_prefix, text, p)
                 if student.sentence != teacher.sentence:
-                    raise BenchError(f"target sentence {text!r} of context {c.id!r} tokenises differently "
-                                     "after the teacher's prefix than after the student's")
+                    raise BenchError(
+                        f"target sentence {text!r} of context {c.id!r} tokenises differently "
+                        "after the teacher's prefix than after the student's"
+                    )
                 skip = 1 if student.start == 0 else 0  # nothing before the sentence predicts its first token
-                pairs.append((Example(student.ids, student.first, "qa", p.qa_weight),
-                              TeacherSpec(teacher.ids, teacher.start - 1 + skip)))
+                pairs.append(
+                    (
+                        Example(student.ids, student.first, "qa", p.qa_weight),
+                        TeacherSpec(teacher.ids, teacher.start - 1 + skip),
+                    )
+                )
             self.sentences.append(pairs)
         self.specs: dict[Any, TeacherSpec] = {}
         self.cache: dict[Any, Dist] = {}
@@ -236,8 +288,13 @@ class InjectionPlan:
                     examples.append(Example(bos + ctx[split:], 0, "context", p.context_weight, (key, split)))
             if n_ret:
                 if self.pools is not None:
-                    texts = [(("ret", c, (epoch * n_ret + i) % len(self.pools[c])),
-                              self.pools[c][(epoch * n_ret + i) % len(self.pools[c])]) for i in range(n_ret)]
+                    texts = [
+                        (
+                            ("ret", c, (epoch * n_ret + i) % len(self.pools[c])),
+                            self.pools[c][(epoch * n_ret + i) % len(self.pools[c])],
+                        )
+                        for i in range(n_ret)
+                    ]
                 else:
                     texts = []
                     for ids in self.retain.take(n_ret):
@@ -260,8 +317,9 @@ class InjectionPlan:
                 examples.append(Example(framed.ids, framed.first, "retain_qa", p.retain_weight, (key, 0)))
         return examples
 
-    def teacher_targets(self, teachers: dict[str, torch.nn.Module], batch: list[Example],
-                        trainer: Trainer) -> list[Dist]:
+    def teacher_targets(
+        self, teachers: dict[str, torch.nn.Module], batch: list[Example], trainer: Trainer
+    ) -> list[Dist]:
         """Cached teacher rows for the batch; missing ones are computed for the whole epoch at once.
 
         ``teachers`` maps "target" (target sentences, context suffixes) and "retain" (the retain
@@ -282,10 +340,15 @@ class InjectionPlan:
             for teacher, keys_of_model in by_model.values():
                 specs = [self.specs[k] for k in keys_of_model]
                 tick = time.perf_counter()
-                dists = teacher_dists(teacher, self.lm, specs, topk=p.teacher_topk,
-                                      temperature=p.teacher_temperature or p.temperature,
-                                      progress="teacher" if len(specs) > 64 else None,
-                                      share_prefix=p.teacher_share_prefix)
+                dists = teacher_dists(
+                    teacher,
+                    self.lm,
+                    specs,
+                    topk=p.teacher_topk,
+                    temperature=p.teacher_temperature or p.temperature,
+                    progress="teacher" if len(specs) > 64 else None,
+                    share_prefix=p.teacher_share_prefix,
+                )
                 trainer.report.teacher_s += time.perf_counter() - tick
                 trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)
                 computed.update(zip(keys_of_model, dists))

@@ -71,8 +71,11 @@ class BatchTask(QATask):
             "predictions": predictions,
             "per_context": per_context(predictions),
             "cost": {**watch.seconds, **method.stats},
-            "footprint": {"extra_bytes": footprint.extra_bytes, "changed_params": footprint.changed_params,
-                          **footprint.detail},
+            "footprint": {
+                "extra_bytes": footprint.extra_bytes,
+                "changed_params": footprint.changed_params,
+                **footprint.detail,
+            },
         }
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:

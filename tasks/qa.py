@@ -23,8 +23,14 @@ RETRIEVAL_METRICS = ("retrieval_recall@1", "retrieval_recall@k")
 
 
 def load_documents(
-    dataset: str, data_path: str, limit: int | None, seed: int, strict: bool = True,
-    split: str = "test", sample: str = "default", kind: str = "qa",
+    dataset: str,
+    data_path: str,
+    limit: int | None,
+    seed: int,
+    strict: bool = True,
+    split: str = "test",
+    sample: str = "default",
+    kind: str = "qa",
 ) -> list[Document]:
     """The first ``limit`` contexts of ``split`` (test, dev or all) of a registered QA data set, or
     of a JSON-lines file given as the data set, in ``sample`` order (first, spread, or the data
@@ -82,8 +88,11 @@ class QATask(Task):
 
     def load_documents(self) -> list[Document]:
         """The documents this run uses; a task may override how shortages are handled."""
-        return self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0,
-                                        kind=self.dataset_kind, **self.selection()))
+        return self.skip(
+            load_documents(
+                self.dataset, self.data_path, self.needed_documents(), 0, kind=self.dataset_kind, **self.selection()
+            )
+        )
 
     def selection(self) -> Selection:
         """Which contexts: the ``split`` and ``sample`` task parameters."""
@@ -119,8 +128,9 @@ class QATask(Task):
         if self._targets is None:
             self._targets = make_targets(self.documents, self.run, self.lm, self.seed)
             check_no_leakage(self.documents, self._targets)
-            self.grounding = {doc.id: grounding_counts(doc.text, self._targets.get(doc.id, []))
-                              for doc in self.documents}
+            self.grounding = {
+                doc.id: grounding_counts(doc.text, self._targets.get(doc.id, [])) for doc in self.documents
+            }
         return self._targets
 
     def contexts(self, method: Method, doc_ids: list[str]) -> list[Context]:
@@ -221,8 +231,10 @@ def targets_line(scores: dict[str, Any]) -> str:
         return ""
     rate = section.get("grounding_rate")
     share = f"grounding rate {fmt_ci(rate, 2)}" if rate else "no sentences"
-    return (f"targets: {section['generator']}, {section['sentences']} sentences for "
-            f"{section['contexts']} contexts, {share} (answer found in the context)")
+    return (
+        f"targets: {section['generator']}, {section['sentences']} sentences for "
+        f"{section['contexts']} contexts, {share} (answer found in the context)"
+    )
 
 
 def summarize_contexts(contexts: list[dict[str, float]], seed: int) -> dict[str, Any]:

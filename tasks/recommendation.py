@@ -81,8 +81,12 @@ class RecommendationParams:
     target_turns: int = 6  # dialog turns quoted in a target sentence's question
 
     RANGES: ClassVar[dict[str, str]] = {
-        "num_probes": ">= 0", "probes_per_episode": ">= 1", "num_conversations": ">= 0",
-        "max_list_tokens": ">= 1", "max_distance": ">= 0", "target_turns": ">= 1",
+        "num_probes": ">= 0",
+        "probes_per_episode": ">= 1",
+        "num_conversations": ">= 0",
+        "max_list_tokens": ">= 1",
+        "max_distance": ">= 0",
+        "target_turns": ">= 1",
     }
 
 
@@ -121,8 +125,9 @@ class RecommendationTask(Task):
         if p.prompt_style not in PROMPT_STYLES:
             raise BenchError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, not {p.prompt_style!r}")
         if p.probes_per_episode < 1 or p.num_probes < 0 or p.num_conversations < 0 or p.max_list_tokens < 1:
-            raise BenchError("num_probes and num_conversations must be >= 0, probes_per_episode and "
-                             "max_list_tokens >= 1")
+            raise BenchError(
+                "num_probes and num_conversations must be >= 0, probes_per_episode and max_list_tokens >= 1"
+            )
         self.lm = lm
         data = self._dataset()
         self.catalogue = data.catalogue()
@@ -138,8 +143,9 @@ class RecommendationTask(Task):
         for probe in self.probes:
             self.prompts[probe.id], self.dropped_turns[probe.id] = self._fit(probe)
         titles = self.catalogue.titles
-        pool = (titles.values() if p.candidates == "entities"
-                else [titles[i] for i in self.catalogue.items if i in titles])
+        pool = (
+            titles.values() if p.candidates == "entities" else [titles[i] for i in self.catalogue.items if i in titles]
+        )
         self.matcher = TitleMatcher(pool)
         self._method: Method | None = None
         self._targets: dict[str, list[str]] | None = None
@@ -151,8 +157,9 @@ class RecommendationTask(Task):
         """The first N training conversations, in file order."""
         n = self.params.num_conversations
         if n and len(conversations) < n:
-            raise BenchError(f"{self.dataset!r} has {len(conversations)} training conversations, "
-                             f"fewer than the {n} asked for")
+            raise BenchError(
+                f"{self.dataset!r} has {len(conversations)} training conversations, fewer than the {n} asked for"
+            )
         return conversations[:n] if n else conversations
 
     def _fit(self, probe: RecProbe) -> tuple[str, int]:
@@ -160,13 +167,15 @@ class RecommendationTask(Task):
         reserve = self.params.max_list_tokens
         starts = turn_starts(probe.dialog)
         for dropped in range(max(1, len(starts) - 1)):  # the last start is the empty reply slot
-            dialog = probe.dialog[starts[dropped]:] if dropped else probe.dialog
+            dialog = probe.dialog[starts[dropped] :] if dropped else probe.dialog
             question = build_question(dialog, self.params.prompt_style)
             text = self.lm.format_prompt(Prompt(probe.id, question, chat=True))
             if len(self.lm.encode(text)) + reserve <= self.lm.max_length:
                 return question, dropped
-        raise BenchError(f"probe {probe.id!r}: even its last turn with a {reserve}-token answer does not "
-                         f"fit model {self.lm.name!r} ({self.lm.max_length} tokens)")
+        raise BenchError(
+            f"probe {probe.id!r}: even its last turn with a {reserve}-token answer does not "
+            f"fit model {self.lm.name!r} ({self.lm.max_length} tokens)"
+        )
 
     # ---- injection ---------------------------------------------------------------------------
     def targets(self) -> dict[str, list[str]]:
@@ -178,13 +187,16 @@ class RecommendationTask(Task):
         """
         if self._targets is None:
             turns = self.params.target_turns
-            documents = [Document(c.id, c.text(), (), tuple(recommendation_qa(c, turns)), c.source)
-                         for c in self.conversations]
+            documents = [
+                Document(c.id, c.text(), (), tuple(recommendation_qa(c, turns)), c.source) for c in self.conversations
+            ]
             if split_generator(self.run.targets)[0] == "dataset":
                 documents = [d for d in documents if d.train_qa]
                 if not documents:
-                    raise BenchError(f"no training conversation of {self.dataset!r} names a recommended movie, "
-                                     "so there are no target sentences; try --set targets=local")
+                    raise BenchError(
+                        f"no training conversation of {self.dataset!r} names a recommended movie, "
+                        "so there are no target sentences; try --set targets=local"
+                    )
             self._targets = make_targets(documents, self.run, self.lm, self.seed)
         return self._targets
 
@@ -208,8 +220,11 @@ class RecommendationTask(Task):
         tick = time.perf_counter()
         method.inject(contexts)
         self._method = method
-        return method, {"inject_s": time.perf_counter() - tick, "num_contexts": len(contexts),
-                        "num_targets": sum(len(c.targets) for c in contexts)}
+        return method, {
+            "inject_s": time.perf_counter() - tick,
+            "num_contexts": len(contexts),
+            "num_targets": sum(len(c.targets) for c in contexts),
+        }
 
     # ---- episodes ----------------------------------------------------------------------------
     def episodes(self) -> list[str]:
@@ -224,8 +239,10 @@ class RecommendationTask(Task):
         shard = self._shard(episode)
         before = dict(self._method.stats) if self._method is not None else {}
         method, injection = self._injected(make_method)
-        prompts = [Prompt(p.id, self.prompts[p.id], chat=True, max_new_tokens=self.params.max_list_tokens,
-                          multiline=True) for p in shard]
+        prompts = [
+            Prompt(p.id, self.prompts[p.id], chat=True, max_new_tokens=self.params.max_list_tokens, multiline=True)
+            for p in shard
+        ]
         tick = time.perf_counter()
         answers = method.generate(prompts)
         eval_s = time.perf_counter() - tick
@@ -245,8 +262,11 @@ class RecommendationTask(Task):
             **injection,
             "predictions": predictions,
             "cost": cost,
-            "footprint": {"extra_bytes": footprint.extra_bytes, "changed_params": footprint.changed_params,
-                          **footprint.detail},
+            "footprint": {
+                "extra_bytes": footprint.extra_bytes,
+                "changed_params": footprint.changed_params,
+                **footprint.detail,
+            },
         }
 
     def score(self, probes: list[RecProbe], answers: list[str]) -> list[dict[str, Any]]:
@@ -282,8 +302,11 @@ class RecommendationTask(Task):
                 values = [h for p in predictions for h in p["hits"][name][str(k)]]
                 scores[f"recall@{k}_{name}"] = summarize(values, seed=self.seed)
         scores["list_length"] = summarize([len(p["items"]) for p in predictions], seed=self.seed)
-        near = [sum(d <= self.params.max_distance for _, d in p["matches"]) / len(p["matches"])
-                for p in predictions if p["matches"]]
+        near = [
+            sum(d <= self.params.max_distance for _, d in p["matches"]) / len(p["matches"])
+            for p in predictions
+            if p["matches"]
+        ]
         if near:  # replies with no parsable line have no share to report
             scores["in_catalogue"] = summarize(near, seed=self.seed)
         return scores
@@ -314,8 +337,10 @@ def select_probes(probes: list[RecProbe], n: int, split: str = "test") -> list[R
     if split != "dev":
         raise BenchError(f"split must be test or dev, not {split!r}")
     if not n or 2 * n > len(probes):
-        raise BenchError(f"split dev needs num_probes between 1 and half of the {len(probes)} probes "
-                         f"(got {n}): otherwise no probe is left outside the test selection")
+        raise BenchError(
+            f"split dev needs num_probes between 1 and half of the {len(probes)} probes "
+            f"(got {n}): otherwise no probe is left outside the test selection"
+        )
     return [probes[(2 * i + 1) * len(probes) // (2 * n)] for i in range(n)]
 
 
@@ -360,4 +385,3 @@ def recommendation_qa(conversation: Conversation, window: int) -> list[QA]:
             pairs.append(QA(target_question(conversation.turns[max(0, i - window) : i]), (", ".join(new),)))
         mentioned.update(m.lower() for m in turn.movies)
     return pairs
-

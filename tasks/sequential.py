@@ -77,8 +77,9 @@ class SequentialTask(QATask):
         asked_n, asked_l = self.params.num_sequences, self.params.sequence_length
         if asked_n < 1 or asked_l < 1:
             raise BenchError("num_sequences and sequence_length must be at least 1")
-        documents = self.skip(load_documents(self.dataset, self.data_path, self.needed_documents(), 0,
-                                             strict=False, **self.selection()))
+        documents = self.skip(
+            load_documents(self.dataset, self.data_path, self.needed_documents(), 0, strict=False, **self.selection())
+        )
         if not documents:
             raise BenchError(f"dataset {self.dataset!r} has no contexts")
         length = min(asked_l, len(documents))
@@ -86,7 +87,12 @@ class SequentialTask(QATask):
         if (count, length) != (asked_n, asked_l):
             log.warning(
                 "dataset %r has %d contexts, fewer than the %d x %d asked for: running %d sequence(s) of %d",
-                self.dataset, len(documents), asked_n, asked_l, count, length,
+                self.dataset,
+                len(documents),
+                asked_n,
+                asked_l,
+                count,
+                length,
             )
         self.num_sequences, self.sequence_length = count, length
         return documents[: count * length]
@@ -111,13 +117,15 @@ class SequentialTask(QATask):
                     method.inject([contexts[step - 1]])
             with watch("eval_s"):
                 predictions = self.probe(method, doc_ids)
-            steps.append({
-                "step": step,
-                "injected": doc_ids[step - 1] if step else None,
-                "per_context": per_context(predictions),
-                "footprint_bytes": method.footprint().extra_bytes,
-                "predictions": predictions,
-            })
+            steps.append(
+                {
+                    "step": step,
+                    "injected": doc_ids[step - 1] if step else None,
+                    "per_context": per_context(predictions),
+                    "footprint_bytes": method.footprint().extra_bytes,
+                    "predictions": predictions,
+                }
+            )
         footprint = method.footprint()
         return {
             "episode": episode,
@@ -126,8 +134,11 @@ class SequentialTask(QATask):
             "matrix": {m: episode_matrix(steps, doc_ids, m) for m in metrics_of(steps)},
             "steps": steps,
             "cost": {**watch.seconds, **method.stats},
-            "footprint": {"extra_bytes": footprint.extra_bytes, "changed_params": footprint.changed_params,
-                          **footprint.detail},
+            "footprint": {
+                "extra_bytes": footprint.extra_bytes,
+                "changed_params": footprint.changed_params,
+                **footprint.detail,
+            },
         }
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -232,24 +243,35 @@ def sequential_summary(scores: dict[str, Any]) -> str:
 
     metrics = [m for m in ("qa_f1", "acc") if m in scores["efficacy"]]
     n_seq, length = scores["num_sequences"], scores["sequence_length"]
-    parts = [f"{n_seq} sequence(s) of {length} contexts; means over sequences x contexts, 95% CI "
-             "resampling sequences"]
+    parts = [f"{n_seq} sequence(s) of {length} contexts; means over sequences x contexts, 95% CI resampling sequences"]
     rows = [[row["step"]] + [fmt_ci(row[m]) for m in metrics] for row in scores["steps"]]
     parts.append(tabulate(rows, headers=["step (injected)"] + metrics, tablefmt="github"))
     first = metrics[0]
-    rows = [[row["distance"]] + [fmt_ci(row[m]) for m in metrics] + [fmt_ci(row["gain"][first]), row[first]["n"]]
-            for row in scores["retention"]]
-    parts.append("retention: score of the context injected k steps before the probe (k = 0: efficacy); "
-                 f"gain: minus the same contexts' {first} at step 0")
+    rows = [
+        [row["distance"]] + [fmt_ci(row[m]) for m in metrics] + [fmt_ci(row["gain"][first]), row[first]["n"]]
+        for row in scores["retention"]
+    ]
+    parts.append(
+        "retention: score of the context injected k steps before the probe (k = 0: efficacy); "
+        f"gain: minus the same contexts' {first} at step 0"
+    )
     parts.append(tabulate(rows, headers=["k"] + metrics + [f"gain {first}", "n"], tablefmt="github"))
-    parts.append("efficacy " + ", ".join(f"{m} {fmt_ci(scores['efficacy'][m])}" for m in metrics)
-                 + "; before injection " + ", ".join(f"{m} {fmt_ci(scores['before'][m])}" for m in metrics))
+    parts.append(
+        "efficacy "
+        + ", ".join(f"{m} {fmt_ci(scores['efficacy'][m])}" for m in metrics)
+        + "; before injection "
+        + ", ".join(f"{m} {fmt_ci(scores['before'][m])}" for m in metrics)
+    )
     if "retention_mean" in scores:
-        parts.append(f"mean retention over distances 1..{length - 1}: "
-                     + ", ".join(f"{m} {fmt_ci(scores['retention_mean'][m])}" for m in metrics))
+        parts.append(
+            f"mean retention over distances 1..{length - 1}: "
+            + ", ".join(f"{m} {fmt_ci(scores['retention_mean'][m])}" for m in metrics)
+        )
     if "interference" in scores:
-        parts.append(f"interference {fmt_ci(scores['interference'])}: share of answers to other contexts' "
-                     "questions that give a fact of the context injected at that step")
+        parts.append(
+            f"interference {fmt_ci(scores['interference'])}: share of answers to other contexts' "
+            "questions that give a fact of the context injected at that step"
+        )
     if length <= MATRIX_MAX_LENGTH:
         matrix = scores["matrix"][metrics[0]]
         rows = [[s] + [f"{v:.2f}" for v in row] for s, row in enumerate(matrix)]

@@ -12,21 +12,54 @@ def summary(mean: float, half: float = 0.05, n: int = 10) -> dict[str, Any]:
     return {"mean": mean, "ci_low": max(0.0, mean - half), "ci_high": min(1.0, mean + half), "n": n}
 
 
-def result(task: str, method: str, scores: dict[str, Any], dataset: str = "fictional",
-           model: str = "smollm2-135m-instruct", profile: str = "quick", seed: int = 0,
-           num_contexts: int | None = 20, targets: str = "dataset", num_targets: int = 0,
-           footprint: int = 0, finished: str = "2026-11-20T10:00:00+00:00", **extra: Any) -> dict[str, Any]:
+def result(
+    task: str,
+    method: str,
+    scores: dict[str, Any],
+    dataset: str = "fictional",
+    model: str = "smollm2-135m-instruct",
+    profile: str = "quick",
+    seed: int = 0,
+    num_contexts: int | None = 20,
+    targets: str = "dataset",
+    num_targets: int = 0,
+    footprint: int = 0,
+    finished: str = "2026-11-20T10:00:00+00:00",
+    **extra: Any,
+) -> dict[str, Any]:
     task_params = {"num_contexts": num_contexts} if num_contexts is not None else {}
-    config = {"task": task, "method": method, "dataset": dataset, "model": model, "profile": profile,
-              "seed": seed, "device": "cpu",
-              "params": {"run": {"targets": targets}, "task": task_params, "method": dict(extra)}}
+    config = {
+        "task": task,
+        "method": method,
+        "dataset": dataset,
+        "model": model,
+        "profile": profile,
+        "seed": seed,
+        "device": "cpu",
+        "params": {"run": {"targets": targets}, "task": task_params, "method": dict(extra)},
+    }
     return {
-        "schema_version": 1, "task": task, "method": method, "dataset": dataset, "model": model,
-        "profile": profile, "seed": seed, "config": config, "overrides": {},
+        "schema_version": 1,
+        "task": task,
+        "method": method,
+        "dataset": dataset,
+        "model": model,
+        "profile": profile,
+        "seed": seed,
+        "config": config,
+        "overrides": {},
         "git_commit": "0123456789abcdef0123456789abcdef01234567",
-        "started_at": finished, "finished_at": finished, "scores": scores,
-        "cost": {"inject_s": 12.5, "wall_s": 30.0, "train_tokens": 1000, "train_s": 2.0,
-                 "train_tokens_per_s": 500.0, "footprint_bytes": footprint},
+        "started_at": finished,
+        "finished_at": finished,
+        "scores": scores,
+        "cost": {
+            "inject_s": 12.5,
+            "wall_s": 30.0,
+            "train_tokens": 1000,
+            "train_s": 2.0,
+            "train_tokens_per_s": 500.0,
+            "footprint_bytes": footprint,
+        },
         "episodes": [{"episode": "batch-0", "num_targets": num_targets}],
     }
 
@@ -47,13 +80,15 @@ def batch(method: str, f1: float, **kw: Any) -> dict[str, Any]:
 def sequential(method: str, steps: list[float], **kw: Any) -> dict[str, Any]:
     """The shape tasks/sequential.py writes: per-step rows, a mean matrix, efficacy and retention."""
     length = len(steps) - 1
-    scores = {"qa_f1": summary(steps[-1]), "acc": summary(steps[-1]),
-              "steps": [{"step": i, "injected": i, "qa_f1": summary(v), "acc": summary(v)}
-                        for i, v in enumerate(steps)],
-              "matrix": {"qa_f1": [[v] * length for v in steps]},
-              "efficacy": {"qa_f1": summary(max(steps))},
-              "retention": [{"distance": k, "qa_f1": summary(steps[-1])} for k in range(length)],
-              "before": {"qa_f1": summary(steps[0])}}
+    scores = {
+        "qa_f1": summary(steps[-1]),
+        "acc": summary(steps[-1]),
+        "steps": [{"step": i, "injected": i, "qa_f1": summary(v), "acc": summary(v)} for i, v in enumerate(steps)],
+        "matrix": {"qa_f1": [[v] * length for v in steps]},
+        "efficacy": {"qa_f1": summary(max(steps))},
+        "retention": [{"distance": k, "qa_f1": summary(steps[-1])} for k in range(length)],
+        "before": {"qa_f1": summary(steps[0])},
+    }
     return result("sequential", method, scores, num_contexts=None, **kw)
 
 
@@ -71,15 +106,18 @@ def with_contexts(data: dict[str, Any], episodes: dict[str, dict[str, float]]) -
     context), as the batch task writes them or, for sequential, as each sequence's last step."""
     records, values = [], []
     for episode, f1s in episodes.items():
-        predictions = [{"context_id": cid, "question": f"What is {cid}?", "answers": ["x"],
-                        "prediction": "x", "f1": v, "acc": v} for cid, v in f1s.items()]
+        predictions = [
+            {"context_id": cid, "question": f"What is {cid}?", "answers": ["x"], "prediction": "x", "f1": v, "acc": v}
+            for cid, v in f1s.items()
+        ]
         per_context = {cid: {"qa_f1": v, "acc": v} for cid, v in f1s.items()}
         record: dict[str, Any] = {"episode": episode, "context_ids": list(f1s), "num_targets": 0}
         if data["task"] == "sequential":
             before = {cid: {"qa_f1": 0.0, "acc": 0.0} for cid in f1s}
-            record["steps"] = [{"step": 0, "injected": None, "per_context": before, "predictions": predictions},
-                               {"step": 1, "injected": list(f1s)[-1], "per_context": per_context,
-                                "predictions": predictions}]
+            record["steps"] = [
+                {"step": 0, "injected": None, "per_context": before, "predictions": predictions},
+                {"step": 1, "injected": list(f1s)[-1], "per_context": per_context, "predictions": predictions},
+            ]
         else:
             record.update(predictions=predictions, per_context=per_context)
         records.append(record)

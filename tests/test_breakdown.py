@@ -36,9 +36,26 @@ def breakdown_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("perf") / "perf.json"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["perf", "--model", "tiny-random-llama", "--profile", "smoke", "--contexts", "2",
-                     "--rounds", "0", "--breakdown", "--breakdown-skip", "1", "--breakdown-steps", "2",
-                     "--json", str(path)])
+        code = main(
+            [
+                "perf",
+                "--model",
+                "tiny-random-llama",
+                "--profile",
+                "smoke",
+                "--contexts",
+                "2",
+                "--rounds",
+                "0",
+                "--breakdown",
+                "--breakdown-skip",
+                "1",
+                "--breakdown-steps",
+                "2",
+                "--json",
+                str(path),
+            ]
+        )
     return code, out.getvalue(), json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -64,18 +81,28 @@ def test_unknown_ops_land_in_other_and_shapes_tell_the_head_from_the_backbone():
 
 
 def _event(name, us, shapes=(), parent=None, annotation=False, thread=1):
-    return SimpleNamespace(name=name, self_cpu_time_total=us, input_shapes=list(shapes), cpu_parent=parent,
-                           thread=thread, is_user_annotation=annotation, flops=0)
+    return SimpleNamespace(
+        name=name,
+        self_cpu_time_total=us,
+        input_shapes=list(shapes),
+        cpu_parent=parent,
+        thread=thread,
+        is_user_annotation=annotation,
+        flops=0,
+    )
 
 
 def test_summary_adds_up_to_the_wall_time_with_the_remainder_as_overhead():
     step = _event("Optimizer.step#AdamW.step", 50, annotation=True)
     linear = _event("aten::linear", 10, [[2, 64], [V, 64]])
     events = [
-        linear, _event("aten::mm", 400, [[2, 64], [64, V]], parent=linear),
+        linear,
+        _event("aten::mm", 400, [[2, 64], [64, V]], parent=linear),
         _event("aten::mm", 300, [[2, 64], [64, 64]]),
         _event("aten::frobnicate", 70),
-        step, _event("aten::_foreach_add_", 90, parent=step), _event("aten::lerp_", 30, parent=step),
+        step,
+        _event("aten::_foreach_add_", 90, parent=step),
+        _event("aten::lerp_", 30, parent=step),
         _event("aten::mul", 5_000, thread=2),  # another thread: not part of the step
     ]
     s = summarise(events, wall_s=0.002, steps=2, vocab=V)

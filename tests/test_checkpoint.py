@@ -61,8 +61,14 @@ def bench(tmp_path: Path, method: str, out: Path, log: Path, kill_at: int = 0) -
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {"KILL_AT": str(kill_at), "STEP_LOG": str(log), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    return subprocess.run([sys.executable, str(driver), *ARGS, "--method", method, "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(driver), *ARGS, "--method", method, "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def predictions(out: Path) -> list[str]:
@@ -90,7 +96,8 @@ def test_sigkill_mid_injection_resumes_to_identical_result(tmp_path: Path, metho
     assert f"resumed at step {kill_at - 1} of {total}" in resumed.stderr, (kill_at, resumed.stderr)
     (after,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert after["trained"] == total - (kill_at - 1), (
-        f"recomputed more than the steps after the checkpoint ({kill_at=})")
+        f"recomputed more than the steps after the checkpoint ({kill_at=})"
+    )
     assert after["steps"] == total
     assert after["losses"] == reference["losses"], f"{kill_at=}"
     assert after["weights"] == reference["weights"], f"{kill_at=}"

@@ -14,11 +14,14 @@ def batch_and_targets(lm, kind: str) -> tuple[list[Example], list[Dist] | None]:
     g = torch.Generator().manual_seed(0)
     vocab = lm.model.config.vocab_size
     bos = [lm.tokenizer.bos_token_id]
-    batch = [Example(bos + torch.randint(100, vocab, (n,), generator=g).tolist(), first, "context", weight)
-             for n, first, weight in ((12, 0, 1.0), (16, 3, 0.5), (14, 1, 2.0))]
+    batch = [
+        Example(bos + torch.randint(100, vocab, (n,), generator=g).tolist(), first, "context", weight)
+        for n, first, weight in ((12, 0, 1.0), (16, 3, 0.5), (14, 1, 2.0))
+    ]
     prefix = bos + torch.randint(100, vocab, (9,), generator=g).tolist()  # shared with share_prefix=8
-    batch += [Example(prefix + torch.randint(100, vocab, (n,), generator=g).tolist(), len(prefix), "qa")
-              for n in (4, 6)]
+    batch += [
+        Example(prefix + torch.randint(100, vocab, (n,), generator=g).tolist(), len(prefix), "qa") for n in (4, 6)
+    ]
     if kind == "ce":
         return batch, None
     targets = []
@@ -42,8 +45,10 @@ def loss_and_grads(lm, batch, targets, chunk: int, temperature: float = 1.0, sha
     return float(loss.detach()), {n: t.grad.clone() for n, t in student.named_parameters() if t.requires_grad}
 
 
-@pytest.mark.parametrize("kind, temperature, share", [
-    ("ce", 1.0, 0), ("kl", 1.0, 0), ("topk", 1.0, 0), ("topk", 2.0, 0), ("ce", 1.0, 8), ("topk", 1.0, 8)])
+@pytest.mark.parametrize(
+    "kind, temperature, share",
+    [("ce", 1.0, 0), ("kl", 1.0, 0), ("topk", 1.0, 0), ("topk", 2.0, 0), ("ce", 1.0, 8), ("topk", 1.0, 8)],
+)
 def test_chunked_loss_gives_the_same_loss_and_gradients(tiny_lm, kind, temperature, share):
     batch, targets = batch_and_targets(tiny_lm, kind)
     assert sum(e.rows for e in batch) > 4 * CHUNK

@@ -42,8 +42,12 @@ def test_mixed_signs_match_the_plain_bootstrap_of_the_differences():
 
 
 def test_only_shared_units_pair_and_clusters_are_drawn_whole():
-    assert paired_difference({"x": 0.0, "y": 1.0}, {"y": 0.5, "z": 9.0}) == \
-        {"mean": -0.5, "ci_low": -0.5, "ci_high": -0.5, "n": 1}
+    assert paired_difference({"x": 0.0, "y": 1.0}, {"y": 0.5, "z": 9.0}) == {
+        "mean": -0.5,
+        "ci_low": -0.5,
+        "ci_high": -0.5,
+        "n": 1,
+    }
     # Two sequences whose contexts gain (0.1, 0.3) and (0.5, 0.7): a resample holds sequence 0 twice,
     # both once or sequence 1 twice (means 0.2, 0.4, 0.6 with chances 1/4, 1/2, 1/4).
     a = {("s0", "c0"): 0.0, ("s0", "c1"): 0.0, ("s1", "c2"): 0.0, ("s1", "c3"): 0.0}
@@ -73,20 +77,26 @@ def test_compare_reports_difference_and_verdict(tmp_path, bench):
 
 def test_compare_sequential_pairs_the_last_step_by_sequence(tmp_path, bench):
     def run(method: str, shift: float) -> dict:
-        return with_contexts(sequential(method, [0.0, 0.5]), {
-            "seq-0": {"c0": 0.1 + shift, "c1": 0.3 + shift}, "seq-1": {"c2": 0.5 + shift, "c3": 0.7 + shift}})
+        return with_contexts(
+            sequential(method, [0.0, 0.5]),
+            {"seq-0": {"c0": 0.1 + shift, "c1": 0.3 + shift}, "seq-1": {"c2": 0.5 + shift, "c3": 0.7 + shift}},
+        )
+
     a, b = write(tmp_path, run("base_q", 0.0)), write(tmp_path, run("selfparam", 0.2))
     code, out, err = bench("compare", a, b)
     assert code == 0, err
     assert "4 contexts paired, bootstrap over 2 sequences" in out and "+0.2000" in out
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(seed=1), "they differ in seed (0 vs 1)"),
-    (dict(dataset="squad", model="other"), "they differ in dataset (fictional vs squad), model"),
-    (dict(contexts=CONTEXTS[:9] + ["fictional-0099"]), "their context ids differ (1 only in A, 1 only in B"),
-    (dict(question=True), "their questions differ on 1 contexts (e.g. fictional-0000 in episode batch-0)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(seed=1), "they differ in seed (0 vs 1)"),
+        (dict(dataset="squad", model="other"), "they differ in dataset (fictional vs squad), model"),
+        (dict(contexts=CONTEXTS[:9] + ["fictional-0099"]), "their context ids differ (1 only in A, 1 only in B"),
+        (dict(question=True), "their questions differ on 1 contexts (e.g. fictional-0000 in episode batch-0)"),
+    ],
+)
 def test_compare_refuses_runs_that_do_not_pair(tmp_path, bench, change, message):
     a = write(tmp_path, qa("base_q", [0.1] * 10))
     change = dict(change)
@@ -104,9 +114,11 @@ def test_compare_unreadable_files_are_one_line_errors(tmp_path, bench):
     good = write(tmp_path, qa("base_q", [0.1] * 10))
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
-    for path, message in ((tmp_path / "absent.json", "no such result file"),
-                          (tmp_path / "broken.json", "is not JSON"),
-                          (tmp_path / "other.json", "is not a result file (no task, method")):
+    for path, message in (
+        (tmp_path / "absent.json", "no such result file"),
+        (tmp_path / "broken.json", "is not JSON"),
+        (tmp_path / "other.json", "is not a result file (no task, method"),
+    ):
         code, _, err = bench("compare", good, path)
         assert code == 2 and err.count("\n") == 1 and message in err, err
     old = batch("selfparam", 0.3)  # scores only, no per-question predictions
@@ -145,8 +157,12 @@ def test_tied_ranks_and_delta_against_the_floor():
 
 
 def test_seeds_share_one_row_with_contexts_and_seeds_pooled(tmp_path):
-    runs = [qa("selfparam", [0.4] * 5 + [0.6] * 5, seed=0), qa("selfparam", [0.6] * 5 + [0.8] * 5, seed=1),
-            qa("base_q", [0.0] * 10, seed=0), qa("base_q", [0.1] * 10, seed=1)]
+    runs = [
+        qa("selfparam", [0.4] * 5 + [0.6] * 5, seed=0),
+        qa("selfparam", [0.6] * 5 + [0.8] * 5, seed=1),
+        qa("base_q", [0.0] * 10, seed=0),
+        qa("base_q", [0.1] * 10, seed=1),
+    ]
     (board,) = boards(runs)
     assert [len(row.runs) for row in board.rows] == [2, 2]
     top = board.rows[0]

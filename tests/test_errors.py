@@ -45,53 +45,112 @@ def write_jsonl(path, records):
     return path
 
 
-GOOD = {"id": "c1", "context": "Ann lives in Rome.",
-        "probes": [{"question": "Where does Ann live?", "answers": ["Rome"]}],
-        "train_qa": [{"question": "Ann's home city?", "answer": "Rome"}]}
+GOOD = {
+    "id": "c1",
+    "context": "Ann lives in Rome.",
+    "probes": [{"question": "Where does Ann live?", "answers": ["Rome"]}],
+    "train_qa": [{"question": "Ann's home city?", "answer": "Rome"}],
+}
 
 
 def test_malformed_data_file_names_file_and_line(bench, tmp_path):
     data = write_jsonl(tmp_path / "bad.jsonl", [GOOD, "{not json"])
     out = tmp_path / "out"
-    assert_clean_error(bench(*smoke("--method", "base_q", "--task", "batch", "--dataset", data,
-                                    "--set", "num_contexts=1", "--out", out)),
-                       f"{data}:2", "malformed JSON", out_dir=out)
+    assert_clean_error(
+        bench(
+            *smoke("--method", "base_q", "--task", "batch", "--dataset", data, "--set", "num_contexts=1", "--out", out)
+        ),
+        f"{data}:2",
+        "malformed JSON",
+        out_dir=out,
+    )
 
 
 def test_empty_context_is_rejected(bench, tmp_path):
     data = write_jsonl(tmp_path / "empty.jsonl", [GOOD, {**GOOD, "id": "c2", "context": "   "}])
     out = tmp_path / "out"
-    assert_clean_error(bench(*smoke("--method", "base_q", "--task", "batch", "--dataset", data,
-                                    "--set", "num_contexts=2", "--out", out)),
-                       f"{data}:2", "'context' is empty", out_dir=out)
+    assert_clean_error(
+        bench(
+            *smoke("--method", "base_q", "--task", "batch", "--dataset", data, "--set", "num_contexts=2", "--out", out)
+        ),
+        f"{data}:2",
+        "'context' is empty",
+        out_dir=out,
+    )
 
 
 def test_missing_field_is_rejected(bench, tmp_path):
     data = write_jsonl(tmp_path / "noprobe.jsonl", [{**GOOD, "probes": [{"question": "Where?"}]}])
-    assert_clean_error(bench(*smoke("--method", "base_q", "--task", "batch", "--dataset", data,
-                                    "--set", "num_contexts=1", "--out", tmp_path / "o")),
-                       f"{data}:1", "no answer")
+    assert_clean_error(
+        bench(
+            *smoke(
+                "--method",
+                "base_q",
+                "--task",
+                "batch",
+                "--dataset",
+                data,
+                "--set",
+                "num_contexts=1",
+                "--out",
+                tmp_path / "o",
+            )
+        ),
+        f"{data}:1",
+        "no answer",
+    )
 
 
 def test_context_longer_than_the_model_window(bench, tmp_path):
     long_text = "Ann lives in Rome. " * 400  # far over the tiny model's 512 positions
     data = write_jsonl(tmp_path / "long.jsonl", [{**GOOD, "context": long_text}])
     out = tmp_path / "out"
-    assert_clean_error(bench(*smoke("--method", "base_cq", "--task", "batch", "--dataset", data,
-                                    "--set", "num_contexts=1", "--out", out)),
-                       "context 'c1'", "longer than model 'tiny-random-llama'", out_dir=out)
+    assert_clean_error(
+        bench(
+            *smoke("--method", "base_cq", "--task", "batch", "--dataset", data, "--set", "num_contexts=1", "--out", out)
+        ),
+        "context 'c1'",
+        "longer than model 'tiny-random-llama'",
+        out_dir=out,
+    )
 
 
 def test_too_few_contexts(bench, tmp_path):
     data = write_jsonl(tmp_path / "one.jsonl", [GOOD])
-    assert_clean_error(bench(*smoke("--method", "base_q", "--task", "batch", "--dataset", data,
-                                    "--set", "num_contexts=5", "--out", tmp_path / "o")),
-                       "fewer than the 5 asked for")
+    assert_clean_error(
+        bench(
+            *smoke(
+                "--method",
+                "base_q",
+                "--task",
+                "batch",
+                "--dataset",
+                data,
+                "--set",
+                "num_contexts=5",
+                "--out",
+                tmp_path / "o",
+            )
+        ),
+        "fewer than the 5 asked for",
+    )
 
 
 def test_own_jsonl_data_set_runs(bench, tmp_path):
     data = write_jsonl(tmp_path / "ok.jsonl", [GOOD, {**GOOD, "id": "c2"}])
-    code, out, err = bench(*smoke("--method", "base_cq", "--task", "batch", "--dataset", data,
-                                  "--set", "num_contexts=2", "--out", tmp_path / "o"))
+    code, out, err = bench(
+        *smoke(
+            "--method",
+            "base_cq",
+            "--task",
+            "batch",
+            "--dataset",
+            data,
+            "--set",
+            "num_contexts=2",
+            "--out",
+            tmp_path / "o",
+        )
+    )
     assert code == 0, err
     assert "qa_f1" in out

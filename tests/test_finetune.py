@@ -13,9 +13,11 @@ from methods.finetune import FinetuneContext, FinetuneParams, FinetuneSentences
 from methods.sentences import SentenceParams
 
 CONTEXTS = [
-    Context("c0", "Douprur is a town. It was founded by Drexrain Lintrim in 1526.",
-            ["Question: Who founded Douprur? Answer: Drexrain Lintrim",
-             "Question: When was Douprur founded? Answer: 1526"]),
+    Context(
+        "c0",
+        "Douprur is a town. It was founded by Drexrain Lintrim in 1526.",
+        ["Question: Who founded Douprur? Answer: Drexrain Lintrim", "Question: When was Douprur founded? Answer: 1526"],
+    ),
 ]
 
 
@@ -56,8 +58,11 @@ def test_ft_context_trains_on_the_context(tiny_lm, monkeypatch):
     import methods.training as training
 
     real = training.Trainer.step
-    monkeypatch.setattr(training.Trainer, "step", lambda self, batch, targets=None: (
-        seen.extend(e.ids for e in batch), real(self, batch, targets))[1])
+    monkeypatch.setattr(
+        training.Trainer,
+        "step",
+        lambda self, batch, targets=None: (seen.extend(e.ids for e in batch), real(self, batch, targets))[1],
+    )
     method = FinetuneContext(tiny_lm, FinetuneParams(epochs=1), RunParams(), seed=0)
     method.inject(CONTEXTS)
     assert seen == [tiny_lm.encode(CONTEXTS[0].text)]
@@ -65,8 +70,9 @@ def test_ft_context_trains_on_the_context(tiny_lm, monkeypatch):
 
 @pytest.mark.parametrize("params", ["full", "mlp"])
 def test_full_and_mlp_only_change_what_they_say(tiny_lm, params):
-    method = FinetuneSentences(tiny_lm, SentenceParams(epochs=1, batch_size=4, lr=1e-3, params=params),
-                               RunParams(), seed=0)
+    method = FinetuneSentences(
+        tiny_lm, SentenceParams(epochs=1, batch_size=4, lr=1e-3, params=params), RunParams(), seed=0
+    )
     before = state(tiny_lm.model)
     method.inject(CONTEXTS)
     diff = changed(before, method.student)
@@ -92,8 +98,21 @@ def test_sequential_injection_keeps_one_student(tiny_lm):
 
 @pytest.mark.parametrize("method", ["ft_context", "ft_sentences"])
 def test_bench_run_smoke(bench, tmp_path, method):
-    code, out, err = bench("run", "--method", method, "--task", "batch", "--profile", "smoke",
-                           "--set", "num_contexts=2", "--set", "num_targets=3", "--out", tmp_path)
+    code, out, err = bench(
+        "run",
+        "--method",
+        method,
+        "--task",
+        "batch",
+        "--profile",
+        "smoke",
+        "--set",
+        "num_contexts=2",
+        "--set",
+        "num_targets=3",
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     result = json.loads(next(tmp_path.rglob(f"{method}__*.json")).read_text())
     assert result["cost"]["train_tokens"] > 0
@@ -104,12 +123,11 @@ def test_bench_run_smoke(bench, tmp_path, method):
 def test_end_answer_trains_the_line_break_after_the_answer(tiny_lm, end_answer):
     """With ``end_answer`` the last scored token is the newline that ends an answer in the prompt
     format, so the student learns where to stop; without it the sentence ends at the answer."""
-    method = FinetuneSentences(tiny_lm, SentenceParams(end_answer=end_answer, prompt_style="run"),
-                               RunParams(), seed=0)
+    method = FinetuneSentences(tiny_lm, SentenceParams(end_answer=end_answer, prompt_style="run"), RunParams(), seed=0)
     examples = method.examples(CONTEXTS)
     newline = tiny_lm.encode("\n", add_bos=False)
     for example, sentence in zip(examples, CONTEXTS[0].targets):
-        assert (example.ids[-len(newline):] == newline) is end_answer
+        assert (example.ids[-len(newline) :] == newline) is end_answer
         answer = tiny_lm.encode(sentence, add_bos=False)
         start = len(example.ids) - len(answer) - (len(newline) if end_answer else 0)
         assert example.ids[start:][: len(answer)] == answer

@@ -16,10 +16,16 @@ from benchmark.targets import check_no_leakage, make_targets
 from benchmark.types import QA, Document
 
 DOCS = [
-    Document("d0", "Douprur is a town. It was founded by Drexrain Lintrim in 1526.",
-             (QA("Who founded Douprur?", ("Drexrain Lintrim",)),)),
-    Document("d1", "Fistear is a person. Fistear worked as a botanist.",
-             (QA("What was the profession of Fistear?", ("botanist",)),)),
+    Document(
+        "d0",
+        "Douprur is a town. It was founded by Drexrain Lintrim in 1526.",
+        (QA("Who founded Douprur?", ("Drexrain Lintrim",)),),
+    ),
+    Document(
+        "d1",
+        "Fistear is a person. Fistear worked as a botanist.",
+        (QA("What was the profession of Fistear?", ("botanist",)),),
+    ),
 ]
 
 GPT_STYLE = (  # the official code strips newlines from gpt-4o-mini's bulleted reply
@@ -60,7 +66,8 @@ def test_parses_numbered_bold_multiline_replies_and_skips_unanswered_questions()
     ]
     assert parse_qa_pairs("I cannot help with that.") == []
     assert parse_qa_pairs("Question: Repeated? Answer: yes\nQuestion: Repeated? Answer: yes") == [
-        "Question: Repeated? Answer: yes"]
+        "Question: Repeated? Answer: yes"
+    ]
 
 
 def test_cache_hit_path_and_key():
@@ -106,8 +113,11 @@ class FakeLM:
 
 
 def test_local_generator_prompts_in_the_official_style_and_asks_again_until_it_has_enough(tiny_lm):
-    replies = [SMALL_MODEL_STYLE, "Question: Who was Fistear? Answer: a person",
-               "Question: What work did Fistear do? Answer: botany"]
+    replies = [
+        SMALL_MODEL_STYLE,
+        "Question: Who was Fistear? Answer: a person",
+        "Question: What work did Fistear do? Answer: botany",
+    ]
     lm = FakeLM(tiny_lm.tokenizer, replies)
     result = generation.local_targets(DOCS, 2, 0, lm)
     assert len(result["d0"]) == 2 and len(result["d1"]) == 2
@@ -130,9 +140,17 @@ class Endpoint(BaseHTTPRequestHandler):
         else:
             context = body["messages"][1]["content"].split("\n", 1)[1]
             name = context.split()[0]
-            payload = {"choices": [{"message": {"role": "assistant", "content":
-                       f"- Question: What is {name}? Answer: something\n"
-                       f"- Question: Who knows {name}? Answer: nobody"}}]}
+            payload = {
+                "choices": [
+                    {
+                        "message": {
+                            "role": "assistant",
+                            "content": f"- Question: What is {name}? Answer: something\n"
+                            f"- Question: Who knows {name}? Answer: nobody",
+                        }
+                    }
+                ]
+            }
         data = json.dumps(payload).encode()
         self.send_response(type(self).status)
         self.send_header("Content-Type", "application/json")
@@ -196,8 +214,7 @@ def test_leakage_check_fails_loudly_on_a_probe_question():
 
 def test_bench_generate_with_the_dataset_generator(bench, tmp_path):
     out = tmp_path / "targets.jsonl"
-    code, stdout, err = bench("generate", "--generator", "dataset", "--num-contexts", "3", "--count", "4",
-                              "--out", out)
+    code, stdout, err = bench("generate", "--generator", "dataset", "--num-contexts", "3", "--count", "4", "--out", out)
     assert code == 0, err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 3 and all(len(line["sentences"]) == 4 for line in lines)

@@ -18,11 +18,15 @@ from benchmark.types import QA, Document
 from tasks.batch import BatchParams, BatchTask
 from tasks.qa import load_documents
 
-TEXT = ("Douprur is a town. It was founded by Drexrain Lintrim in 1526. "
-        "The Mirren lighthouse stands north of Port Ansel.")
-DOC = Document("d0", TEXT, (QA("Who founded Douprur?", ("Drexrain Lintrim",)),),
-               (QA("Which person established Douprur?", ("Drexrain Lintrim",)),
-                QA("What colour is Douprur's flag?", ("green",))))
+TEXT = (
+    "Douprur is a town. It was founded by Drexrain Lintrim in 1526. The Mirren lighthouse stands north of Port Ansel."
+)
+DOC = Document(
+    "d0",
+    TEXT,
+    (QA("Who founded Douprur?", ("Drexrain Lintrim",)),),
+    (QA("Which person established Douprur?", ("Drexrain Lintrim",)), QA("What colour is Douprur's flag?", ("green",))),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +52,18 @@ def test_the_filter_keeps_exactly_the_pairs_whose_answer_is_in_the_context():
         "Question: What is Douprur?",  # no answer at all
         "Question: Where is Douprur? Answer: in Wales",
     ]
-    sentences = [ungrounded[0], grounded[0], ungrounded[1], grounded[1], ungrounded[2], grounded[2],
-                 ungrounded[3], ungrounded[4], grounded[3], ungrounded[5]]
+    sentences = [
+        ungrounded[0],
+        grounded[0],
+        ungrounded[1],
+        grounded[1],
+        ungrounded[2],
+        grounded[2],
+        ungrounded[3],
+        ungrounded[4],
+        grounded[3],
+        ungrounded[5],
+    ]
     assert keep_grounded(TEXT, sentences) == grounded
     assert grounding_counts(TEXT, sentences) == {"sentences": 10, "grounded": 4}
     assert all(is_grounded(s, TEXT) for s in grounded) and not any(is_grounded(s, TEXT) for s in ungrounded)
@@ -67,9 +81,11 @@ def test_the_filter_is_a_suffix_of_any_generator_name():
 def test_dataset_plus_grounded_drops_the_data_sets_ungrounded_pairs():
     assert make_targets([DOC], RunParams(targets="dataset"), None, 0)["d0"] == [
         "Question: Which person established Douprur? Answer: Drexrain Lintrim",
-        "Question: What colour is Douprur's flag? Answer: green"]
+        "Question: What colour is Douprur's flag? Answer: green",
+    ]
     assert make_targets([DOC], RunParams(targets="dataset+grounded"), None, 0)["d0"] == [
-        "Question: Which person established Douprur? Answer: Drexrain Lintrim"]
+        "Question: Which person established Douprur? Answer: Drexrain Lintrim"
+    ]
 
 
 class Tokenizer:
@@ -99,12 +115,16 @@ def test_local_plus_grounded_asks_again_until_it_has_enough_grounded_pairs():
     ]
     lm = FakeLM(replies)
     result = make_targets([DOC], RunParams(targets="local+grounded", num_targets=2), lm, 0)
-    assert result["d0"] == ["Question: In which year was Douprur founded? Answer: 1526",
-                            "Question: What stands north of Port Ansel? Answer: The Mirren lighthouse"]
+    assert result["d0"] == [
+        "Question: In which year was Douprur founded? Answer: 1526",
+        "Question: What stands north of Port Ansel? Answer: The Mirren lighthouse",
+    ]
     assert lm.calls == 3
     ungrounded = make_targets([DOC], RunParams(targets="local", num_targets=2), FakeLM(replies), 0)
-    assert ungrounded["d0"] == ["Question: Who founded it? Answer: Nobody",
-                                "Question: In which year was Douprur founded? Answer: 1526"]
+    assert ungrounded["d0"] == [
+        "Question: Who founded it? Answer: Nobody",
+        "Question: In which year was Douprur founded? Answer: 1526",
+    ]
     again = make_targets([DOC], RunParams(targets="local+grounded", num_targets=2), FakeLM([]), 0)
     assert again == result  # from the cache, not confused with the unfiltered set
 
@@ -118,7 +138,15 @@ def test_a_context_short_of_grounded_pairs_keeps_what_it_has_with_a_warning(capl
     assert "fewer than the 3 grounded QA pairs asked for after 12 rounds" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        nothing = make_targets([DOC], RunParams(targets="local+grounded", num_targets=2, ), FakeLM([]), 1)
+        nothing = make_targets(
+            [DOC],
+            RunParams(
+                targets="local+grounded",
+                num_targets=2,
+            ),
+            FakeLM([]),
+            1,
+        )
     assert nothing["d0"] == [] and "1 of 1 contexts have no target sentence" in caplog.text
 
 
@@ -134,8 +162,10 @@ def test_cache_keys_differ_between_generators_and_filters():
 
 
 def test_sentences_and_salient_spans():
-    text = ("In the United States, Mr. Smith paid $4.5 million on 3 May 1990. J. K. Rowling met "
-            "O'Neil at the University of Notre Dame. Denver's team won in 40% of cases.")
+    text = (
+        "In the United States, Mr. Smith paid $4.5 million on 3 May 1990. J. K. Rowling met "
+        "O'Neil at the University of Notre Dame. Denver's team won in 40% of cases."
+    )
     sentences = context_sentences(text)
     assert len(sentences) == 3
     assert salient_spans(sentences[0]) == ["United States", "Smith", "$4.5 million", "3 May 1990"]
@@ -182,8 +212,19 @@ def test_cloze_targets_on_a_data_set_are_grounded_and_never_a_probe(dataset):
 
 
 def test_the_grounding_rate_is_in_a_batch_result(bench, tmp_path):
-    code, stdout, err = bench("run", "--method", "ft_sentences", "--task", "batch", "--profile", "smoke",
-                              "--set", "targets=cloze", "--out", tmp_path)
+    code, stdout, err = bench(
+        "run",
+        "--method",
+        "ft_sentences",
+        "--task",
+        "batch",
+        "--profile",
+        "smoke",
+        "--set",
+        "targets=cloze",
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     assert "targets: cloze" in stdout and "grounding rate 1.00" in stdout
     (path,) = (tmp_path / "batch").rglob("ft_sentences__*.json")

@@ -36,8 +36,9 @@ def _plain_logits(tiny_lm, ids: list[int]) -> torch.Tensor:
 
 def test_window_larger_than_stream_gives_the_plain_models_logits(tiny_lm):
     ids = _stream_ids(tiny_lm)
-    stream = InfLLMStream(tiny_lm.model, MemoryConfig(n_init=4, n_local=128, block_size=8, topk=2,
-                                                      repr_topk=2, chunk_size=16))
+    stream = InfLLMStream(
+        tiny_lm.model, MemoryConfig(n_init=4, n_local=128, block_size=8, topk=2, repr_topk=2, chunk_size=16)
+    )
     chunks = [stream.forward_chunk(ids[i : i + 16])[0] for i in range(0, len(ids), 16)]
     got = torch.cat(chunks)
     assert stream.n_blocks == 0
@@ -46,8 +47,9 @@ def test_window_larger_than_stream_gives_the_plain_models_logits(tiny_lm):
 
 def test_short_window_evicts_into_blocks_and_changes_the_output(tiny_lm):
     ids = _stream_ids(tiny_lm)
-    stream = InfLLMStream(tiny_lm.model, MemoryConfig(n_init=4, n_local=16, block_size=8, topk=2,
-                                                      repr_topk=2, chunk_size=8))
+    stream = InfLLMStream(
+        tiny_lm.model, MemoryConfig(n_init=4, n_local=16, block_size=8, topk=2, repr_topk=2, chunk_size=8)
+    )
     chunks = [stream.forward_chunk(ids[i : i + 8])[0] for i in range(0, len(ids), 8)]
     memory = stream.memories[0]
     # 70 tokens: 4 initial, whole blocks of 8 while more than n_local stay behind
@@ -92,8 +94,7 @@ def test_block_representatives_are_the_most_attended_keys():
     k[0, 6] = -6.0 * direction  # largest norm, never attended
     v = torch.randn(1, 16, 4, generator=gen)
     memory.forward(q[:, :8], k[:, :8], v[:, :8])
-    torch.testing.assert_close(memory.recent_score, _received_attention(q[:, :8], k[:, :8], 8),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(memory.recent_score, _received_attention(q[:, :8], k[:, :8], 8), atol=1e-5, rtol=1e-5)
     memory.forward(q[:, 8:], k[:, 8:], v[:, 8:])  # 16 tokens: the first 8 become a block
     assert memory.n_blocks == 1 and memory.block_start == [0]
     received = _received_attention(q, k, 8)
@@ -138,8 +139,7 @@ def test_method_answers_from_a_stream_longer_than_the_window(tiny_lm):
     assert all(len(blocks) == params.topk for blocks in entry["retrieved_blocks"])
     assert method.stats["probes"] == 2
     assert len(method.last_retrieved) == 2
-    assert all(0 < len(ids) <= params.topk and set(ids) <= {c.id for c in contexts}
-               for ids in method.last_retrieved)
+    assert all(0 < len(ids) <= params.topk and set(ids) <= {c.id for c in contexts} for ids in method.last_retrieved)
     footprint = method.footprint()
     assert footprint.detail["kv_blocks"] == blocks_before
     assert footprint.extra_bytes >= footprint.detail["kv_blocks_bytes"] > 0
@@ -154,8 +154,9 @@ def test_one_context_within_the_window_answers_like_the_c_plus_q_prompt(tiny_lm)
     method.inject([Context("c0", text)])
     questions = ["What is the name of Tomas Ferrow's dog?", "What colour is the kayak?"]
     got = method.generate([Prompt("c0", q) for q in questions])
-    expected = tiny_lm.generate([tiny_lm.format_prompt(Prompt("c0", q, text)) for q in questions],
-                                max_new_tokens=6, batch_size=1)
+    expected = tiny_lm.generate(
+        [tiny_lm.format_prompt(Prompt("c0", q, text)) for q in questions], max_new_tokens=6, batch_size=1
+    )
     assert got == expected
     assert method.stream.n_blocks == 0
     # the stream plus the question tail is the C+Q prompt's token sequence, with the same logits
@@ -168,8 +169,7 @@ def test_one_context_within_the_window_answers_like_the_c_plus_q_prompt(tiny_lm)
 
 
 def test_plain_layout_and_answers_before_any_injection(tiny_lm):
-    params = InfLLMParams(n_init=4, n_local=32, block_size=8, topk=2, repr_topk=2, chunk_size=16,
-                          layout="plain")
+    params = InfLLMParams(n_init=4, n_local=32, block_size=8, topk=2, repr_topk=2, chunk_size=16, layout="plain")
     run = RunParams(precision="fp32", max_new_tokens=4)
     method = InfLLM(tiny_lm, params, run, seed=0)
     prompt = Prompt("c0", "Where does entity 0 live?")
@@ -215,8 +215,9 @@ def test_centred_attention_scoring_retrieves_despite_a_shared_query_component():
         query = (3 * shared + basis[b]).repeat(1, 1, 1)
         return memory.clone().forward(query, torch.zeros(1, 1, 4), torch.zeros(1, 1, 4))[1]
 
-    paper = MemoryConfig(n_init=0, n_local=4, block_size=4, topk=1, repr_topk=1, chunk_size=4,
-                         block_score="dot", center_queries=False)
+    paper = MemoryConfig(
+        n_init=0, n_local=4, block_size=4, topk=1, repr_topk=1, chunk_size=4, block_score="dot", center_queries=False
+    )
     fixed = replace(paper, block_score="attention", center_queries=True)
     dot, ours = memory_for(paper), memory_for(fixed)
     assert dot.n_blocks == ours.n_blocks == 4
@@ -228,8 +229,9 @@ def test_prompt_head_is_kept_among_the_initial_tokens(tiny_lm):
     """With layout "context", the demonstrations before the contexts stay always attended instead
     of becoming a memory block that every question retrieves."""
     run = RunParams(precision="fp32", max_new_tokens=3)
-    method = InfLLM(tiny_lm, InfLLMParams(n_init=4, n_local=32, block_size=8, topk=2, repr_topk=2,
-                                          chunk_size=16), run, seed=0)
+    method = InfLLM(
+        tiny_lm, InfLLMParams(n_init=4, n_local=32, block_size=8, topk=2, repr_topk=2, chunk_size=16), run, seed=0
+    )
     head, _ = method._around_context(Prompt("", "?"))
     assert method.config.n_init == max(4, len(tiny_lm.encode(head.rstrip(" "))))
     method.inject([Context(f"c{i}", f"Entity number {i} lives in the town of Place{i}. " * 3) for i in range(4)])

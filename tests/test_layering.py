@@ -17,7 +17,8 @@ import benchmark
 
 UPPER = ("methods", "tasks", "leaderboard", "benchmark.app")
 FOUNDATIONS = ["benchmark"] + sorted(
-    info.name for info in pkgutil.walk_packages(benchmark.__path__, "benchmark.")
+    info.name
+    for info in pkgutil.walk_packages(benchmark.__path__, "benchmark.")
     if not (info.name + ".").startswith("benchmark.app.")
 )
 
@@ -69,15 +70,28 @@ def imports() -> dict[str, dict]:
     if not hasattr(os, "fork"):
         pytest.skip("the check forks one child per module")
     prefixes = ",".join(u + "." for u in UPPER) + "," + ",".join(UPPER)
-    done = subprocess.run([sys.executable, "-c", CHECK, json.dumps(FOUNDATIONS), prefixes], env=clean_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, json.dumps(FOUNDATIONS), prefixes],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_the_foundations_are_the_modules_design_names():
-    for module in ("benchmark.api", "benchmark.registry", "benchmark.config", "benchmark.models",
-                   "benchmark.metrics", "benchmark.results", "benchmark.runner", "benchmark.targets"):
+    for module in (
+        "benchmark.api",
+        "benchmark.registry",
+        "benchmark.config",
+        "benchmark.models",
+        "benchmark.metrics",
+        "benchmark.results",
+        "benchmark.runner",
+        "benchmark.targets",
+    ):
         assert module in FOUNDATIONS
     assert not [m for m in FOUNDATIONS if m.startswith("benchmark.app")]
 
@@ -112,6 +126,5 @@ def test_bench_probes_the_cpu_load_when_it_starts():
         assert reads, "bench did not probe the CPU load"
         assert "torch" not in sys.modules
     """)
-    done = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -47,8 +47,11 @@ def test_boards_are_ranked_per_task_dataset_model(tmp_path):
     assert found[2].metrics == ["recall@1_r1", "recall@1_r2", "recall@1_r3", "recall@1_r4", "recall@5_r1"]
     assert [r.first["method"] for r in found[2].rows] == ["selfparam", "base_q"]
     assert found[3].metrics == ["qa_f1", "efficacy.qa_f1", "before.qa_f1", "acc"]
-    assert board_table(found[3]).headers[5:8] == ["QA-F1 after the last step [95% CI]", "Δ vs Base, Q [95% CI]",
-                                                  "efficacy QA-F1 [95% CI]"]
+    assert board_table(found[3]).headers[5:8] == [
+        "QA-F1 after the last step [95% CI]",
+        "Δ vs Base, Q [95% CI]",
+        "efficacy QA-F1 [95% CI]",
+    ]
     # files without per-question scores: no paired difference, no rank
     assert board_table(found[3]).rows[0][5:8] == ["0.4000 [0.3500, 0.4500]", "—", "0.5000 [0.4500, 0.5500]"]
     table = board_table(main)
@@ -73,8 +76,10 @@ def test_page_plots_links_and_identical_bytes(tmp_path, bench):
     assert [(r[1], r[2].split("]")[0], r[4]) for r in rows[1:]] == [("1", "[FT (S)", "2"), ("2", "[FT (C)", "2")]
     assert rows[1][2].split("](")[1].startswith("../results/batch/fictional/paired-model/ft_sentences__quick__seed0__")
     assert rows[1][5].startswith("0.9350 [") and rows[1][6] == "—"  # no floor run on this board
-    assert "![retention curves, sequential · fictional · smollm2-135m-instruct]" \
-           "(plots/sequential__fictional__smollm2-135m-instruct__retention.png)" in page
+    assert (
+        "![retention curves, sequential · fictional · smollm2-135m-instruct]"
+        "(plots/sequential__fictional__smollm2-135m-instruct__retention.png)" in page
+    )
     assert "(../results/batch/fictional/smollm2-135m-instruct/selfparam__quick__seed0__" in page
     assert "### Table 3 — sequential injection, QA-F1 per step" in page
     assert "### Table 1 as published" in page
@@ -101,8 +106,9 @@ def test_empty_results_folder(tmp_path, bench):
 def test_reference_plan_skips_what_does_not_apply():
     from benchmark.app.reference import plan
 
-    cells, notes = plan(methods=["base_q", "base_cq"], tasks=["batch", "recommendation"],
-                        datasets=["fictional", "redial"])
+    cells, notes = plan(
+        methods=["base_q", "base_cq"], tasks=["batch", "recommendation"], datasets=["fictional", "redial"]
+    )
     chosen = {(c.method, c.task, c.dataset) for c in cells}
     assert ("base_q", "batch", "fictional") in chosen and ("base_cq", "batch", "fictional") in chosen
     assert ("base_cq", "recommendation", "redial") not in chosen  # no gold context to show

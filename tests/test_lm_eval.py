@@ -30,8 +30,13 @@ def harness_means(samples: list[dict]) -> dict[str, float]:
     records = []
     for s in samples:
         prediction = first_answer_line(s["resps"][0][0])
-        records.append({"context_id": s["doc"]["context_id"], "f1": qa_f1(prediction, s["doc"]["answers"]),
-                        "acc": qa_acc(prediction, s["doc"]["answers"])})
+        records.append(
+            {
+                "context_id": s["doc"]["context_id"],
+                "f1": qa_f1(prediction, s["doc"]["answers"]),
+                "acc": qa_acc(prediction, s["doc"]["answers"]),
+            }
+        )
     scores = summarize_contexts(list(per_context(records).values()), seed=0)
     return {"f1": scores["qa_f1"]["mean"], "acc": scores["acc"]["mean"]}
 
@@ -60,11 +65,15 @@ def test_tiny_model_end_to_end(tmp_path, tiny_lm, manager_factory):
     rows = read_export(tmp_path / "fictional.json")["rows"]
     assert rows and all(r["prompt"].startswith(tiny_lm.tokenizer.bos_token) for r in rows)
 
-    model = HFLM(pretrained=tiny_lm.model, tokenizer=tiny_lm.tokenizer, batch_size=8,
-                 max_length=tiny_lm.max_length)
-    results = lm_eval.simple_evaluate(model=model, tasks=["selfparam_fictional"],
-                                      task_manager=manager_factory(tmp_path), log_samples=True,
-                                      verbosity="ERROR", bootstrap_iters=0)
+    model = HFLM(pretrained=tiny_lm.model, tokenizer=tiny_lm.tokenizer, batch_size=8, max_length=tiny_lm.max_length)
+    results = lm_eval.simple_evaluate(
+        model=model,
+        tasks=["selfparam_fictional"],
+        task_manager=manager_factory(tmp_path),
+        log_samples=True,
+        verbosity="ERROR",
+        bootstrap_iters=0,
+    )
     samples = results["samples"]["selfparam_fictional"]
     assert len(samples) == len(rows) == sum(len(d.probes) for d in documents)
     scores = results["results"]["selfparam_fictional"]
@@ -97,11 +106,19 @@ class Scripted(LMEvalModel):
 
 def test_multi_gold_partial_f1_is_not_binarised(tmp_path, manager_factory):
     documents = [
-        Document("c1", "Ada Brook lives in Old Harbour. She keeps bees.",
-                 (QA("Where does Ada Brook live?", ("Old Harbour", "the Old Harbour town")),
-                  QA("What does Ada keep?", ("bees",)))),
-        Document("c2", "The Vell tower is 40 metres tall.",
-                 (QA("How tall is the Vell tower?", ("40 metres", "forty metres")),)),
+        Document(
+            "c1",
+            "Ada Brook lives in Old Harbour. She keeps bees.",
+            (
+                QA("Where does Ada Brook live?", ("Old Harbour", "the Old Harbour town")),
+                QA("What does Ada keep?", ("bees",)),
+            ),
+        ),
+        Document(
+            "c2",
+            "The Vell tower is 40 metres tall.",
+            (QA("How tall is the Vell tower?", ("40 metres", "forty metres")),),
+        ),
     ]
     export_qa("fictional", tmp_path, documents=documents)
     rows = read_export(tmp_path / "fictional.json")["rows"]
@@ -111,9 +128,14 @@ def test_multi_gold_partial_f1_is_not_binarised(tmp_path, manager_factory):
         "How tall is the Vell tower?": "forty metres",
     }
     answers = {r["prompt"]: replies[r["question"]] for r in rows}
-    results = lm_eval.simple_evaluate(model=Scripted(answers), tasks=["selfparam_fictional"],
-                                      task_manager=manager_factory(tmp_path), log_samples=True,
-                                      verbosity="ERROR", bootstrap_iters=0)
+    results = lm_eval.simple_evaluate(
+        model=Scripted(answers),
+        tasks=["selfparam_fictional"],
+        task_manager=manager_factory(tmp_path),
+        log_samples=True,
+        verbosity="ERROR",
+        bootstrap_iters=0,
+    )
     scores = results["results"]["selfparam_fictional"]
     expected = harness_means(results["samples"]["selfparam_fictional"])
     # c1: mean(F1("Harbour town", best gold) = 0.8, 0) = 0.4; c2: 1.0 -> mean over contexts 0.7
@@ -140,8 +162,17 @@ def test_bench_lm_eval_cli(tmp_path, bench):
     code, out, err = bench("lm-eval", "--export", "--data-dir", tmp_path, "--contexts", "4")
     assert code == 0, err
     assert read_export(tmp_path / "fictional.json")["contexts"] == 4
-    code, out, err = bench("lm-eval", "--profile", "smoke", "--method", "base_cq", "--data-dir", tmp_path,
-                           "--output", tmp_path / "scores.json")
+    code, out, err = bench(
+        "lm-eval",
+        "--profile",
+        "smoke",
+        "--method",
+        "base_cq",
+        "--data-dir",
+        tmp_path,
+        "--output",
+        tmp_path / "scores.json",
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "scores.json").read_text())
     entry = report["tasks"]["selfparam_fictional"]
@@ -165,11 +196,18 @@ def test_recommendation_task_scores_like_the_harness(tmp_path, shared_data, mana
     payload = read_export(tmp_path / "inspired.json")
     rows = payload["rows"]
     # Right first title for even rows (misspelt by one letter), a wrong one for odd rows.
-    replies = {r["prompt"]: (f"1. {r['gold'][0][:-1]}x\n2. Titanic" if i % 2 == 0 else "1. Titanic\n2. Heat")
-               for i, r in enumerate(rows)}
-    results = lm_eval.simple_evaluate(model=Scripted(replies), tasks=["selfparam_inspired"],
-                                      task_manager=manager_factory(tmp_path), log_samples=True,
-                                      verbosity="ERROR", bootstrap_iters=0)
+    replies = {
+        r["prompt"]: (f"1. {r['gold'][0][:-1]}x\n2. Titanic" if i % 2 == 0 else "1. Titanic\n2. Heat")
+        for i, r in enumerate(rows)
+    }
+    results = lm_eval.simple_evaluate(
+        model=Scripted(replies),
+        tasks=["selfparam_inspired"],
+        task_manager=manager_factory(tmp_path),
+        log_samples=True,
+        verbosity="ERROR",
+        bootstrap_iters=0,
+    )
     scores = results["results"]["selfparam_inspired"]
 
     matcher = TitleMatcher(payload["catalogue"])

@@ -44,16 +44,17 @@ def test_bench_list_and_run_show_the_one_line_reason(bench, monkeypatch, tmp_pat
     line = next(row for row in out.splitlines() if row.startswith("memoryllm "))
     assert "no: checkpoint YuWangX/memoryllm-8b is not in the local Hugging Face cache" in line
 
-    code, out, err = bench("run", "--method", "memoryllm", "--task", "batch", "--profile", "smoke",
-                           "--out", tmp_path)
+    code, out, err = bench("run", "--method", "memoryllm", "--task", "batch", "--profile", "smoke", "--out", tmp_path)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1
     assert "method 'memoryllm' cannot run here: checkpoint YuWangX/memoryllm-8b" in err
     assert not list(tmp_path.rglob("*.json*"))
 
 
-REMOTE_CODE_LINE = ("bench: error: memoryllm runs the Python code that comes with checkpoint YuWangX/memoryllm-8b "
-                    "(trust_remote_code, off by default); allow it with --set trust_remote_code=true")
+REMOTE_CODE_LINE = (
+    "bench: error: memoryllm runs the Python code that comes with checkpoint YuWangX/memoryllm-8b "
+    "(trust_remote_code, off by default); allow it with --set trust_remote_code=true"
+)
 
 
 @pytest.fixture
@@ -93,8 +94,12 @@ def test_remote_code_is_off_by_default_and_recorded_in_the_config(monkeypatch):
     assert MemoryLLMParams().trust_remote_code is False
     assert "--set trust_remote_code=true" in MemoryLLM.params_problem(MemoryLLMParams())
     assert MemoryLLM.params_problem(MemoryLLMParams(trust_remote_code=True)) is None
-    for overrides, expected in (({}, False), ({"trust_remote_code": "true"}, True),
-                                ({"method.trust_remote_code": "yes"}, True), ({"trust_remote_code": "off"}, False)):
+    for overrides, expected in (
+        ({}, False),
+        ({"trust_remote_code": "true"}, True),
+        ({"method.trust_remote_code": "yes"}, True),
+        ({"trust_remote_code": "off"}, False),
+    ):
         request = RunRequest(method="memoryllm", task="batch", profile="smoke", overrides=overrides)
         config = resolve(request, check_available=False).config
         assert config["params"]["method"]["trust_remote_code"] is expected
@@ -113,8 +118,21 @@ def test_the_opt_in_is_judged_before_the_checkpoint_is_looked_for(tiny_lm, monke
 
 
 def test_bench_run_without_the_opt_in_stops_before_loading_the_checkpoint(bench, machine_can_run, tmp_path):
-    code, out, err = bench("run", "--method", "memoryllm", "--task", "batch", "--profile", "smoke",
-                           "--set", "episodes=1", "--device", "cpu", "--out", tmp_path)
+    code, out, err = bench(
+        "run",
+        "--method",
+        "memoryllm",
+        "--task",
+        "batch",
+        "--profile",
+        "smoke",
+        "--set",
+        "episodes=1",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path,
+    )
     assert code == 2, err
     assert err.strip().splitlines() == [REMOTE_CODE_LINE]
     assert machine_can_run == []  # neither the tokenizer nor the model was asked for
@@ -122,12 +140,27 @@ def test_bench_run_without_the_opt_in_stops_before_loading_the_checkpoint(bench,
 
 
 def test_bench_run_with_the_opt_in_passes_it_to_from_pretrained(bench, machine_can_run, tmp_path):
-    code, out, err = bench("run", "--method", "memoryllm", "--task", "batch", "--profile", "smoke",
-                           "--set", "episodes=1", "--set", "trust_remote_code=true", "--device", "cpu",
-                           "--out", tmp_path)
+    code, out, err = bench(
+        "run",
+        "--method",
+        "memoryllm",
+        "--task",
+        "batch",
+        "--profile",
+        "smoke",
+        "--set",
+        "episodes=1",
+        "--set",
+        "trust_remote_code=true",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path,
+    )
     assert code == 2, err  # the fake checkpoint stops the load
     assert err.strip().splitlines() == [
-        "bench: error: cannot load YuWangX/memoryllm-8b with trust_remote_code: the fake checkpoint stops here"]
+        "bench: error: cannot load YuWangX/memoryllm-8b with trust_remote_code: the fake checkpoint stops here"
+    ]
     model_calls = [kwargs for kind, repo, kwargs in machine_can_run if kind == "model"]
     assert [repo for kind, repo, _ in machine_can_run] == ["YuWangX/memoryllm-8b"] * 2
     assert len(model_calls) == 1
@@ -195,8 +228,12 @@ def test_queries_attend_to_the_pool(tiny_lm):
 def test_mini_method_injects_answers_and_reports_its_footprint(tiny_lm):
     params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="none")
     method = MemoryLLMMini(tiny_lm, params, RunParams(precision="fp32", max_new_tokens=3), seed=0)
-    method.inject([Context("a", "Tomas Ferrow owns a red kayak and a small dog called Pip."),
-                   Context("b", "The Kessel bridge was built in 1874 from grey stone.")])
+    method.inject(
+        [
+            Context("a", "Tomas Ferrow owns a red kayak and a small dog called Pip."),
+            Context("b", "The Kessel bridge was built in 1874 from grey stone."),
+        ]
+    )
     answers = method.generate([Prompt("a", "What is the name of Tomas Ferrow's dog?")])
     assert len(answers) == 1 and isinstance(answers[0], str)
     footprint = method.footprint()

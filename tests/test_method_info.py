@@ -47,9 +47,12 @@ def test_row_name_order_and_role_are_not_inherited():
 
 def test_unknown_storage_class_or_role_is_refused_when_the_class_is_defined():
     with pytest.raises(TypeError, match=r"storage_class is 'O\(n\^2\)'"):
+
         class Quadratic(Method):
             storage_class = "O(n^2)"
+
     with pytest.raises(TypeError, match="role is 'roof'"):
+
         class Roof(Method):
             role = "roof"
 
@@ -64,8 +67,13 @@ def test_the_runner_writes_method_info_into_the_result_file(tmp_path):
     from benchmark.runner import RunRequest, run
 
     outcome = run(RunRequest(method="base_q", task="batch", profile="smoke", out=tmp_path))
-    assert outcome.result["method_info"] == {"display_name": "Base, Q", "family": "reference",
-                                             "storage_class": "O(1)", "table_order": 20, "role": "floor"}
+    assert outcome.result["method_info"] == {
+        "display_name": "Base, Q",
+        "family": "reference",
+        "storage_class": "O(1)",
+        "table_order": 20,
+        "role": "floor",
+    }
     assert '"method_info"' in outcome.path.read_text()
 
 
@@ -80,11 +88,15 @@ def test_tables_read_the_result_files_method_info_before_the_registered_class():
     renamed["method_info"] = {**MethodInfo.of_class(BaseQ).record(), "display_name": "Base (Q only)"}
     (table,) = table1([batch("ft_context", 0.2), unregistered, batch("unknown", 0.4), renamed])
     assert [row[:2] for row in table.rows] == [
-        ["Base (Q only)", "O(1)"], ["Not Installed", "O(n)"], ["FT (C)", "O(1)"], ["unknown", "—"]]
+        ["Base (Q only)", "O(1)"],
+        ["Not Installed", "O(n)"],
+        ["FT (C)", "O(1)"],
+        ["unknown", "—"],
+    ]
 
 
 # ---- a method from an outside package, as a third party adds one -------------------------------
-PLUGIN = '''
+PLUGIN = """
 from methods.base import Method
 
 
@@ -92,10 +104,10 @@ class MyPlugin(Method):
     description = "an outside package's method (the untouched model, under another name)"
     display_name = "My Plug-in"
     storage_class = "O(n)"
-'''
+"""
 
 # Runs in a fresh interpreter, so the entry points are read as a user's `bench` reads them.
-SCRIPT = '''
+SCRIPT = """
 import json, shutil, sys
 from pathlib import Path
 from benchmark.app.cli import main
@@ -114,7 +126,7 @@ for path in (out / "runs").rglob("*.json"):
 for name in ("runs", "old"):
     assert main(["table", "--table", "1", "--output", str(out / f"table-{name}.md"), str(out / name)]) == 0
     assert main(["leaderboard", "--results", str(out / name), "--out", str(out / f"board-{name}")]) == 0
-'''
+"""
 
 
 def _rows(markdown: str, method: str, column: int = 0) -> list[list[str]]:
@@ -135,8 +147,9 @@ def _bench(tmp_path, code: str, *args: str, plugin: bool) -> None:
     env = dict(os.environ)
     paths = [str(tmp_path / "site")] * plugin + [env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(paths).strip(os.pathsep)
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -156,12 +169,18 @@ def test_an_outside_packages_method_shows_its_name_and_storage_class_everywhere(
 
     (written,) = (out / "runs").rglob("my-plugin__*.json")
     assert json.loads(written.read_text())["method_info"] == {
-        "display_name": "My Plug-in", "family": "", "storage_class": "O(n)", "table_order": DEFAULT_TABLE_ORDER,
-        "role": ""}
+        "display_name": "My Plug-in",
+        "family": "",
+        "storage_class": "O(n)",
+        "table_order": DEFAULT_TABLE_ORDER,
+        "role": "",
+    }
     for name in ("runs", "old"):
         table = (out / f"table-{name}.md").read_text()
         assert [row[:2] for row in _rows(table, "Base, Q") + _rows(table, "My Plug-in")] == [
-            ["Base, Q", "O(1)"], ["My Plug-in", "O(n)"]], table  # the built-in first, then the plug-in
+            ["Base, Q", "O(1)"],
+            ["My Plug-in", "O(n)"],
+        ], table  # the built-in first, then the plug-in
         assert "my-plugin" not in table
         page = (out / f"board-{name}" / "README.md").read_text()
         ranked = [row[2].split("](")[0].lstrip("[") for row in _rows(page, "smoke", column=3)]
@@ -170,7 +189,11 @@ def test_an_outside_packages_method_shows_its_name_and_storage_class_everywhere(
         assert "my-plugin" not in page.replace("my-plugin__smoke", "")  # only in links to its result file
 
     # without the package installed, the result file alone still names the method and its class S
-    _bench(tmp_path, "import sys\nfrom benchmark.app.cli import main\n"
-           "sys.exit(main(['table', '-t', '1', '-o', sys.argv[1] + '/alone.md', sys.argv[1] + '/runs']))",
-           str(out), plugin=False)
+    _bench(
+        tmp_path,
+        "import sys\nfrom benchmark.app.cli import main\n"
+        "sys.exit(main(['table', '-t', '1', '-o', sys.argv[1] + '/alone.md', sys.argv[1] + '/runs']))",
+        str(out),
+        plugin=False,
+    )
     assert [row[:2] for row in _rows((out / "alone.md").read_text(), "My Plug-in")] == [["My Plug-in", "O(n)"]]

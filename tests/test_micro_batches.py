@@ -29,11 +29,15 @@ def make_batch(lm, kind: str) -> tuple[list[Example], list[Dist] | None, list[in
     g = torch.Generator().manual_seed(0)
     vocab = lm.model.config.vocab_size
     bos = [lm.tokenizer.bos_token_id]
-    batch = [Example(bos + torch.randint(100, vocab, (n,), generator=g).tolist(), first, "context", weight)
-             for n, first, weight in ((12, 0, 1.0), (16, 3, 0.5), (14, 1, 2.0), (22, 5, 1.0), (9, 0, 1.5))]
+    batch = [
+        Example(bos + torch.randint(100, vocab, (n,), generator=g).tolist(), first, "context", weight)
+        for n, first, weight in ((12, 0, 1.0), (16, 3, 0.5), (14, 1, 2.0), (22, 5, 1.0), (9, 0, 1.5))
+    ]
     prefix = bos + torch.randint(100, vocab, (9,), generator=g).tolist()  # shared with share_prefix=8
-    batch += [Example(prefix + torch.randint(100, vocab, (n,), generator=g).tolist(), len(prefix), "qa", weight)
-              for n, weight in ((4, 1.0), (6, 0.5), (5, 1.0), (7, 3.0))]
+    batch += [
+        Example(prefix + torch.randint(100, vocab, (n,), generator=g).tolist(), len(prefix), "qa", weight)
+        for n, weight in ((4, 1.0), (6, 0.5), (5, 1.0), (7, 3.0))
+    ]
     if kind == "ce":
         return batch, None, prefix
     targets = []
@@ -140,10 +144,13 @@ def teacher_specs(lm) -> list[TeacherSpec]:
     vocab = lm.model.config.vocab_size
     bos = [lm.tokenizer.bos_token_id]
     context = bos + torch.randint(100, vocab, (10,), generator=g).tolist()
-    specs = [TeacherSpec(bos + torch.randint(100, vocab, (n,), generator=g).tolist(), first)
-             for n, first in ((13, 0), (8, 2), (21, 4), (3, 3), (17, 0))]  # (3, 3): no scored row
-    specs += [TeacherSpec(context + torch.randint(100, vocab, (n,), generator=g).tolist(), len(context))
-              for n in (6, 9, 4)]
+    specs = [
+        TeacherSpec(bos + torch.randint(100, vocab, (n,), generator=g).tolist(), first)
+        for n, first in ((13, 0), (8, 2), (21, 4), (3, 3), (17, 0))
+    ]  # (3, 3): no scored row
+    specs += [
+        TeacherSpec(context + torch.randint(100, vocab, (n,), generator=g).tolist(), len(context)) for n in (6, 9, 4)
+    ]
     return specs
 
 
@@ -153,8 +160,9 @@ def test_teacher_dists_in_row_chunks_equal_the_whole_bucket_and_each_spec_alone(
     specs = teacher_specs(tiny_lm)
     assert any(s.rows == 0 for s in specs) and group_by_prefix([(s.ids, s.first) for s in specs], 8)[0]
     whole = teacher_dists(tiny_lm.model, tiny_lm, specs, topk=topk, temperature=2.0, share_prefix=share, chunk_rows=0)
-    chunked = teacher_dists(tiny_lm.model, tiny_lm, specs, topk=topk, temperature=2.0, share_prefix=share,
-                            chunk_rows=5)  # chunks cross example boundaries
+    chunked = teacher_dists(
+        tiny_lm.model, tiny_lm, specs, topk=topk, temperature=2.0, share_prefix=share, chunk_rows=5
+    )  # chunks cross example boundaries
     vocab = tiny_lm.model.config.vocab_size
     for spec, a, b in zip(specs, whole, chunked):
         assert a.logp.shape == b.logp.shape == (spec.rows, topk or vocab)

@@ -15,8 +15,14 @@ from benchmark.app.perf import report, run_perf
 
 
 def test_perf_measures_both_loops_and_their_ratio():
-    figures = run_perf(model="tiny-random-llama", profile="smoke", num_contexts=2, official_pairs=2, rounds=1,
-                       overrides={"share_prefix": "8", "prompt_style": "run"})
+    figures = run_perf(
+        model="tiny-random-llama",
+        profile="smoke",
+        num_contexts=2,
+        official_pairs=2,
+        rounds=1,
+        overrides={"share_prefix": "8", "prompt_style": "run"},
+    )
     assert figures["official_tokens"] > 0 and figures["ours_tokens"] > 0
     assert figures["ratio"] == figures["ours_example_tok_s"] / figures["official_tok_s"]
     assert figures["ratio_computed"] == figures["ours_tok_s"] / figures["official_tok_s"]

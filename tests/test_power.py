@@ -88,16 +88,18 @@ def test_compare_prints_the_detectable_difference(tmp_path, bench):
     shifted = write(tmp_path, qa("bm25", [v + 0.1 for v in BASE]))
     code, out, _ = bench("compare", a, shifted)
     assert out.splitlines()[-1] == f"{MDE_LINE}not estimable over 10 contexts (every difference is the same)"
-    single = [write(tmp_path, qa(m, [v], contexts=["fictional-0000"]))
-              for m, v in (("base_q", 0.1), ("dpr", 0.4))]
+    single = [write(tmp_path, qa(m, [v], contexts=["fictional-0000"])) for m, v in (("base_q", 0.1), ("dpr", 0.4))]
     code, out, _ = bench("compare", *single)
     assert code == 0 and out.splitlines()[-1] == f"{MDE_LINE}not estimable over 1 contexts (needs at least 2)"
 
 
 def test_compare_sequential_mde_is_over_sequences(tmp_path, bench):
     def run(method: str, gains: list[float]) -> dict:
-        return with_contexts(sequential(method, [0.0, 0.5]), {
-            "seq-0": {"c0": gains[0], "c1": gains[1]}, "seq-1": {"c2": gains[2], "c3": gains[3]}})
+        return with_contexts(
+            sequential(method, [0.0, 0.5]),
+            {"seq-0": {"c0": gains[0], "c1": gains[1]}, "seq-1": {"c2": gains[2], "c3": gains[3]}},
+        )
+
     a, b = write(tmp_path, run("base_q", [0.0] * 4)), write(tmp_path, run("selfparam", [0.1, 0.3, 0.5, 0.7]))
     code, out, err = bench("compare", a, b)
     assert code == 0, err
@@ -124,14 +126,17 @@ def test_power_table_of_a_cell_folder(tmp_path, bench):
     assert out.startswith("### batch · fictional · smollm2-135m-instruct\n")
     header = next(line for line in out.splitlines() if line.startswith("| method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "method", "n (contexts)", "Δ QA-F1 vs Base, Q [95% CI]", "MDE (80% power, α 0.05)"]
+        "method",
+        "n (contexts)",
+        "Δ QA-F1 vs Base, Q [95% CI]",
+        "MDE (80% power, α 0.05)",
+    ]
     rows = table_rows(out)
     assert list(rows) == ["DPR", "SELF-PARAM", "BM25"]  # best first; the floor is the reference, not a row
     base = dict(zip(CONTEXTS, BASE))
     expected = paired_difference(base, dict(zip(CONTEXTS, spread)))
     interval = f"{expected['mean']:+.4f} [{expected['ci_low']:+.4f}, {expected['ci_high']:+.4f}]"
-    assert rows["BM25"] == ["10", interval,
-                            f"±{by_hand([s - v for s, v in zip(spread, BASE)]):.4f}"]
+    assert rows["BM25"] == ["10", interval, f"±{by_hand([s - v for s, v in zip(spread, BASE)]):.4f}"]
     assert rows["SELF-PARAM"][0] == "10" and rows["SELF-PARAM"][1].startswith("+0.1600 [")
     assert rows["SELF-PARAM"][2] == "±0.1968"
     assert rows["DPR"] == ["10", "+0.2000 [+0.2000, +0.2000]", "— (no spread)"]
@@ -141,9 +146,12 @@ def test_power_table_of_a_cell_folder(tmp_path, bench):
 
 
 def test_power_pools_seeds_and_handles_tiny_and_floorless_cells(tmp_path, bench):
-    runs = [qa("base_q", BASE, seed=0), qa("base_q", BASE, seed=1),
-            qa("selfparam", [v + g for v, g in zip(BASE, GAINS)], seed=0),
-            qa("selfparam", [v + g for v, g in zip(BASE, reversed(GAINS))], seed=1)]
+    runs = [
+        qa("base_q", BASE, seed=0),
+        qa("base_q", BASE, seed=1),
+        qa("selfparam", [v + g for v, g in zip(BASE, GAINS)], seed=0),
+        qa("selfparam", [v + g for v, g in zip(BASE, reversed(GAINS))], seed=1),
+    ]
     for run in runs:
         write(tmp_path / "seeds", run)
     code, out, err = bench("power", tmp_path / "seeds")

@@ -20,24 +20,49 @@ def load_whole(dataset, path, limit):
 
 
 def squad_file(tmp_path, data=None):
-    data = data or {"data": [
-        {"title": "Alpha", "paragraphs": [
-            {"context": "Alpha is a city. It has a river.", "qas": [
-                {"id": "1", "question": "What is Alpha?", "answers": [{"text": "a city"}, {"text": "city"}]},
-                {"id": "2", "question": "What does Alpha have?", "answers": [{"text": "a river"}]},
-                {"id": "3", "question": "Why?", "answers": [{"text": LONG}]},
-                {"id": "4", "question": "What is  Alpha?", "answers": [{"text": "a town"}]},  # repeat of 1
-                {"id": "5", "question": "Where is the river?", "answers": [{"text": LONG}, {"text": "in Alpha"}]},
-            ]},
-            {"context": "Only one question here.", "qas": [
-                {"id": "6", "question": "How many questions?", "answers": [{"text": "one"}]}]},
-        ]},
-        {"title": "Beta", "paragraphs": [
-            {"context": "Beta was built in 1900 by Ann.", "qas": [
-                {"id": "7", "question": "When was Beta built?", "answers": [{"text": "1900"}]},
-                {"id": "8", "question": "Who built Beta?", "answers": [{"text": "Ann"}]}]},
-        ]},
-    ]}
+    data = data or {
+        "data": [
+            {
+                "title": "Alpha",
+                "paragraphs": [
+                    {
+                        "context": "Alpha is a city. It has a river.",
+                        "qas": [
+                            {
+                                "id": "1",
+                                "question": "What is Alpha?",
+                                "answers": [{"text": "a city"}, {"text": "city"}],
+                            },
+                            {"id": "2", "question": "What does Alpha have?", "answers": [{"text": "a river"}]},
+                            {"id": "3", "question": "Why?", "answers": [{"text": LONG}]},
+                            {"id": "4", "question": "What is  Alpha?", "answers": [{"text": "a town"}]},  # repeat of 1
+                            {
+                                "id": "5",
+                                "question": "Where is the river?",
+                                "answers": [{"text": LONG}, {"text": "in Alpha"}],
+                            },
+                        ],
+                    },
+                    {
+                        "context": "Only one question here.",
+                        "qas": [{"id": "6", "question": "How many questions?", "answers": [{"text": "one"}]}],
+                    },
+                ],
+            },
+            {
+                "title": "Beta",
+                "paragraphs": [
+                    {
+                        "context": "Beta was built in 1900 by Ann.",
+                        "qas": [
+                            {"id": "7", "question": "When was Beta built?", "answers": [{"text": "1900"}]},
+                            {"id": "8", "question": "Who built Beta?", "answers": [{"text": "Ann"}]},
+                        ],
+                    },
+                ],
+            },
+        ]
+    }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(data, indent=1))
     return path
@@ -89,26 +114,51 @@ def test_squad_all_keeps_every_question_as_probe(tmp_path):
 
 
 def test_squad_training_question_asked_elsewhere_is_dropped(tmp_path):
-    data = {"data": [{"title": "T", "paragraphs": [
-        {"context": "One.", "qas": [{"question": "Q1?", "answers": [{"text": "a"}]},
-                                    {"question": "Shared?", "answers": [{"text": "b"}]},
-                                    {"question": "Q3?", "answers": [{"text": "c"}]},
-                                    {"question": "Q4?", "answers": [{"text": "d"}]}]},
-        {"context": "Two.", "qas": [{"question": "Shared?", "answers": [{"text": "e"}]},
-                                    {"question": "Q6?", "answers": [{"text": "f"}]}]}]}]}
+    data = {
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "One.",
+                        "qas": [
+                            {"question": "Q1?", "answers": [{"text": "a"}]},
+                            {"question": "Shared?", "answers": [{"text": "b"}]},
+                            {"question": "Q3?", "answers": [{"text": "c"}]},
+                            {"question": "Q4?", "answers": [{"text": "d"}]},
+                        ],
+                    },
+                    {
+                        "context": "Two.",
+                        "qas": [
+                            {"question": "Shared?", "answers": [{"text": "e"}]},
+                            {"question": "Q6?", "answers": [{"text": "f"}]},
+                        ],
+                    },
+                ],
+            }
+        ]
+    }
     docs = load_whole("squad", str(squad_file(tmp_path, data)), None)
     assert [qa.question for qa in docs[0].train_qa] == ["Q4?"]  # "Shared?" is a probe of paragraph 2
     check_no_leakage(docs, dataset_targets(docs, 0, 0))
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.pop("data"), ": field 'data' is missing or not a list"),
-    (lambda d: d["data"][1]["paragraphs"][0].pop("context"), "data[1].paragraphs[0]: field 'context'"),
-    (lambda d: d["data"][0]["paragraphs"][1]["qas"][0].update(question=7),
-     "data[0].paragraphs[1].qas[0]: field 'question'"),
-    (lambda d: d["data"][0]["paragraphs"][0]["qas"][2].update(answers=[{"start": 1}]),
-     "data[0].paragraphs[0].qas[2].answers[0]: field 'text'"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("data"), ": field 'data' is missing or not a list"),
+        (lambda d: d["data"][1]["paragraphs"][0].pop("context"), "data[1].paragraphs[0]: field 'context'"),
+        (
+            lambda d: d["data"][0]["paragraphs"][1]["qas"][0].update(question=7),
+            "data[0].paragraphs[1].qas[0]: field 'question'",
+        ),
+        (
+            lambda d: d["data"][0]["paragraphs"][0]["qas"][2].update(answers=[{"start": 1}]),
+            "data[0].paragraphs[0].qas[2].answers[0]: field 'text'",
+        ),
+    ],
+)
 def test_squad_malformed_structure_is_located(tmp_path, mutate, message):
     path = squad_file(tmp_path)
     data = json.loads(path.read_text())
@@ -136,7 +186,10 @@ def test_pwc_filters_groups_and_keeps_order(tmp_path):
     assert [d.text for d in docs] == ["Story one about Ada.", "Story two about Bob.", "Story four about Cy."]
     assert [d.source for d in docs] == [f"{path}:1", f"{path}:2", f"{path}:7"]
     assert [[qa.question for qa in d.probes] for d in docs] == [
-        ["Who is the story about?", "What is the story?"], ["Who is it about?"], ["Who?"]]
+        ["Who is the story about?", "What is the story?"],
+        ["Who is it about?"],
+        ["Who?"],
+    ]
     assert all("above text" not in qa.question for d in docs for qa in d.probes)
     assert all(not d.train_qa for d in docs)
     assert load_whole("pwc", str(path), 2) == docs[:2]
@@ -157,12 +210,15 @@ def test_pwc_folder_reads_files_in_name_order(tmp_path):
     assert [d.text for d in docs] == ["Story four about Cy.", "Story one about Ada."]
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"input": "x", "prompt": "q?"', "malformed JSON"),
-    ('{"input": "x", "answer": "a"}', "field 'prompt' is missing or not a string"),
-    ('{"input": "  ", "prompt": "q?", "answer": "a"}', "field 'input' is empty"),
-    ('["input", "prompt"]', "expected a JSON object per line"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"input": "x", "prompt": "q?"', "malformed JSON"),
+        ('{"input": "x", "answer": "a"}', "field 'prompt' is missing or not a string"),
+        ('{"input": "  ", "prompt": "q?", "answer": "a"}', "field 'input' is empty"),
+        ('["input", "prompt"]', "expected a JSON object per line"),
+    ],
+)
 def test_pwc_malformed_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     good = json.dumps(PWC_ROWS[0])
@@ -185,12 +241,29 @@ def test_hub_used_only_without_local_copy(tmp_path, monkeypatch):
 
     def fake_hub(datasets, repo, split):
         asked.append((repo, split))
-        return [{"id": "1", "title": "Alpha", "context": "Alpha is a city.", "question": "What is Alpha?",
-                 "answers": {"text": ["a city"], "answer_start": [9]}},
-                {"id": "2", "title": "Alpha", "context": "Alpha is a city.", "question": "Is it big?",
-                 "answers": {"text": ["no"], "answer_start": [0]}},
-                {"id": "3", "title": "Beta", "context": "Beta is a lake.", "question": "What is Beta?",
-                 "answers": {"text": [LONG, "a lake"], "answer_start": [0, 9]}}]
+        return [
+            {
+                "id": "1",
+                "title": "Alpha",
+                "context": "Alpha is a city.",
+                "question": "What is Alpha?",
+                "answers": {"text": ["a city"], "answer_start": [9]},
+            },
+            {
+                "id": "2",
+                "title": "Alpha",
+                "context": "Alpha is a city.",
+                "question": "Is it big?",
+                "answers": {"text": ["no"], "answer_start": [0]},
+            },
+            {
+                "id": "3",
+                "title": "Beta",
+                "context": "Beta is a lake.",
+                "question": "What is Beta?",
+                "answers": {"text": [LONG, "a lake"], "answer_start": [0, 9]},
+            },
+        ]
 
     monkeypatch.setattr(public, "hub_loader", fake_hub)
     docs = load_whole("squad-all", "", None)

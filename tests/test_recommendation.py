@@ -47,9 +47,15 @@ def test_parser_reads_numbered_list_and_ignores_chatter():
 
 def test_parser_reads_bullets_comma_lists_and_nothing():
     assert parse_recommendations("Sure!\n- Inception (2010)\n* Titanic\n• Heat – a crime epic") == [
-        "Inception", "Titanic", "Heat"]
+        "Inception",
+        "Titanic",
+        "Heat",
+    ]
     assert parse_recommendations("Here are some movies:\nInception, Titanic; The Matrix.") == [
-        "Inception", "Titanic", "The Matrix"]
+        "Inception",
+        "Titanic",
+        "The Matrix",
+    ]
     assert parse_recommendations("") == []
     assert parse_recommendations("\n\n  \n") == []
     # a small model that keeps the dialog going: every line is kept, to be mapped (and mostly filtered)
@@ -229,7 +235,10 @@ def test_entity_titles_follow_the_papers_naming():
     assert entity_title("<http://dbpedia.org/resource/Police_Academy_(1984_film)>") == "Police Academy"
     assert entity_title("<http://dbpedia.org/resource/Spider-Man_2>") == "Spider Man 2"
     assert [(t.speaker, t.text) for t in parse_dialog("\nUser: hi there\nSystem: hello\nUser: a\nb\nSystem: ")] == [
-        ("User", "hi there"), ("System", "hello"), ("User", "a b")]
+        ("User", "hi there"),
+        ("System", "hello"),
+        ("User", "a b"),
+    ]
 
 
 def test_recommendation_targets_name_new_titles_only(tmp_path):
@@ -271,8 +280,14 @@ def test_unknown_probe_split_is_refused():
 
 # ---- a complete small data root and runs on it -------------------------------------------------
 
-ENTITIES = {"Alien_(film)": 0, "Aliens_(film)": 1, "Predator_(film)": 2, "Heat_(1995_film)": 3,
-            "Ronin_(film)": 4, "Science_fiction": 5}
+ENTITIES = {
+    "Alien_(film)": 0,
+    "Aliens_(film)": 1,
+    "Predator_(film)": 2,
+    "Heat_(1995_film)": 3,
+    "Ronin_(film)": 4,
+    "Science_fiction": 5,
+}
 
 
 def make_data_root(root: Path, probes: list[dict]) -> Path:
@@ -287,12 +302,27 @@ def make_data_root(root: Path, probes: list[dict]) -> Path:
 
 
 PROBES = [
-    {"input": "\nUser: I love Alien (1979) and science fiction\nSystem: ", "rec": [1], "prev_entity": [0, 5],
-     "dialog_id": "test_1", "turn_id": 1},
-    {"input": "\nUser: I love Alien (1979)\nSystem: Then Aliens (1986)\nUser: more?\nSystem: ", "rec": [2, 3],
-     "prev_entity": [0, 1], "dialog_id": "test_1", "turn_id": 3},
-    {"input": "\nUser: a heist movie please\nSystem: ", "rec": [3], "prev_entity": [],
-     "dialog_id": "test_2", "turn_id": 1},
+    {
+        "input": "\nUser: I love Alien (1979) and science fiction\nSystem: ",
+        "rec": [1],
+        "prev_entity": [0, 5],
+        "dialog_id": "test_1",
+        "turn_id": 1,
+    },
+    {
+        "input": "\nUser: I love Alien (1979)\nSystem: Then Aliens (1986)\nUser: more?\nSystem: ",
+        "rec": [2, 3],
+        "prev_entity": [0, 1],
+        "dialog_id": "test_1",
+        "turn_id": 3,
+    },
+    {
+        "input": "\nUser: a heist movie please\nSystem: ",
+        "rec": [3],
+        "prev_entity": [],
+        "dialog_id": "test_2",
+        "turn_id": 1,
+    },
 ]
 
 
@@ -325,10 +355,21 @@ def oracle_method(registrations):
 
 
 def request(tmp_path, method="test-oracle", **sets):
-    overrides = {"data_path": str(tmp_path / "data"), "num_probes": "0", "probes_per_episode": "2",
-                 "num_conversations": "0", **sets}
-    return RunRequest(method=method, task="recommendation", dataset="redial", profile="smoke",
-                      out=tmp_path / "runs", overrides=overrides)
+    overrides = {
+        "data_path": str(tmp_path / "data"),
+        "num_probes": "0",
+        "probes_per_episode": "2",
+        "num_conversations": "0",
+        **sets,
+    }
+    return RunRequest(
+        method=method,
+        task="recommendation",
+        dataset="redial",
+        profile="smoke",
+        out=tmp_path / "runs",
+        overrides=overrides,
+    )
 
 
 def test_scores_end_to_end_with_a_known_answer_method(tmp_path, oracle_method, tiny_lm):
@@ -360,12 +401,18 @@ def test_methods_that_train_get_question_answer_targets(tmp_path, oracle_method,
 
 def test_a_training_conversation_equal_to_a_test_dialog_is_caught(tmp_path, oracle_method, tiny_lm):
     # the probe files label speakers by position, so the check ignores who said what
-    leaked = {"input": "\nSystem: hi, I loved Alien (1979) any ideas?\nUser: Have you seen Aliens (1986) ?"
-                       "\nSystem: yes, great\nSystem: ", "rec": [2], "prev_entity": [0, 1],
-              "dialog_id": "test_9", "turn_id": 1}
+    leaked = {
+        "input": "\nSystem: hi, I loved Alien (1979) any ideas?\nUser: Have you seen Aliens (1986) ?"
+        "\nSystem: yes, great\nSystem: ",
+        "rec": [2],
+        "prev_entity": [0, 1],
+        "dialog_id": "test_9",
+        "turn_id": 1,
+    }
     make_data_root(tmp_path / "data", [leaked])
-    with pytest.raises(BenchError, match="leakage: the dialog of probe 'test_9:1' is part of training conversation "
-                                         "'redial-777'"):
+    with pytest.raises(
+        BenchError, match="leakage: the dialog of probe 'test_9:1' is part of training conversation 'redial-777'"
+    ):
         run(request(tmp_path), lm=tiny_lm)
     # a short, generic opening shared with a training conversation is no leak
     generic = dict(leaked, input="\nUser: hi, I loved Alien (1979) any ideas?\nSystem: ", dialog_id="test_1")
@@ -382,18 +429,45 @@ def test_base_cq_is_refused_with_a_reason(tmp_path, tiny_lm):
 
 def test_missing_probe_folder_and_wrong_dataset_are_one_line_errors(tmp_path, bench):
     (tmp_path / "data").mkdir()
-    code, _, err = bench("run", "--method", "base_q", "--task", "recommendation", "--profile", "smoke",
-                         "--set", f"data_path={tmp_path / 'data'}", "--out", tmp_path / "runs")
+    code, _, err = bench(
+        "run",
+        "--method",
+        "base_q",
+        "--task",
+        "recommendation",
+        "--profile",
+        "smoke",
+        "--set",
+        f"data_path={tmp_path / 'data'}",
+        "--out",
+        tmp_path / "runs",
+    )
     assert code == 2 and "recommendation probes for 'redial' not found" in err
-    code, _, err = bench("run", "--method", "base_q", "--task", "recommendation", "--dataset", "fictional",
-                         "--profile", "smoke", "--out", tmp_path / "runs")
+    code, _, err = bench(
+        "run",
+        "--method",
+        "base_q",
+        "--task",
+        "recommendation",
+        "--dataset",
+        "fictional",
+        "--profile",
+        "smoke",
+        "--out",
+        tmp_path / "runs",
+    )
     assert code == 2 and "'fictional' holds qa data, not crs data; the crs data sets: inspired, redial" in err
 
 
 def test_long_dialogs_lose_their_oldest_turns_to_fit_the_model(tmp_path, oracle_method, tiny_lm):
     turns = "".join(f"\nUser: I want a film number {i} with many many words in it\nSystem: ok {i}" for i in range(60))
-    long_probe = {"input": turns + "\nUser: so?\nSystem: ", "rec": [3], "prev_entity": [], "dialog_id": "test_2",
-                  "turn_id": 1}
+    long_probe = {
+        "input": turns + "\nUser: so?\nSystem: ",
+        "rec": [3],
+        "prev_entity": [],
+        "dialog_id": "test_2",
+        "turn_id": 1,
+    }
     make_data_root(tmp_path / "data", [long_probe])
     outcome = run(request(tmp_path), lm=tiny_lm)
     prediction = outcome.result["episodes"][0]["predictions"][0]
@@ -412,6 +486,7 @@ def test_smoke_run_on_the_tiny_model(tmp_path, tiny_lm):
 
 # ---- the shared data, when present -------------------------------------------------------------
 
+
 def test_shared_data_loads(shared_data):
     if not (shared_data / "crs" / "redial").is_dir():
         pytest.skip("no CRS data in the shared folder")
@@ -428,8 +503,10 @@ def test_shared_data_loads(shared_data):
 def test_shared_data_smoke_run(shared_data, tmp_path, tiny_lm):
     if not (shared_data / "crs" / "inspired").is_dir():
         pytest.skip("no CRS data in the shared folder")
-    outcome = run(RunRequest(method="base_q", task="recommendation", dataset="inspired", profile="smoke",
-                             out=tmp_path), lm=tiny_lm)
+    outcome = run(
+        RunRequest(method="base_q", task="recommendation", dataset="inspired", profile="smoke", out=tmp_path),
+        lm=tiny_lm,
+    )
     assert outcome.result["scores"]["recall@1_r1"]["n"] >= 4
     assert outcome.result["episodes"][0]["num_contexts"] == 3
 
@@ -466,8 +543,11 @@ def test_interrupted_run_resumes_at_the_first_unfinished_shard(tmp_path, oracle_
 
 def test_a_conversation_without_recommendations_is_injected_without_targets(tmp_path, oracle_method, tiny_lm):
     root = make_data_root(tmp_path / "data", PROBES)
-    chat = dict(REDIAL_LINE, conversationId="779", messages=[{"text": "hello", "senderWorkerId": 1},
-                                                             {"text": "hi, what do you like?", "senderWorkerId": 2}])
+    chat = dict(
+        REDIAL_LINE,
+        conversationId="779",
+        messages=[{"text": "hello", "senderWorkerId": 1}, {"text": "hi, what do you like?", "senderWorkerId": 2}],
+    )
     train = root / "redial" / "train_subset500.jsonl"
     train.write_text(train.read_text() + json.dumps(chat) + "\n")
     oracle_method.injected.clear()

@@ -27,8 +27,7 @@ def test_outside_method_registers_with_the_decorator_and_runs(bench, tmp_path, r
             return [p.question.split()[0] for p in prompts]
 
     assert METHODS.get("test-echo") is Echo
-    code, out, err = bench("run", "--method", "test-echo", "--task", "batch", "--profile", "smoke",
-                           "--out", tmp_path)
+    code, out, err = bench("run", "--method", "test-echo", "--task", "batch", "--profile", "smoke", "--out", tmp_path)
     assert code == 0, err
     assert "test-echo on batch/fictional" in out
 
@@ -37,12 +36,14 @@ def test_entry_point_group_adds_a_method_without_core_edits(tmp_path, monkeypatc
     """A package installed elsewhere declares an entry point; the registry loads it lazily."""
     package = tmp_path / "outside_pkg"
     package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent("""
+    (package / "__init__.py").write_text(
+        textwrap.dedent("""
         from methods.base import Method
 
         class Outside(Method):
             description = "from an outside package"
-    """))
+    """)
+    )
     dist = tmp_path / "outside_pkg-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-pkg\nVersion: 1.0\n")
@@ -58,8 +59,11 @@ def test_a_registry_takes_subclasses_of_its_interface_only(registrations):
     class NotAMethod:
         pass
 
-    with pytest.raises(TypeError, match=r"cannot register class .*NotAMethod as method 'not-a-method': "
-                                        r"a method must be a subclass of benchmark\.api\.Method"):
+    with pytest.raises(
+        TypeError,
+        match=r"cannot register class .*NotAMethod as method 'not-a-method': "
+        r"a method must be a subclass of benchmark\.api\.Method",
+    ):
         register_method("not-a-method")(NotAMethod)
     with pytest.raises(TypeError, match=r"a task must be a subclass of benchmark\.api\.Task"):
         TASKS.register("a-method-as-task")(Method)

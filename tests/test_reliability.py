@@ -25,9 +25,12 @@ from benchmark.results import RunLock, lock_path, partial_path
 from benchmark.runner import RunRequest, resolve
 
 REPO = Path(__file__).resolve().parents[1]
-GOOD = {"id": "c1", "context": "Ann lives in Rome.",
-        "probes": [{"question": "Where does Ann live?", "answers": ["Rome"]}],
-        "train_qa": [{"question": "Ann's home city?", "answer": "Rome"}]}
+GOOD = {
+    "id": "c1",
+    "context": "Ann lives in Rome.",
+    "probes": [{"question": "Where does Ann live?", "answers": ["Rome"]}],
+    "train_qa": [{"question": "Ann's home city?", "answer": "Rome"}],
+}
 
 
 def assert_refused(result, *needles, out: Path) -> str:
@@ -61,8 +64,10 @@ BAD_INPUTS = {
     "lr zero": (run_args("ft_context", "batch", "--set", "lr=0"), ["method.lr = 0.0", "> 0"]),
     "lr nan": (run_args("selfparam", "batch", "--set", "lr=nan"), ["method.lr = nan"]),
     "lr inf": (run_args("selfparam", "batch", "--set", "lr=inf"), ["method.lr = inf"]),
-    "lora_dropout 1.5": (run_args("selfparam", "batch", "--set", "lora_dropout=1.5"),
-                         ["method.lora_dropout = 1.5", "in [0, 1)"]),
+    "lora_dropout 1.5": (
+        run_args("selfparam", "batch", "--set", "lora_dropout=1.5"),
+        ["method.lora_dropout = 1.5", "in [0, 1)"],
+    ),
     "lora_dropout 1": (run_args("selfparam", "batch", "--set", "lora_dropout=1"), ["method.lora_dropout = 1.0"]),
     "epochs negative": (run_args("selfparam", "batch", "--set", "epochs=-3"), ["method.epochs = -3", ">= 0"]),
     "lora_r zero": (run_args("selfparam", "batch", "--set", "lora_r=0"), ["method.lora_r = 0", ">= 1"]),
@@ -73,25 +78,36 @@ BAD_INPUTS = {
     "episodes zero": (run_args("base_q", "batch", "--set", "episodes=0"), ["task.episodes = 0"]),
     "first_context negative": (run_args("base_q", "batch", "--set", "first_context=-5"), ["task.first_context = -5"]),
     "num_sequences zero": (run_args("base_q", "sequential", "--set", "num_sequences=0"), ["task.num_sequences = 0"]),
-    "sequence_length negative": (run_args("base_q", "sequential", "--set", "sequence_length=-1"),
-                                 ["task.sequence_length = -1"]),
+    "sequence_length negative": (
+        run_args("base_q", "sequential", "--set", "sequence_length=-1"),
+        ["task.sequence_length = -1"],
+    ),
     "bm25 top_k zero": (run_args("bm25", "batch", "--set", "top_k=0"), ["method.top_k = 0", ">= 1"]),
     "bm25 b above 1": (run_args("bm25", "batch", "--set", "b=1.5"), ["method.b = 1.5", "in [0, 1]"]),
     "infllm n_local zero": (run_args("infllm", "batch", "--set", "n_local=0"), ["method.n_local = 0"]),
-    "fewshot beyond the demonstrations": (run_args("base_q", "batch", "--set", "fewshot=4"),
-                                          ["run.fewshot = 4", "in [0, 3]"]),
+    "fewshot beyond the demonstrations": (
+        run_args("base_q", "batch", "--set", "fewshot=4"),
+        ["run.fewshot = 4", "in [0, 3]"],
+    ),
     "max_new_tokens zero": (run_args("base_q", "batch", "--set", "max_new_tokens=0"), ["run.max_new_tokens = 0"]),
     "eval_batch_size zero": (run_args("base_q", "batch", "--set", "eval_batch_size=0"), ["run.eval_batch_size = 0"]),
-    "two violations, one line": (run_args("selfparam", "batch", "--set", "lr=-1", "--set", "epochs=-1"),
-                                 ["method.lr = -1.0", "method.epochs = -1"]),
+    "two violations, one line": (
+        run_args("selfparam", "batch", "--set", "lr=-1", "--set", "epochs=-1"),
+        ["method.lr = -1.0", "method.epochs = -1"],
+    ),
     "epochs not an integer": (run_args("selfparam", "batch", "--set", "epochs=2.5"), ["not an integer"]),
-    "no such model directory": (run_args("base_q", "batch", "--model", "/no/such/dir"),
-                                ["'/no/such/dir'", "no such local model directory and not a known hub id"]),
-    "relative model path": (run_args("base_q", "batch", "--model", "./models/none"),
-                            ["no such local model directory and not a known hub id"]),
-    "data file not UTF-8": (lambda tmp: run_args("base_q", "batch", "--dataset", str(non_utf8_file(tmp)),
-                                                 "--set", "num_contexts=2"),
-                            ["latin1.jsonl:2:", "not UTF-8 text (byte 0xeb)"]),
+    "no such model directory": (
+        run_args("base_q", "batch", "--model", "/no/such/dir"),
+        ["'/no/such/dir'", "no such local model directory and not a known hub id"],
+    ),
+    "relative model path": (
+        run_args("base_q", "batch", "--model", "./models/none"),
+        ["no such local model directory and not a known hub id"],
+    ),
+    "data file not UTF-8": (
+        lambda tmp: run_args("base_q", "batch", "--dataset", str(non_utf8_file(tmp)), "--set", "num_contexts=2"),
+        ["latin1.jsonl:2:", "not UTF-8 text (byte 0xeb)"],
+    ),
 }
 
 
@@ -109,8 +125,12 @@ def test_the_matrix_is_large_enough():
 
 
 def test_every_declared_range_names_a_field_and_parses():
-    classes = [RunParams, *(cls.Params for _, cls in METHODS.items()), *(cls.Params for _, cls in TASKS.items()),
-               *(cls.TrainParams for _, cls in METHODS.items() if hasattr(cls, "TrainParams"))]
+    classes = [
+        RunParams,
+        *(cls.Params for _, cls in METHODS.items()),
+        *(cls.Params for _, cls in TASKS.items()),
+        *(cls.TrainParams for _, cls in METHODS.items() if hasattr(cls, "TrainParams")),
+    ]
     for params_cls in classes:
         fields = {f.name: f for f in dataclasses.fields(params_cls)}
         defaults = params_cls()
@@ -126,10 +146,18 @@ def test_fewshot_range_matches_the_demonstrations():
     assert declared_ranges(RunParams)["fewshot"] == f"[0, {len(DEMONSTRATIONS)}]"
 
 
-@pytest.mark.parametrize("spec, inside, outside", [
-    ("> 0", [1e-9, 3], [0, -1]), (">= 0", [0, 2], [-1]), ("<= 1", [1, -5], [1.5]), ("< 1", [0.99], [1]),
-    ("[0, 1)", [0, 0.5], [1, -0.1]), ("(0, 1]", [1, 0.5], [0, 1.1]), ("[0, 3]", [0, 3], [4]),
-])
+@pytest.mark.parametrize(
+    "spec, inside, outside",
+    [
+        ("> 0", [1e-9, 3], [0, -1]),
+        (">= 0", [0, 2], [-1]),
+        ("<= 1", [1, -5], [1.5]),
+        ("< 1", [0.99], [1]),
+        ("[0, 1)", [0, 0.5], [1, -0.1]),
+        ("(0, 1]", [1, 0.5], [0, 1.1]),
+        ("[0, 3]", [0, 3], [4]),
+    ],
+)
 def test_in_range(spec, inside, outside):
     assert all(in_range(spec, v) for v in inside)
     assert not any(in_range(spec, v) for v in outside)
@@ -142,8 +170,16 @@ def test_profiles_are_within_range():
     for _, method in METHODS.items():
         for _, task in TASKS.items():
             for profile in PROFILES:
-                build_params({"run": (RunParams, RUN_PROFILES), "task": (task.Params, task.profiles),
-                              "method": (method.Params, method.profiles)}, profile, {}, task=task.name)
+                build_params(
+                    {
+                        "run": (RunParams, RUN_PROFILES),
+                        "task": (task.Params, task.profiles),
+                        "method": (method.Params, method.profiles),
+                    },
+                    profile,
+                    {},
+                    task=task.name,
+                )
 
 
 def test_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
@@ -156,8 +192,19 @@ def test_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
 
 # ---- one run per result file ---------------------------------------------------------------------
 
-SLOW_ARGS = ["run", "--profile", "smoke", "--method", slow_method.NAME, "--task", "batch",
-             "--set", "num_contexts=1", "--set", "episodes=3"]
+SLOW_ARGS = [
+    "run",
+    "--profile",
+    "smoke",
+    "--method",
+    slow_method.NAME,
+    "--task",
+    "batch",
+    "--set",
+    "num_contexts=1",
+    "--set",
+    "episodes=3",
+]
 
 
 @pytest.fixture
@@ -166,8 +213,13 @@ def slow(registrations):
 
 
 def result_file(out: Path) -> Path:
-    request = RunRequest(method=slow_method.NAME, task="batch", profile="smoke", out=out,
-                         overrides={"num_contexts": "1", "episodes": "3"})
+    request = RunRequest(
+        method=slow_method.NAME,
+        task="batch",
+        profile="smoke",
+        out=out,
+        overrides={"num_contexts": "1", "episodes": "3"},
+    )
     return resolve(request).path
 
 
@@ -175,8 +227,9 @@ def test_a_held_lock_stops_a_second_run_naming_its_pid(bench, tmp_path, slow):
     out = tmp_path / "out"
     path = result_file(out)
     with RunLock(lock_path(path), path):
-        line = assert_refused(bench(*SLOW_ARGS, "--out", out), f"pid {os.getpid()}", str(path),
-                              out=tmp_path / "nothing")
+        line = assert_refused(
+            bench(*SLOW_ARGS, "--out", out), f"pid {os.getpid()}", str(path), out=tmp_path / "nothing"
+        )
         assert "another bench run" in line
         assert not path.exists() and not partial_path(path).exists()
     assert not lock_path(path).exists()  # released and removed
@@ -208,8 +261,14 @@ def test_second_identical_run_stops_and_sigterm_keeps_the_partial_log(bench, tmp
     path = result_file(out)
     marker = tmp_path / "waiting"
     env = {**os.environ, slow_method.MARKER_ENV: str(marker)}
-    first = subprocess.Popen([sys.executable, str(REPO / "tests" / "slow_method.py"), *SLOW_ARGS, "--out", str(out)],
-                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "slow_method.py"), *SLOW_ARGS, "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(marker, first)
         code, _, err = bench(*SLOW_ARGS, "--out", out)
@@ -222,8 +281,10 @@ def test_second_identical_run_stops_and_sigterm_keeps_the_partial_log(bench, tmp
             first.kill()
     assert first.returncode == 128 + signal.SIGTERM, first_err
     last = first_err.strip().splitlines()[-1]
-    assert last == ("bench: terminated by SIGTERM; finished episodes and the last training checkpoint are saved; "
-                    "run the same command to resume")
+    assert last == (
+        "bench: terminated by SIGTERM; finished episodes and the last training checkpoint are saved; "
+        "run the same command to resume"
+    )
     assert "Traceback" not in first_err
     assert not lock_path(path).exists() and not path.exists()
     kept = partial_path(path).read_text().splitlines()
@@ -260,6 +321,7 @@ def test_sigterm_in_process_behaves_like_ctrl_c(bench, tmp_path, registrations):
 
 
 # ---- writes that fail ----------------------------------------------------------------------------
+
 
 def refuse_writes_under(monkeypatch, folder: Path, error: int = errno.EACCES) -> None:
     """Writes under ``folder`` fail as on a read-only (EACCES) or full (ENOSPC) file system. Faked:

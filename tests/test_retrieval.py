@@ -90,8 +90,7 @@ def make(cls, params, lm):
     return cls(lm, params, RunParams(fewshot=0, eval_batch_size=8, precision="fp32"))
 
 
-@pytest.mark.parametrize("cls,params", [(BM25, BM25Params()), (DenseRetrieval, DPRParams())],
-                         ids=["bm25", "dpr"])
+@pytest.mark.parametrize("cls,params", [(BM25, BM25Params()), (DenseRetrieval, DPRParams())], ids=["bm25", "dpr"])
 def test_index_ranks_the_right_document_first(cls, params, tiny_lm):
     method = make(cls, params, tiny_lm)
     method.inject(CORPUS)
@@ -232,8 +231,11 @@ def test_raptor_summaries_come_from_the_lm_and_are_cached(tiny_lm, monkeypatch):
     assert method.stats["summaries"] == 2
 
 
-@pytest.mark.parametrize("cls,params", [(BM25, BM25Params()), (DenseRetrieval, DPRParams()),
-                                        (Raptor, RaptorParams())], ids=["bm25", "dpr", "raptor"])
+@pytest.mark.parametrize(
+    "cls,params",
+    [(BM25, BM25Params()), (DenseRetrieval, DPRParams()), (Raptor, RaptorParams())],
+    ids=["bm25", "dpr", "raptor"],
+)
 def test_footprint_is_measured_and_grows(cls, params, tiny_lm):
     method = make(cls, params, tiny_lm)
     if isinstance(method, Raptor):

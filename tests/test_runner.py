@@ -34,19 +34,44 @@ def counting_method(registrations):
 
 
 def request(tmp_path, **overrides):
-    return RunRequest(method="test-counting", task="batch", profile="smoke", out=tmp_path,
-                      overrides={"num_contexts": "1", "episodes": "3", **overrides})
+    return RunRequest(
+        method="test-counting",
+        task="batch",
+        profile="smoke",
+        out=tmp_path,
+        overrides={"num_contexts": "1", "episodes": "3", **overrides},
+    )
 
 
 def test_result_file_schema(tmp_path, counting_method, tiny_lm):
     outcome = run(request(tmp_path), lm=tiny_lm)
     data = json.loads(outcome.path.read_text())
-    for key in ("schema_version", "task", "method", "dataset", "model", "profile", "seed", "config",
-                "versions", "git_commit", "started_at", "finished_at", "scores", "cost", "episodes",
-                "model_info"):
+    for key in (
+        "schema_version",
+        "task",
+        "method",
+        "dataset",
+        "model",
+        "profile",
+        "seed",
+        "config",
+        "versions",
+        "git_commit",
+        "started_at",
+        "finished_at",
+        "scores",
+        "cost",
+        "episodes",
+        "model_info",
+    ):
         assert key in data, key
-    assert data["config"]["params"]["task"] == {"num_contexts": 1, "episodes": 3, "split": "test",
-                                                "sample": "default", "first_context": 0}
+    assert data["config"]["params"]["task"] == {
+        "num_contexts": 1,
+        "episodes": 3,
+        "split": "test",
+        "sample": "default",
+        "first_context": 0,
+    }
     assert data["model_info"]["prompt_format"] == "raw"
     for metric in ("qa_f1", "acc"):
         assert set(data["scores"][metric]) == {"mean", "ci_low", "ci_high", "n"}
@@ -102,11 +127,21 @@ def test_torn_last_line_after_kill_is_ignored(tmp_path, counting_method, tiny_lm
 
 
 def test_resumed_result_equals_uninterrupted_result(tmp_path, tiny_lm):
-    clean = run(RunRequest("base_q", "batch", profile="smoke", out=tmp_path / "a",
-                           overrides={"num_contexts": "1", "episodes": "2"}), lm=tiny_lm)
-    assert clean.result["scores"] == run(
-        RunRequest("base_q", "batch", profile="smoke", out=tmp_path / "b",
-                   overrides={"num_contexts": "1", "episodes": "2"}), lm=tiny_lm).result["scores"]
+    clean = run(
+        RunRequest(
+            "base_q", "batch", profile="smoke", out=tmp_path / "a", overrides={"num_contexts": "1", "episodes": "2"}
+        ),
+        lm=tiny_lm,
+    )
+    assert (
+        clean.result["scores"]
+        == run(
+            RunRequest(
+                "base_q", "batch", profile="smoke", out=tmp_path / "b", overrides={"num_contexts": "1", "episodes": "2"}
+            ),
+            lm=tiny_lm,
+        ).result["scores"]
+    )
 
 
 def test_different_settings_get_different_files(tmp_path):
@@ -132,8 +167,10 @@ def test_task_specific_profile_values_resolve_and_are_recorded(tmp_path, countin
     assert batch["config"]["params"]["method"] == {"epochs": 2, "lr": 0.1}
     assert batch["profile_entries"]["method"] == ["smoke"]
     overrides = {"num_sequences": "1", "sequence_length": "1", "lr": "0.3"}
-    sequential = run(RunRequest(method="test-counting", task="sequential", profile="smoke", out=tmp_path,
-                                overrides=overrides), lm=tiny_lm).result
+    sequential = run(
+        RunRequest(method="test-counting", task="sequential", profile="smoke", out=tmp_path, overrides=overrides),
+        lm=tiny_lm,
+    ).result
     assert sequential["config"]["params"]["method"] == {"epochs": 5, "lr": 0.3}  # --set still wins
     assert sequential["profile_entries"]["method"] == ["smoke", "smoke@sequential"]
     assert CALLS["instances"][-1].params == Steps(epochs=5, lr=0.3)

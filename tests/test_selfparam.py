@@ -20,8 +20,17 @@ CONTEXT = "Douprur is a town. It was founded by Drexrain Lintrim in 1526."
 
 def small(**changes) -> SelfParamParams:
     """Few, cheap steps: the tiny model's cost is dominated by its full-size vocabulary."""
-    base = dict(epochs=2, batch_size=8, lr=1e-2, retain_tokens=8, retain_pool=1, retain_per_target=0.5,
-                context_per_target=0.5, teacher_topk=16, retain_source="model")
+    base = dict(
+        epochs=2,
+        batch_size=8,
+        lr=1e-2,
+        retain_tokens=8,
+        retain_pool=1,
+        retain_per_target=0.5,
+        context_per_target=0.5,
+        teacher_topk=16,
+        retain_source="model",
+    )
     base.update(changes)
     return SelfParamParams(**base)
 
@@ -72,8 +81,11 @@ def test_loss_decreases_and_lora_leaves_base_weights_untouched(tiny_lm):
     assert len(losses) >= 6
     assert sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2
     assert same(original, state(tiny_lm.model))  # the shared base model is the original
-    student_base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
-                    for k, v in method.student.state_dict().items() if "lora_" not in k}
+    student_base = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in method.student.state_dict().items()
+        if "lora_" not in k
+    }
     assert all(torch.equal(student_base[k], original[k]) for k in original)  # only adapters changed
     lora = [v for k, v in method.student.state_dict().items() if "lora_B" in k]
     assert lora and any(v.abs().sum() > 0 for v in lora)
@@ -99,8 +111,15 @@ def test_teacher_across_sequential_steps(tiny_lm, monkeypatch, teacher):
     # An uncached teacher runs at every step, so the test sees it throughout each injection.
     method = SelfParam(tiny_lm, small(teacher=teacher, teacher_cache=False), RunParams(), seed=0)
     method.inject([Context("c0", CONTEXT, [SENTENCE])])
-    method.inject([Context("c1", "Fistear is a person. Fistear worked as a botanist.",
-                           ["Question: What job did Fistear have? Answer: botanist"])])
+    method.inject(
+        [
+            Context(
+                "c1",
+                "Fistear is a person. Fistear worked as a botanist.",
+                ["Question: What job did Fistear have? Answer: botanist"],
+            )
+        ]
+    )
     assert len(seen) >= 2
     if teacher == "original":
         assert all(is_base and same(weights, original) for is_base, weights in seen)
@@ -138,15 +157,40 @@ def test_retain_texts_come_from_c4_when_present(tiny_lm, shared_data):
 
 
 def test_unknown_settings_are_one_line_errors(bench, tmp_path):
-    code, _, err = bench("run", "--method", "selfparam", "--task", "batch", "--profile", "smoke",
-                         "--set", "params=half", "--out", tmp_path)
+    code, _, err = bench(
+        "run",
+        "--method",
+        "selfparam",
+        "--task",
+        "batch",
+        "--profile",
+        "smoke",
+        "--set",
+        "params=half",
+        "--out",
+        tmp_path,
+    )
     assert code == 2 and "unknown params 'half'" in err
 
 
 def test_bench_run_selfparam_smoke(bench, tmp_path):
-    code, out, err = bench("run", "--method", "selfparam", "--task", "batch", "--profile", "smoke",
-                           "--set", "num_contexts=2", "--set", "num_targets=3", "--set", "retain_source=model",
-                           "--out", tmp_path)
+    code, out, err = bench(
+        "run",
+        "--method",
+        "selfparam",
+        "--task",
+        "batch",
+        "--profile",
+        "smoke",
+        "--set",
+        "num_contexts=2",
+        "--set",
+        "num_targets=3",
+        "--set",
+        "retain_source=model",
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     result = json.loads(next(tmp_path.rglob("selfparam__*.json")).read_text())
     assert result["cost"]["train_tokens"] > 0 and result["cost"]["train_tokens_per_s"] > 0
@@ -159,8 +203,10 @@ def test_bench_run_selfparam_smoke(bench, tmp_path):
 def test_teacher_prefix_sharing_matches_separate_passes(tiny_lm):
     bos = [tiny_lm.tokenizer.bos_token_id]
     ctx = tiny_lm.encode(CONTEXT, add_bos=False)
-    sentences = [tiny_lm.encode(s, add_bos=False) for s in
-                 (SENTENCE, "Question: When? Answer: 1526", "Question: What is Douprur? Answer: a town")]
+    sentences = [
+        tiny_lm.encode(s, add_bos=False)
+        for s in (SENTENCE, "Question: When? Answer: 1526", "Question: What is Douprur? Answer: a town")
+    ]
     specs = [TeacherSpec(bos + ctx + s, len(ctx)) for s in sentences] + [TeacherSpec(bos + ctx, 0)]
     for topk in (0, 32):
         shared = teacher_dists(tiny_lm.model, tiny_lm, specs, topk=topk, share_prefix=8)
@@ -213,8 +259,14 @@ def test_retain_questions_are_unrelated_and_the_teacher_reads_them_without_the_c
     from tasks.qa import load_documents
 
     p = small(retain_qa_per_target=2.0, retain_per_target=0, context_loss=False)
-    plan = InjectionPlan(tiny_lm, [Context("c0", CONTEXT, [SENTENCE])], p, RetainStream(tiny_lm, "model", 8, 0),
-                         random.Random(0), RetainQuestions(5))
+    plan = InjectionPlan(
+        tiny_lm,
+        [Context("c0", CONTEXT, [SENTENCE])],
+        p,
+        RetainStream(tiny_lm, "model", 8, 0),
+        random.Random(0),
+        RetainQuestions(5),
+    )
     examples = plan.epoch(0)
     assert [e.kind for e in examples] == ["qa", "retain_qa", "retain_qa"]
     context_ids = tiny_lm.encode(CONTEXT, add_bos=False)
@@ -242,12 +294,20 @@ def test_retain_teacher_current_with_the_original_target_teacher(tiny_lm, monkey
         return real(model, lm, specs, *args, **kwargs)
 
     monkeypatch.setattr(sp, "teacher_dists", spy)
-    method = SelfParam(tiny_lm, small(teacher="original", retain_teacher="current", retain_per_target=1.0),
-                       RunParams(), seed=0)
+    method = SelfParam(
+        tiny_lm, small(teacher="original", retain_teacher="current", retain_per_target=1.0), RunParams(), seed=0
+    )
     method.inject([Context("c0", CONTEXT, [SENTENCE])])
     seen.clear()
-    method.inject([Context("c1", "Fistear is a person. Fistear worked as a botanist.",
-                           ["Question: What job did Fistear have? Answer: botanist"])])
+    method.inject(
+        [
+            Context(
+                "c1",
+                "Fistear is a person. Fistear worked as a botanist.",
+                ["Question: What job did Fistear have? Answer: botanist"],
+            )
+        ]
+    )
     assert {(base, trained) for base, trained, _ in seen} == {(True, False), (False, True)}
     with pytest.raises(BenchError, match="unknown retain_teacher"):
         SelfParam(tiny_lm, small(retain_teacher="newest"), RunParams(), seed=0)

@@ -15,10 +15,14 @@ from methods.retain import RetainStream
 from methods.selfparam import InjectionPlan, SelfParamParams
 from methods.sentences import SentenceParams
 
-CONTEXT = Context("c0", "Tomas Ferrow owns a red kayak and a small dog called Pip.", [
-    "Question: What is the name of Tomas Ferrow's dog? Answer: Pip",
-    "Question: What colour is the kayak? Answer: red",
-])
+CONTEXT = Context(
+    "c0",
+    "Tomas Ferrow owns a red kayak and a small dog called Pip.",
+    [
+        "Question: What is the name of Tomas Ferrow's dog? Answer: Pip",
+        "Question: What colour is the kayak? Answer: red",
+    ],
+)
 
 
 def expected_ids(lm, sentence: str, end_answer: bool) -> list[int]:
@@ -76,8 +80,9 @@ def test_a_blank_line_before_the_question_is_two_newline_tokens(tiny_lm):
 @pytest.mark.parametrize("style,fewshot", [("run", 3), ("raw", 0)])
 def test_answer_only_loss_scores_the_answer_tokens_alone(tiny_lm, style, fewshot):
     lm = dataclasses.replace(tiny_lm, fewshot=fewshot)
-    p = SelfParamParams(prompt_style=style, end_answer=True, context_loss=False, retain_per_target=0,
-                        sentence_loss="answer")
+    p = SelfParamParams(
+        prompt_style=style, end_answer=True, context_loss=False, retain_per_target=0, sentence_loss="answer"
+    )
     plan = InjectionPlan(lm, [CONTEXT], p, RetainStream(lm, "model", 8, 0), random.Random(0))
     for example, sentence in zip(plan.epoch(0), CONTEXT.targets):
         answer = lm.encode(" " + sentence.split(" Answer: ")[1] + "\n", add_bos=False)

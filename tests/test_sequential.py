@@ -55,8 +55,9 @@ def recording_methods(registrations):
 
 def run_seq(tmp_path, lm, method="test-remember-all", dataset=None, **sizes):
     overrides = {k: str(v) for k, v in sizes.items()}
-    request = RunRequest(method=method, task="sequential", dataset=dataset, profile="smoke", out=tmp_path,
-                         overrides=overrides)
+    request = RunRequest(
+        method=method, task="sequential", dataset=dataset, profile="smoke", out=tmp_path, overrides=overrides
+    )
     return run(request, lm=lm)
 
 
@@ -100,8 +101,12 @@ def test_retention_by_distance_sees_forgetting(tmp_path, recording_methods, tiny
     assert scores["retention_mean"]["qa_f1"]["mean"] == 0.0
     assert scores["interference"]["mean"] == 0.0  # forgetting answers nothing, not the wrong facts
     assert [r["gain"]["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
-    assert [round(s["qa_f1"]["mean"], 6) for s in scores["steps"]] == [0.0, round(1 / 3, 6), round(1 / 3, 6),
-                                                                       round(1 / 3, 6)]
+    assert [round(s["qa_f1"]["mean"], 6) for s in scores["steps"]] == [
+        0.0,
+        round(1 / 3, 6),
+        round(1 / 3, 6),
+        round(1 / 3, 6),
+    ]
 
 
 def test_fresh_method_per_sequence_and_step0_probes_first(tmp_path, recording_methods, tiny_lm):
@@ -126,11 +131,19 @@ def test_fewer_contexts_than_asked_uses_what_exists(tmp_path, recording_methods,
     path = tmp_path / "three.jsonl"
     lines = []
     # three contexts of the test split (the part of a file that sequential runs on)
-    items = [i for i in range(20)
-             if split_of(Document("", f"Item {i} is blue.", ()), QAJsonl.dev_fraction) == "test"][:3]
+    items = [i for i in range(20) if split_of(Document("", f"Item {i} is blue.", ()), QAJsonl.dev_fraction) == "test"][
+        :3
+    ]
     for i in items:
-        lines.append(json.dumps({"id": f"c{i}", "context": f"Item {i} is blue.",
-                                 "probes": [{"question": f"What colour is item {i}?", "answers": ["blue"]}]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"c{i}",
+                    "context": f"Item {i} is blue.",
+                    "probes": [{"question": f"What colour is item {i}?", "answers": ["blue"]}],
+                }
+            )
+        )
         gold[f"What colour is item {i}?"] = "blue"
     path.write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING, logger="tasks.sequential"):
@@ -145,8 +158,9 @@ def test_fewer_contexts_than_asked_uses_what_exists(tmp_path, recording_methods,
 def test_cli_prints_step_table_and_retention(tmp_path, recording_methods, bench):
     gold, _ = recording_methods
     gold.update(gold_answers())
-    code, out, err = bench("run", "--method", "test-remember-last", "--task", "sequential", "--profile", "smoke",
-                           "--out", tmp_path)
+    code, out, err = bench(
+        "run", "--method", "test-remember-last", "--task", "sequential", "--profile", "smoke", "--out", tmp_path
+    )
     assert code == 0, err
     assert "step (injected)" in out and "retention" in out and "efficacy qa_f1 1.0000" in out
     assert "qa_f1 matrix" in out
@@ -168,20 +182,26 @@ def test_squad_sequences_from_shared_data(tmp_path, recording_methods, tiny_lm, 
 
 def _step(injected, answers):
     """A step record: ``answers`` maps (context id, gold) to the prediction given."""
-    return {"injected": injected, "predictions": [
-        {"context_id": c, "answers": [gold], "prediction": pred} for (c, gold), pred in answers.items()]}
+    return {
+        "injected": injected,
+        "predictions": [
+            {"context_id": c, "answers": [gold], "prediction": pred} for (c, gold), pred in answers.items()
+        ],
+    }
 
 
 def test_interference_counts_answers_that_give_the_injected_contexts_facts():
     from tasks.sequential import interference
 
-    record = {"steps": [
-        _step(None, {("a", "Zurubex"): "", ("b", "Kelvar"): "", ("c", "1874"): ""}),
-        # a injected: b answers with a's fact (counted), c answers its own gold (not counted)
-        _step("a", {("a", "Zurubex"): "Zurubex", ("b", "Kelvar"): "Zurubex.", ("c", "1874"): "1874"}),
-        # b injected: a and c answer with b's fact; c's answer also holds its own gold (not counted)
-        _step("b", {("a", "Zurubex"): "Kelvar", ("b", "Kelvar"): "Kelvar", ("c", "1874"): "Kelvar 1874"}),
-    ]}
+    record = {
+        "steps": [
+            _step(None, {("a", "Zurubex"): "", ("b", "Kelvar"): "", ("c", "1874"): ""}),
+            # a injected: b answers with a's fact (counted), c answers its own gold (not counted)
+            _step("a", {("a", "Zurubex"): "Zurubex", ("b", "Kelvar"): "Zurubex.", ("c", "1874"): "1874"}),
+            # b injected: a and c answer with b's fact; c's answer also holds its own gold (not counted)
+            _step("b", {("a", "Zurubex"): "Kelvar", ("b", "Kelvar"): "Kelvar", ("c", "1874"): "Kelvar 1874"}),
+        ]
+    }
     assert interference(record) == pytest.approx(2 / 4)
     assert interference({"steps": record["steps"][:1]}) is None
 

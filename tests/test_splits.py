@@ -24,9 +24,16 @@ def shared_squad(shared_data):
 
 def grouped_jsonl(tmp_path, groups=8, per_group=4):
     """A QA file whose contexts come in groups (articles), written group after group."""
-    records = [{"id": f"g{g}-p{p}", "context": f"Paragraph {p} of article {g}.", "group": f"Article {g}",
-                "probes": [{"question": f"Which paragraph of article {g} is this ({p})?", "answers": [str(p)]}]}
-               for g in range(groups) for p in range(per_group)]
+    records = [
+        {
+            "id": f"g{g}-p{p}",
+            "context": f"Paragraph {p} of article {g}.",
+            "group": f"Article {g}",
+            "probes": [{"question": f"Which paragraph of article {g} is this ({p})?", "answers": [str(p)]}],
+        }
+        for g in range(groups)
+        for p in range(per_group)
+    ]
     return write_jsonl(tmp_path / "grouped.jsonl", records)
 
 
@@ -115,8 +122,7 @@ def test_batch_task_takes_its_split_and_skips_first_context(tmp_path):
 
 
 def test_split_recorded_and_used_by_bench_run(bench, tmp_path):
-    code, out, err = bench(*smoke("--method", "base_q", "--task", "batch", "--set", "split=dev",
-                                  "--out", tmp_path))
+    code, out, err = bench(*smoke("--method", "base_q", "--task", "batch", "--set", "split=dev", "--out", tmp_path))
     assert code == 0, err
     [path] = tmp_path.rglob("*.json")
     result = json.loads(path.read_text())
@@ -128,17 +134,38 @@ def test_split_recorded_and_used_by_bench_run(bench, tmp_path):
 def test_split_too_small_is_one_line(bench, tmp_path):
     data = grouped_jsonl(tmp_path, groups=30)
     size = len(load_documents(str(data), "", None, 0, split="dev"))
-    assert_clean_error(bench(*smoke("--method", "base_q", "--task", "batch", "--dataset", data,
-                                    "--set", "split=dev", "--set", f"num_contexts={size + 1}",
-                                    "--out", tmp_path / "o")),
-                       f"dataset '{data}' split 'dev' has {size} contexts, fewer than the {size + 1} asked for",
-                       out_dir=tmp_path / "o")
+    assert_clean_error(
+        bench(
+            *smoke(
+                "--method",
+                "base_q",
+                "--task",
+                "batch",
+                "--dataset",
+                data,
+                "--set",
+                "split=dev",
+                "--set",
+                f"num_contexts={size + 1}",
+                "--out",
+                tmp_path / "o",
+            )
+        ),
+        f"dataset '{data}' split 'dev' has {size} contexts, fewer than the {size + 1} asked for",
+        out_dir=tmp_path / "o",
+    )
 
 
-@pytest.mark.parametrize("setting, needle", [
-    ("split=train", "split must be one of test, dev, all, not 'train'"),
-    ("sample=random", "sample must be one of first, spread or default, not 'random'"),
-])
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("split=train", "split must be one of test, dev, all, not 'train'"),
+        ("sample=random", "sample must be one of first, spread or default, not 'random'"),
+    ],
+)
 def test_bad_split_or_sample_is_one_line(bench, tmp_path, setting, needle):
-    assert_clean_error(bench(*smoke("--method", "base_q", "--task", "batch", "--set", setting,
-                                    "--out", tmp_path)), needle, out_dir=tmp_path)
+    assert_clean_error(
+        bench(*smoke("--method", "base_q", "--task", "batch", "--set", setting, "--out", tmp_path)),
+        needle,
+        out_dir=tmp_path,
+    )

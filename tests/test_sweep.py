@@ -31,15 +31,32 @@ def one_torch_thread():
 
 
 def cells_axes(sweep) -> list[tuple]:
-    return [(c.request.method, c.request.task, c.request.profile, c.request.seed,
-             tuple(sorted(c.request.overrides.items()))) for c in sweep.cells]
+    return [
+        (
+            c.request.method,
+            c.request.task,
+            c.request.profile,
+            c.request.seed,
+            tuple(sorted(c.request.overrides.items())),
+        )
+        for c in sweep.cells
+    ]
 
 
 # ---- expansion -----------------------------------------------------------------------------------
 
+
 def test_lists_expand_to_their_product(tmp_path):
-    sweep = expand({"methods": ["base_q", "base_cq"], "tasks": "batch", "profiles": "smoke",
-                    "seeds": [0, 1, 2], "set": {"num_contexts": [1, 2], "episodes": 1}}, out=tmp_path)
+    sweep = expand(
+        {
+            "methods": ["base_q", "base_cq"],
+            "tasks": "batch",
+            "profiles": "smoke",
+            "seeds": [0, 1, 2],
+            "set": {"num_contexts": [1, 2], "episodes": 1},
+        },
+        out=tmp_path,
+    )
     assert len(sweep.cells) == 2 * 3 * 2
     assert len({c.path for c in sweep.cells}) == 12  # every cell its own result file
     assert ("base_cq", "batch", "smoke", 2, (("episodes", "1"), ("num_contexts", "2"))) in cells_axes(sweep)
@@ -48,12 +65,19 @@ def test_lists_expand_to_their_product(tmp_path):
 
 def test_grid_entries_override_defaults_and_merge_set(tmp_path):
     spec = {
-        "profile": "smoke", "seeds": [0], "set": {"num_contexts": 1, "episodes": 2},
+        "profile": "smoke",
+        "seeds": [0],
+        "set": {"num_contexts": 1, "episodes": 2},
         "resources": {"cpus": 2, "memory": "1GiB"},
         "grid": [
             {"method": "base_q", "task": "batch"},
-            {"methods": ["base_cq"], "tasks": ["batch"], "seeds": [5, 6], "set": {"episodes": 1},
-             "resources": {"gpus": 1}},
+            {
+                "methods": ["base_cq"],
+                "tasks": ["batch"],
+                "seeds": [5, 6],
+                "set": {"episodes": 1},
+                "resources": {"gpus": 1},
+            },
         ],
         "exclude": [{"method": "base_cq", "seed": 6}],
     }
@@ -69,23 +93,33 @@ def test_grid_entries_override_defaults_and_merge_set(tmp_path):
 
 
 def test_exclude_sees_the_defaults_filled_in(tmp_path):
-    sweep = expand({**SMOKE, "methods": ["base_q", "base_cq"], "seeds": [0, 1],
-                    "exclude": [{"dataset": "fictional", "seed": 1},
-                                {"model": "tiny-random-llama", "method": "base_cq"}]},
-                   out=tmp_path)
+    sweep = expand(
+        {
+            **SMOKE,
+            "methods": ["base_q", "base_cq"],
+            "seeds": [0, 1],
+            "exclude": [{"dataset": "fictional", "seed": 1}, {"model": "tiny-random-llama", "method": "base_cq"}],
+        },
+        out=tmp_path,
+    )
     assert [(c.request.method, c.request.seed) for c in sweep.cells] == [("base_q", 0)]
 
 
 def test_same_run_reached_twice_is_one_cell(tmp_path):
     # smoke's num_contexts is 3 already: the override names the same run, hence the same file.
-    sweep = expand({"methods": "base_q", "tasks": "batch", "profiles": "smoke",
-                    "grid": [{}, {"set": {"num_contexts": [3, 4]}}]}, out=tmp_path)
+    sweep = expand(
+        {"methods": "base_q", "tasks": "batch", "profiles": "smoke", "grid": [{}, {"set": {"num_contexts": [3, 4]}}]},
+        out=tmp_path,
+    )
     assert len(sweep.cells) == 2
 
 
 def test_command_line_set_replaces_spec_values(tmp_path):
-    sweep = expand({**SMOKE, "methods": ["base_q", "base_cq"], "set": {"num_contexts": [1, 2]}},
-                   overrides={"num_contexts": "4"}, out=tmp_path)
+    sweep = expand(
+        {**SMOKE, "methods": ["base_q", "base_cq"], "set": {"num_contexts": [1, 2]}},
+        overrides={"num_contexts": "4"},
+        out=tmp_path,
+    )
     assert len(sweep.cells) == 2  # the two swept values collapse into the one given
     assert {c.request.overrides["num_contexts"] for c in sweep.cells} == {"4"}
 
@@ -97,16 +131,19 @@ def test_invalid_cells_carry_their_error(tmp_path):
     assert bad.path is None and "unknown method 'no-such-method'" in bad.error
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"methods": "base_q", "tasks": "batch", "seedz": [1]}, "unknown key 'seedz'"),
-    ({"methods": "base_q", "method": "base_cq", "tasks": "batch"}, "both 'method' and 'methods'"),
-    ({"tasks": "batch"}, "names no methods"),
-    ({"methods": "base_q", "tasks": "batch", "seeds": ["one"]}, "seeds must be integers"),
-    ({"methods": "base_q", "tasks": "batch", "grid": {"methods": "x"}}, "grid must be a list"),
-    ({"methods": "base_q", "tasks": "batch", "set": {"lr": {"a": 1}}}, "is a mapping"),
-    ({"methods": "base_q", "tasks": "batch", "resources": {"memory": "lots"}}, "not a size"),
-    ({"methods": "base_q", "tasks": "batch", "exclude": [{"colour": "red"}]}, "unknown key 'colour'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"methods": "base_q", "tasks": "batch", "seedz": [1]}, "unknown key 'seedz'"),
+        ({"methods": "base_q", "method": "base_cq", "tasks": "batch"}, "both 'method' and 'methods'"),
+        ({"tasks": "batch"}, "names no methods"),
+        ({"methods": "base_q", "tasks": "batch", "seeds": ["one"]}, "seeds must be integers"),
+        ({"methods": "base_q", "tasks": "batch", "grid": {"methods": "x"}}, "grid must be a list"),
+        ({"methods": "base_q", "tasks": "batch", "set": {"lr": {"a": 1}}}, "is a mapping"),
+        ({"methods": "base_q", "tasks": "batch", "resources": {"memory": "lots"}}, "not a size"),
+        ({"methods": "base_q", "tasks": "batch", "exclude": [{"colour": "red"}]}, "unknown key 'colour'"),
+    ],
+)
 def test_bad_specs_are_one_line_errors(tmp_path, spec, message):
     with pytest.raises(BenchError, match=message):
         expand(spec, out=tmp_path)
@@ -127,13 +164,16 @@ def test_shipped_specs_expand(tmp_path):
     assert quick.ray["num_cpus"] == 2
     batch = [c for c in paper.cells if c.request.task == "batch" and c.request.method == "selfparam"]
     assert {(c.request.model, c.request.overrides["num_contexts"]) for c in batch} == {
-        (m, n) for m in ("openlm-research/open_llama_3b_v2", "mistralai/Mistral-7B-v0.1",
-                         "meta-llama/Meta-Llama-3-8B") for n in ("100", "500")}
+        (m, n)
+        for m in ("openlm-research/open_llama_3b_v2", "mistralai/Mistral-7B-v0.1", "meta-llama/Meta-Llama-3-8B")
+        for n in ("100", "500")
+    }
     assert {c.request.dataset for c in paper.cells if c.request.task == "recommendation"} == {"inspired", "redial"}
     assert all(c.resources.gpus == 1 for c in paper.cells)
 
 
 # ---- running: resume and failures (local executor) -----------------------------------------------
+
 
 @pytest.fixture
 def counted_runs(monkeypatch, tiny_lm):
@@ -188,9 +228,17 @@ def test_resume_skips_finished_cells(tmp_path, counted_runs):
 
 def test_failing_cell_is_recorded_and_the_rest_complete(tmp_path, counted_runs, flaky_method, bench):
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump({**SMOKE, "name": "mixed", "out": str(tmp_path / "out"),
-                                         "methods": ["test-sweep-flaky", "base_q", "no-such-method"],
-                                         "seeds": [1, 2]}))
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                **SMOKE,
+                "name": "mixed",
+                "out": str(tmp_path / "out"),
+                "methods": ["test-sweep-flaky", "base_q", "no-such-method"],
+                "seeds": [1, 2],
+            }
+        )
+    )
     code, out, err = bench("sweep", spec_file)
     assert code == 1  # some cell failed
     assert "3 done, 0 skipped, 3 failed" in out
@@ -242,8 +290,16 @@ def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench, registrations)
                 raise KeyboardInterrupt  # what Ctrl-C does in the middle of a cell
 
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump({**SMOKE, "name": "stop", "out": str(tmp_path / "out"),
-                                         "methods": ["base_q", "test-sweep-ctrl-c", "base_cq"]}))
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                **SMOKE,
+                "name": "stop",
+                "out": str(tmp_path / "out"),
+                "methods": ["base_q", "test-sweep-ctrl-c", "base_cq"],
+            }
+        )
+    )
     code, out, err = bench("sweep", spec_file)
     assert code == 130 and "run the same command to resume" in err
     header = json.loads((tmp_path / "out" / "stop.sweep.jsonl").read_text().splitlines()[0])
@@ -258,8 +314,9 @@ def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench, registrations)
 
 def test_only_and_dry_run(tmp_path, counted_runs, bench):
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump({**SMOKE, "out": str(tmp_path / "out"),
-                                         "methods": ["base_q", "base_cq"], "seeds": [0, 1]}))
+    spec_file.write_text(
+        yaml.safe_dump({**SMOKE, "out": str(tmp_path / "out"), "methods": ["base_q", "base_cq"], "seeds": [0, 1]})
+    )
     code, out, _ = bench("sweep", spec_file, "--dry-run")
     assert code == 0 and "4 to run, 0 already done, 0 invalid" in out
     code, out, _ = bench("sweep", spec_file, "--only", "method=base_cq", "--only", "seed=1")
@@ -281,11 +338,20 @@ def test_ray_missing_says_how_to_install(tmp_path, bench, monkeypatch):
 
 # ---- the Ray executor on a local Ray instance ------------------------------------------------------
 
+
 def test_ray_executor_matches_local(tmp_path, bench):
     pytest.importorskip("ray")
-    spec = {**SMOKE, "methods": ["base_q", "base_cq"], "seeds": [3], "resources": {"cpus": 1},
-            "grid": [{}, {"methods": "base_q", "datasets": "no-such-data"},
-                     {"methods": "base_cq", "seeds": 9, "resources": {"cpus": 4}}]}
+    spec = {
+        **SMOKE,
+        "methods": ["base_q", "base_cq"],
+        "seeds": [3],
+        "resources": {"cpus": 1},
+        "grid": [
+            {},
+            {"methods": "base_q", "datasets": "no-such-data"},
+            {"methods": "base_cq", "seeds": 9, "resources": {"cpus": 4}},
+        ],
+    }
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
 
@@ -297,8 +363,9 @@ def test_ray_executor_matches_local(tmp_path, bench):
     assert "no-such-data" in errors[("no-such-data", 3)]  # raised inside a Ray worker, brought back
     assert "needs 4 CPU" in errors[("fictional", 9)]  # would never be scheduled: failed at once
 
-    code, out, _ = bench("sweep", spec_file, "--out", tmp_path / "local", "--only", "dataset=fictional",
-                         "--only", "seed=3")
+    code, out, _ = bench(
+        "sweep", spec_file, "--out", tmp_path / "local", "--only", "dataset=fictional", "--only", "seed=3"
+    )
     assert code == 0 and "2 done" in out
     ray_files = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*__*.json"))
     local_files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*__*.json"))
@@ -307,9 +374,22 @@ def test_ray_executor_matches_local(tmp_path, bench):
         from_ray = json.loads((tmp_path / "ray" / rel).read_text())
         from_local = json.loads((tmp_path / "local" / rel).read_text())
         assert from_ray["scores"] == from_local["scores"]
-        assert [p["prediction"] for e in from_ray["episodes"] for p in e["predictions"]] == \
-               [p["prediction"] for e in from_local["episodes"] for p in e["predictions"]]
+        assert [p["prediction"] for e in from_ray["episodes"] for p in e["predictions"]] == [
+            p["prediction"] for e in from_local["episodes"] for p in e["predictions"]
+        ]
 
-    code, out, _ = bench("sweep", spec_file, "--executor", "ray", "--num-cpus", "2", "--out", tmp_path / "ray",
-                         "--only", "dataset=fictional", "--only", "seed=3")
+    code, out, _ = bench(
+        "sweep",
+        spec_file,
+        "--executor",
+        "ray",
+        "--num-cpus",
+        "2",
+        "--out",
+        tmp_path / "ray",
+        "--only",
+        "dataset=fictional",
+        "--only",
+        "seed=3",
+    )
     assert code == 0 and "0 done, 2 skipped, 0 failed" in out  # resumed: nothing dispatched

@@ -27,8 +27,12 @@ def test_table1_paper_order_missing_cells_and_storage(tmp_path):
     (table,) = table1(runs)
     methods = [row[0] for row in table.rows]
     assert methods == ["Base, C+Q", "Base, Q", "BM25", "SELF-PARAM", "my_method"]
-    assert table.headers[2:] == ["smollm2-135m-instruct · 20 QA-F1", "S bytes",
-                                 "smollm2-135m-instruct · 100 QA-F1", "S bytes"]
+    assert table.headers[2:] == [
+        "smollm2-135m-instruct · 20 QA-F1",
+        "S bytes",
+        "smollm2-135m-instruct · 100 QA-F1",
+        "S bytes",
+    ]
     rows = _rows(table)
     assert rows["Base, C+Q"][2] == "—" and rows["Base, C+Q"][4] == "0.5200"
     assert rows["BM25"][1] == "O(n)" and rows["BM25"][3] == "120.6 KiB"
@@ -50,10 +54,10 @@ def test_table1_seeds_are_averaged_and_latest_config_wins():
 
 
 def test_table1_paper_column_only_where_comparable():
-    runs = [batch("base_cq", 0.55, dataset="pwc", model="mistralai/Mistral-7B-v0.1", num_contexts=100,
-                  profile="paper"),
-            batch("base_q", 0.05, dataset="pwc", model="mistralai/Mistral-7B-v0.1", num_contexts=100,
-                  profile="paper")]
+    runs = [
+        batch("base_cq", 0.55, dataset="pwc", model="mistralai/Mistral-7B-v0.1", num_contexts=100, profile="paper"),
+        batch("base_q", 0.05, dataset="pwc", model="mistralai/Mistral-7B-v0.1", num_contexts=100, profile="paper"),
+    ]
     ours, published = table1(runs, paper=True)
     rows = _rows(ours)
     assert rows["Base, C+Q"][4] == "0.5461"  # the paper's Mistral-7B, 100 contexts
@@ -70,8 +74,17 @@ def test_table2_rules_both_spellings_and_missing_dataset():
         recommendation("selfparam", "redial", [0.30, 0.32, 0.28, 0.31]),
     ]
     (table,) = table2(runs)
-    assert table.headers == ["Method", "INSPIRED r1", "INSPIRED r2", "INSPIRED r3", "INSPIRED r4",
-                             "REDIAL r1", "REDIAL r2", "REDIAL r3", "REDIAL r4"]
+    assert table.headers == [
+        "Method",
+        "INSPIRED r1",
+        "INSPIRED r2",
+        "INSPIRED r3",
+        "INSPIRED r4",
+        "REDIAL r1",
+        "REDIAL r2",
+        "REDIAL r3",
+        "REDIAL r4",
+    ]
     rows = _rows(table)
     assert rows["Base, Q"][1:] == ["0.1000", "0.1200", "0.0800", "0.1100", "0.2000", "0.2200", "0.1800", "0.2100"]
     assert rows["SELF-PARAM"][1:5] == ["—"] * 4 and rows["SELF-PARAM"][5] == "0.3000"
@@ -79,8 +92,9 @@ def test_table2_rules_both_spellings_and_missing_dataset():
 
 def test_table3_steps_from_curve_or_matrix():
     with_curve = sequential("selfparam", [0.0, 0.5, 0.45, 0.4])
-    only_matrix = result("sequential", "bm25", {"retention_matrix": [[0.0, 0.0], [0.6, 0.0], [0.5, 0.7]]},
-                         num_contexts=None)
+    only_matrix = result(
+        "sequential", "bm25", {"retention_matrix": [[0.0, 0.0], [0.6, 0.0], [0.5, 0.7]]}, num_contexts=None
+    )
     (table,) = table3([with_curve, only_matrix])
     assert table.headers == ["Method", "0", "1", "2", "3"]
     rows = _rows(table)

@@ -24,17 +24,35 @@ def test_builtin_tasks_declare_the_leaderboards_columns_and_labels():
     infos = {name: TaskInfo.of_class(cls) for name, cls in TASKS.items()}
     batch_info, seq, rec = infos["batch"], infos["sequential"], infos["recommendation"]
     assert batch_info.board_metrics == ["qa_f1", "acc"]
-    assert seq.board_metrics == ["qa_f1", "efficacy.qa_f1", "retention_mean.qa_f1", "interference",
-                                 "before.qa_f1", "acc"]
-    assert rec.board_metrics == ["recall@1_r1", "recall@1_r2", "recall@1_r3", "recall@1_r4",
-                                 "recall@5_r1", "recall@10_r1"]
+    assert seq.board_metrics == [
+        "qa_f1",
+        "efficacy.qa_f1",
+        "retention_mean.qa_f1",
+        "interference",
+        "before.qa_f1",
+        "acc",
+    ]
+    assert rec.board_metrics == [
+        "recall@1_r1",
+        "recall@1_r2",
+        "recall@1_r3",
+        "recall@1_r4",
+        "recall@5_r1",
+        "recall@10_r1",
+    ]
     assert [seq.metric(m).heading for m in ("qa_f1", "interference", "before.qa_f1")] == [
-        "QA-F1 after the last step", "interference (lower is better)", "QA-F1 before injection"]
+        "QA-F1 after the last step",
+        "interference (lower is better)",
+        "QA-F1 before injection",
+    ]
     assert batch_info.metric("qa_f1").heading == "QA-F1" and rec.metric("recall@5_r1").heading == "R@5 r1"
     assert [i.primary.name for i in (batch_info, seq, rec)] == ["qa_f1", "qa_f1", "recall@1_r1"]
     # what a paired comparison draws, and where each task's results go in the paper's tables
     assert [(i.paired_unit, i.resampled_unit, i.resample_episodes) for i in (batch_info, seq, rec)] == [
-        ("contexts", "contexts", False), ("contexts", "sequences", True), ("gold items", "test points", False)]
+        ("contexts", "contexts", False),
+        ("contexts", "sequences", True),
+        ("gold items", "test points", False),
+    ]
     assert [(i.paper_table, i.paper_columns) for i in (batch_info, seq)] == [("1", ("qa_f1",)), ("3", ("qa_f1",))]
     assert rec.paper_table == "2" and [rec.metric(m).short for m in rec.paper_columns] == ["r1", "r2", "r3", "r4"]
     assert seq.curves == ("qa_f1",) and not batch_info.curves and not rec.curves
@@ -50,12 +68,15 @@ def test_a_subclass_inherits_the_scores_but_not_the_name_or_the_papers_table():
     assert info.board_metrics == ["qa_f1", "acc"]
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"metrics": (MetricInfo("a", primary=True), MetricInfo("b", primary=True))}, "more than one primary"),
-    ({"metrics": (MetricInfo("a"), MetricInfo("a"))}, "metrics named twice"),
-    ({"metrics": (MetricInfo("a"),), "curves": ("b",)}, r"curves names undeclared metrics \['b'\]"),
-    ({"paper_table": "9"}, "paper_table is '9'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"metrics": (MetricInfo("a", primary=True), MetricInfo("b", primary=True))}, "more than one primary"),
+        ({"metrics": (MetricInfo("a"), MetricInfo("a"))}, "metrics named twice"),
+        ({"metrics": (MetricInfo("a"),), "curves": ("b",)}, r"curves names undeclared metrics \['b'\]"),
+        ({"paper_table": "9"}, "paper_table is '9'"),
+    ],
+)
 def test_an_inconsistent_declaration_is_refused_when_the_class_is_defined(body, message):
     with pytest.raises(TypeError, match=message):
         type("Broken", (Task,), dict(body))
@@ -64,9 +85,15 @@ def test_an_inconsistent_declaration_is_refused_when_the_class_is_defined(body, 
 def test_task_info_round_trips_through_json_and_tolerates_gaps():
     info = TaskInfo.of_class(TASKS.get("recommendation"))
     assert TaskInfo.from_record(info.name, json.loads(json.dumps(info.record()))) == info
-    sparse = TaskInfo.from_record("t", {"version": "2", "metrics": [{"name": "x", "higher_is_better": None},
-                                                                    {"label": "no name"}, "junk"],
-                                        "curves": "x", "resample_episodes": 1})
+    sparse = TaskInfo.from_record(
+        "t",
+        {
+            "version": "2",
+            "metrics": [{"name": "x", "higher_is_better": None}, {"label": "no name"}, "junk"],
+            "curves": "x",
+            "resample_episodes": 1,
+        },
+    )
     assert sparse == TaskInfo("t", metrics=(MetricInfo("x", higher_is_better=None),))
     assert sparse.display_name == "t" and sparse.metric("x").label == "x" and sparse.primary.name == "x"
     assert sparse.metric("undeclared").heading == "undeclared"
@@ -89,8 +116,11 @@ def test_the_files_task_info_wins_then_the_registered_class_then_the_scores():
     relabelled["task_info"] = record
     assert meta.task_of(relabelled).metric("qa_f1").label == "token F1"
     assert meta.task_of(batch("base_q", 0.1)).metric("qa_f1").label == "QA-F1"  # the class
-    unknown = result("not-installed", "base_q", {"zeta": summary(0.2), "alpha": summary(0.4), "count": 3,
-                                                "nested": {"x": summary(0.1)}})
+    unknown = result(
+        "not-installed",
+        "base_q",
+        {"zeta": summary(0.2), "alpha": summary(0.4), "count": 3, "nested": {"x": summary(0.1)}},
+    )
     inferred = meta.task_of(unknown)
     assert [m.name for m in inferred.metrics] == ["alpha", "zeta"] and inferred.primary.name == "alpha"
     assert inferred.paper_table == "" and not inferred.curves
@@ -115,28 +145,34 @@ def test_upgrade_flattens_scores_and_keeps_the_rest_as_details():
     assert extract.metric(old, "efficacy.qa_f1") == summary(0.5)  # readers accept the file's dict too
 
 
-@pytest.mark.parametrize("scores", [
-    {"per_step": [0.0, 0.6, 0.5]},
-    {"qa_f1": {"per_step": [summary(0.0), summary(0.6), summary(0.5)]}},
-    {"step_qa_f1": {"0": 0.0, "2": 0.5, "1": 0.6}},
-    {"qa_f1": [0.0, 0.6, 0.5]},
-    {"retention_matrix": [[0.0, 0.0], [0.6, 0.6], [0.4, 0.6]]},
-    {"matrix": {"qa_f1": [[0.0, 0.0], [0.6, 0.6], [0.4, 0.6]], "acc": [[1.0, 1.0]] * 3}},
-])
+@pytest.mark.parametrize(
+    "scores",
+    [
+        {"per_step": [0.0, 0.6, 0.5]},
+        {"qa_f1": {"per_step": [summary(0.0), summary(0.6), summary(0.5)]}},
+        {"step_qa_f1": {"0": 0.0, "2": 0.5, "1": 0.6}},
+        {"qa_f1": [0.0, 0.6, 0.5]},
+        {"retention_matrix": [[0.0, 0.0], [0.6, 0.6], [0.4, 0.6]]},
+        {"matrix": {"qa_f1": [[0.0, 0.0], [0.6, 0.6], [0.4, 0.6]], "acc": [[1.0, 1.0]] * 3}},
+    ],
+)
 def test_upgrade_reads_every_old_spelling_of_a_step_curve(scores):
     assert extract.step_curve(result("sequential", "x", scores), "qa_f1") == [0.0, 0.6, 0.5]
 
 
-@pytest.mark.parametrize("scores", [
-    {"recall@1_r2": summary(0.3)},
-    {"r2": summary(0.3)},
-    {"r2_recall@1": summary(0.3)},
-    {"recall_at_1_r2": summary(0.3)},
-    {"recall@1": {"r2": summary(0.3)}},
-    {"r2": {"recall@1": summary(0.3), "recall@5": summary(0.9)}},
-    {"recall": {"r2": {"@1": summary(0.3)}}},
-    {"r2": summary(0.9), "recall@1_r2": summary(0.3)},  # the file's own name wins over another spelling
-])
+@pytest.mark.parametrize(
+    "scores",
+    [
+        {"recall@1_r2": summary(0.3)},
+        {"r2": summary(0.3)},
+        {"r2_recall@1": summary(0.3)},
+        {"recall_at_1_r2": summary(0.3)},
+        {"recall@1": {"r2": summary(0.3)}},
+        {"r2": {"recall@1": summary(0.3), "recall@5": summary(0.9)}},
+        {"recall": {"r2": {"@1": summary(0.3)}}},
+        {"r2": summary(0.9), "recall@1_r2": summary(0.3)},  # the file's own name wins over another spelling
+    ],
+)
 def test_upgrade_reads_every_old_spelling_of_recall(scores):
     assert extract.metric(result("recommendation", "x", scores), "recall@1_r2") == summary(0.3)
 
@@ -149,19 +185,31 @@ def test_upgrade_gives_every_layout_per_unit_scores_and_what_was_asked():
 
     seq = with_contexts(sequential("x", [0.0, 0.5]), {"seq-0": {"c1": 0.6, "c2": 0.8}})
     assert extract.units(seq, "qa_f1") == {("0", "seq-0", "c1"): 0.6, ("0", "seq-0", "c2"): 0.8}
-    assert extract.units(seq, "qa_f1", step=0) == extract.units(seq, "before.qa_f1") == \
-        {("0", "seq-0", "c1"): 0.0, ("0", "seq-0", "c2"): 0.0}
+    assert (
+        extract.units(seq, "qa_f1", step=0)
+        == extract.units(seq, "before.qa_f1")
+        == {("0", "seq-0", "c1"): 0.0, ("0", "seq-0", "c2"): 0.0}
+    )
     assert extract.units(seq, "qa_f1", step=2) is None  # no such step
     assert extract.probes(seq) == {("0", "seq-0", "c1", "What is c1?"), ("0", "seq-0", "c2", "What is c2?")}
 
     rec = recommendation("x", "redial", [0.5, 0.5, 0.5, 0.5])
     hits = {"r1": {"1": [1, 0], "5": [1, 1]}}
-    rec["episodes"] = [{"episode": "probes-0000", "predictions": [
-        {"probe_id": "p1", "gold": ["A", "B"], "hits": hits}, {"probe_id": "p2", "gold": ["C"], "hits": {}}]}]
+    rec["episodes"] = [
+        {
+            "episode": "probes-0000",
+            "predictions": [
+                {"probe_id": "p1", "gold": ["A", "B"], "hits": hits},
+                {"probe_id": "p2", "gold": ["C"], "hits": {}},
+            ],
+        }
+    ]
     assert extract.units(rec, "recall@1_r1") is None  # p2 holds no hits: no per-unit scores to pair
     rec["episodes"][0]["predictions"].pop()
-    assert extract.units(rec, "recall@5_r1") == {("0", "probes-0000", "p1", "0"): 1.0,
-                                                  ("0", "probes-0000", "p1", "1"): 1.0}
+    assert extract.units(rec, "recall@5_r1") == {
+        ("0", "probes-0000", "p1", "0"): 1.0,
+        ("0", "probes-0000", "p1", "1"): 1.0,
+    }
     assert extract.probes(rec) == {("0", "probes-0000", "p1", "A"), ("0", "probes-0000", "p1", "B")}
     assert extract.units(rec, "qa_f1") is None
 
@@ -177,8 +225,9 @@ class ExactBatch(BatchTask):
 
     def aggregate(self, records):
         scores = super().aggregate(records)
-        scores["em"] = summarize([exact_match(p["prediction"], p["answers"]) for r in records
-                                  for p in r["predictions"]], seed=self.seed)
+        scores["em"] = summarize(
+            [exact_match(p["prediction"], p["answers"]) for r in records for p in r["predictions"]], seed=self.seed
+        )
         return scores
 
 
@@ -203,7 +252,10 @@ def test_a_plugin_tasks_own_score_shows_under_its_label(tmp_path, bench, registr
     assert "tiny-random-llama · 3 EM" in table
     header = next(line for line in page.splitlines() if "exact match [95% CI]" in line)
     assert [c.strip() for c in header.strip("|").split("|")][5:8] == [
-        "exact match [95% CI]", "Δ vs Base, Q [95% CI]", "QA-F1 [95% CI]"]  # the primary score first
+        "exact match [95% CI]",
+        "Δ vs Base, Q [95% CI]",
+        "QA-F1 [95% CI]",
+    ]  # the primary score first
     # a file written before result files carried task_info: the registered class answers for it
     old = tmp_path / "prev"  # as long a name as "runs": the same column widths
     for path in files:

@@ -43,8 +43,19 @@ OPTIMIZER = "optimizer"
 AUTOGRAD = "autograd engine"
 OTHER = "other"
 OVERHEAD = "Python / dispatch overhead"
-KINDS = (MATMUL_BACKBONE, MATMUL_HEAD, ATTENTION, HEAD_LOSS, ELEMENTWISE, VIEWS, INDEXING, OPTIMIZER,
-         AUTOGRAD, OTHER, OVERHEAD)
+KINDS = (
+    MATMUL_BACKBONE,
+    MATMUL_HEAD,
+    ATTENTION,
+    HEAD_LOSS,
+    ELEMENTWISE,
+    VIEWS,
+    INDEXING,
+    OPTIMIZER,
+    AUTOGRAD,
+    OTHER,
+    OVERHEAD,
+)
 
 _MATMUL = "matmul"  # resolved by shape into backbone, LM head or attention
 
@@ -59,31 +70,175 @@ OP_KINDS: tuple[tuple[str, str], ...] = (
     # the autograd engine's own nodes (their self time is engine work; the ops they call are listed)
     (AUTOGRAD, r"autograd::.*|torch::autograd::.*|\w+Backward\d+"),
     (OPTIMIZER, r"aten::_foreach_\w+|aten::_fused_adamw_?|aten::_fused_adam_?"),
-    (ATTENTION, _aten("softmax", "_softmax", "_softmax_backward_data", "scaled_dot_product_attention",
-                      r"_scaled_dot_product_\w+", r"_flash_attention\w*", r"_efficient_attention\w*",
-                      "bmm", "baddbmm")),
+    (
+        ATTENTION,
+        _aten(
+            "softmax",
+            "_softmax",
+            "_softmax_backward_data",
+            "scaled_dot_product_attention",
+            r"_scaled_dot_product_\w+",
+            r"_flash_attention\w*",
+            r"_efficient_attention\w*",
+            "bmm",
+            "baddbmm",
+        ),
+    ),
     (_MATMUL, _aten("mm", "addmm", "matmul", "linear", "_addmm_activation", "addmv", "mv", "dot")),
-    (HEAD_LOSS, _aten("log_softmax", "_log_softmax", "_log_softmax_backward_data", "kl_div",
-                      r"nll_loss\w*", "cross_entropy_loss", "logsumexp", "gather", "gather_backward", "topk",
-                      "scatter", "scatter_add")),
-    (INDEXING, _aten("embedding", "embedding_backward", "embedding_dense_backward", "index", "index_select",
-                     "_index_put_impl", "index_put", "index_add", "masked_select", "nonzero",
-                     "repeat_interleave")),
-    (VIEWS, _aten("view", "_unsafe_view", "reshape", "_reshape_alias", "t", "transpose", "permute", "expand",
-                  "expand_as", "slice", "select", "unsqueeze", "squeeze", "as_strided", "split",
-                  "split_with_sizes", "narrow", "chunk", "unbind", "detach", "alias", "flatten", "unflatten",
-                  "view_as", "numpy_T", "lift_fresh", "contiguous", "movedim", "result_type", "resolve_conj",
-                  "resolve_neg", "_has_compatible_shallow_copy_type") + r"|detach_?"),
-    (ELEMENTWISE, _aten("mul", "add", "sub", "rsub", "div", "neg", "pow", "rsqrt", "sqrt", "exp", "log",
-                        "log1p", "silu", "silu_backward", "sigmoid", "tanh", r"gelu\w*", "relu",
-                        "threshold_backward", "mean", "sum", "copy", "to", "_to_copy", "clone", "fill", "zero",
-                        "zeros", "zeros_like", "ones", "ones_like", "new_zeros", "new_ones", "new_empty",
-                        "new_empty_strided", "full", "full_like", "empty", "empty_like", "empty_strided",
-                        "scalar_tensor", "where", "masked_fill", "clamp", "clamp_min", "clamp_max", "maximum",
-                        "minimum", "cat", "stack", "dropout", "native_dropout", "native_dropout_backward",
-                        "bernoulli", "uniform", "addcmul", "addcdiv", "lerp", "cos", "sin", "reciprocal", "abs",
-                        "sign", "eq", "ne", "lt", "le", "gt", "ge", "__and__", "__or__", r"bitwise_\w+",
-                        r"logical_\w+", "arange", "resize", "set", "slice_backward", "select_backward")),
+    (
+        HEAD_LOSS,
+        _aten(
+            "log_softmax",
+            "_log_softmax",
+            "_log_softmax_backward_data",
+            "kl_div",
+            r"nll_loss\w*",
+            "cross_entropy_loss",
+            "logsumexp",
+            "gather",
+            "gather_backward",
+            "topk",
+            "scatter",
+            "scatter_add",
+        ),
+    ),
+    (
+        INDEXING,
+        _aten(
+            "embedding",
+            "embedding_backward",
+            "embedding_dense_backward",
+            "index",
+            "index_select",
+            "_index_put_impl",
+            "index_put",
+            "index_add",
+            "masked_select",
+            "nonzero",
+            "repeat_interleave",
+        ),
+    ),
+    (
+        VIEWS,
+        _aten(
+            "view",
+            "_unsafe_view",
+            "reshape",
+            "_reshape_alias",
+            "t",
+            "transpose",
+            "permute",
+            "expand",
+            "expand_as",
+            "slice",
+            "select",
+            "unsqueeze",
+            "squeeze",
+            "as_strided",
+            "split",
+            "split_with_sizes",
+            "narrow",
+            "chunk",
+            "unbind",
+            "detach",
+            "alias",
+            "flatten",
+            "unflatten",
+            "view_as",
+            "numpy_T",
+            "lift_fresh",
+            "contiguous",
+            "movedim",
+            "result_type",
+            "resolve_conj",
+            "resolve_neg",
+            "_has_compatible_shallow_copy_type",
+        )
+        + r"|detach_?",
+    ),
+    (
+        ELEMENTWISE,
+        _aten(
+            "mul",
+            "add",
+            "sub",
+            "rsub",
+            "div",
+            "neg",
+            "pow",
+            "rsqrt",
+            "sqrt",
+            "exp",
+            "log",
+            "log1p",
+            "silu",
+            "silu_backward",
+            "sigmoid",
+            "tanh",
+            r"gelu\w*",
+            "relu",
+            "threshold_backward",
+            "mean",
+            "sum",
+            "copy",
+            "to",
+            "_to_copy",
+            "clone",
+            "fill",
+            "zero",
+            "zeros",
+            "zeros_like",
+            "ones",
+            "ones_like",
+            "new_zeros",
+            "new_ones",
+            "new_empty",
+            "new_empty_strided",
+            "full",
+            "full_like",
+            "empty",
+            "empty_like",
+            "empty_strided",
+            "scalar_tensor",
+            "where",
+            "masked_fill",
+            "clamp",
+            "clamp_min",
+            "clamp_max",
+            "maximum",
+            "minimum",
+            "cat",
+            "stack",
+            "dropout",
+            "native_dropout",
+            "native_dropout_backward",
+            "bernoulli",
+            "uniform",
+            "addcmul",
+            "addcdiv",
+            "lerp",
+            "cos",
+            "sin",
+            "reciprocal",
+            "abs",
+            "sign",
+            "eq",
+            "ne",
+            "lt",
+            "le",
+            "gt",
+            "ge",
+            "__and__",
+            "__or__",
+            r"bitwise_\w+",
+            r"logical_\w+",
+            "arange",
+            "resize",
+            "set",
+            "slice_backward",
+            "select_backward",
+        ),
+    ),
 )
 _COMPILED = tuple((kind, re.compile(pattern)) for kind, pattern in OP_KINDS)
 _OPTIMIZER_RANGES = ("Optimizer.step#", "Optimizer.zero_grad#")
@@ -184,8 +339,11 @@ def summarise(events: Iterable[Any], wall_s: float, steps: int, vocab: int, top:
     kinds = {}
     for kind in KINDS:
         s = seconds.get(kind, 0.0)
-        row: dict[str, Any] = {"s_per_step": s / n, "share": s / wall_s if wall_s else 0.0,
-                               "calls_per_step": calls.get(kind, 0) / n}
+        row: dict[str, Any] = {
+            "s_per_step": s / n,
+            "share": s / wall_s if wall_s else 0.0,
+            "calls_per_step": calls.get(kind, 0) / n,
+        }
         if kind in (MATMUL_BACKBONE, MATMUL_HEAD, ATTENTION) and flops.get(kind) and s > 0:
             row["gflop_s"] = flops[kind] / s / 1e9
         kinds[kind] = row
@@ -198,8 +356,9 @@ def summarise(events: Iterable[Any], wall_s: float, steps: int, vocab: int, top:
         "top_level_calls_per_step": top_level / n,
         "other_threads_s_per_step": sum(v for t, v in per_thread.items() if t != main) / 1e6 / n,
         "kinds": kinds,
-        "top_ops": [{"op": name, "kind": kind, "s_per_step": s / n, "calls_per_step": c / n}
-                    for (name, kind), (s, c) in ranked],
+        "top_ops": [
+            {"op": name, "kind": kind, "s_per_step": s / n, "calls_per_step": c / n} for (name, kind), (s, c) in ranked
+        ],
     }
 
 
@@ -220,8 +379,13 @@ def _patched(owner: type, name: str, make: Callable[[Any], Callable[..., Any]]) 
         setattr(owner, name, original)
 
 
-def _run_window(make_method: Callable[[], Any], contexts: list[Any], skip: int, steps: int,
-                profiler: torch.profiler.profile | None = None) -> dict[str, Any]:
+def _run_window(
+    make_method: Callable[[], Any],
+    contexts: list[Any],
+    skip: int,
+    steps: int,
+    profiler: torch.profiler.profile | None = None,
+) -> dict[str, Any]:
     """Run one inject to the end of steps ``skip+1 .. skip+steps``; times (and profiles) that window.
 
     When the run has fewer steps, the window ends with its last step (``steps`` is returned).
@@ -248,6 +412,7 @@ def _run_window(make_method: Callable[[], Any], contexts: list[Any], skip: int, 
             value = original(self, batch, targets)
             after_step(self)
             return value
+
         return step
 
     def wrap_teacher(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -258,6 +423,7 @@ def _run_window(make_method: Callable[[], Any], contexts: list[Any], skip: int, 
             finally:
                 if state["start"] is not None:
                     state["teacher_s"] += time.perf_counter() - tick
+
         return teacher_targets
 
     with _patched(Trainer, "step", wrap_step), _patched(InjectionPlan, "teacher_targets", wrap_teacher):
@@ -269,14 +435,18 @@ def _run_window(make_method: Callable[[], Any], contexts: list[Any], skip: int, 
             if profiler is not None and state["start"] is not None and len(state["ends"]) < steps:
                 profiler.stop()  # the run ended inside the window
     if not state["ends"]:
-        raise BenchError(f"the run has {state['done']} training steps; --breakdown-skip {skip} leaves none "
-                         "to profile")
-    return {"steps": len(state["ends"]), "wall_s": state["ends"][-1] - state["start"],
-            "tokens": state["tokens"][-1], "teacher_s": state["teacher_s"]}
+        raise BenchError(f"the run has {state['done']} training steps; --breakdown-skip {skip} leaves none to profile")
+    return {
+        "steps": len(state["ends"]),
+        "wall_s": state["ends"][-1] - state["start"],
+        "tokens": state["tokens"][-1],
+        "teacher_s": state["teacher_s"],
+    }
 
 
-def profile_steps(lm: Any, make_method: Callable[[], Any], contexts: list[Any], skip: int = 2,
-                  steps: int = 4, top: int = 12) -> dict[str, Any]:
+def profile_steps(
+    lm: Any, make_method: Callable[[], Any], contexts: list[Any], skip: int = 2, steps: int = 4, top: int = 12
+) -> dict[str, Any]:
     """The step profile: the window timed plainly (best of two runs), then under the profiler."""
     if skip < 1 or steps < 1:
         raise BenchError("--breakdown-skip and --breakdown-steps must be at least 1")
@@ -284,22 +454,30 @@ def profile_steps(lm: Any, make_method: Callable[[], Any], contexts: list[Any], 
     steps = plain["steps"]  # the same seed gives the same batches: every window ends there too
     again = _run_window(make_method, contexts, skip, steps)
     plain = min(plain, again, key=lambda r: r["wall_s"])  # the machine may be shared
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
-                                      with_flops=True)
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True, with_flops=True
+    )
     profiled = _run_window(make_method, contexts, skip, steps, profiler)
     head = lm.model.get_output_embeddings()
     vocab = int(head.weight.shape[0]) if head is not None else int(getattr(lm.model.config, "vocab_size", 0))
-    figures = summarise(profiler.events(),  # type: ignore[no-untyped-call]  # torch leaves events() unannotated
-                        profiled["wall_s"], profiled["steps"], vocab, top)
+    figures = summarise(
+        profiler.events(),  # type: ignore[no-untyped-call]  # torch leaves events() unannotated
+        profiled["wall_s"],
+        profiled["steps"],
+        vocab,
+        top,
+    )
     n = profiled["steps"]
-    figures.update({
-        "skip": skip,
-        "vocab": vocab,
-        "unprofiled_s_per_step": plain["wall_s"] / plain["steps"],
-        "unprofiled_tok_s": plain["tokens"] / plain["wall_s"] if plain["wall_s"] else 0.0,
-        "tokens_per_step": plain["tokens"] / plain["steps"],
-        "teacher_s_per_step": profiled["teacher_s"] / n,
-    })
+    figures.update(
+        {
+            "skip": skip,
+            "vocab": vocab,
+            "unprofiled_s_per_step": plain["wall_s"] / plain["steps"],
+            "unprofiled_tok_s": plain["tokens"] / plain["wall_s"] if plain["wall_s"] else 0.0,
+            "tokens_per_step": plain["tokens"] / plain["steps"],
+            "teacher_s_per_step": profiled["teacher_s"] / n,
+        }
+    )
     return figures
 
 
@@ -312,9 +490,12 @@ def report(b: dict[str, Any]) -> str:
         f"  step time {b['unprofiled_s_per_step']:.4f} s unprofiled ({b['tokens_per_step']:.0f} student tokens, "
         f"{b['unprofiled_tok_s']:.0f} tok/s); {wall:.4f} s profiled "
         f"({wall / b['unprofiled_s_per_step'] - 1:+.0%}; the shares below are of the profiled step)"
-        if b["unprofiled_s_per_step"] else f"  step time {wall:.4f} s profiled",
+        if b["unprofiled_s_per_step"]
+        else f"  step time {wall:.4f} s profiled",
         f"  of which teacher targets (cache misses): {b['teacher_s_per_step']:.4f} s/step "
-        f"({b['teacher_s_per_step'] / wall:.0%})" if wall else "",
+        f"({b['teacher_s_per_step'] / wall:.0%})"
+        if wall
+        else "",
         f"  operator calls per step: {b['op_calls_per_step']:.0f} "
         f"({b['top_level_calls_per_step']:.0f} called from Python or the autograd engine, the rest nested)",
         f"  {'kind':<28} {'s/step':>9} {'share':>7} {'calls/step':>11} {'GFLOP/s':>8}",
@@ -326,14 +507,17 @@ def report(b: dict[str, Any]) -> str:
         rate = f"{row['gflop_s']:.1f}" if "gflop_s" in row else ""
         lines.append(f"  {kind:<28} {row['s_per_step']:>9.4f} {row['share']:>7.1%} {calls:>11} {rate:>8}")
     lines.append(f"  {'total (wall)':<28} {wall:>9.4f} {1:>7.1%} {b['op_calls_per_step']:>11.0f}")
-    lines.append("  (overhead = wall time minus the ops' self times: an estimate, which includes the profiler's own "
-                 "cost per op)")
+    lines.append(
+        "  (overhead = wall time minus the ops' self times: an estimate, which includes the profiler's own cost per op)"
+    )
     lines.append(f"  (LM head: a matmul or elementwise op with an input dimension of {b['vocab']}, the vocabulary)")
     if b["other_threads_s_per_step"]:
         lines.append(f"  op time on other threads, not counted above: {b['other_threads_s_per_step']:.4f} s/step")
     if b["top_ops"]:
         lines.append("  top ops by self time:")
         for op in b["top_ops"]:
-            lines.append(f"    {op['op']:<44} {op['kind']:<22} {op['s_per_step']:>9.4f} s/step "
-                         f"{op['calls_per_step']:>7.0f} calls/step")
+            lines.append(
+                f"    {op['op']:<44} {op['kind']:<22} {op['s_per_step']:>9.4f} s/step "
+                f"{op['calls_per_step']:>7.0f} calls/step"
+            )
     return "\n".join(line for line in lines if line)

@@ -48,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.add_argument("--out", type=Path, default=Path("runs"), help="result folder (default: runs)")
     run.add_argument("--force", action="store_true", help="recompute even if a result exists")
-    run.add_argument("--checkpoint-every", type=checkpoint_seconds, default=60.0, metavar="SECONDS",
-                     help="save training state inside an injection this often, to resume a killed run "
-                          "there (default 60; 0: after every step; off)")
+    run.add_argument(
+        "--checkpoint-every",
+        type=checkpoint_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="save training state inside an injection this often, to resume a killed run "
+        "there (default 60; 0: after every step; off)",
+    )
 
     run.set_defaults(handler=cmd_run)
 
@@ -64,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, set_help: str = SET_HELP,
-                      profile_help: str | None = None) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser, set_help: str = SET_HELP, profile_help: str | None = None
+) -> None:
     """``--profile``, ``--seed``, ``--device`` and ``--set``: how every command that sets up a run
     (``benchmark.runner.build_run_params`` and ``load_run_lm``) is told its settings."""
     parser.add_argument("--profile", default="quick", choices=PROFILES, help=profile_help)
@@ -119,8 +125,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = run(request)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
         how = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-        print(f"bench: {how}; finished episodes and the last training checkpoint are saved; "
-              "run the same command to resume", file=sys.stderr)
+        print(
+            f"bench: {how}; finished episodes and the last training checkpoint are saved; "
+            "run the same command to resume",
+            file=sys.stderr,
+        )
         return interrupted_code(exc)
     print_outcome(outcome)
     return 0
@@ -129,8 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def print_outcome(outcome: RunOutcome) -> None:
     result = outcome.result
     task_cls = TASKS.get(result["task"])
-    header = (f"{result['method']} on {result['task']}/{result['dataset']} "
-              f"(model {result['model']}, profile {result['profile']}, seed {result['seed']})")
+    header = (
+        f"{result['method']} on {result['task']}/{result['dataset']} "
+        f"(model {result['model']}, profile {result['profile']}, seed {result['seed']})"
+    )
     print(header)
     if outcome.reused:
         print("(already complete: shown from the result file; --force recomputes)")
@@ -177,8 +188,11 @@ def print_params(title: str, params_cls: type, profiles: Mapping[str, Mapping[st
     for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else field_default(f)
         per_profile = ", ".join(f"{p}={v[f.name]}" for p, v in profiles.items() if f.name in v)
-        print(f"  {f.name} = {default!r}" + (f"  ({per_profile})" if per_profile else "")
-              + (f"  range: {ranges[f.name]}" if f.name in ranges else ""))
+        print(
+            f"  {f.name} = {default!r}"
+            + (f"  ({per_profile})" if per_profile else "")
+            + (f"  range: {ranges[f.name]}" if f.name in ranges else "")
+        )
     print()
 
 
@@ -210,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         choose_omp_wait_policy()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from transformers.utils import logging as hf_logging

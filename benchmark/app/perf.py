@@ -77,8 +77,9 @@ def gemm_gflops(dtype: torch.dtype, seconds: float = 1.0) -> float:
     return 2 * 768 * 576 * 1536 * count / (time.perf_counter() - tick) / 1e9
 
 
-def official_style(lm: LM, contexts: list[Context], retain: list[list[int]], pairs: int, lr: float,
-                   seed: int) -> Measure:
+def official_style(
+    lm: LM, contexts: list[Context], retain: list[list[int]], pairs: int, lr: float, seed: int
+) -> Measure:
     """The official loop's structure: per QA pair, three batch-1 fp32 steps with a live teacher."""
     p = TrainParams(lr=lr, frozen_bf16=False)
     student = build_student(lm, p)
@@ -98,8 +99,9 @@ def official_style(lm: LM, contexts: list[Context], retain: list[list[int]], pai
         with torch.no_grad():
             t_logits = teacher(t_in).logits[:, first : len(teacher_ids) - 1]
         s_logits = student(s_in).logits[:, : len(student_ids) - 1]
-        loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
-                        reduction="batchmean")
+        loss = F.kl_div(
+            F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True, reduction="batchmean"
+        )
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         optimizer.step()
@@ -123,13 +125,25 @@ def official_style(lm: LM, contexts: list[Context], retain: list[list[int]], pai
 def ours(lm: LM, method_cls: type, params: Any, run: RunParams, contexts: list[Context], seed: int) -> Measure:
     method = method_cls(lm, params, run, seed)
     method.inject(contexts)
-    return Measure(int(method.stats["train_tokens"]), float(method.stats["train_s"]),
-                   float(method.stats.get("student_s", 0.0)), int(method.stats["train_example_tokens"]))
+    return Measure(
+        int(method.stats["train_tokens"]),
+        float(method.stats["train_s"]),
+        float(method.stats.get("student_s", 0.0)),
+        int(method.stats["train_example_tokens"]),
+    )
 
 
-def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_contexts: int = 4,
-             official_pairs: int = 6, rounds: int = 2, overrides: dict[str, str] | None = None,
-             seed: int = 0, breakdown: tuple[int, int] | None = None, device: str = "auto") -> dict[str, Any]:
+def run_perf(
+    model: str = "smollm2-135m-instruct",
+    profile: str = "quick",
+    num_contexts: int = 4,
+    official_pairs: int = 6,
+    rounds: int = 2,
+    overrides: dict[str, str] | None = None,
+    seed: int = 0,
+    breakdown: tuple[int, int] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Measure both loops ``rounds`` times, alternating; returns the figures printed by ``bench perf``.
 
     ``breakdown=(skip, steps)`` adds the step profile of ``benchmark.app.breakdown`` (figures under
@@ -190,8 +204,10 @@ def run_perf(model: str = "smollm2-135m-instruct", profile: str = "quick", num_c
 
 def report(figures: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.1f}" for x in figures["load_average"])
-    header = (f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
-              f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}), load average {load}")
+    header = (
+        f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
+        f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}), load average {load}"
+    )
     extra = []
     if "breakdown" in figures:
         extra.append(breakdown_report(figures["breakdown"]))
@@ -209,7 +225,8 @@ def report(figures: dict[str, Any]) -> str:
         f"{figures['ours_student_only_tok_s']:.1f} tok/s",
         f"selfparam here, counting each example's whole sequence (shared prefixes included): "
         f"{figures['ours_example_tok_s']:.1f} tok/s ({figures['ours_example_tokens']} tokens)"
-        if shared else "",
+        if shared
+        else "",
         f"ratio here / official: {figures['ratio']:.2f}x (tokens of the training examples per second)"
         + (f"; {figures['ratio_computed']:.2f}x on computed tokens" if shared else ""),
         f"bf16 GEMM {figures['bf16_gemm_gflops']:.0f} GFLOP/s (best of before/after: "
@@ -217,7 +234,8 @@ def report(figures: dict[str, Any]) -> str:
         f"{figures['compute_limit_tok_s']:.0f} tok/s at 4·N FLOPs/token; here reaches "
         f"{figures['ours_tok_s'] / figures['compute_limit_tok_s']:.0%} (student steps only "
         f"{figures['ours_student_only_tok_s'] / figures['compute_limit_tok_s']:.0%})"
-        if figures["compute_limit_tok_s"] else "",
+        if figures["compute_limit_tok_s"]
+        else "",
         *extra,
     ]
     return "\n".join(line for line in lines if line)

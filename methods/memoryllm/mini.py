@@ -23,8 +23,7 @@ from torch import nn
 
 from methods.llama_layers import LlamaParts, apply_rope, decoder_layer, llama_parts, project_qkv
 
-LORA_TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "gate": "gate_proj", "up": "up_proj",
-                "down": "down_proj"}
+LORA_TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 
 
 class LoRA(nn.Module):

@@ -53,8 +53,14 @@ class MiniTrainParams:
     heldout: int = 24  # held-out QA examples for the before/after check
 
     RANGES: ClassVar[dict[str, str]] = {
-        "steps": ">= 1", "max_minutes": ">= 0", "lr": "> 0", "qa_fraction": "[0, 1]", "max_distractors": ">= 0",
-        "context_tokens": ">= 1", "target_tokens": ">= 1", "heldout": ">= 0",
+        "steps": ">= 1",
+        "max_minutes": ">= 0",
+        "lr": "> 0",
+        "qa_fraction": "[0, 1]",
+        "max_distractors": ">= 0",
+        "context_tokens": ">= 1",
+        "target_tokens": ">= 1",
+        "heldout": ">= 0",
     }
 
 

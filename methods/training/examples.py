@@ -67,8 +67,9 @@ def padded_tokens(batch: list[Example], share_prefix: int) -> int:
     return total
 
 
-def group_by_prefix(sequences: list[tuple[list[int], int]], min_length: int
-                    ) -> tuple[dict[tuple[int, ...], list[int]], list[int]]:
+def group_by_prefix(
+    sequences: list[tuple[list[int], int]], min_length: int
+) -> tuple[dict[tuple[int, ...], list[int]], list[int]]:
     """Indices of (ids, first) pairs grouped by their unscored prefix ``ids[:first]``.
 
     Only prefixes of at least ``min_length`` tokens shared by two or more sequences form a group
@@ -102,8 +103,9 @@ def selected_hidden(
     ids, mask = pad_right(sequences, lm.tokenizer.pad_token_id)
     rows, cols = _positions(starts, counts, lm.device)
     with lm.autocast():
-        hidden = backbone(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                          use_cache=False).last_hidden_state  # no key/value cache to build and drop
+        hidden = backbone(
+            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
+        ).last_hidden_state  # no key/value cache to build and drop
     return hidden[rows, cols]
 
 
@@ -120,8 +122,15 @@ def cache_prefix(model: torch.nn.Module, lm: LM, prefix: list[int]):
     return cache if cache is not None else out.past_key_values
 
 
-def hidden_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int, tails: list[list[int]],
-                         counts: list[int], keep_cache: bool = True) -> torch.Tensor:
+def hidden_after_prefix(
+    model: torch.nn.Module,
+    lm: LM,
+    cache,
+    prefix_len: int,
+    tails: list[list[int]],
+    counts: list[int],
+    keep_cache: bool = True,
+) -> torch.Tensor:
     """Final hidden states at the first ``count`` positions of each tail, continuing the cached prefix.
 
     With ``keep_cache=False`` the cache is consumed (and gradients flow back into the prefix).
@@ -135,7 +144,11 @@ def hidden_after_prefix(model: torch.nn.Module, lm: LM, cache, prefix_len: int, 
     positions = torch.arange(prefix_len, prefix_len + width).unsqueeze(0).expand(n, -1)
     rows, cols = _positions([0] * n, counts, lm.device)
     with lm.autocast():
-        hidden = backbone(input_ids=ids.to(lm.device), attention_mask=attention.to(lm.device),
-                          position_ids=positions.to(lm.device), use_cache=True,
-                          **{_cache_kwarg(backbone): batch_cache}).last_hidden_state
+        hidden = backbone(
+            input_ids=ids.to(lm.device),
+            attention_mask=attention.to(lm.device),
+            position_ids=positions.to(lm.device),
+            use_cache=True,
+            **{_cache_kwarg(backbone): batch_cache},
+        ).last_hidden_state
     return hidden[rows, cols]

@@ -50,8 +50,9 @@ class TrainReport:
 class Trainer:
     """One optimiser over a student; ``step`` trains on one batch of examples."""
 
-    def __init__(self, model: torch.nn.Module, lm: LM, p: TrainParams, total_steps: int,
-                 temperature: float = 1.0) -> None:
+    def __init__(
+        self, model: torch.nn.Module, lm: LM, p: TrainParams, total_steps: int, temperature: float = 1.0
+    ) -> None:
         self.model, self.lm, self.p = model, lm, p
         self.params = trainable_parameters(model)
         if not self.params:
@@ -75,7 +76,8 @@ class Trainer:
         hidden = self.student_hidden(batch)
         if targets is None:  # cross-entropy on the next tokens
             target: torch.Tensor | Dist = torch.cat(
-                [torch.tensor(e.ids[e.first + 1 :], dtype=torch.long) for e in batch]).to(hidden.device)
+                [torch.tensor(e.ids[e.first + 1 :], dtype=torch.long) for e in batch]
+            ).to(hidden.device)
         else:
             target = cat_dists(targets)
         size = self.p.loss_chunk_rows
@@ -84,10 +86,12 @@ class Trainer:
         else:
             # Each chunk keeps only its hidden states for backward, which runs its head again: the
             # (rows, V) logits of a long batch never exist at once.
-            per_token = torch.cat([
-                checkpoint(self.row_losses, hidden[i : i + size], target[i : i + size], use_reentrant=False)
-                for i in range(0, len(hidden), size)
-            ])
+            per_token = torch.cat(
+                [
+                    checkpoint(self.row_losses, hidden[i : i + size], target[i : i + size], use_reentrant=False)
+                    for i in range(0, len(hidden), size)
+                ]
+            )
         per_example = torch.stack([t.mean() for t in per_token.split(counts)])
         weights = torch.tensor([e.weight for e in batch], dtype=per_example.dtype, device=per_example.device)
         return (per_example * weights).mean()
@@ -116,15 +120,21 @@ class Trainer:
         parts: dict[int, torch.Tensor] = {}
         tokens = 0
         if plain:
-            hidden = selected_hidden(self.model, self.lm, [batch[i].ids for i in plain],
-                                     [batch[i].first for i in plain], [counts[i] for i in plain])
+            hidden = selected_hidden(
+                self.model,
+                self.lm,
+                [batch[i].ids for i in plain],
+                [batch[i].first for i in plain],
+                [counts[i] for i in plain],
+            )
             parts.update(zip(plain, hidden.split([counts[i] for i in plain])))
             tokens += sum(len(batch[i].ids) for i in plain)
         for key, members in groups.items():
             cache = cache_prefix(self.model, self.lm, list(key))
-            tails = [batch[i].ids[len(key):] for i in members]
-            hidden = hidden_after_prefix(self.model, self.lm, cache, len(key), tails,
-                                          [counts[i] for i in members], keep_cache=False)
+            tails = [batch[i].ids[len(key) :] for i in members]
+            hidden = hidden_after_prefix(
+                self.model, self.lm, cache, len(key), tails, [counts[i] for i in members], keep_cache=False
+            )
             parts.update(zip(members, hidden.split([counts[i] for i in members])))
             tokens += len(key) + sum(len(t) for t in tails)
         self.tokens_in_step = tokens
@@ -248,8 +258,10 @@ def run_epochs(
                 checkpoint.save({**trainer.state(), "position": position}, total_steps)
     bar.close()
     if position < resume_at:
-        raise BenchError(f"{desc}: the checkpoint is at step {resume_at}, but this injection has "
-                         f"{position} steps; remove {checkpoint.path}")
+        raise BenchError(
+            f"{desc}: the checkpoint is at step {resume_at}, but this injection has "
+            f"{position} steps; remove {checkpoint.path}"
+        )
     return trainer.report
 
 

@@ -54,9 +54,17 @@ class TrainParams:
     step_tokens: int = 2048
 
     RANGES: ClassVar[dict[str, str]] = {
-        "lora_r": ">= 1", "lora_alpha": "> 0", "lora_dropout": "[0, 1)", "lr": "> 0", "weight_decay": ">= 0",
-        "epochs": ">= 0", "batch_size": ">= 1", "max_grad_norm": ">= 0", "share_prefix": ">= 0",
-        "loss_chunk_rows": ">= 0", "step_tokens": ">= 0",
+        "lora_r": ">= 1",
+        "lora_alpha": "> 0",
+        "lora_dropout": "[0, 1)",
+        "lr": "> 0",
+        "weight_decay": ">= 0",
+        "epochs": ">= 0",
+        "batch_size": ">= 1",
+        "max_grad_norm": ">= 0",
+        "share_prefix": ">= 0",
+        "loss_chunk_rows": ">= 0",
+        "step_tokens": ">= 0",
     }
 
 
@@ -71,9 +79,7 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         targets = [t for t in p.lora_targets if t in present]
         if not targets:
-            raise BenchError(
-                f"none of the LoRA target modules {list(p.lora_targets)} exist in model {lm.name!r}"
-            )
+            raise BenchError(f"none of the LoRA target modules {list(p.lora_targets)} exist in model {lm.name!r}")
         config = LoraConfig(
             r=p.lora_r,
             lora_alpha=p.lora_alpha,

@@ -69,13 +69,14 @@ def teacher_dists(
     for key, group in bar:
         counts = [specs[i].rows for i in group]
         if key is None:
-            hidden = selected_hidden(teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group],
-                                     counts)
+            hidden = selected_hidden(
+                teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts
+            )
         else:
             if key not in prefix_cache:
                 prefix_cache.clear()  # one context's prefix at a time
                 prefix_cache[key] = cache_prefix(teacher, lm, list(key))
-            tails = [specs[i].ids[len(key):] for i in group]
+            tails = [specs[i].ids[len(key) :] for i in group]
             hidden = hidden_after_prefix(teacher, lm, prefix_cache[key], len(key), tails, counts)
         out_group = _dists_from_hidden(teacher, lm, hidden, counts, topk, temperature, chunk_rows)
         for i, dist in zip(group, out_group):
@@ -84,8 +85,15 @@ def teacher_dists(
     return out  # type: ignore[return-value]
 
 
-def _dists_from_hidden(model: torch.nn.Module, lm: LM, hidden: torch.Tensor, counts: list[int], topk: int,
-                       temperature: float, chunk_rows: int) -> list[Dist]:
+def _dists_from_hidden(
+    model: torch.nn.Module,
+    lm: LM,
+    hidden: torch.Tensor,
+    counts: list[int],
+    topk: int,
+    temperature: float,
+    chunk_rows: int,
+) -> list[Dist]:
     """Per-example ``Dist``s from the final hidden states of their rows (in order, ``counts`` each).
 
     The head and log-softmax (and top-k) run on at most ``chunk_rows`` rows at a time, written into
@@ -95,8 +103,9 @@ def _dists_from_hidden(model: torch.nn.Module, lm: LM, hidden: torch.Tensor, cou
     vocab = split_lm(model)[1].weight.shape[0]
     width = topk if topk and topk < vocab else vocab
     logps = [torch.empty((n, width), dtype=torch.float32, device=hidden.device) for n in counts]
-    indices = ([torch.empty((n, width), dtype=torch.long, device=hidden.device) for n in counts]
-               if width < vocab else None)
+    indices = (
+        [torch.empty((n, width), dtype=torch.long, device=hidden.device) for n in counts] if width < vocab else None
+    )
     size = chunk_rows if chunk_rows > 0 else max(1, len(hidden))
     example, offset = 0, 0  # where the next row goes: row ``offset`` of example ``example``
     for start in range(0, len(hidden), size):

@@ -50,7 +50,7 @@ class QADataset(Dataset):
 
 
 def split_of(doc: Document, dev_fraction: float) -> str:
-    """"dev" or "test": where the hash of the context's group (else its text) falls."""
+    """ "dev" or "test": where the hash of the context's group (else its text) falls."""
     key = (doc.group or doc.text).encode("utf-8")
     position = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
     return "dev" if position < dev_fraction else "test"

@@ -142,8 +142,10 @@ def check_probes_not_injected(probes: list[RecProbe], conversations: list[Conver
         at = joined.find(f" {said} ")
         if at != -1:
             owner = conversations[joined.count("\x00", 0, at) - 1]
-            raise BenchError(f"leakage: the dialog of probe {probe.id!r} is part of training conversation "
-                             f"{owner.id!r} ({owner.source}); the test dialogs must not be injected")
+            raise BenchError(
+                f"leakage: the dialog of probe {probe.id!r} is part of training conversation "
+                f"{owner.id!r} ({owner.source}); the test dialogs must not be injected"
+            )
 
 
 def read_json(path: Path) -> object:

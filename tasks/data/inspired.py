@@ -46,8 +46,13 @@ class Inspired(CRSDataset):
                 if not isinstance(turn, dict) or not isinstance(turn.get("text"), str):
                     raise BenchError(f"{where}: turn {i} has no text")
                 movies = turn.get("movie") or turn.get("movie_name") or []
-                messages.append((_role(turn.get("role"), f"{where}: turn {i}"), turn["text"],
-                                 tuple(m for m in movies if isinstance(m, str) and m.strip())))
+                messages.append(
+                    (
+                        _role(turn.get("role"), f"{where}: turn {i}"),
+                        turn["text"],
+                        tuple(m for m in movies if isinstance(m, str) and m.strip()),
+                    )
+                )
             conversations.append(Conversation(f"inspired-{path.stem}-{number}", merge_turns(messages), where))
         return conversations
 
@@ -69,8 +74,10 @@ class Inspired(CRSDataset):
                     dialogs.setdefault(row["dialog_id"], []).append((speaker, text, movies))
             except UnicodeDecodeError:
                 raise not_utf8(path) from None
-        return [Conversation(f"inspired-{dialog_id}", merge_turns(messages), f"{path} ({dialog_id})")
-                for dialog_id, messages in dialogs.items()]
+        return [
+            Conversation(f"inspired-{dialog_id}", merge_turns(messages), f"{path} ({dialog_id})")
+            for dialog_id, messages in dialogs.items()
+        ]
 
 
 def _read_json_lists(path: Path) -> Iterator[tuple[int, list[Any]]]:

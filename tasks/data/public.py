@@ -109,9 +109,7 @@ def dedupe(qas: list[QA]) -> list[QA]:
     return list(merged.values())
 
 
-def make_documents(
-    groups: list[tuple[str, str, str, list[QA], str]], split: bool, limit: int | None
-) -> list[Document]:
+def make_documents(groups: list[tuple[str, str, str, list[QA], str]], split: bool, limit: int | None) -> list[Document]:
     """Documents from (id, source, context, short-answer questions, group) tuples, in order.
 
     A context left with no question is dropped; with ``split`` a context needs two questions

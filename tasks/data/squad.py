@@ -64,8 +64,10 @@ def read_squad_json(path: Path, prefix: str = "squad") -> list[Group]:
             for q, item in enumerate(_field(paragraph, "qas", list, where)):
                 where_q = f"{where}.qas[{q}]"
                 question = _field(item, "question", str, where_q)
-                answers = [_field(ans, "text", str, f"{where_q}.answers[{i}]")
-                           for i, ans in enumerate(_field(item, "answers", list, where_q))]
+                answers = [
+                    _field(ans, "text", str, f"{where_q}.answers[{i}]")
+                    for i, ans in enumerate(_field(item, "answers", list, where_q))
+                ]
                 qas.append((question, answers))
             groups.append((f"{prefix}-{a:03d}-{p:03d}", where, context, _short(qas), title))
     return groups
@@ -107,8 +109,7 @@ class Squad(QADataset):
         files = local_files(self.path, LOCAL, ".json")
         if files:
             several = len(files) > 1  # ids stay unique across the files of a folder
-            groups = [g for path in files
-                      for g in read_squad_json(path, f"squad-{path.stem}" if several else "squad")]
+            groups = [g for path in files for g in read_squad_json(path, f"squad-{path.stem}" if several else "squad")]
         else:
             groups = hub_groups(load_hub(HUB, ["validation"], self.name, LOCAL))
         return make_documents(groups, self.split, limit)

@@ -51,8 +51,14 @@ def model_free_formatter(fewshot: int | None = None) -> tuple[Formatter, dict[st
     """The harness's raw prompt (with its default demonstrations), for exports made without a model."""
     fewshot = RunParams().fewshot if fewshot is None else fewshot
     # No model: this LM only formats prompts.
-    lm = LM(model=None, tokenizer=None, name="", device=torch.device("cpu"),  # type: ignore[arg-type]
-            prompt_format="raw", fewshot=fewshot)
+    lm = LM(
+        model=None,  # type: ignore[arg-type]
+        tokenizer=None,
+        name="",
+        device=torch.device("cpu"),
+        prompt_format="raw",
+        fewshot=fewshot,
+    )
     return lm.format_prompt, {"prompt_format": "raw", "fewshot": fewshot, "bos": None, "model": None}
 
 
@@ -88,26 +94,39 @@ def qa_rows(documents: list[Document], formatter: Formatter) -> list[dict[str, A
     rows = []
     for doc in documents:
         for i, qa in enumerate(doc.probes):
-            rows.append({
-                "id": f"{doc.id}#{i}",
-                "context_id": doc.id,
-                "question": qa.question,
-                "answers": list(qa.answers),
-                "context": doc.text,
-                "prompt": formatter(Prompt(doc.id, qa.question)),
-                "prompt_cq": formatter(Prompt(doc.id, qa.question, doc.text)),
-            })
+            rows.append(
+                {
+                    "id": f"{doc.id}#{i}",
+                    "context_id": doc.id,
+                    "question": qa.question,
+                    "answers": list(qa.answers),
+                    "context": doc.text,
+                    "prompt": formatter(Prompt(doc.id, qa.question)),
+                    "prompt_cq": formatter(Prompt(doc.id, qa.question, doc.text)),
+                }
+            )
     return rows
 
 
-def export_qa(dataset: str, data_dir: str | Path | None = None, documents: list[Document] | None = None,
-              limit: int | None = None, lm: Any = None) -> Path:
+def export_qa(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    documents: list[Document] | None = None,
+    limit: int | None = None,
+    lm: Any = None,
+) -> Path:
     """Write ``<data dir>/<dataset>.json`` from ``documents`` (default: the first ``limit``; 0 = all)."""
     if documents is None:
         documents = qa_documents(dataset, (default_contexts() if limit is None else limit) or None)
     formatter, header = model_formatter(lm) if lm is not None else model_free_formatter()
-    payload = {"format": FORMAT_VERSION, "kind": "qa", "dataset": dataset, **header,
-               "contexts": len(documents), "rows": qa_rows(documents, formatter)}
+    payload = {
+        "format": FORMAT_VERSION,
+        "kind": "qa",
+        "dataset": dataset,
+        **header,
+        "contexts": len(documents),
+        "rows": qa_rows(documents, formatter),
+    }
     return _write(data_file(dataset, data_dir), payload)
 
 

@@ -38,37 +38,54 @@ def export_recommendation(dataset: str, data_dir: str | Path | None = None, limi
     pool = titles.values() if params.candidates == "entities" else [titles[i] for i in catalogue.items if i in titles]
     messages = {p.id: RECOMMENDER_PROMPT.format(p.dialog) for p in probes}
     header = {"prompt_format": "message", "fewshot": 0, "bos": None, "model": None}
-    return write_recommendation(dataset, data_dir, probes, messages, titles, pool, params, lambda p: p.question,
-                                header)
+    return write_recommendation(dataset, data_dir, probes, messages, titles, pool, params, lambda p: p.question, header)
 
 
 def export_task(task: Any, data_dir: str | Path, lm: Any) -> Path:
     """Write the points of a prepared ``RecommendationTask`` with the prompts ``lm`` gets from it."""
     formatter, header = model_formatter(lm)
     titles = task.catalogue.titles
-    return write_recommendation(task.dataset, data_dir, task.probes, task.prompts, titles, task.matcher.choices,
-                                task.params, formatter, header)
+    return write_recommendation(
+        task.dataset, data_dir, task.probes, task.prompts, titles, task.matcher.choices, task.params, formatter, header
+    )
 
 
-def write_recommendation(dataset: str, data_dir: str | Path | None, probes: list[RecProbe],
-                         messages: dict[str, str], titles: dict[int, str], pool: Iterable[str], params: Any,
-                         formatter: Formatter, header: dict[str, Any]) -> Path:
+def write_recommendation(
+    dataset: str,
+    data_dir: str | Path | None,
+    probes: list[RecProbe],
+    messages: dict[str, str],
+    titles: dict[int, str],
+    pool: Iterable[str],
+    params: Any,
+    formatter: Formatter,
+    header: dict[str, Any],
+) -> Path:
     path = data_file(dataset, data_dir)
     rows = []
     for probe in probes:
         message = messages[probe.id]
-        rows.append({
-            "id": probe.id,
-            "dialog_id": probe.dialog_id,
-            "message": message,
-            "prompt": formatter(Prompt(probe.id, message, chat=True)),
-            "gold": [titles[g] for g in probe.gold],
-            "seen": [titles[s] for s in probe.seen if s in titles],
-            "data_file": str(path.resolve()),
-        })
-    payload = {"format": FORMAT_VERSION, "kind": "recommendation", "dataset": dataset, **header,
-               "max_distance": params.max_distance, "max_list_tokens": params.max_list_tokens,
-               "catalogue": sorted(set(pool)), "rows": rows}
+        rows.append(
+            {
+                "id": probe.id,
+                "dialog_id": probe.dialog_id,
+                "message": message,
+                "prompt": formatter(Prompt(probe.id, message, chat=True)),
+                "gold": [titles[g] for g in probe.gold],
+                "seen": [titles[s] for s in probe.seen if s in titles],
+                "data_file": str(path.resolve()),
+            }
+        )
+    payload = {
+        "format": FORMAT_VERSION,
+        "kind": "recommendation",
+        "dataset": dataset,
+        **header,
+        "max_distance": params.max_distance,
+        "max_list_tokens": params.max_list_tokens,
+        "catalogue": sorted(set(pool)),
+        "rows": rows,
+    }
     return _write(path, payload)
 
 

@@ -25,12 +25,13 @@ MUST_MATCH = ("task", "dataset", "model", "seed")
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "compare", help="paired difference of two runs on the same contexts and questions",
+        "compare",
+        help="paired difference of two runs on the same contexts and questions",
         description="Print A's and B's mean, the paired difference B - A with its bootstrap 95% "
-                    "interval and a verdict, and the smallest difference a paired test detects at "
-                    "this size (80% power, two-sided alpha 0.05), for the task's main score (QA-F1 "
-                    "for QA tasks; every Recall@k for recommendation). Both runs must share task, "
-                    "data set, model, seed, contexts and questions.",
+        "interval and a verdict, and the smallest difference a paired test detects at "
+        "this size (80% power, two-sided alpha 0.05), for the task's main score (QA-F1 "
+        "for QA tasks; every Recall@k for recommendation). Both runs must share task, "
+        "data set, model, seed, contexts and questions.",
     )
     parser.add_argument("a", type=Path, metavar="A.json", help="result file of the first run")
     parser.add_argument("b", type=Path, metavar="B.json", help="result file of the second run")
@@ -59,8 +60,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         counts = (len(shared), len(clusters))
         mean_a = sum(units_a[k] for k in shared) / len(shared)
         mean_b = sum(units_b[k] for k in shared) / len(shared)
-        rows.append([metric, f"{mean_a:.4f}", f"{mean_b:.4f}",
-                     f"{diff['mean']:+.4f} [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}]", verdict(diff)])
+        rows.append(
+            [
+                metric,
+                f"{mean_a:.4f}",
+                f"{mean_b:.4f}",
+                f"{diff['mean']:+.4f} [{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}]",
+                verdict(diff),
+            ]
+        )
         mde = detectable_difference(unit_differences(units_a, units_b), extract.cluster(task))
         detectable.append((metric, mde, len(clusters)))
     if not rows:
@@ -68,10 +76,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name, path, run in (("A", args.a, a), ("B", args.b, b)):
         print(f"{name}: {meta.of_result(run).display_name}, profile {run.get('profile')} ({path})")
     unit, drawn = task.paired_unit, task.resampled_unit
-    print(f"{a['task']} · {a['dataset']} · {a['model']}, seed {a['seed']}: {counts[0]} {unit} paired, "
-          f"bootstrap over {counts[1]} {drawn}")
-    print(tabulate(rows, headers=["metric", "A", "B", "B - A [95% CI]", "verdict"],
-                   tablefmt="simple", disable_numparse=True))
+    print(
+        f"{a['task']} · {a['dataset']} · {a['model']}, seed {a['seed']}: {counts[0]} {unit} paired, "
+        f"bootstrap over {counts[1]} {drawn}"
+    )
+    print(
+        tabulate(
+            rows, headers=["metric", "A", "B", "B - A [95% CI]", "verdict"], tablefmt="simple", disable_numparse=True
+        )
+    )
     for metric, mde, n_clusters in detectable:
         print(detectable_line(mde, n_clusters, drawn) + (f" ({metric})" if len(detectable) > 1 else ""))
     return 0
@@ -131,12 +144,16 @@ def check_pairable(a: Result, b: Result) -> None:
     if contexts_a != contexts_b:
         only_a, only_b = sorted(contexts_a - contexts_b), sorted(contexts_b - contexts_a)
         example = (only_a or only_b)[0]
-        raise BenchError(f"cannot pair A and B: their context ids differ ({len(only_a)} only in A, "
-                         f"{len(only_b)} only in B, e.g. {example[2]} in episode {example[1]})")
+        raise BenchError(
+            f"cannot pair A and B: their context ids differ ({len(only_a)} only in A, "
+            f"{len(only_b)} only in B, e.g. {example[2]} in episode {example[1]})"
+        )
     if asked_a != asked_b:
         changed = sorted({p[:3] for p in asked_a ^ asked_b})
-        raise BenchError(f"cannot pair A and B: their questions differ on {len(changed)} contexts "
-                         f"(e.g. {changed[0][2]} in episode {changed[0][1]})")
+        raise BenchError(
+            f"cannot pair A and B: their questions differ on {len(changed)} contexts "
+            f"(e.g. {changed[0][2]} in episode {changed[0][1]})"
+        )
 
 
 def paired_metrics(result: Result) -> list[str]:

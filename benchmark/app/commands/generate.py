@@ -16,19 +16,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "generate", help="generate target QA sentences for a data set's contexts (cached on disk)"
     )
     parser.add_argument("--dataset", default="fictional", help="registered QA data set or a .jsonl file")
-    parser.add_argument("--generator", default="local",
-                        help="dataset | cloze | local | openai, optionally +grounded (e.g. local+grounded)")
+    parser.add_argument(
+        "--generator",
+        default="local",
+        help="dataset | cloze | local | openai, optionally +grounded (e.g. local+grounded)",
+    )
     parser.add_argument("--num-contexts", type=int, default=20, help="the first N contexts (0 = all)")
-    parser.add_argument("--count", type=int, default=0,
-                        help="sentences per context (0 = all the data set has / 10 for generators)")
+    parser.add_argument(
+        "--count", type=int, default=0, help="sentences per context (0 = all the data set has / 10 for generators)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="model for the local generator (default: smollm2-135m-instruct)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-path", default="", help="data file or folder instead of the default")
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint (else $OPENAI_BASE_URL)")
     parser.add_argument("--api-model", help="endpoint model name (else $SELFPARAM_BENCH_OPENAI_MODEL)")
-    parser.add_argument("--temperature", type=float,
-                        help="sampling temperature of the local generator (default 1, the official value)")
+    parser.add_argument(
+        "--temperature", type=float, help="sampling temperature of the local generator (default 1, the official value)"
+    )
     parser.add_argument("--out", type=Path, help="also write {context_id, sentences} lines to this JSONL file")
     parser.add_argument("--show", type=int, default=3, help="print this many sentences per context (2 contexts)")
     parser.set_defaults(handler=cmd_generate)
@@ -52,16 +57,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if split_generator(args.generator)[0] == "local":
         from benchmark.models import load_lm
 
-        lm = load_lm(args.model or DEFAULT_MODELS["quick"], device=args.device, precision="bf16-autocast",
-                     seed=args.seed)
+        lm = load_lm(
+            args.model or DEFAULT_MODELS["quick"], device=args.device, precision="bf16-autocast", seed=args.seed
+        )
     run = RunParams(targets=args.generator, num_targets=args.count)
     targets = make_targets(documents, run, lm, args.seed)
     check_no_leakage(documents, targets)
     total = sum(len(v) for v in targets.values())
     grounded = sum(grounding_counts(doc.text, targets[doc.id])["grounded"] for doc in documents)
-    print(f"{total} target sentences for {len(documents)} contexts of {args.dataset} "
-          f"(generator {args.generator}, seed {args.seed}); no probe question among them; "
-          f"{grounded} ({grounded / total if total else 0:.0%}) with their answer in their context")
+    print(
+        f"{total} target sentences for {len(documents)} contexts of {args.dataset} "
+        f"(generator {args.generator}, seed {args.seed}); no probe question among them; "
+        f"{grounded} ({grounded / total if total else 0:.0%}) with their answer in their context"
+    )
     for doc in documents[:2]:
         print(f"\n{doc.id}: {doc.text[:120]}{'…' if len(doc.text) > 120 else ''}")
         for sentence in targets[doc.id][: args.show]:

@@ -12,14 +12,23 @@ from benchmark.results import REPO_ROOT
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "leaderboard", help="rewrite the leaderboard page and plots from result files",
+        "leaderboard",
+        help="rewrite the leaderboard page and plots from result files",
         description="Rewrite leaderboard/README.md (ranked tables per task × data set × model, the "
-                    "paper's tables) and its PNG plots from result files. Same results, same bytes.",
+        "paper's tables) and its PNG plots from result files. Same results, same bytes.",
     )
-    parser.add_argument("--results", type=Path, default=REPO_ROOT / "results",
-                        help="folder of result files (default: results/ of this repository)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "leaderboard",
-                        help="folder of the page and its plots (default: leaderboard/)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=REPO_ROOT / "results",
+        help="folder of result files (default: results/ of this repository)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "leaderboard",
+        help="folder of the page and its plots (default: leaderboard/)",
+    )
     parser.set_defaults(handler=cmd_leaderboard)
 
 
@@ -32,8 +41,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     loaded = load_results([args.results])
     source = _shown(args.results)
     report = build_page(loaded.results, args.out, source)
-    print(f"wrote {_shown(report.page)}: {report.runs} runs in {report.boards} tables, "
-          f"{len(report.figures)} plots" + (f", {len(report.removed)} stale plots removed" if report.removed else ""))
+    print(
+        f"wrote {_shown(report.page)}: {report.runs} runs in {report.boards} tables, "
+        f"{len(report.figures)} plots" + (f", {len(report.removed)} stale plots removed" if report.removed else "")
+    )
     for path, why in loaded.skipped:
         print(f"bench: skipped {path}: {why}", file=sys.stderr)
     return 0

@@ -25,28 +25,39 @@ from benchmark.types import Prompt
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "lm-eval", help="evaluate a model after injection on the lm-eval tasks",
+        "lm-eval",
+        help="evaluate a model after injection on the lm-eval tasks",
         description="Inject a batch of contexts with a method, then evaluate the injected model with "
-                    "lm-evaluation-harness on the harness's tasks (registered in tasks/lm_eval).",
+        "lm-evaluation-harness on the harness's tasks (registered in tasks/lm_eval).",
     )
     parser.add_argument("--method", default="base_q", help="injection method (default: base_q)")
-    parser.add_argument("--dataset", default="fictional",
-                        help="fictional, squad, pwc, inspired or redial (default: fictional)")
+    parser.add_argument(
+        "--dataset", default="fictional", help="fictional, squad, pwc, inspired or redial (default: fictional)"
+    )
     parser.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
     add_run_arguments(parser, set_help="override a parameter, as in bench run")
     parser.add_argument("--tasks", help="comma-separated lm-eval tasks (default: selfparam_<dataset>)")
     parser.add_argument("--limit", type=int, help="only the first N questions of each task")
-    parser.add_argument("--data-dir", type=Path,
-                        help="where the tasks' data files are written (default: a temporary folder; "
-                             "with --export: the folder lm-eval reads by default)")
-    parser.add_argument("--export", action="store_true",
-                        help="only write the data files of --dataset for lm-eval (no model, no injection)")
-    parser.add_argument("--contexts", type=int,
-                        help="with --export: how many contexts, or recommendation points (0 = all; "
-                             "default: the task's quick size)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the tasks' data files are written (default: a temporary folder; "
+        "with --export: the folder lm-eval reads by default)",
+    )
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="only write the data files of --dataset for lm-eval (no model, no injection)",
+    )
+    parser.add_argument(
+        "--contexts",
+        type=int,
+        help="with --export: how many contexts, or recommendation points (0 = all; default: the task's quick size)",
+    )
     parser.add_argument("--list", action="store_true", help="list the tasks lm-eval finds and exit")
-    parser.add_argument("--no-harness", action="store_true",
-                        help="skip the harness's own generation on the same questions")
+    parser.add_argument(
+        "--no-harness", action="store_true", help="skip the harness's own generation on the same questions"
+    )
     parser.add_argument("--output", type=Path, help="also write the scores as JSON to this file")
     parser.set_defaults(handler=cmd_lm_eval)
 
@@ -115,9 +126,16 @@ def evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset
     kind = _kind(dataset)
     tasks = [t.strip() for t in (args.tasks or f"selfparam_{dataset}").split(",") if t.strip()]
-    request = RunRequest(method=args.method, task="batch" if kind == "qa" else "recommendation",
-                         dataset=dataset, model=args.model, profile=args.profile, seed=args.seed,
-                         device=args.device, overrides=parse_overrides(args.overrides))
+    request = RunRequest(
+        method=args.method,
+        task="batch" if kind == "qa" else "recommendation",
+        dataset=dataset,
+        model=args.model,
+        profile=args.profile,
+        seed=args.seed,
+        device=args.device,
+        overrides=parse_overrides(args.overrides),
+    )
     resolved = resolve(request)
     run = resolved.params["run"]
     lm, resolved_task = set_up(resolved)
@@ -141,8 +159,11 @@ def evaluate(args: argparse.Namespace) -> int:
     method.inject(contexts)
     inject_s = time.perf_counter() - tick
     if type(method).generate is not Method.generate:
-        print(f"note: {args.method} answers through its own generate(); lm-eval sees only its model's "
-              "weights, not what it retrieves or remembers outside them", file=sys.stderr)
+        print(
+            f"note: {args.method} answers through its own generate(); lm-eval sees only its model's "
+            "weights, not what it retrieves or remembers outside them",
+            file=sys.stderr,
+        )
 
     if kind == "qa":
         export_qa(dataset, data_dir, documents=[task.by_id[d] for d in doc_ids], lm=lm)
@@ -155,13 +176,21 @@ def evaluate(args: argparse.Namespace) -> int:
     results = run_lm_eval(method.model, lm, tasks, data_dir, run.eval_batch_size, args.limit, gen_kwargs)
 
     report: dict[str, Any] = {
-        "method": args.method, "model": resolved.model, "dataset": dataset, "profile": args.profile,
-        "seed": args.seed, "injected": len(contexts), "inject_s": inject_s, "tasks": {},
+        "method": args.method,
+        "model": resolved.model,
+        "dataset": dataset,
+        "profile": args.profile,
+        "seed": args.seed,
+        "injected": len(contexts),
+        "inject_s": inject_s,
+        "tasks": {},
     }
     for name in tasks:
         samples = results["samples"].get(name, [])
-        entry: dict[str, Any] = {"lm_eval": _lm_eval_scores(results["results"].get(name, {})),
-                                 "questions": len(samples)}
+        entry: dict[str, Any] = {
+            "lm_eval": _lm_eval_scores(results["results"].get(name, {})),
+            "questions": len(samples),
+        }
         if kind == "qa":
             entry["harness_on_lm_eval_predictions"] = harness_scores(samples, args.seed)
             if not args.no_harness and name == f"selfparam_{dataset}":
@@ -179,8 +208,15 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_lm_eval(model: Any, lm: Any, tasks: list[str], data_dir: Path, batch_size: int,
-                limit: int | None, gen_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_lm_eval(
+    model: Any,
+    lm: Any,
+    tasks: list[str],
+    data_dir: Path,
+    batch_size: int,
+    limit: int | None,
+    gen_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """lm-eval's simple_evaluate on an in-memory model, under the harness's precision settings."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -195,12 +231,24 @@ def run_lm_eval(model: Any, lm: Any, tasks: list[str], data_dir: Path, batch_siz
 
     # HFLM runs its forward passes under its own autocast setting, which must match the harness's.
     autocast = torch.bfloat16 if lm.precision == "bf16-autocast" else None
-    wrapped = HFLM(pretrained=model, tokenizer=lm.tokenizer, batch_size=batch_size, max_length=lm.max_length,
-                   mixed_precision_dtype=autocast)
+    wrapped = HFLM(
+        pretrained=model,
+        tokenizer=lm.tokenizer,
+        batch_size=batch_size,
+        max_length=lm.max_length,
+        mixed_precision_dtype=autocast,
+    )
     with lm.autocast():
-        results = lm_eval.simple_evaluate(model=wrapped, tasks=tasks, task_manager=manager, limit=limit,
-                                          log_samples=True, verbosity="ERROR", bootstrap_iters=0,
-                                          gen_kwargs=gen_kwargs)
+        results = lm_eval.simple_evaluate(
+            model=wrapped,
+            tasks=tasks,
+            task_manager=manager,
+            limit=limit,
+            log_samples=True,
+            verbosity="ERROR",
+            bootstrap_iters=0,
+            gen_kwargs=gen_kwargs,
+        )
     if results is None:
         raise BenchError("lm-eval returned no results")
     scored: dict[str, Any] = results
@@ -208,8 +256,11 @@ def run_lm_eval(model: Any, lm: Any, tasks: list[str], data_dir: Path, batch_siz
 
 
 def _lm_eval_scores(block: dict[str, Any]) -> dict[str, float]:
-    return {key.split(",")[0]: value for key, value in block.items()
-            if "," in key and "stderr" not in key and isinstance(value, (int, float))}
+    return {
+        key.split(",")[0]: value
+        for key, value in block.items()
+        if "," in key and "stderr" not in key and isinstance(value, (int, float))
+    }
 
 
 def _response(sample: dict[str, Any]) -> str:
@@ -237,14 +288,20 @@ def harness_scores(samples: list[dict[str, Any]], seed: int) -> dict[str, float]
     for sample in samples:
         prediction = lm_eval_prediction(sample)
         answers = sample["doc"]["answers"]
-        records.append({"context_id": sample["doc"]["context_id"], "f1": qa_f1(prediction, answers),
-                        "acc": qa_acc(prediction, answers)})
+        records.append(
+            {
+                "context_id": sample["doc"]["context_id"],
+                "f1": qa_f1(prediction, answers),
+                "acc": qa_acc(prediction, answers),
+            }
+        )
     scores = summarize_contexts(list(per_context(records).values()), seed)
     return {"f1": scores["qa_f1"]["mean"], "acc": scores["acc"]["mean"]}
 
 
-def harness_generation(task: Any, method: Any, doc_ids: list[str], samples: list[dict[str, Any]],
-                       seed: int) -> dict[str, Any]:
+def harness_generation(
+    task: Any, method: Any, doc_ids: list[str], samples: list[dict[str, Any]], seed: int
+) -> dict[str, Any]:
     """The harness's own answers on the questions lm-eval asked, and how many predictions agree."""
     from tasks.qa import per_context, summarize_contexts
 
@@ -252,8 +309,10 @@ def harness_generation(task: Any, method: Any, doc_ids: list[str], samples: list
     records = [r for r in task.probe(method, doc_ids) if (r["context_id"], r["question"]) in asked]
     scores = summarize_contexts(list(per_context(records).values()), seed)
     same = sum(asked[(r["context_id"], r["question"])] == r["prediction"] for r in records)
-    return {"harness_generation": {"f1": scores["qa_f1"]["mean"], "acc": scores["acc"]["mean"]},
-            "identical_predictions": same}
+    return {
+        "harness_generation": {"f1": scores["qa_f1"]["mean"], "acc": scores["acc"]["mean"]},
+        "identical_predictions": same,
+    }
 
 
 def rec_scores(task: Any, samples: list[dict[str, Any]], replies: list[str]) -> dict[str, float]:
@@ -271,8 +330,16 @@ def rec_scores(task: Any, samples: list[dict[str, Any]], replies: list[str]) -> 
 
 def rec_harness_generation(task: Any, method: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
     """The harness's own replies to the points lm-eval asked, scored, and how many are identical."""
-    prompts = [Prompt(s["doc"]["id"], task.prompts[s["doc"]["id"]], chat=True,
-                      max_new_tokens=task.params.max_list_tokens, multiline=True) for s in samples]
+    prompts = [
+        Prompt(
+            s["doc"]["id"],
+            task.prompts[s["doc"]["id"]],
+            chat=True,
+            max_new_tokens=task.params.max_list_tokens,
+            multiline=True,
+        )
+        for s in samples
+    ]
     replies = method.generate(prompts)
     same = sum(reply.strip() == _response(s).strip() for reply, s in zip(replies, samples))
     return {"harness_generation": rec_scores(task, samples, replies), "identical_predictions": same}
@@ -281,19 +348,29 @@ def rec_harness_generation(task: Any, method: Any, samples: list[dict[str, Any]]
 def print_report(report: dict[str, Any]) -> None:
     from tabulate import tabulate
 
-    print(f"{report['method']} on {report['dataset']} (model {report['model']}, profile {report['profile']}, "
-          f"seed {report['seed']}): {report['injected']} contexts injected in {report['inject_s']:.1f}s")
+    print(
+        f"{report['method']} on {report['dataset']} (model {report['model']}, profile {report['profile']}, "
+        f"seed {report['seed']}): {report['injected']} contexts injected in {report['inject_s']:.1f}s"
+    )
     for name, entry in report["tasks"].items():
         n = entry["questions"]
-        sources = [("lm-eval", entry["lm_eval"]),
-                   ("harness scorer, lm-eval's answers", entry["harness_on_lm_eval_predictions"])]
+        sources = [
+            ("lm-eval", entry["lm_eval"]),
+            ("harness scorer, lm-eval's answers", entry["harness_on_lm_eval_predictions"]),
+        ]
         if "harness_generation" in entry:
             sources.append(("harness answers and scorer", entry["harness_generation"]))
         columns = list(dict.fromkeys(k for _, scores in sources for k in scores))
         rows = [[source, *(_f(scores.get(c)) for c in columns)] for source, scores in sources]
         print()
-        print(tabulate(rows, headers=[f"{name} ({n} questions)", *(COLUMN_NAMES.get(c, c) for c in columns)],
-                       tablefmt="github", disable_numparse=True))
+        print(
+            tabulate(
+                rows,
+                headers=[f"{name} ({n} questions)", *(COLUMN_NAMES.get(c, c) for c in columns)],
+                tablefmt="github",
+                disable_numparse=True,
+            )
+        )
         if "identical_predictions" in entry:
             print(f"identical answers, lm-eval vs harness: {entry['identical_predictions']}/{n}")
 

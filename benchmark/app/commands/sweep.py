@@ -17,22 +17,37 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "sweep", help="run a grid of methods x tasks x data sets x models x seeds from a YAML spec",
+        "sweep",
+        help="run a grid of methods x tasks x data sets x models x seeds from a YAML spec",
         description="Run every cell of a sweep spec (see sweeps/*.yaml). Cells whose result file "
-                    "exists are skipped, so the same command resumes an interrupted sweep.")
+        "exists are skipped, so the same command resumes an interrupted sweep.",
+    )
     parser.add_argument("spec", type=Path, help="the sweep spec (YAML)")
-    parser.add_argument("--executor", choices=("local", "ray"), default="local",
-                        help="local: one cell after another in this process (default); ray: one Ray task per cell")
-    parser.add_argument("--address", help="Ray cluster to join (e.g. auto or ray://head:10001); "
-                                           "without it a local Ray instance is started")
-    parser.add_argument("--num-cpus", type=float,
-                        help="CPUs of the local Ray instance (default: the spec's ray.num_cpus)")
-    parser.add_argument("--num-gpus", type=float,
-                        help="GPUs of the local Ray instance (default: the spec's ray.num_gpus or all)")
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one cell after another in this process (default); ray: one Ray task per cell",
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join (e.g. auto or ray://head:10001); without it a local Ray instance is started",
+    )
+    parser.add_argument(
+        "--num-cpus", type=float, help="CPUs of the local Ray instance (default: the spec's ray.num_cpus)"
+    )
+    parser.add_argument(
+        "--num-gpus", type=float, help="GPUs of the local Ray instance (default: the spec's ray.num_gpus or all)"
+    )
     parser.add_argument("--out", type=Path, help="result folder (default: the spec's out)")
     add_set_argument(parser, "override a parameter in every cell (replaces the spec's value)")
-    parser.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
-                        help="run only the cells with these values (axes: method task dataset model profile seed)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="AXIS=V1,V2",
+        help="run only the cells with these values (axes: method task dataset model profile seed)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute cells whose result exists")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
     parser.set_defaults(handler=cmd_sweep)
@@ -71,8 +86,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         log = run_sweep(sweep, executor)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
-        print(f"bench: sweep interrupted; run the same command to resume (finished cells and episodes "
-              f"are kept in {sweep.out})", file=sys.stderr)
+        print(
+            f"bench: sweep interrupted; run the same command to resume (finished cells and episodes "
+            f"are kept in {sweep.out})",
+            file=sys.stderr,
+        )
         return interrupted_code(exc)
     print()
     print_summary(log)

@@ -11,18 +11,26 @@ from benchmark.results import REPO_ROOT
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "table", help="render the paper's tables from result files",
+        "table",
+        help="render the paper's tables from result files",
         description="Render the paper's tables (1: batch, 2: recommendation, 3: sequential, "
-                    "4: target-sentence ablation) from result files; missing cells show —.",
+        "4: target-sentence ablation) from result files; missing cells show —.",
     )
-    parser.add_argument("paths", nargs="*", type=Path,
-                        help="result files or folders (default: results/ of this repository)")
-    parser.add_argument("--table", "-t", action="append", choices=("1", "2", "3", "4"),
-                        help="which table (repeatable; default: all four)")
+    parser.add_argument(
+        "paths", nargs="*", type=Path, help="result files or folders (default: results/ of this repository)"
+    )
+    parser.add_argument(
+        "--table",
+        "-t",
+        action="append",
+        choices=("1", "2", "3", "4"),
+        help="which table (repeatable; default: all four)",
+    )
     parser.add_argument("--format", "-f", dest="fmt", default="markdown", choices=("markdown", "plain"))
     parser.add_argument("--ci", action="store_true", help="show the bootstrap 95%% interval in each cell")
-    parser.add_argument("--paper", action="store_true",
-                        help="add the paper's published values beside ours where they exist")
+    parser.add_argument(
+        "--paper", action="store_true", help="add the paper's published values beside ours where they exist"
+    )
     parser.add_argument("--profile", help="only runs of this profile")
     parser.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
     parser.set_defaults(handler=cmd_table)

@@ -42,8 +42,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     reason = cls.unavailable_reason()
     if reason:
         raise BenchError(f"method {args.method!r} cannot run here: {reason}")
-    params = build_run_params(args.profile, parse_overrides(args.overrides), method_cls=cls,
-                              extra={"train": (cls.TrainParams, cls.train_profiles)})
+    params = build_run_params(
+        args.profile,
+        parse_overrides(args.overrides),
+        method_cls=cls,
+        extra={"train": (cls.TrainParams, cls.train_profiles)},
+    )
     run: RunParams = params["run"]
     seed_everything(args.seed)
     lm = load_run_lm(args.model or DEFAULT_MODELS[args.profile], run, args.device, args.seed)

@@ -28,8 +28,12 @@ def run_cell(request: RunRequest) -> dict[str, Any]:
     try:
         outcome = runner.run(request)
     except Exception as exc:
-        return {"status": FAILED, "error": one_line(exc), "traceback": traceback.format_exc(),
-                "wall_s": time.perf_counter() - tick}
+        return {
+            "status": FAILED,
+            "error": one_line(exc),
+            "traceback": traceback.format_exc(),
+            "wall_s": time.perf_counter() - tick,
+        }
     return {
         "status": SKIPPED if outcome.reused else DONE,
         "path": str(outcome.path),
@@ -41,8 +45,11 @@ def run_cell(request: RunRequest) -> dict[str, Any]:
 
 def headline(scores: dict[str, Any]) -> str:
     """The first few mean scores of a result, for the sweep's summary."""
-    parts = [f"{k}={v['mean']:.4f}" for k, v in scores.items()
-             if isinstance(v, dict) and isinstance(v.get("mean"), (int, float))]
+    parts = [
+        f"{k}={v['mean']:.4f}"
+        for k, v in scores.items()
+        if isinstance(v, dict) and isinstance(v.get("mean"), (int, float))
+    ]
     return " ".join(parts[:3])
 
 
@@ -72,8 +79,14 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: float | None = None,
-                 num_gpus: float | None = None, max_retries: int = 1, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        max_retries: int = 1,
+        verbose: bool = False,
+    ) -> None:
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -86,16 +99,18 @@ class RayExecutor:
             return False
         common = dict(log_to_driver=self.verbose, logging_level="INFO" if self.verbose else "WARNING")
         if self.address:
-            env = {k: v for k, v in os.environ.items()
-                   if k.startswith("SELFPARAM_BENCH_") or k in ("TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE")}
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith("SELFPARAM_BENCH_") or k in ("TRANSFORMERS_VERBOSITY", "HF_HUB_OFFLINE")
+            }
             try:
                 ray.init(address=self.address, runtime_env={"env_vars": env} if env else None, **common)
             except ConnectionError as exc:
                 raise BenchError(f"cannot join the Ray cluster at {self.address!r}: {one_line(exc)}") from None
         else:
             # address="local": a fresh instance, never a cluster that `ray start` left on this machine
-            ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus,
-                     include_dashboard=False, **common)
+            ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False, **common)
         return True
 
     def run(self, cells: list[Cell], report: Report) -> None:
@@ -111,8 +126,14 @@ class RayExecutor:
                 options = cell.resources.ray_options()
                 missing = _unschedulable(options, totals) if started else None
                 if missing:  # a fixed local cluster would wait for it forever
-                    report(cell, {"status": FAILED, "error": f"needs {missing}; this Ray instance has "
-                                  f"{_describe_totals(totals)} (raise --num-cpus or lower resources)"})
+                    report(
+                        cell,
+                        {
+                            "status": FAILED,
+                            "error": f"needs {missing}; this Ray instance has "
+                            f"{_describe_totals(totals)} (raise --num-cpus or lower resources)",
+                        },
+                    )
                     continue
                 ref = remote.options(**options, max_retries=self.max_retries).remote(asdict(cell.request))
                 pending[ref] = cell
@@ -135,8 +156,12 @@ class RayExecutor:
 
 
 def _unschedulable(options: dict[str, Any], totals: dict[str, float]) -> str | None:
-    wanted = {"CPU": options.get("num_cpus", 0), "GPU": options.get("num_gpus", 0),
-              "memory": options.get("memory", 0), **options.get("resources", {})}
+    wanted = {
+        "CPU": options.get("num_cpus", 0),
+        "GPU": options.get("num_gpus", 0),
+        "memory": options.get("memory", 0),
+        **options.get("resources", {}),
+    }
     for key, amount in wanted.items():
         if amount and amount > totals.get(key, 0):
             return f"{amount / 2**30:.1f} GiB memory" if key == "memory" else f"{amount:g} {key}"

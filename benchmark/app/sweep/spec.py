@@ -82,8 +82,9 @@ class Sweep:
     source: Path | None = None
 
 
-def load_spec(path: Path, overrides: dict[str, str] | None = None, out: Path | None = None,
-              force: bool = False) -> Sweep:
+def load_spec(
+    path: Path, overrides: dict[str, str] | None = None, out: Path | None = None, force: bool = False
+) -> Sweep:
     """Read a YAML spec and expand it into resolved cells (see ``expand``)."""
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -98,8 +99,13 @@ def load_spec(path: Path, overrides: dict[str, str] | None = None, out: Path | N
     return sweep
 
 
-def expand(data: Any, name: str = "sweep", overrides: dict[str, str] | None = None,
-           out: Path | None = None, force: bool = False) -> Sweep:
+def expand(
+    data: Any,
+    name: str = "sweep",
+    overrides: dict[str, str] | None = None,
+    out: Path | None = None,
+    force: bool = False,
+) -> Sweep:
     """Turn a parsed spec into cells: the product of every axis and swept ``set`` value.
 
     ``overrides`` (the command line's ``--set``) replace the spec's values in every cell.
@@ -173,8 +179,9 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _entry_cells(merged: dict[str, Any], where: str, cli_overrides: dict[str, str], out: Path,
-                 force: bool) -> Iterator[tuple[RunRequest, Resources]]:
+def _entry_cells(
+    merged: dict[str, Any], where: str, cli_overrides: dict[str, str], out: Path, force: bool
+) -> Iterator[tuple[RunRequest, Resources]]:
     for axis in ("method", "task"):
         if merged.get(axis) in (None, [], ""):
             raise BenchError(f"{where} names no {axis}s (add `{axis}s: [...]`)")
@@ -196,13 +203,21 @@ def _entry_cells(merged: dict[str, Any], where: str, cli_overrides: dict[str, st
         for combo in itertools.product(*set_values):
             values = {k: _override_text(k, v, where) for k, v in zip(set_keys, combo)}
             values.update(cli_overrides)
-            yield RunRequest(
-                method=str(method), task=str(task),
-                dataset=_absolute_if_file(str(dataset)) if dataset is not None else None,
-                model=str(model) if model is not None else None,
-                profile=str(profile), seed=seed, device=str(merged["device"]),
-                overrides=_absolute_data_path(values), out=out, force=force,
-            ), resources
+            yield (
+                RunRequest(
+                    method=str(method),
+                    task=str(task),
+                    dataset=_absolute_if_file(str(dataset)) if dataset is not None else None,
+                    model=str(model) if model is not None else None,
+                    profile=str(profile),
+                    seed=seed,
+                    device=str(merged["device"]),
+                    overrides=_absolute_data_path(values),
+                    out=out,
+                    force=force,
+                ),
+                resources,
+            )
 
 
 def _override_text(key: str, value: Any, where: str) -> str:
@@ -231,12 +246,27 @@ def _absolute_data_path(values: dict[str, str]) -> dict[str, str]:
 def _matches(rule: dict[str, Any], cell: Cell) -> bool:
     """Whether every axis of ``rule`` has one of its values in the cell (defaults filled in)."""
     axes = cell.axes()
-    return all({str(axes[a]), str(getattr(cell.request, a))} & {str(v) for v in _as_list(values)}
-               for a, values in rule.items())
+    return all(
+        {str(axes[a]), str(getattr(cell.request, a))} & {str(v) for v in _as_list(values)} for a, values in rule.items()
+    )
 
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_resources(spec: dict[str, Any], where: str = "the spec") -> Resources:

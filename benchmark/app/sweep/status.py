@@ -23,6 +23,7 @@ class Executor(Protocol):
 
     def run(self, cells: list[Cell], report: Callable[[Cell, dict[str, Any]], None]) -> None: ...
 
+
 SKIPPED, DONE, FAILED, PENDING = "skipped", "done", "failed", "pending"
 
 
@@ -31,15 +32,24 @@ class StatusLog:
 
     def __init__(self, sweep: Sweep, executor: str) -> None:
         self.path = sweep.out / f"{safe_name(sweep.name)}.sweep.jsonl"
-        self.header = {"sweep": sweep.name, "spec": str(sweep.source) if sweep.source else None,
-                       "executor": executor, "out": str(sweep.out),
-                       "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        self.header = {
+            "sweep": sweep.name,
+            "spec": str(sweep.source) if sweep.source else None,
+            "executor": executor,
+            "out": str(sweep.out),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         self.rows: dict[int, dict[str, Any]] = {}
 
     def set(self, cell: Cell, result: dict[str, Any]) -> None:
-        row = {"cell": cell.index, **cell.axes(),
-               "overrides": dict(cell.request.overrides), "resources": cell.resources.describe(),
-               "status": result["status"], "path": result.get("path") or (str(cell.path) if cell.path else None)}
+        row = {
+            "cell": cell.index,
+            **cell.axes(),
+            "overrides": dict(cell.request.overrides),
+            "resources": cell.resources.describe(),
+            "status": result["status"],
+            "path": result.get("path") or (str(cell.path) if cell.path else None),
+        }
         for key in ("error", "headline", "wall_s", "resumed_episodes", "traceback"):
             if result.get(key) is not None:
                 row[key] = result[key]
@@ -83,8 +93,10 @@ def run_sweep(sweep: Sweep, executor: Executor, echo: Callable[[str], None] = pr
         if status is None:
             todo.append(cell)
     counts = log.counts()
-    echo(f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED]} already done, "
-         f"{counts[FAILED]} invalid, {len(todo)} to run ({executor.name}); results in {sweep.out}")
+    echo(
+        f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED]} already done, "
+        f"{counts[FAILED]} invalid, {len(todo)} to run ({executor.name}); results in {sweep.out}"
+    )
     log.write()
     finished = 0
 
@@ -110,10 +122,26 @@ def summary_table(log: StatusLog) -> str:
     rows = []
     for row in (log.rows[i] for i in sorted(log.rows)):
         sets = " ".join(f"{k}={v}" for k, v in row["overrides"].items())
-        rows.append((row["cell"], row["method"], row["task"], row["dataset"], row["model"], row["profile"],
-                     row["seed"], sets, row["status"], row.get("error") or row.get("headline") or ""))
-    return tabulate(rows, headers=("#", "method", "task", "dataset", "model", "profile", "seed", "set",
-                                   "status", "scores / error"), tablefmt="simple", maxcolwidths=[None] * 9 + [70])
+        rows.append(
+            (
+                row["cell"],
+                row["method"],
+                row["task"],
+                row["dataset"],
+                row["model"],
+                row["profile"],
+                row["seed"],
+                sets,
+                row["status"],
+                row.get("error") or row.get("headline") or "",
+            )
+        )
+    return tabulate(
+        rows,
+        headers=("#", "method", "task", "dataset", "model", "profile", "seed", "set", "status", "scores / error"),
+        tablefmt="simple",
+        maxcolwidths=[None] * 9 + [70],
+    )
 
 
 def print_summary(log: StatusLog, stream: TextIO | None = None) -> None:
