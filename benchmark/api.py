@@ -36,7 +36,12 @@ class NoParams:
 # ---- methods -------------------------------------------------------------------------------------
 
 # Method metadata that a subclass does not inherit (see ``Method``), with its defaults.
-_METHOD_OWN_METADATA: dict[str, Any] = {"display_name": "", "table_order": DEFAULT_TABLE_ORDER, "role": ""}
+_METHOD_OWN_METADATA: dict[str, Any] = {
+    "display_name": "",
+    "table_order": DEFAULT_TABLE_ORDER,
+    "role": "",
+    "paper_rows": (),
+}
 
 
 class Method(ABC):
@@ -56,13 +61,15 @@ class Method(ABC):
 
     # What tables and the leaderboard show of the method (benchmark/method_info.py); the runner
     # writes these into every result file. family and storage_class are inherited; display_name,
-    # table_order and role belong to one registered method, so a subclass that sets none gets the
-    # defaults, not its parent's row name, place or role.
+    # table_order, role and paper_rows belong to one registered method, so a subclass that sets none
+    # gets the defaults, not its parent's row name, place, role or published scores.
     display_name: ClassVar[str] = ""  # the row name ("SELF-PARAM"); "" shows the registered name
     family: ClassVar[str] = ""  # reference, fine-tuning, parametric, memory, long-context, retrieval
     storage_class: ClassVar[str] = ""  # "O(1)" or "O(n)" in the number of injected contexts; "" shows "—"
     table_order: ClassVar[int] = DEFAULT_TABLE_ORDER  # row position; the default follows the built-ins
     role: ClassVar[str] = ""  # "floor" (gains are measured against it), "ceiling" or ""
+    # the paper's row labels for it, as printed ("SELF-PARAM, Q" in Table 1, "SELF-PARAM" in Table 2)
+    paper_rows: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,6 +83,8 @@ class Method(ABC):
             )
         if cls.role not in ("", *ROLES):
             raise TypeError(f"{cls.__name__}.role is {cls.role!r}; use one of {', '.join(ROLES)} (or leave it empty)")
+        if not isinstance(cls.paper_rows, tuple) or not all(isinstance(row, str) for row in cls.paper_rows):
+            raise TypeError(f"{cls.__name__}.paper_rows is {cls.paper_rows!r}; use a tuple of row labels")
 
     def __init__(self, lm: LM, params: Any, run: RunParams, seed: int = 0) -> None:
         self.lm = lm

@@ -4,8 +4,10 @@ A method class declares (see ``benchmark.api.Method``): ``display_name`` (its ro
 the registered name), ``family`` (one of ``FAMILIES``, or another word for a new kind of method),
 ``storage_class`` (one of ``STORAGE_CLASSES``: the storage S it keeps in the number n of injected
 contexts), ``table_order`` (its position among rows; built-ins use the paper's order, and a method
-that sets none follows them, alphabetically) and ``role`` (``"floor"`` for the reference every gain
-is measured against, ``"ceiling"`` for the upper reference, empty for all others).
+that sets none follows them, alphabetically), ``role`` (``"floor"`` for the reference every gain
+is measured against, ``"ceiling"`` for the upper reference, empty for all others) and ``paper_rows``
+(the row labels under which the paper's tables report the method, exactly as printed there, e.g.
+``("SELF-PARAM, Q", "SELF-PARAM")``; empty for a method the paper does not report).
 
 The runner writes these as ``method_info`` into each result file, so a table or the leaderboard
 shows a method correctly without importing it. This module knows the shape only; it imports no method.
@@ -27,7 +29,7 @@ STORAGE_CLASSES = ("O(1)", "O(n)")
 FAMILIES = ("reference", "fine-tuning", "parametric", "memory", "long-context", "retrieval")
 ROLES = ("floor", "ceiling")
 DEFAULT_TABLE_ORDER = 1000  # after every built-in
-FIELDS = ("display_name", "family", "storage_class", "table_order", "role")
+FIELDS = ("display_name", "family", "storage_class", "table_order", "role", "paper_rows")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class MethodInfo:
     storage_class: str = ""
     table_order: int = DEFAULT_TABLE_ORDER
     role: str = ""
+    paper_rows: tuple[str, ...] = ()
 
     @classmethod
     def of_class(cls, method_cls: type) -> MethodInfo:
@@ -56,6 +59,7 @@ class MethodInfo:
             return value if isinstance(value, str) else ""
 
         order = record.get("table_order")
+        labels = record.get("paper_rows")
         return cls(
             name=name,
             display_name=text("display_name") or name,
@@ -63,11 +67,14 @@ class MethodInfo:
             storage_class=text("storage_class"),
             table_order=order if isinstance(order, int) and not isinstance(order, bool) else DEFAULT_TABLE_ORDER,
             role=text("role"),
+            paper_rows=tuple(x for x in labels if isinstance(x, str)) if isinstance(labels, (list, tuple)) else (),
         )
 
     def record(self) -> dict[str, Any]:
-        """The ``method_info`` object of a result file."""
-        return {field: getattr(self, field) for field in FIELDS}
+        """The ``method_info`` object of a result file (JSON types: ``paper_rows`` as a list)."""
+        record = {field: getattr(self, field) for field in FIELDS}
+        record["paper_rows"] = list(self.paper_rows)
+        return record
 
     @property
     def rank(self) -> tuple[int, str]:

@@ -1,17 +1,19 @@
-"""What the tables and the leaderboard know of a method (row name, storage class S, row order, role)
-and of a task (its scores: labels, the primary one, what a bootstrap resamples, curves, the paper's
-table it fills).
+"""What the tables and the leaderboard know of a method (row name, storage class S, row order, role,
+the paper's row labels for it) and of a task (its scores: labels, the primary one, what a bootstrap
+resamples, curves, the paper's table it fills).
 
 Read from the result files' ``method_info`` and ``task_info`` (the runner writes them); for files
 written before they existed, from what the registered class declares (built-ins, and classes of
 outside packages found through the ``selfparam_bench.methods`` / ``selfparam_bench.tasks`` entry
-points). A method neither knows shows its raw name, no storage class and a place after the others;
-a task neither knows shows its top-level scores, in name order, the first as the primary one.
+points), and likewise the paper's row labels for a ``method_info`` written before it carried them. A
+method neither knows shows its raw name, no storage class and a place after the others; a task
+neither knows shows its top-level scores, in name order, the first as the primary one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from benchmark.method_info import MethodInfo
@@ -29,17 +31,21 @@ def registered(name: str) -> MethodInfo | None:
 
 
 def known(name: str) -> MethodInfo:
-    """A method named without a result file (the paper's published rows): its class, or its name."""
+    """A method known by its name alone (no result file says more): its class, or its name."""
     return registered(name) or MethodInfo(name, name)
 
 
 def of_result(result: Result) -> MethodInfo:
-    """What one result file says about its method (or, without ``method_info``, its class)."""
+    """What one result file says about its method (or, without ``method_info``, its class; without
+    ``paper_rows`` in it, the class's)."""
     name = str(result["method"])
     record = result.get("method_info")
-    if isinstance(record, dict):
-        return MethodInfo.from_record(name, record)
-    return known(name)
+    if not isinstance(record, dict):
+        return known(name)
+    info = MethodInfo.from_record(name, record)
+    if "paper_rows" not in record and (declared := registered(name)) is not None:
+        info = replace(info, paper_rows=declared.paper_rows)
+    return info
 
 
 def by_method(results: Iterable[Result]) -> dict[str, MethodInfo]:

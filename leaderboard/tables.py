@@ -13,6 +13,11 @@ declares table 1. Data sets and models are in name order. A cell without a resul
 that differ only in seed are pooled into one cell, marked "(N seeds)": the interval bootstraps their
 contexts (or sequences, test points) across seeds together (see ``extract.seeds_summary``); of
 several configurations for one cell the most recent one is shown.
+
+With ``paper``, Table 1 gets a "paper" column (the published value of the paper's row for the method,
+found through the labels the method declares in ``paper_rows``, where model, data set and number of
+contexts match), and Tables 1, 2 and 4 are followed by the paper's own table as published
+(``leaderboard.paper``): its row labels, columns and numbers, at the paper's scale.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ from typing import Any
 
 from benchmark.method_info import MethodInfo
 from leaderboard import extract, meta
-from leaderboard.paper import PAPER_TABLE1, PAPER_TABLE1_DATASET, paper_model
+from leaderboard.paper import (
+    PAPER_TABLE1,
+    PAPER_TABLE1_DATASET,
+    PAPER_TABLE1_STORAGE,
+    PAPER_TABLE2,
+    PAPER_TABLE4,
+    Published,
+    paper_model,
+    paper_row,
+)
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_score
 from leaderboard.upgrade import upgrade_all
 
@@ -94,7 +108,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
                     fmt_bytes(footprint["mean"] if footprint else None),
                 ]
                 if (model, n) in compared:
-                    row.append(_paper_cell(dataset, model, n, method))
+                    row.append(_paper_cell(dataset, model, n, info))
             rows.append(row)
         notes = [
             "S: storage class in the number n of injected contexts; S bytes: the measured "
@@ -102,46 +116,77 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
         ]
         if compared:
             notes.append(
-                f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) where the "
-                "model, data set and number of contexts match."
+                f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) of the paper's row for "
+                "the method (the labels it declares in paper_rows) where the model, data set and number "
+                "of contexts match; — = the paper reports none."
             )
         tables.append(
             Table(f"Table 1 — {task.display_name}, {main.short} ({dataset}, profile {profile})", headers, rows, notes)
         )
-    if paper:
-        tables.append(paper_table1())
     return tables
 
 
 def _comparable(dataset: str, model: str, n: int | None) -> bool:
     """Whether the paper's Table 1 has this data set, model and number of contexts."""
-    return dataset == PAPER_TABLE1_DATASET and (paper_model(model), n) in PAPER_TABLE1
-
-
-def _paper_cell(dataset: str, model: str, n: int | None, method: str) -> str:
     name = paper_model(model)
-    if dataset != PAPER_TABLE1_DATASET or name is None or n is None:
+    return dataset == PAPER_TABLE1_DATASET and name is not None and n is not None and (name, n) in PAPER_TABLE1.columns
+
+
+def _paper_cell(dataset: str, model: str, n: int | None, info: MethodInfo) -> str:
+    """The paper's Table 1 value for the method's row (by its ``paper_rows``) in this column."""
+    name, label = paper_model(model), paper_row(PAPER_TABLE1, info.paper_rows)
+    if dataset != PAPER_TABLE1_DATASET or name is None or n is None or label is None:
         return MISSING
-    value = PAPER_TABLE1.get((name, n), {}).get(method)
+    return _published_value(PAPER_TABLE1.value(label, (name, n)))
+
+
+# ---- the paper's tables as published --------------------------------------------------------------
+PUBLISHED_NOTE = (
+    "The paper's own numbers (Wang et al., ICLR 2025), transcribed, at the paper's scale (its models, "
+    "data and numbers of contexts), not results of this harness; rows and columns as the paper prints "
+    "them. — = not reported."
+)
+
+
+def _published_value(value: float | None) -> str:
     return MISSING if value is None else f"{value:.4f}"
 
 
+def _published(table: Published, notes: tuple[str, ...] = (), storage: dict[str, str | None] | None = None) -> Table:
+    """One of the paper's tables as it prints it; ``storage``, by row label, adds its column S."""
+    headers = [table.label, *table.headers()] + (["S"] if storage is not None else [])
+    rows = []
+    for label, values in table.rows.items():
+        row = [label, *(_published_value(v) for v in values)]
+        if storage is not None:
+            row.append(storage.get(label) or MISSING)
+        rows.append(row)
+    return Table(f"Table {table.number} as published — {table.caption}", headers, rows, [PUBLISHED_NOTE, *notes])
+
+
 def paper_table1() -> Table:
-    """The published Table 1 numbers this harness knows, for reference."""
-    columns = sorted(PAPER_TABLE1, key=lambda c: (c[0], c[1]))
-    methods = meta.ordered(meta.known(m) for m in {m for v in PAPER_TABLE1.values() for m in v})
-    rows = [
-        [i.display_name, i.storage_class or MISSING]
-        + [MISSING if i.name not in PAPER_TABLE1[c] else f"{PAPER_TABLE1[c][i.name]:.4f}" for c in columns]
-        for i in methods
-    ]
-    headers = ["Method", "S"] + [f"{model} · {n}" for model, n in columns]
-    return Table(
-        f"Table 1 as published (QA-F1, {PAPER_TABLE1_DATASET})",
-        headers,
-        rows,
-        ["The published values this harness carries; — = not transcribed."],
+    """The paper's Table 1 (batch injection, PwC, QA-F1) as published, with its storage column S."""
+    return _published(
+        PAPER_TABLE1,
+        ("S: the storage a method keeps in the number n of contexts, as the paper prints it.",),
+        PAPER_TABLE1_STORAGE,
     )
+
+
+def paper_table2() -> Table:
+    """The paper's Table 2 (conversational recommendation, Recall@1, Mistral-7B) as published."""
+    return _published(
+        PAPER_TABLE2,
+        notes=("r1: no filtering; r2: seen items filtered; r3: out-of-vocabulary items filtered; r4: both.",),
+    )
+
+
+def paper_table4() -> Table:
+    """The paper's Table 4 (the target-sentence generator ablation, batch QA-F1) as published."""
+    return _published(PAPER_TABLE4)
+
+
+PUBLISHED_TABLES: dict[str, Callable[[], Table]] = {"1": paper_table1, "2": paper_table2, "4": paper_table4}
 
 
 # ---- Table 2 ------------------------------------------------------------------------------------
@@ -253,15 +298,16 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
 
 def paper_tables(
     results: list[Result], which: tuple[str, ...] = TABLE_IDS, ci: bool = False, paper: bool = False
-) -> list[tuple[str, list[Table]]]:
-    """(table id, tables) for each table asked for; an id with no results gives an empty list."""
+) -> list[tuple[str, list[Table], list[Table]]]:
+    """(table id, our tables, the paper's) for each table asked for; an id with no results gives no
+    tables of ours, and the paper's table as published comes only with ``paper``."""
     builders = {
         "1": lambda: table1(results, ci, paper),
         "2": lambda: table2(results, ci),
         "3": lambda: table3(results, ci),
         "4": lambda: table4(results, ci),
     }
-    return [(t, builders[t]()) for t in which]
+    return [(t, builders[t](), [PUBLISHED_TABLES[t]()] if paper and t in PUBLISHED_TABLES else []) for t in which]
 
 
 TITLES = {
@@ -279,9 +325,10 @@ def render_all(
     ci: bool = False,
     paper: bool = False,
 ) -> str:
-    """Every table asked for, with a one-line placeholder for those that have no results."""
+    """Every table asked for, with a one-line placeholder for those that have no results; with
+    ``paper``, each followed by the paper's table as published."""
     parts = []
-    for table_id, tables in paper_tables(results, which, ci, paper):
+    for table_id, tables, published in paper_tables(results, which, ci, paper):
         if not tables:
             title = TITLES[table_id]
             parts.append(
@@ -289,5 +336,5 @@ def render_all(
                 if fmt == "markdown"
                 else f"{title}\n{'=' * len(title)}\nNo results yet.\n"
             )
-        parts += [t.render(fmt) for t in tables]
+        parts += [t.render(fmt) for t in tables + published]
     return "\n".join(parts)

@@ -16,6 +16,7 @@ class BaseQ(Method):
     family = "reference"
     storage_class = "O(1)"
     table_order = 20
+    paper_rows = ("Base, Q", "Base")
     role = "floor"
 
 
@@ -27,4 +28,5 @@ class BaseCQ(Method):
     family = "reference"
     storage_class = "O(n)"
     table_order = 10
+    paper_rows = ("Base, C+Q",)
     role = "ceiling"

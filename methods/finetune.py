@@ -55,6 +55,7 @@ class FinetuneContext(_Finetune):
     family = "fine-tuning"
     storage_class = "O(1)"
     table_order = 30
+    paper_rows = ("FT (C), Q", "FT (C)")
     profiles = {
         "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
         # lr 5e-3 with clipping, as selfparam / FT(S): at 1e-3 FT(C) scored 0.01 on 20 contexts.
@@ -82,6 +83,7 @@ class FinetuneSentences(_Finetune):
     family = "fine-tuning"
     storage_class = "O(1)"
     table_order = 40
+    paper_rows = ("FT (S), Q", "FT (S)")
     Params = SentenceParams
     uses_targets = True
     profiles = {

@@ -80,6 +80,7 @@ class Raptor(RetrievalMethod):
     family = "retrieval"
     storage_class = "O(n)"
     table_order = 80
+    paper_rows = ("RAPTOR",)
     Params = RaptorParams
     profiles = {
         "smoke": {"chunk_tokens": 48, "min_nodes": 3, "summary_tokens": 16, "max_context_tokens": 256},

@@ -243,6 +243,7 @@ class BM25(RetrievalMethod):
     family = "retrieval"
     storage_class = "O(n)"
     table_order = 90
+    paper_rows = ("BM25",)
     Params = BM25Params
     profiles = {"smoke": {"chunk_tokens": 64}, "quick": {}, "paper": {}}
 
@@ -347,6 +348,7 @@ class DenseRetrieval(RetrievalMethod):
     family = "retrieval"
     storage_class = "O(n)"
     table_order = 100
+    paper_rows = ("DPR",)
     Params = DPRParams
     profiles = {"smoke": {"chunk_tokens": 64}, "quick": {}, "paper": {}}
 

@@ -97,6 +97,7 @@ class SelfParam(TrainedMethod):
     family = "parametric"
     storage_class = "O(1)"
     table_order = 110
+    paper_rows = ("SELF-PARAM, Q", "SELF-PARAM")
     Params = SelfParamParams
     uses_targets = True
     profiles = {

@@ -42,6 +42,7 @@ def test_row_name_order_and_role_are_not_inherited():
 
     info = MethodInfo.of_class(Variant)
     assert (info.role, info.table_order, info.display_name) == ("", DEFAULT_TABLE_ORDER, info.name)
+    assert info.paper_rows == () and MethodInfo.of_class(BaseQ).paper_rows == ("Base, Q", "Base")
     assert (info.family, info.storage_class) == ("reference", "O(1)")  # these are inherited
 
 
@@ -56,11 +57,18 @@ def test_unknown_storage_class_or_role_is_refused_when_the_class_is_defined():
         class Roof(Method):
             role = "roof"
 
+    with pytest.raises(TypeError, match="paper_rows is 'DPR'; use a tuple"):
+
+        class OneLabel(Method):
+            paper_rows = "DPR"
+
 
 def test_a_result_files_method_info_round_trips_and_tolerates_gaps():
-    info = MethodInfo("mine", "Mine", "retrieval", "O(n)", 5, "")
+    info = MethodInfo("mine", "Mine", "retrieval", "O(n)", 5, "", ("DPR",))
     assert MethodInfo.from_record("mine", info.record()) == info
+    assert MethodInfo.from_record("mine", json.loads(json.dumps(info.record()))) == info
     assert MethodInfo.from_record("mine", {"table_order": "5", "storage_class": None}) == MethodInfo("mine", "mine")
+    assert MethodInfo.from_record("mine", {"paper_rows": "DPR"}).paper_rows == ()
 
 
 def test_the_runner_writes_method_info_into_the_result_file(tmp_path):
@@ -73,6 +81,7 @@ def test_the_runner_writes_method_info_into_the_result_file(tmp_path):
         "storage_class": "O(1)",
         "table_order": 20,
         "role": "floor",
+        "paper_rows": ["Base, Q", "Base"],
     }
     assert '"method_info"' in outcome.path.read_text()
 
@@ -174,6 +183,7 @@ def test_an_outside_packages_method_shows_its_name_and_storage_class_everywhere(
         "storage_class": "O(n)",
         "table_order": DEFAULT_TABLE_ORDER,
         "role": "",
+        "paper_rows": [],
     }
     for name in ("runs", "old"):
         table = (out / f"table-{name}.md").read_text()

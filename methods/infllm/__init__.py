@@ -82,6 +82,7 @@ class InfLLM(Method):
     family = "long-context"
     storage_class = "O(n)"
     table_order = 70
+    paper_rows = ("InfLLM",)
     Params = InfLLMParams
     # quick: scaled to SmolLM2-135M and ~1.4k-token streams (20 fictional contexts) so that the
     # stream is several times the local window; paper: the official Mistral-7B configuration.

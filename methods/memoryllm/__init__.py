@@ -90,6 +90,7 @@ class MemoryLLM(Method):
     family = "memory"
     storage_class = "O(1)"
     table_order = 50
+    paper_rows = ("MemoryLLM-8B",)
     Params = MemoryLLMParams
     profiles = {"smoke": {}, "quick": {}, "paper": {}}
     _loaded: ClassVar[dict[str, tuple[Any, Any, torch.Tensor, torch.Tensor]]] = {}

@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--format", "-f", dest="fmt", default="markdown", choices=("markdown", "plain"))
     parser.add_argument("--ci", action="store_true", help="show the bootstrap 95%% interval in each cell")
     parser.add_argument(
-        "--paper", action="store_true", help="add the paper's published values beside ours where they exist"
+        "--paper",
+        action="store_true",
+        help="add the paper's published values beside ours where they exist, and its Tables 1, 2 and 4 as published",
     )
     parser.add_argument("--profile", help="only runs of this profile")
     parser.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
