@@ -12,13 +12,12 @@ method or task.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.method_info import DEFAULT_TABLE_ORDER, ROLES, STORAGE_CLASSES
 from benchmark.task_info import MetricInfo, TaskInfo, problems
-from benchmark.types import Context, Footprint, Prompt
+from benchmark.types import Answer, Context, Footprint, Prompt
 
 if TYPE_CHECKING:
     import torch
@@ -132,13 +131,14 @@ class Method(ABC):
                 answers[i] = output
         return answers
 
+    def answer(self, prompts: list[Prompt]) -> list[Answer]:
+        """What the runner asks: the answers with what a method declares beside them. The default
+        is ``generate``'s text alone; retrieval methods override it to declare what they retrieved."""
+        return [Answer(text) for text in self.generate(prompts)]
+
     def footprint(self) -> Footprint:
         """Extra state kept beyond the base model; Base methods keep none."""
         return Footprint()
-
-
-# make_method(stream=None): a fresh method seeded by its episode (or by the named random stream).
-MethodFactory = Callable[..., Method]
 
 
 # ---- data sets -----------------------------------------------------------------------------------
@@ -169,12 +169,43 @@ class Dataset(ABC):
 
 # ---- tasks ---------------------------------------------------------------------------------------
 
+
+@dataclass
+class Step:
+    """One step of an episode's plan: inject ``inject`` (nothing: probe the model as it is), then
+    answer ``prompts``. ``expected`` is what the task needs to score each prompt, in prompt order
+    (gold answers, probe records); only the task reads it. ``info`` goes into the step's record."""
+
+    prompts: list[Prompt]
+    inject: list[Context] = field(default_factory=list)
+    expected: list[Any] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EpisodePlan:
+    """What one episode does, as the task sees it; the runner carries it out (``benchmark.runner``).
+
+    ``setup`` is injected when the episode's method is built, before the steps: once per method, so
+    episodes that share a method (``Task.method_key``) inject it once. ``record`` holds the fields
+    the episode's record carries beside its steps (which contexts, target-sentence counts).
+    """
+
+    steps: list[Step]
+    setup: list[Context] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
 # Task metadata that a subclass does not inherit (see ``Task``), with its defaults.
 _TASK_OWN_METADATA: dict[str, Any] = {"display_name": "", "paper_table": "", "paper_metrics": ()}
 
 
 class Task(ABC):
-    """Yields episodes, runs a fresh method through each, and scores the answers."""
+    """Owns the data, plans each episode (what to inject, what to ask) and scores the answers.
+
+    The runner carries the plans out: it builds the method, injects, asks, times, checks and
+    records (``benchmark.runner.run_episode``); a task never calls a method itself.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -222,13 +253,33 @@ class Task(ABC):
     def prepare(self, lm: LM) -> None:
         """Load and check the data against the model; every input error surfaces here, early."""
 
-    @abstractmethod
-    def episodes(self) -> list[str]:
-        """Episode ids in run order; each is run with a fresh method and saved on completion."""
+    @classmethod
+    def method_problem(cls, method_cls: type[Method]) -> str | None:
+        """Why this task does not apply to the method (checked before anything loads), or None."""
+        return None
 
     @abstractmethod
-    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
-        """Run one episode; the returned record must be JSON-serialisable."""
+    def episodes(self) -> list[str]:
+        """Episode ids in run order; each is carried out and saved on completion."""
+
+    def method_key(self, episode: str) -> str:
+        """Episodes with the same key share one method, built, seeded and set up once by the first
+        of them (e.g. inject once, probe in shards); the default, the episode itself, gives each
+        episode a fresh method."""
+        return episode
+
+    @abstractmethod
+    def plan(self, episode: str, method: Method) -> EpisodePlan:
+        """What the episode injects and asks; ``method`` tells which contexts it needs (target
+        sentences, the gold context)."""
+
+    @abstractmethod
+    def score(self, step: Step, answers: list[Answer]) -> dict[str, Any]:
+        """The step's record: scored predictions (JSON-serialisable)."""
+
+    def episode_record(self, plan: EpisodePlan, steps: list[dict[str, Any]]) -> dict[str, Any]:
+        """The episode's record from its plan and scored steps; the runner adds cost and footprint."""
+        return {**plan.record, "steps": steps}
 
     @abstractmethod
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""The runner: everything generic about a run (config, seeds, resume, timing, result files)."""
+"""The runner: everything generic about a run (config, seeds, resume, timing, result files), and the
+one pipeline every episode goes through: build the method, inject, ask, check, score, record.
+
+A task only plans (``Task.plan``: what to inject at each step and what to ask) and scores
+(``Task.score``); ``run_episode`` below carries the plan out the same way for every task.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import resource
 import sys
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,7 +106,9 @@ def resolve(request: RunRequest, check_available: bool = True) -> ResolvedRun:
         if reason:
             raise UnavailableError(f"{kind} {cls.name!r} cannot run here: {reason}")
     params = build_run_params(request.profile, request.overrides, method_cls=method_cls, task_cls=task_cls)
-    problem = method_cls.params_problem(params["method"]) if check_available else None
+    problem = task_cls.method_problem(method_cls) or (
+        method_cls.params_problem(params["method"]) if check_available else None
+    )
     if problem:
         raise BenchError(problem)
     dataset = request.dataset or task_cls.default_dataset
@@ -212,15 +220,6 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     request, path = resolved.request, resolved.path
     lm, task = set_up(resolved, lm)
 
-    def method_factory(episode: str) -> Callable[[str | None], Method]:
-        def make_method(stream: str | None = None) -> Method:
-            """A fresh method whose random stream is its episode's (or the named ``stream``'s)."""
-            method = resolved.new_method(lm, episode_seed(request.seed, stream or episode))
-            method.checkpoints = checkpoints.for_stream(stream or episode)
-            return method
-
-        return make_method
-
     log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config)})
     checkpoints = Checkpoints(checkpoint_folder(path), config_hash(resolved.config), request.checkpoint_every)
     if request.force:
@@ -238,12 +237,13 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         disable=len(episodes) < 2,
         file=sys.stderr,
     )
+    methods = MethodPool(resolved, lm, checkpoints)
     records = list(done)
     for episode in bar:
         seed_everything(episode_seed(request.seed, episode))
         tick = time.perf_counter()
-        record = task.run_episode(episode, method_factory(episode))
-        record.setdefault("cost", {})["wall_s"] = time.perf_counter() - tick
+        record = run_episode(task, episode, methods)
+        record["cost"]["wall_s"] = time.perf_counter() - tick
         log.append(record)
         checkpoints.remove_stream(episode)
         records.append(record)
@@ -290,6 +290,88 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     log.remove()
     checkpoints.remove_all()
     return RunOutcome(path, result, reused=False, resumed_episodes=len(done_ids & set(episodes)))
+
+
+class MethodPool:
+    """The method of each episode: a fresh one per method key (``Task.method_key``), its random
+    stream and checkpoints named by that key. Only the last key's method is kept, so a shared one
+    lives while consecutive episodes use it."""
+
+    def __init__(self, resolved: ResolvedRun, lm: LM, checkpoints: Checkpoints) -> None:
+        self.resolved, self.lm, self.checkpoints = resolved, lm, checkpoints
+        self.key: str | None = None
+        self.method: Method | None = None
+
+    def get(self, key: str) -> tuple[Method, bool]:
+        """The key's method and whether it was just built (so it still needs its setup injection)."""
+        if self.method is not None and key == self.key:
+            return self.method, False
+        self.method = None  # let the previous one go before the next is built
+        method = self.resolved.new_method(self.lm, episode_seed(self.resolved.request.seed, key))
+        method.checkpoints = self.checkpoints.for_stream(key)
+        self.key, self.method = key, method
+        return method, True
+
+
+def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]:
+    """Carry out one episode's plan: set up the method, then per step inject, ask and score.
+
+    Records the seconds spent injecting, answering and scoring, the method's own counters (what
+    this episode added, for a shared method), what was injected, and the footprint after each step
+    and at the end. A method that returns a wrong number of answers stops the run.
+    """
+    key = task.method_key(episode)
+    method, fresh = methods.get(key)
+    before = {} if fresh else dict(method.stats)
+    plan = task.plan(episode, method)
+    watch = Stopwatch()
+    injected = []
+    if fresh and plan.setup:
+        if key != episode:  # a shared method is set up the same whichever episode builds it
+            seed_everything(episode_seed(methods.resolved.request.seed, key))
+        with watch("inject_s"):
+            method.inject(plan.setup)
+        injected += plan.setup
+    steps: list[dict[str, Any]] = []
+    for step in plan.steps:
+        if step.inject:
+            with watch("inject_s"):
+                method.inject(step.inject)
+            injected += step.inject
+        with watch("eval_s"):
+            answers = method.answer(step.prompts)
+        if len(answers) != len(step.prompts):
+            raise RuntimeError(f"{method.name} returned {len(answers)} answers for {len(step.prompts)} prompts")
+        with watch("score_s"):
+            scored = task.score(step, answers)
+        steps.append({**step.info, **scored, "footprint_bytes": method.footprint().extra_bytes})
+    footprint = method.footprint()
+    stats = {k: v - before.get(k, 0) if isinstance(v, (int, float)) else v for k, v in method.stats.items()}
+    record: dict[str, Any] = {"episode": episode, **task.episode_record(plan, steps)}
+    if injected:
+        record.update(num_contexts=len(injected), num_targets=sum(len(c.targets) for c in injected))
+    record["cost"] = {**watch.seconds, **stats}
+    record["footprint"] = {
+        "extra_bytes": footprint.extra_bytes,
+        "changed_params": footprint.changed_params,
+        **footprint.detail,
+    }
+    return record
+
+
+class Stopwatch:
+    """Accumulates wall seconds under named keys: ``with watch("inject_s"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
 
 
 def total_cost(records: list[dict[str, Any]]) -> dict[str, Any]:

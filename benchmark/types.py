@@ -62,6 +62,19 @@ class Prompt:
     multiline: bool = False
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A method's reply to one prompt.
+
+    ``retrieved`` is declared by methods that put retrieved material in context: the ids of the
+    contexts behind it, best first ([] when nothing was retrieved); None for methods that do not
+    retrieve. Tasks score retrieval recall from it.
+    """
+
+    text: str
+    retrieved: tuple[str, ...] | None = None
+
+
 @dataclass
 class Footprint:
     """The storage a method adds (the paper's column S), measured rather than asserted."""

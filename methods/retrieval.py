@@ -2,8 +2,8 @@
 
 A retriever's ``inject`` cuts the contexts into passages and indexes them; its ``generate`` finds
 the best passages for each prompt's question and asks the unchanged model with them as the prompt's
-context (the paper's "retrieve top-k contexts, prepend"). The context ids behind the passages of the
-last call stay in ``last_retrieved`` so the task can score retrieval recall.
+context (the paper's "retrieve top-k contexts, prepend"). Its answers declare the context ids
+behind those passages (``Answer.retrieved``), so the task can score retrieval recall.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from benchmark.api import Method
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.registry import register_method
-from benchmark.types import Context, Footprint, Prompt
+from benchmark.types import Answer, Context, Footprint, Prompt
 
 SEPARATOR = "\n\n"  # between retrieved passages in the prompt
 
@@ -107,7 +107,6 @@ class RetrievalMethod(Method):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.passages: list[Passage] = []
-        self.last_retrieved: list[list[str]] = []  # context ids per prompt of the last generate
         self.stats["index_s"] = 0.0
         if self.params.order not in ("best_first", "best_last"):
             raise BenchError(f"unknown order {self.params.order!r}; use best_last or best_first")
@@ -141,16 +140,21 @@ class RetrievalMethod(Method):
             return [[] for _ in prompts]
         return self.search([p.question for p in prompts], min(self.params.top_k, len(self.passages)))
 
-    def generate(self, prompts: list[Prompt]) -> list[str]:
+    def answer(self, prompts: list[Prompt]) -> list[Answer]:
+        """The model's answers with the retrieved passages as context, and their context ids."""
         hits = self.retrieve(prompts)
         with_context: list[Prompt] = []
-        self.last_retrieved = []
+        retrieved: list[tuple[str, ...]] = []
         for prompt, indices in zip(prompts, hits):
             context, used = self.fit(prompt, [self.passages[i] for i in indices])
             with_context.append(dataclasses.replace(prompt, context=context))
             ids = [p.context_id for p in used if p.context_id is not None]
-            self.last_retrieved.append(list(dict.fromkeys(ids)))  # rank order, no repeats
-        return super().generate(with_context)
+            retrieved.append(tuple(dict.fromkeys(ids)))  # rank order, no repeats
+        texts = super().generate(with_context)
+        return [Answer(text, ids) for text, ids in zip(texts, retrieved)]
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        return [answer.text for answer in self.answer(prompts)]
 
     def fit(self, prompt: Prompt, passages: list[Passage]) -> tuple[str | None, list[Passage]]:
         """The prompt's context: passages (given best first) kept whole while they fit the token

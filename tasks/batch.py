@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from benchmark.api import MethodFactory
+from benchmark.api import EpisodePlan, Method
 from benchmark.registry import register_task
 from benchmark.report import score_table
 from benchmark.task_info import MetricInfo
@@ -13,8 +13,6 @@ from tasks.qa import (
     RETRIEVAL_METRICS,
     ContextParams,
     QATask,
-    Stopwatch,
-    per_context,
     summarize_contexts,
     targets_line,
 )
@@ -53,30 +51,17 @@ class BatchTask(QATask):
         n = self.params.num_contexts
         return [doc.id for doc in self.documents[index * n : (index + 1) * n]]
 
-    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
+    def plan(self, episode: str, method: Method) -> EpisodePlan:
+        """Inject the batch's contexts together, then ask every probe of them."""
         doc_ids = self._doc_ids(episode)
-        method = make_method()
-        watch = Stopwatch()
-        contexts = self.contexts(method, doc_ids)
-        with watch("inject_s"):
-            method.inject(contexts)
-        with watch("eval_s"):
-            predictions = self.probe(method, doc_ids)
-        footprint = method.footprint()
-        return {
-            "episode": episode,
-            "context_ids": doc_ids,
-            "num_targets": sum(len(c.targets) for c in contexts),
-            **self.target_record(method, doc_ids),
-            "predictions": predictions,
-            "per_context": per_context(predictions),
-            "cost": {**watch.seconds, **method.stats},
-            "footprint": {
-                "extra_bytes": footprint.extra_bytes,
-                "changed_params": footprint.changed_params,
-                **footprint.detail,
-            },
-        }
+        return EpisodePlan(
+            setup=self.contexts(method, doc_ids),
+            steps=[self.probe_step(method, doc_ids)],
+            record={"context_ids": doc_ids, **self.target_record(method, doc_ids)},
+        )
+
+    def episode_record(self, plan: EpisodePlan, steps: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**plan.record, **steps[0]}  # one step: its predictions are the episode's
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         contexts = [scores for r in records for scores in r["per_context"].values()]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypedDict, cast
 
-from benchmark.api import Method, Task
+from benchmark.api import Method, Step, Task
 from benchmark.errors import BenchError
 from benchmark.grounding import grounding_counts
 from benchmark.metrics import qa_acc, qa_f1, summarize
@@ -15,10 +14,10 @@ from benchmark.models import LM
 from benchmark.registry import open_dataset
 from benchmark.report import fmt_ci
 from benchmark.targets import check_no_leakage, make_targets
-from benchmark.types import Context, Document, Prompt
+from benchmark.types import QA, Answer, Context, Document, Prompt
 from tasks.data.base import SAMPLES, SPLITS, QADataset
 
-# Scored when the method retrieves (it exposes ``last_retrieved``): was the gold context first / in the top k?
+# Scored when the method declares what it retrieved (``Answer.retrieved``): was the gold context first / in the top k?
 RETRIEVAL_METRICS = ("retrieval_recall@1", "retrieval_recall@k")
 
 
@@ -173,36 +172,37 @@ class QATask(Task):
         }
         return {**scores, "targets": section}
 
-    def probe(self, method: Method, doc_ids: list[str]) -> list[dict[str, Any]]:
-        """Ask every probe of the given documents; one scored record per question."""
-        prompts, meta = [], []
+    def probe_step(self, method: Method, doc_ids: list[str], inject: list[Context] | None = None, **info: Any) -> Step:
+        """A step that injects ``inject`` (if any), then asks every probe of the given documents;
+        the gold context goes into the prompt only for the method that is meant to see it."""
+        prompts: list[Prompt] = []
+        expected: list[QA] = []
         for doc_id in doc_ids:
             doc = self.by_id[doc_id]
             context = doc.text if method.sees_gold_context else None
             for qa in doc.probes:
                 prompts.append(Prompt(doc_id, qa.question, context))
-                meta.append((doc_id, qa))
-        answers = method.generate(prompts)
-        if len(answers) != len(prompts):
-            raise RuntimeError(f"{method.name} returned {len(answers)} answers for {len(prompts)} prompts")
-        records = [
-            {
-                "context_id": doc_id,
+                expected.append(qa)
+        return Step(prompts, inject or [], expected, info)
+
+    def score(self, step: Step, answers: list[Answer]) -> dict[str, Any]:
+        """One scored record per question, and the means per context."""
+        predictions = []
+        for prompt, qa, answer in zip(step.prompts, step.expected, answers):
+            record: dict[str, Any] = {
+                "context_id": prompt.id,
                 "question": qa.question,
                 "answers": list(qa.answers),
-                "prediction": answer,
-                "f1": qa_f1(answer, qa.answers),
-                "acc": qa_acc(answer, qa.answers),
+                "prediction": answer.text,
+                "f1": qa_f1(answer.text, qa.answers),
+                "acc": qa_acc(answer.text, qa.answers),
             }
-            for (doc_id, qa), answer in zip(meta, answers)
-        ]
-        retrieved = getattr(method, "last_retrieved", None)  # retrievers: context ids per prompt, best first
-        if retrieved is not None and len(retrieved) == len(records):
-            for record, ids in zip(records, retrieved):
-                record["retrieved"] = list(ids)
-                record["retrieval_recall@1"] = float(ids[:1] == [record["context_id"]])
-                record["retrieval_recall@k"] = float(record["context_id"] in ids)
-        return records
+            if answer.retrieved is not None:  # context ids, best first
+                record["retrieved"] = list(answer.retrieved)
+                record["retrieval_recall@1"] = float(answer.retrieved[:1] == (prompt.id,))
+                record["retrieval_recall@k"] = float(prompt.id in answer.retrieved)
+            predictions.append(record)
+        return {"per_context": per_context(predictions), "predictions": predictions}
 
 
 def per_context(predictions: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -241,25 +241,3 @@ def summarize_contexts(contexts: list[dict[str, float]], seed: int) -> dict[str,
     """Means over contexts with bootstrap 95% intervals."""
     metrics = ("qa_f1", "acc") + tuple(k for k in RETRIEVAL_METRICS if contexts and all(k in c for c in contexts))
     return {metric: summarize([c[metric] for c in contexts], seed=seed) for metric in metrics}
-
-
-class Stopwatch:
-    """Accumulates wall seconds under named keys: ``with watch("inject"): ...``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, key: str) -> _Lap:
-        return _Lap(self, key)
-
-
-class _Lap:
-    def __init__(self, watch: Stopwatch, key: str) -> None:
-        self.watch, self.key = watch, key
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        elapsed = time.perf_counter() - self.start
-        self.watch.seconds[self.key] = self.watch.seconds.get(self.key, 0.0) + elapsed

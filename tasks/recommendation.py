@@ -7,7 +7,8 @@ chat template (greedy); the reply is parsed and scored in ``tasks.crs_scoring``.
 Episodes: the method is built and injected once per run, then the probes are answered in shards
 of ``probes_per_episode``; each shard is an episode, saved when done, so an interrupted run
 resumes at the first unfinished shard (re-injecting once, with the same seed). Sharding splits the
-evaluation only: every shard is answered by the same injected model, as in one episode.
+evaluation only: every shard shares one method key (``method_key``), so the runner answers all of
+them with the same injected model, as in one episode.
 
 Target sentences (for methods that train on them) come from the conversations themselves: at
 every recommender turn that names a movie not mentioned before, "Question: <the last few turns>
@@ -26,21 +27,19 @@ context.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
-from benchmark.api import Method, MethodFactory, Task
+from benchmark.api import EpisodePlan, Method, Step, Task
 from benchmark.errors import BenchError
 from benchmark.grounding import split_generator
 from benchmark.metrics import summarize
 from benchmark.models import LM
 from benchmark.registry import open_dataset, register_task
 from benchmark.report import fmt_ci
-from benchmark.runner import episode_seed, seed_everything
 from benchmark.targets import make_targets
 from benchmark.task_info import MetricInfo
-from benchmark.types import QA, Context, Document, Prompt
+from benchmark.types import QA, Answer, Context, Document, Prompt
 from tasks.crs_scoring import FILTER_NAMES, FILTERS, KS, TitleMatcher, parse_recommendations, score_list
 from tasks.data.crs import (
     SYSTEM,
@@ -147,7 +146,6 @@ class RecommendationTask(Task):
             titles.values() if p.candidates == "entities" else [titles[i] for i in self.catalogue.items if i in titles]
         )
         self.matcher = TitleMatcher(pool)
-        self._method: Method | None = None
         self._targets: dict[str, list[str]] | None = None
 
     def _dataset(self) -> CRSDataset:
@@ -204,27 +202,15 @@ class RecommendationTask(Task):
         targets = self.targets() if method.uses_targets else {}
         return [Context(c.id, c.text(), list(targets.get(c.id, []))) for c in self.conversations]
 
-    def _injected(self, make_method: MethodFactory) -> tuple[Method, dict[str, Any]]:
-        """The run's injected method, built on first use; the second value describes the injection."""
-        if self._method is not None:
-            return self._method, {}
-        method = make_method("inject")  # the same random stream whichever shard builds it
-        if method.sees_gold_context:
-            raise BenchError(
-                f"method {method.name!r} does not apply to the recommendation task: a recommendation "
+    @classmethod
+    def method_problem(cls, method_cls: type[Method]) -> str | None:
+        if method_cls.sees_gold_context:
+            return (
+                f"method {method_cls.name!r} does not apply to the recommendation task: a recommendation "
                 "point has no gold context (the dialog is already the prompt); use base_q, or a "
                 "retrieval method to put training conversations in context"
             )
-        contexts = self.contexts(method)
-        seed_everything(episode_seed(self.seed, "inject"))  # the same injection whichever shard runs it
-        tick = time.perf_counter()
-        method.inject(contexts)
-        self._method = method
-        return method, {
-            "inject_s": time.perf_counter() - tick,
-            "num_contexts": len(contexts),
-            "num_targets": sum(len(c.targets) for c in contexts),
-        }
+        return None
 
     # ---- episodes ----------------------------------------------------------------------------
     def episodes(self) -> list[str]:
@@ -235,41 +221,29 @@ class RecommendationTask(Task):
         start = int(episode.rsplit("-", 1)[1])
         return self.probes[start : start + self.params.probes_per_episode]
 
-    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
+    def method_key(self, episode: str) -> str:
+        return "inject"  # one injected method answers every shard, seeded the same whichever builds it
+
+    def plan(self, episode: str, method: Method) -> EpisodePlan:
+        """The training conversations as setup (injected once per run), then the shard's probes."""
         shard = self._shard(episode)
-        before = dict(self._method.stats) if self._method is not None else {}
-        method, injection = self._injected(make_method)
         prompts = [
             Prompt(p.id, self.prompts[p.id], chat=True, max_new_tokens=self.params.max_list_tokens, multiline=True)
             for p in shard
         ]
-        tick = time.perf_counter()
-        answers = method.generate(prompts)
-        eval_s = time.perf_counter() - tick
-        if len(answers) != len(prompts):
-            raise RuntimeError(f"{method.name} returned {len(answers)} answers for {len(prompts)} prompts")
-        tick = time.perf_counter()
-        predictions = self.score(shard, answers)
-        score_s = time.perf_counter() - tick
-        footprint = method.footprint()
-        stats = {k: v - before.get(k, 0) if isinstance(v, (int, float)) else v for k, v in method.stats.items()}
-        cost = {**stats, "eval_s": eval_s, "score_s": score_s}
-        if injection:
-            cost["inject_s"] = injection.pop("inject_s")
-        return {
-            "episode": episode,
-            "probe_ids": [p.id for p in shard],
-            **injection,
-            "predictions": predictions,
-            "cost": cost,
-            "footprint": {
-                "extra_bytes": footprint.extra_bytes,
-                "changed_params": footprint.changed_params,
-                **footprint.detail,
-            },
-        }
+        return EpisodePlan(
+            setup=self.contexts(method),
+            steps=[Step(prompts, expected=shard)],
+            record={"probe_ids": [p.id for p in shard]},
+        )
 
-    def score(self, probes: list[RecProbe], answers: list[str]) -> list[dict[str, Any]]:
+    def score(self, step: Step, answers: list[Answer]) -> dict[str, Any]:
+        return {"predictions": self.score_replies(step.expected, [a.text for a in answers])}
+
+    def episode_record(self, plan: EpisodePlan, steps: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**plan.record, **steps[0]}  # one step: its predictions are the shard's
+
+    def score_replies(self, probes: list[RecProbe], answers: list[str]) -> list[dict[str, Any]]:
         titles = self.catalogue.titles
         items = [parse_recommendations(a) for a in answers]
         matches = self.matcher.match([line for lines in items for line in lines])

@@ -15,14 +15,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benchmark.api import MethodFactory
+from benchmark.api import EpisodePlan, Method
 from benchmark.errors import BenchError
 from benchmark.metrics import qa_acc, summarize
 from benchmark.registry import register_task
 from benchmark.report import fmt_ci
 from benchmark.task_info import MetricInfo
 from benchmark.types import Document
-from tasks.qa import RETRIEVAL_METRICS, ContextParams, QATask, Stopwatch, load_documents, per_context
+from tasks.qa import RETRIEVAL_METRICS, ContextParams, QATask, load_documents
 
 log = logging.getLogger(__name__)
 
@@ -105,40 +105,22 @@ class SequentialTask(QATask):
         n = self.sequence_length
         return [doc.id for doc in self.documents[index * n : (index + 1) * n]]
 
-    def run_episode(self, episode: str, make_method: MethodFactory) -> dict[str, Any]:
+    def plan(self, episode: str, method: Method) -> EpisodePlan:
+        """Step 0 asks every probe of the sequence before any injection; step s injects the s-th
+        context and asks them all again."""
         doc_ids = self._doc_ids(episode)
-        method = make_method()
-        watch = Stopwatch()
         contexts = self.contexts(method, doc_ids)
-        steps: list[dict[str, Any]] = []
-        for step in range(len(doc_ids) + 1):
-            if step > 0:
-                with watch("inject_s"):
-                    method.inject([contexts[step - 1]])
-            with watch("eval_s"):
-                predictions = self.probe(method, doc_ids)
-            steps.append(
-                {
-                    "step": step,
-                    "injected": doc_ids[step - 1] if step else None,
-                    "per_context": per_context(predictions),
-                    "footprint_bytes": method.footprint().extra_bytes,
-                    "predictions": predictions,
-                }
-            )
-        footprint = method.footprint()
+        steps = [self.probe_step(method, doc_ids, step=0, injected=None)]
+        for step, context in enumerate(contexts, start=1):
+            steps.append(self.probe_step(method, doc_ids, [context], step=step, injected=context.id))
+        return EpisodePlan(steps=steps, record={"context_ids": doc_ids})
+
+    def episode_record(self, plan: EpisodePlan, steps: list[dict[str, Any]]) -> dict[str, Any]:
+        doc_ids = plan.record["context_ids"]
         return {
-            "episode": episode,
-            "context_ids": doc_ids,
-            "num_targets": sum(len(c.targets) for c in contexts),
+            **plan.record,
             "matrix": {m: episode_matrix(steps, doc_ids, m) for m in metrics_of(steps)},
             "steps": steps,
-            "cost": {**watch.seconds, **method.stats},
-            "footprint": {
-                "extra_bytes": footprint.extra_bytes,
-                "changed_params": footprint.changed_params,
-                **footprint.detail,
-            },
         }
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -130,16 +130,16 @@ def test_method_answers_from_a_stream_longer_than_the_window(tiny_lm):
     assert method.stream.length > length_after_first > 0
     assert method.stream.length > params.n_local and method.stream.n_blocks > 0
     blocks_before = method.stream.n_blocks
-    answers = method.generate([Prompt("c0", "Where does entity 0 live?"), Prompt("c3", "Where?")])
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    answers = method.answer([Prompt("c0", "Where does entity 0 live?"), Prompt("c3", "Where?")])
+    assert len(answers) == 2 and all(isinstance(a.text, str) for a in answers)
     assert method.stream.n_blocks == blocks_before  # answering leaves the memory as injected
     entry = method.retrieval_log[0]
     assert entry["prompt_id"] == "c0"
     assert len(entry["retrieved_blocks"]) == len(tiny_lm.model.model.layers)
     assert all(len(blocks) == params.topk for blocks in entry["retrieved_blocks"])
     assert method.stats["probes"] == 2
-    assert len(method.last_retrieved) == 2
-    assert all(0 < len(ids) <= params.topk and set(ids) <= {c.id for c in contexts} for ids in method.last_retrieved)
+    retrieved = [a.retrieved or () for a in answers]
+    assert all(0 < len(ids) <= params.topk and set(ids) <= {c.id for c in contexts} for ids in retrieved)
     footprint = method.footprint()
     assert footprint.detail["kv_blocks"] == blocks_before
     assert footprint.extra_bytes >= footprint.detail["kv_blocks_bytes"] > 0

@@ -124,9 +124,10 @@ def test_generate_prepends_retrieved_text_and_records_ids(tiny_lm, monkeypatch):
     method.inject(CORPUS[3:])  # a second injection (sequential): the index grows
     seen: list[str] = []
     monkeypatch.setattr(tiny_lm, "generate", lambda prompts, **kw: seen.extend(prompts) or ["x"] * len(prompts))
-    answers = method.generate([Prompt("comet", "Which comet passed near the Sun?")])
-    assert answers == ["x"]
-    assert method.last_retrieved[0][0] == "comet" and len(method.last_retrieved[0]) == 2
+    answers = method.answer([Prompt("comet", "Which comet passed near the Sun?")])
+    assert [a.text for a in answers] == ["x"]
+    assert answers[0].retrieved is not None
+    assert answers[0].retrieved[0] == "comet" and len(answers[0].retrieved) == 2
     assert "Halvessa" in seen[0] and seen[0].index("Context:") < seen[0].index("Question:")
 
 
@@ -146,8 +147,8 @@ def test_empty_index_asks_without_context(tiny_lm, monkeypatch):
     method = make(DenseRetrieval, DPRParams(), tiny_lm)
     seen: list[str] = []
     monkeypatch.setattr(tiny_lm, "generate", lambda prompts, **kw: seen.extend(prompts) or [""] * len(prompts))
-    method.generate([Prompt("x", "Who?")])
-    assert method.last_retrieved == [[]] and "Context:" not in seen[0]
+    answers = method.answer([Prompt("x", "Who?")])
+    assert answers[0].retrieved == () and "Context:" not in seen[0]
 
 
 def test_retrieved_text_is_cut_to_the_model_window(tiny_lm, monkeypatch):
@@ -157,16 +158,16 @@ def test_retrieved_text_is_cut_to_the_model_window(tiny_lm, monkeypatch):
     assert len(method.passages) > 5 and all(p.tokens <= 200 for p in method.passages)
     seen: list[str] = []
     monkeypatch.setattr(tiny_lm, "generate", lambda prompts, **kw: seen.extend(prompts) or [""] * len(prompts))
-    method.generate([Prompt("long", "What does the lighthouse keeper do?", max_new_tokens=10)])
+    answers = method.answer([Prompt("long", "What does the lighthouse keeper do?", max_new_tokens=10)])
     assert "lighthouse" in seen[0]
     assert len(tiny_lm.encode(seen[0])) + 10 <= tiny_lm.max_length
-    assert len(method.last_retrieved[0]) >= 1 and method.last_retrieved[0] == ["long"]
+    assert answers[0].retrieved == ("long",)
 
     method.params.max_context_tokens = 40  # less than one passage: the best one is cut to fit
-    method.generate([Prompt("long", "What does the lighthouse keeper do?", max_new_tokens=10)])
+    answers = method.answer([Prompt("long", "What does the lighthouse keeper do?", max_new_tokens=10)])
     context = seen[-1].split("Context: ", 1)[1].split("\nQuestion:", 1)[0]
     assert 30 <= len(tiny_lm.encode(context, add_bos=False)) <= 42
-    assert method.last_retrieved[-1] == ["long"]
+    assert answers[0].retrieved == ("long",)
 
 
 def test_chunks_keep_whole_sentences_within_the_size(tiny_lm):
@@ -202,8 +203,8 @@ def test_raptor_small_inputs(tiny_lm):
     method.inject(topic_corpus()[:4] + topic_corpus()[10:14])  # nine leaves: too few for UMAP
     assert [len(layer) for layer in method.layers] == [9, 1]  # one cluster, summarised as the root
     assert len(method.nodes[method.layers[1][0]].children) == 9
-    answers = method.generate([Prompt("volcano", "When did Mount Oskarra erupt?")])
-    assert len(answers) == 1 and method.last_retrieved[0][0] == "volcano"
+    answers = method.answer([Prompt("volcano", "When did Mount Oskarra erupt?")])
+    assert len(answers) == 1 and answers[0].retrieved is not None and answers[0].retrieved[0] == "volcano"
     found = method.search(["When did Mount Oskarra erupt?"], method.params.top_k)[0]
     root = method.layers[1][0]
     assert method.stats["summary_passages"] == int(root in found)  # summaries reaching prompts are counted

@@ -174,3 +174,114 @@ def test_task_specific_profile_values_resolve_and_are_recorded(tmp_path, countin
     assert sequential["config"]["params"]["method"] == {"epochs": 5, "lr": 0.3}  # --set still wins
     assert sequential["profile_entries"]["method"] == ["smoke", "smoke@sequential"]
     assert CALLS["instances"][-1].params == Steps(epochs=5, lr=0.3)
+
+
+# ---- the pipeline: the runner carries out a task's plan ----------------------------------------
+
+
+@pytest.fixture
+def plan_task(registrations):
+    """A task that only plans and scores: a setup injection, then two steps, the second injecting."""
+    from benchmark.api import EpisodePlan, Step, Task
+    from benchmark.metrics import summarize
+    from benchmark.registry import register_task
+    from benchmark.task_info import MetricInfo
+    from benchmark.types import Context, Prompt
+
+    @register_task("test-plan")
+    class PlanTask(Task):
+        description = "a setup injection shared by two episodes, then two steps each"
+        metrics = (MetricInfo("hit", "hit", primary=True),)
+        shared = True
+
+        def prepare(self, lm):
+            pass
+
+        def episodes(self):
+            return ["a", "b"]
+
+        def method_key(self, episode):
+            return "shared" if PlanTask.shared else episode
+
+        def plan(self, episode, method):
+            ask = [Prompt("p", "Which?")]
+            return EpisodePlan(
+                setup=[Context("s", "set-up text", ["t1", "t2"])],
+                steps=[
+                    Step(ask, expected=["x"], info={"step": 0}),
+                    Step(ask, inject=[Context(f"c-{episode}", "more text")], expected=["x"], info={"step": 1}),
+                ],
+                record={"which": episode},
+            )
+
+        def score(self, step, answers):
+            return {"hit": float(answers[0].text == step.expected[0])}
+
+        def aggregate(self, records):
+            return {"hit": summarize([s["hit"] for r in records for s in r["steps"]], seed=self.seed)}
+
+        @classmethod
+        def summary(cls, scores):
+            return f"hit {scores['hit']['mean']}"
+
+    yield PlanTask
+
+
+@pytest.fixture
+def answering_method(registrations):
+    @register_method("test-answering")
+    class Answering(Method):
+        answers = ["x"]
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            CALLS["instances"].append(self)
+
+        def inject(self, contexts):
+            CALLS["inject"].append([c.id for c in contexts])
+
+        def generate(self, prompts):
+            return Answering.answers[: len(prompts)]  # one "x" per prompt, or too few
+
+    CALLS["inject"].clear()
+    CALLS["instances"].clear()
+    yield Answering
+
+
+def plan_request(tmp_path):
+    return RunRequest(method="test-answering", task="test-plan", profile="smoke", out=tmp_path)
+
+
+def test_episodes_sharing_a_method_key_share_one_method_and_its_setup(tmp_path, plan_task, answering_method, tiny_lm):
+    result = run(plan_request(tmp_path), lm=tiny_lm).result
+    assert len(CALLS["instances"]) == 1  # built once, by the first episode
+    assert CALLS["inject"] == [["s"], ["c-a"], ["c-b"]]  # the setup once, then each episode's step
+    first, second = result["episodes"]
+    assert (first["which"], first["num_contexts"], first["num_targets"]) == ("a", 2, 2)
+    assert (second["which"], second["num_contexts"], second["num_targets"]) == ("b", 1, 0)
+    assert [s["step"] for s in first["steps"]] == [0, 1] and all("footprint_bytes" in s for s in first["steps"])
+    assert {"inject_s", "eval_s", "score_s", "wall_s"} <= set(first["cost"])
+    assert "inject_s" in second["cost"] and result["scores"]["hit"]["mean"] == 1.0
+
+
+def test_episodes_with_their_own_keys_get_fresh_methods_set_up_each(tmp_path, plan_task, answering_method, tiny_lm):
+    plan_task.shared = False
+    run(plan_request(tmp_path), lm=tiny_lm)
+    assert len({id(m) for m in CALLS["instances"]}) == 2
+    assert CALLS["inject"] == [["s"], ["c-a"], ["s"], ["c-b"]]
+
+
+def test_a_method_that_drops_answers_stops_the_run(tmp_path, plan_task, answering_method, tiny_lm):
+    answering_method.answers = []
+    with pytest.raises(RuntimeError, match="test-answering returned 0 answers for 1 prompts"):
+        run(plan_request(tmp_path), lm=tiny_lm)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_a_task_refuses_a_method_before_anything_loads(tmp_path):
+    from benchmark.errors import BenchError
+    from benchmark.runner import resolve
+
+    refused = RunRequest(method="base_cq", task="recommendation", dataset="redial", out=tmp_path)
+    with pytest.raises(BenchError, match="no gold context"):
+        resolve(refused)

@@ -26,7 +26,7 @@ from benchmark.api import Method
 from benchmark.errors import BenchError
 from benchmark.models import first_answer_line
 from benchmark.registry import register_method
-from benchmark.types import Context, Footprint, Prompt
+from benchmark.types import Answer, Context, Footprint, Prompt
 from methods.infllm.memory import InfLLMStream, MemoryConfig
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ class InfLLM(Method):
         self.contexts = 0
         self.injected: set[str] = set()
         self.retrieval_log: list[dict] = []  # one entry per probe: blocks per layer, contexts, gold hit
-        # per prompt of the last generate(): the contexts whose blocks the most layers retrieved
-        # (at most topk, most first); the QA tasks score it as retrieval recall
-        self.last_retrieved: list[list[str]] = []
+        # per prompt of the current answer() call: the contexts whose blocks the most layers
+        # retrieved (at most topk, most first); its answers declare them for retrieval recall
+        self._retrieved: list[tuple[str, ...]] = []
         self.stats.update(
             {
                 "stream_tokens": 0,
@@ -160,6 +160,12 @@ class InfLLM(Method):
             stream.feed(self.lm.encode(text, add_bos=first), label=label)
         return stream
 
+    def answer(self, prompts: list[Prompt]) -> list[Answer]:
+        """The answers, each with the contexts its question's retrieval chose (before any
+        injection: none)."""
+        texts = self.generate(prompts)
+        return [Answer(text, ids) for text, ids in zip(texts, self._retrieved)]
+
     def generate(self, prompts: list[Prompt]) -> list[str]:
         """Each question is read after the stream, in a fork of it, as the query chunk that retrieves.
 
@@ -170,7 +176,7 @@ class InfLLM(Method):
         """
         heads: dict[str, InfLLMStream] = {}
         answers = []
-        self.last_retrieved = []
+        self._retrieved = []
         for prompt in tqdm(prompts, desc="answering", leave=False, disable=len(prompts) < 2):
             if self.contexts and self.params.layout == "context":
                 base, rest = self.stream, self._around_context(prompt)[1]
@@ -197,7 +203,7 @@ class InfLLM(Method):
             if self.contexts:
                 self._record(prompt, base, fork, retrievals[-1])
             else:
-                self.last_retrieved.append([])
+                self._retrieved.append(())
             for _ in range(max_new):
                 token = int(logits.argmax())
                 if token == tok.eos_token_id:
@@ -240,7 +246,7 @@ class InfLLM(Method):
         }
         self.retrieval_log.append(entry)
         ranked = [label for label, _ in per_context.most_common() if label in self.injected]
-        self.last_retrieved.append(ranked[: self.params.topk])
+        self._retrieved.append(tuple(ranked[: self.params.topk]))
         self.stats["probes"] += 1
         self.stats["probes_gold_in_local"] += int(in_local)
         self.stats["probes_gold_retrieved"] += fraction

@@ -320,7 +320,7 @@ def rec_scores(task: Any, samples: list[dict[str, Any]], replies: list[str]) -> 
     from tasks.crs_scoring import FILTERS
 
     by_id = {p.id: p for p in task.probes}
-    records = task.score([by_id[s["doc"]["id"]] for s in samples], replies)
+    records = task.score_replies([by_id[s["doc"]["id"]] for s in samples], replies)
     scores = {}
     for name in FILTERS:
         hits = [h for r in records for h in r["hits"][name]["1"]]
