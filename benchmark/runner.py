@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.api import Method, Task
+from benchmark.api import EpisodePlan, Method, Task
 from benchmark.checkpoint import Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
 from benchmark.errors import BenchError, UnavailableError
@@ -297,7 +297,7 @@ class MethodPool:
     stream and checkpoints named by that key. Only the last key's method is kept, so a shared one
     lives while consecutive episodes use it."""
 
-    def __init__(self, resolved: ResolvedRun, lm: LM, checkpoints: Checkpoints) -> None:
+    def __init__(self, resolved: ResolvedRun, lm: LM, checkpoints: Checkpoints | None = None) -> None:
         self.resolved, self.lm, self.checkpoints = resolved, lm, checkpoints
         self.key: str | None = None
         self.method: Method | None = None
@@ -308,9 +308,27 @@ class MethodPool:
             return self.method, False
         self.method = None  # let the previous one go before the next is built
         method = self.resolved.new_method(self.lm, episode_seed(self.resolved.request.seed, key))
-        method.checkpoints = self.checkpoints.for_stream(key)
+        if self.checkpoints is not None:
+            method.checkpoints = self.checkpoints.for_stream(key)
         self.key, self.method = key, method
         return method, True
+
+
+def start_episode(task: Task, episode: str, methods: MethodPool, watch: Stopwatch) -> tuple[Method, EpisodePlan, bool]:
+    """The episode's method and plan, with the plan's setup injected into a method just built.
+
+    Returns whether the method was just built. A shared method is set up under its key's seed, so
+    its injection is the same whichever episode builds it.
+    """
+    key = task.method_key(episode)
+    method, fresh = methods.get(key)
+    plan = task.plan(episode, method)
+    if fresh and plan.setup:
+        if key != episode:
+            seed_everything(episode_seed(methods.resolved.request.seed, key))
+        with watch("inject_s"):
+            method.inject(plan.setup)
+    return method, plan, fresh
 
 
 def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]:
@@ -320,18 +338,11 @@ def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]
     this episode added, for a shared method), what was injected, and the footprint after each step
     and at the end. A method that returns a wrong number of answers stops the run.
     """
-    key = task.method_key(episode)
-    method, fresh = methods.get(key)
-    before = {} if fresh else dict(method.stats)
-    plan = task.plan(episode, method)
     watch = Stopwatch()
-    injected = []
-    if fresh and plan.setup:
-        if key != episode:  # a shared method is set up the same whichever episode builds it
-            seed_everything(episode_seed(methods.resolved.request.seed, key))
-        with watch("inject_s"):
-            method.inject(plan.setup)
-        injected += plan.setup
+    reused = methods.method if methods.key == task.method_key(episode) else None
+    before = dict(reused.stats) if reused is not None else {}
+    method, plan, fresh = start_episode(task, episode, methods, watch)
+    injected = list(plan.setup) if fresh else []
     steps: list[dict[str, Any]] = []
     for step in plan.steps:
         if step.inject:

@@ -32,12 +32,12 @@ from benchmark.app.breakdown import profile_steps
 from benchmark.app.breakdown import report as breakdown_report
 from benchmark.config import RunParams
 from benchmark.models import LM
-from benchmark.registry import METHODS
 from benchmark.runner import build_run_params, load_run_lm
 from benchmark.targets import make_targets
 from benchmark.threads import omp_wait_policy
 from benchmark.types import Context
 from methods.retain import RetainStream
+from methods.selfparam import SelfParam
 from methods.training import TrainParams, build_student
 from tasks.qa import load_documents
 
@@ -149,8 +149,8 @@ def run_perf(
     ``breakdown=(skip, steps)`` adds the step profile of ``benchmark.app.breakdown`` (figures under
     ``"breakdown"``); ``rounds=0`` then leaves out the throughput comparison.
     """
-    method_cls = METHODS.get("selfparam")
-    params = build_run_params(profile, overrides or {}, method_cls=method_cls)
+    # What bench perf measures is SELF-PARAM's own training against the official code's loop.
+    params = build_run_params(profile, overrides or {}, method_cls=SelfParam)
     run, mp = params["run"], params["method"]
     torch.manual_seed(seed)
     lm = load_run_lm(model, run, device, seed)
@@ -166,12 +166,12 @@ def run_perf(
         official_style(fp32, contexts, retain, 1, mp.lr, seed)  # warm-up (allocations, kernels)
     for _ in range(rounds):
         official.add(official_style(fp32, contexts, retain, official_pairs, mp.lr, seed))
-        fast.add(ours(lm, method_cls, mp, run, contexts, seed))
+        fast.add(ours(lm, SelfParam, mp, run, contexts, seed))
     gemm.append(gemm_gflops(torch.bfloat16))
     steps = None
     if breakdown is not None:
         skip, count = breakdown
-        steps = profile_steps(lm, lambda: method_cls(lm, mp, run, seed), contexts, skip, count)
+        steps = profile_steps(lm, lambda: SelfParam(lm, mp, run, seed), contexts, skip, count)
     bf16 = max(gemm)
     n_params = lm.info.get("parameters", 0)
     limit = bf16 * 1e9 / (4 * n_params) if n_params else 0.0

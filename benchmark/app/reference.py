@@ -70,8 +70,8 @@ def plan(
             notes.append(f"{task} on {dataset}: data not present ({needs})")
             continue
         for method in chosen:
-            if task == "recommendation" and METHODS.get(method).sees_gold_context:
-                continue  # a recommendation point has no gold context to show
+            if TASKS.get(task).method_problem(METHODS.get(method)):
+                continue  # the task does not apply to it (e.g. no gold context for the C+Q oracle)
             cells.append(Cell(method, task, dataset, tuple(settings.items())))
     return cells, notes
 

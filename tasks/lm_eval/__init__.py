@@ -16,6 +16,8 @@ TASKS_DIR = Path(__file__).resolve().parent
 QA_TASKS = {"selfparam_fictional": "fictional", "selfparam_squad": "squad", "selfparam_pwc": "pwc"}
 CQ_SUFFIX = "_cq"  # the same questions with the gold context in the prompt (the C+Q oracle)
 REC_TASKS = {"selfparam_inspired": "inspired", "selfparam_redial": "redial"}
+# The harness task whose first episode injects before each kind of lm-eval task is asked.
+INJECTING_TASK = {"qa": "batch", "crs": "recommendation"}
 
 
 def task_names() -> list[str]:

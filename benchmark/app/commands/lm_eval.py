@@ -1,10 +1,12 @@
 """``bench lm-eval``: evaluate a model after injection with lm-evaluation-harness.
 
-The method is built and injected exactly as in ``bench run --task batch`` (first batch of the data
-set), the injected contexts' probes are exported for the lm-eval tasks in ``tasks/lm_eval``, and
-``method.model`` is wrapped in lm-eval's HFLM in memory. Printed side by side: lm-eval's scores, the
-harness's scorer on lm-eval's predictions, and (unless ``--no-harness``) the harness's own answers
-from the same model with the number of identical predictions.
+The method is built and injected exactly as the first episode of ``bench run`` injects it (the
+first batch of a QA data set, or the training conversations of a recommendation one), through the
+runner's own set-up of that episode; the injected contexts' probes are exported for the lm-eval
+tasks in ``tasks/lm_eval``, and ``method.model`` is wrapped in lm-eval's HFLM in memory. Printed
+side by side: lm-eval's scores, the harness's scorer on lm-eval's predictions, and (unless
+``--no-harness``) the harness's own answers from the same model with the number of identical
+predictions.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Inject a batch of contexts with a method, then evaluate the injected model with "
         "lm-evaluation-harness on the harness's tasks (registered in tasks/lm_eval).",
     )
-    parser.add_argument("--method", default="base_q", help="injection method (default: base_q)")
+    parser.add_argument("--method", help="injection method (default: the reference floor, Base without context)")
     parser.add_argument(
         "--dataset", default="fictional", help="fictional, squad, pwc, inspired or redial (default: fictional)"
     )
@@ -96,7 +97,7 @@ def list_tasks() -> int:
 def export(args: argparse.Namespace) -> int:
     from tasks.lm_eval.export import export_qa, read_export
 
-    if _kind(args.dataset) == "recommendation":
+    if _kind(args.dataset) == "crs":
         from tasks.lm_eval.export_rec import export_recommendation
 
         path = export_recommendation(args.dataset, args.data_dir, limit=args.contexts)
@@ -114,21 +115,31 @@ def _kind(dataset: str) -> str:
     if dataset in QA_TASKS.values():
         return "qa"
     if dataset in REC_TASKS.values():
-        return "recommendation"
+        return "crs"
     known = ", ".join([*QA_TASKS.values(), *REC_TASKS.values()])
     raise BenchError(f"no lm-eval task reads dataset {dataset!r}; bench lm-eval evaluates: {known}")
 
 
 def evaluate(args: argparse.Namespace) -> int:
     from benchmark.api import Method
-    from benchmark.runner import RunRequest, episode_seed, resolve, seed_everything, set_up
+    from benchmark.runner import (
+        MethodPool,
+        RunRequest,
+        Stopwatch,
+        episode_seed,
+        resolve,
+        seed_everything,
+        set_up,
+        start_episode,
+    )
+    from tasks.lm_eval import INJECTING_TASK
 
     dataset = args.dataset
     kind = _kind(dataset)
     tasks = [t.strip() for t in (args.tasks or f"selfparam_{dataset}").split(",") if t.strip()]
     request = RunRequest(
-        method=args.method,
-        task="batch" if kind == "qa" else "recommendation",
+        method=args.method or floor_method(),
+        task=INJECTING_TASK[kind],
         dataset=dataset,
         model=args.model,
         profile=args.profile,
@@ -140,27 +151,23 @@ def evaluate(args: argparse.Namespace) -> int:
     run = resolved.params["run"]
     lm, resolved_task = set_up(resolved)
     task: Any = resolved_task  # a QA or a recommendation task: each branch below uses its own attributes
-    method = resolved.new_method(lm, args.seed)
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="selfparam-lmeval-"))
 
-    # Injection as the runner's task does it: the same contexts under the same seed.
+    # Injection as the runner does it: the task's first episode, its method built and set up under
+    # the same seeds.
+    episode = task.episodes()[0]
+    seed_everything(episode_seed(args.seed, episode))
+    watch = Stopwatch()
+    method, plan, _ = start_episode(task, episode, MethodPool(resolved, lm), watch)
+    contexts = plan.setup
+    inject_s = watch.seconds.get("inject_s", 0.0)
     if kind == "qa":
         from tasks.lm_eval.export import export_qa
 
-        doc_ids = [doc.id for doc in task.documents[: task.params.num_contexts]]
-        contexts = task.contexts(method, doc_ids)
-        seed_everything(episode_seed(args.seed, "batch-0"))
-    else:
-        if method.sees_gold_context:
-            raise BenchError(f"method {args.method!r} does not apply to recommendation (no gold context)")
-        contexts = task.contexts(method)
-        seed_everything(episode_seed(args.seed, "inject"))
-    tick = time.perf_counter()
-    method.inject(contexts)
-    inject_s = time.perf_counter() - tick
+        doc_ids = plan.record["context_ids"]
     if type(method).generate is not Method.generate:
         print(
-            f"note: {args.method} answers through its own generate(); lm-eval sees only its model's "
+            f"note: {resolved.method_cls.name} answers through its own generate(); lm-eval sees only its model's "
             "weights, not what it retrieves or remembers outside them",
             file=sys.stderr,
         )
@@ -176,7 +183,7 @@ def evaluate(args: argparse.Namespace) -> int:
     results = run_lm_eval(method.model, lm, tasks, data_dir, run.eval_batch_size, args.limit, gen_kwargs)
 
     report: dict[str, Any] = {
-        "method": args.method,
+        "method": resolved.method_cls.name,
         "model": resolved.model,
         "dataset": dataset,
         "profile": args.profile,
@@ -206,6 +213,16 @@ def evaluate(args: argparse.Namespace) -> int:
         args.output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         print(f"scores: {args.output}")
     return 0
+
+
+def floor_method() -> str:
+    """The registered method every gain is measured against (its class declares role "floor")."""
+    from benchmark.registry import METHODS
+
+    floors = [name for name, cls in METHODS.items() if cls.role == "floor"]
+    if not floors:
+        raise BenchError("no registered method declares role 'floor'; name one with --method")
+    return floors[0]
 
 
 def run_lm_eval(
@@ -306,7 +323,9 @@ def harness_generation(
     from tasks.qa import per_context, summarize_contexts
 
     asked = {(s["doc"]["context_id"], s["doc"]["question"]): lm_eval_prediction(s) for s in samples}
-    records = [r for r in task.probe(method, doc_ids) if (r["context_id"], r["question"]) in asked]
+    step = task.probe_step(method, doc_ids)
+    predictions = task.score(step, method.answer(step.prompts))["predictions"]
+    records = [r for r in predictions if (r["context_id"], r["question"]) in asked]
     scores = summarize_contexts(list(per_context(records).values()), seed)
     same = sum(asked[(r["context_id"], r["question"])] == r["prediction"] for r in records)
     return {
