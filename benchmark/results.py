@@ -20,7 +20,7 @@ import platform
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from benchmark.errors import BenchError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _PACKAGES = ("selfparam-bench", "torch", "transformers", "peft", "numpy", "accelerate", "tokenizers")
 
@@ -110,7 +109,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             raise
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False, default=str) + "\n")
 
 

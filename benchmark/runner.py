@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ from benchmark.method_info import MethodInfo
 from benchmark.models import LM, load_lm
 from benchmark.registry import METHODS, TASKS
 from benchmark.results import (
-    SCHEMA_VERSION,
     PartialLog,
     RunLock,
     config_hash,
@@ -43,6 +42,7 @@ from benchmark.results import (
     result_path,
     write_json_atomic,
 )
+from benchmark.schema import SCHEMA_VERSION, EpisodeRecord, Result, split_scores, with_units
 from benchmark.task_info import TaskInfo
 from benchmark.threads import omp_wait_policy
 
@@ -249,10 +249,18 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         records.append(record)
     order = {e: i for i, e in enumerate(episodes)}
     records.sort(key=lambda r: order[r["episode"]])
+    # The task's aggregate as flat summaries plus details (``nested_scores`` gives it back), and each
+    # episode with its per-unit scores: the same conversion that reads schema-1 files.
+    scores, details = split_scores(task.aggregate(records))
 
-    result = {
+    result: Result = {
         "schema_version": SCHEMA_VERSION,
-        **resolved.identity,
+        "task": resolved.identity["task"],
+        "method": resolved.identity["method"],
+        "dataset": resolved.identity["dataset"],
+        "model": resolved.identity["model"],
+        "profile": resolved.identity["profile"],
+        "seed": resolved.identity["seed"],
         # What tables show of the method (row name, storage class S, order, role), so they need not import it.
         "method_info": MethodInfo.of_class(resolved.method_cls).record(),
         # What tables know of the task's scores (labels, the primary one, units, curves), likewise.
@@ -282,14 +290,15 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         "git_commit": git_commit(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "scores": task.aggregate(records),
+        "scores": scores,
+        "details": details,
         "cost": total_cost(records),
-        "episodes": records,
+        "episodes": [cast(EpisodeRecord, with_units(r)) for r in records],
     }
     write_json_atomic(path, result)
     log.remove()
     checkpoints.remove_all()
-    return RunOutcome(path, result, reused=False, resumed_episodes=len(done_ids & set(episodes)))
+    return RunOutcome(path, dict(result), reused=False, resumed_episodes=len(done_ids & set(episodes)))
 
 
 class MethodPool:

@@ -17,10 +17,10 @@ from typing import Any
 
 from benchmark.method_info import MethodInfo
 from benchmark.results import safe_name
+from benchmark.schema import upgrade_all
 from benchmark.task_info import TaskInfo
 from leaderboard import extract, meta
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_number, fmt_score
-from leaderboard.upgrade import upgrade_all
 
 Result = dict[str, Any]
 Summary = dict[str, Any]

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from benchmark.metrics import cluster_summary, paired_difference
+from benchmark.schema import as_summary as as_summary  # re-exported for readers
+from benchmark.schema import is_summary, upgrade
+from benchmark.schema import number as number  # re-exported for readers
 from benchmark.task_info import TaskInfo
 from leaderboard import meta
-from leaderboard.upgrade import as_summary as as_summary  # re-exported for readers
-from leaderboard.upgrade import is_summary, upgrade
-from leaderboard.upgrade import number as number  # re-exported for readers
 
 Summary = dict[str, Any]  # {"mean", "ci_low", "ci_high", "n"}
 Units = dict[tuple[str, ...], float]  # (seed, episode, context or test point[, gold item]) -> value

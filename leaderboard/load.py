@@ -1,5 +1,5 @@
 """Reading result files: every finished run's JSON under the given files or folders, in the shape
-readers expect (``leaderboard.upgrade``)."""
+readers expect (``benchmark.schema.upgrade``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import BenchError
-from leaderboard.upgrade import upgrade
+from benchmark.schema import upgrade
 
 # Keys without which a JSON file is not a result file of this harness.
 REQUIRED_KEYS = ("task", "method", "dataset", "model", "scores")

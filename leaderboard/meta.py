@@ -18,8 +18,8 @@ from typing import Any
 
 from benchmark.method_info import MethodInfo
 from benchmark.registry import METHODS, TASKS
+from benchmark.schema import upgrade
 from benchmark.task_info import MetricInfo, TaskInfo
-from leaderboard.upgrade import upgrade
 
 Result = dict[str, Any]
 UNNAMED_FLOOR = "the floor"

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmark.method_info import MethodInfo
+from benchmark.schema import upgrade_all
 from leaderboard import extract, meta
 from leaderboard.paper import (
     PAPER_TABLE1,
@@ -39,7 +40,6 @@ from leaderboard.paper import (
     paper_row,
 )
 from leaderboard.render import MISSING, Table, fmt_bytes, fmt_score
-from leaderboard.upgrade import upgrade_all
 
 Result = dict[str, Any]
 TABLE_IDS = ("1", "2", "3", "4")

@@ -1,4 +1,5 @@
-"""Hand-made result files for the table and leaderboard tests (shapes as the runner writes them)."""
+"""Hand-made result files for the table and leaderboard tests (schema 1: the shapes the runner wrote before
+schema 2, which readers upgrade)."""
 
 from __future__ import annotations
 

@@ -229,7 +229,7 @@ def test_the_grounding_rate_is_in_a_batch_result(bench, tmp_path):
     assert "targets: cloze" in stdout and "grounding rate 1.00" in stdout
     (path,) = (tmp_path / "batch").rglob("ft_sentences__*.json")
     result = json.loads(path.read_text())
-    section = result["scores"]["targets"]
+    section = result["details"]["targets"]
     assert section["generator"] == "cloze" and section["contexts"] == 3
     assert section["grounding_rate"]["mean"] == 1.0 and section["grounding_rate"]["n"] == 3
     episode = result["episodes"][0]
@@ -237,7 +237,7 @@ def test_the_grounding_rate_is_in_a_batch_result(bench, tmp_path):
     code, _, err = bench("run", "--method", "base_q", "--task", "batch", "--profile", "smoke", "--out", tmp_path)
     assert code == 0, err
     (path,) = (tmp_path / "batch").rglob("base_q__*.json")
-    assert "targets" not in json.loads(path.read_text())["scores"]  # no target sentences, no section
+    assert "targets" not in json.loads(path.read_text())["details"]  # no target sentences, no section
 
 
 def test_the_grounding_rate_of_records_that_do_not_carry_it(tiny_lm):

@@ -8,6 +8,7 @@ import pytest
 
 from benchmark.registry import register_method
 from benchmark.runner import RunRequest, run
+from benchmark.schema import nested_scores
 from benchmark.types import Document
 from methods.base import Method
 from tasks.data.base import split_of
@@ -66,7 +67,7 @@ def test_step_count_and_matrix_shape(tmp_path, recording_methods, tiny_lm):
     gold.update(gold_answers())
     outcome = run_seq(tmp_path, tiny_lm, num_sequences=2, sequence_length=4)
     data = json.loads(outcome.path.read_text())
-    scores = data["scores"]
+    scores = nested_scores(data)
     assert (scores["num_sequences"], scores["sequence_length"]) == (2, 4)
     assert len(data["episodes"]) == 2
     for record in data["episodes"]:
@@ -95,7 +96,7 @@ def test_retention_by_distance_sees_forgetting(tmp_path, recording_methods, tiny
     gold, _ = recording_methods
     gold.update(gold_answers())
     done = run_seq(tmp_path, tiny_lm, method="test-remember-last", num_sequences=2, sequence_length=3)
-    scores = done.result["scores"]
+    scores = nested_scores(done.result)
     assert scores["efficacy"]["qa_f1"]["mean"] == 1.0
     assert [r["qa_f1"]["mean"] for r in scores["retention"]] == [1.0, 0.0, 0.0]
     assert scores["retention_mean"]["qa_f1"]["mean"] == 0.0
@@ -147,10 +148,10 @@ def test_fewer_contexts_than_asked_uses_what_exists(tmp_path, recording_methods,
         gold[f"What colour is item {i}?"] = "blue"
     path.write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING, logger="tasks.sequential"):
-        scores = run_seq(tmp_path, tiny_lm, dataset=str(path), num_sequences=2, sequence_length=2).result["scores"]
+        scores = nested_scores(run_seq(tmp_path, tiny_lm, dataset=str(path), num_sequences=2, sequence_length=2).result)
     assert (scores["num_sequences"], scores["sequence_length"]) == (1, 2)
     assert "fewer than the 2 x 2 asked for" in caplog.text
-    scores = run_seq(tmp_path, tiny_lm, dataset=str(path), num_sequences=1, sequence_length=5).result["scores"]
+    scores = nested_scores(run_seq(tmp_path, tiny_lm, dataset=str(path), num_sequences=1, sequence_length=5).result)
     assert (scores["num_sequences"], scores["sequence_length"]) == (1, 3)
     assert len(scores["matrix"]["qa_f1"]) == 4
 
@@ -172,7 +173,7 @@ def test_squad_sequences_from_shared_data(tmp_path, recording_methods, tiny_lm, 
     gold, instances = recording_methods
     gold.update(gold_answers("squad", 4))
     outcome = run_seq(tmp_path, tiny_lm, dataset="squad", num_sequences=2, sequence_length=2)
-    scores = outcome.result["scores"]
+    scores = nested_scores(outcome.result)
     assert outcome.result["dataset"] == "squad"
     ids = [d.id for d in load_documents("squad", "", 4, 0)]  # test split, spread over articles
     assert len({i.rsplit("-", 1)[0] for i in ids}) == 4

@@ -13,9 +13,9 @@ from resultfiles import batch, recommendation, result, sequential, summary, with
 from benchmark.api import Task
 from benchmark.metrics import exact_match, summarize
 from benchmark.registry import TASKS
+from benchmark.schema import SCHEMA_VERSION, upgrade
 from benchmark.task_info import MetricInfo, TaskInfo
 from leaderboard import extract, meta
-from leaderboard.upgrade import READ_VERSION, upgrade
 from tasks.batch import BatchTask
 
 
@@ -137,7 +137,7 @@ def test_upgrade_flattens_scores_and_keeps_the_rest_as_details():
     frozen = copy.deepcopy(old)
     view = upgrade(old)
     assert old == frozen  # the file's dict is untouched
-    assert view["schema_version"] == READ_VERSION and upgrade(view) is view
+    assert view["schema_version"] == SCHEMA_VERSION and upgrade(view) is view
     assert view["scores"]["efficacy.qa_f1"] == summary(0.5) and view["scores"]["before.qa_f1"] == summary(0.0)
     assert "num_sequences" not in view["scores"] and view["details"]["num_sequences"] == 2
     assert view["details"]["curves"] == {"qa_f1": [0.0, 0.5, 0.4], "acc": [0.0, 0.5, 0.4]}

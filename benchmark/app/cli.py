@@ -27,6 +27,7 @@ from benchmark.app import commands
 from benchmark.config import PROFILES, RUN_PROFILES, RunParams, declared_ranges, field_default, parse_overrides
 from benchmark.errors import BenchError, Terminated
 from benchmark.registry import DATASETS, METHODS, TASKS
+from benchmark.schema import nested_scores
 from benchmark.threads import choose_omp_wait_policy
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def print_outcome(outcome: RunOutcome) -> None:
         print("(already complete: shown from the result file; --force recomputes)")
     elif outcome.resumed_episodes:
         print(f"(resumed: {outcome.resumed_episodes} episodes taken from the interrupted attempt)")
-    print(task_cls.summary(result["scores"]))
+    print(task_cls.summary(nested_scores(result)))  # a reused file may be of schema 1
     cost = result["cost"]
     parts = [f"wall {cost.get('wall_s', 0):.1f}s"]
     if cost.get("train_tokens"):

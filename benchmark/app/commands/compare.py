@@ -112,8 +112,8 @@ def verdict(diff: dict[str, float]) -> str:
 
 def read_result(path: Path) -> Result:
     """One result file (in the shape readers expect), or a one-line BenchError saying why it is not one."""
+    from benchmark.schema import upgrade
     from leaderboard.load import REQUIRED_KEYS
-    from leaderboard.upgrade import upgrade
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

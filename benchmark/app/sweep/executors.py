@@ -18,6 +18,7 @@ from benchmark.app.sweep.spec import Cell, one_line
 from benchmark.app.sweep.status import DONE, FAILED, SKIPPED
 from benchmark.errors import BenchError
 from benchmark.runner import RunRequest
+from benchmark.schema import nested_scores
 
 RAY_INSTALL_HINT = "Ray is not installed: pip install 'selfparam-bench[ray]' (or pip install 'ray[default]')"
 
@@ -38,7 +39,7 @@ def run_cell(request: RunRequest) -> dict[str, Any]:
         "status": SKIPPED if outcome.reused else DONE,
         "path": str(outcome.path),
         "resumed_episodes": outcome.resumed_episodes,
-        "headline": headline(outcome.result.get("scores", {})),
+        "headline": headline(nested_scores(outcome.result)),
         "wall_s": time.perf_counter() - tick,
     }
 

@@ -1,37 +1,102 @@
-"""The one place that knows how older result files spelled their scores: ``upgrade``.
+"""The result file's contract, schema 2: its typed shape, and the one conversion from schema 1.
 
-Tables, the leaderboard and ``bench compare`` read results in one shape (``READ_VERSION``):
+A result file (``Result``) holds the run's identity, what tables show of the method and the task
+(``method_info``, ``task_info``: see ``benchmark.method_info`` and ``benchmark.task_info``), the
+config and environment, and the scores in two parts:
 
 - ``scores`` is flat: score name -> summary ``{"mean", "ci_low", "ci_high", "n"}``. A score nested
   in another is named by its path (``efficacy.qa_f1`` is ``qa_f1`` inside ``efficacy``). Recall@k
   under filter r is ``recall@k_r``.
 - ``details`` holds what is not a summary: ``curves`` (score -> its mean after each step 0..L, or
-  None where a step has none), ``matrices`` (score -> step × context means), and the file's other
-  top-level scores that are not summaries (counts, per-step rows, retention by distance) as they are.
+  None where a step has none), ``matrices`` (score -> step × context means), and the task's other
+  top-level scores that are not summaries (counts, per-step rows, retention by distance, sections
+  such as ``targets``) as the task's ``aggregate`` returned them.
 - every episode carries ``per_unit``, one entry per probing step (the final one last; one entry
   when the task probes once): unit id -> score name -> the unit's value, or a list of values (one
   per gold item of a recommendation test point); and ``asked``: unit id -> what was asked of it
   (questions, or gold items) at the final step. These are what a paired comparison matches and a
-  bootstrap resamples. An entry is None where the file has no per-unit scores for that step.
+  bootstrap resamples. An entry is None where the file has no per-unit scores for that step. The
+  episode's own record, as the task wrote it, is kept beside them.
 
-Every other field (``task_info``, ``method_info``, config, cost, the episodes' own records) is kept
-as the file has it. The metadata is read by ``leaderboard.meta``: a file without ``task_info`` is
-described by its registered task class.
-
-Result files are written as schema 1: the shape each task's ``aggregate`` returns, episodes as each
-task records them. ``upgrade`` turns such a file (and the other spellings the leaderboard accepted
-before tasks declared their metrics) into the shape above; a result already in it passes through.
+Schema 1 files held the nested dict each task's ``aggregate`` returns as ``scores`` and episodes as
+each task records them. ``upgrade`` turns such a file (and the other spellings the leaderboard
+accepted before tasks declared their metrics) into schema 2; the runner writes schema 2 through the
+same functions (``split_scores``, ``with_units``), and ``nested_scores`` gives back what
+``aggregate`` returned (what a task's ``summary`` reads) from a file of either schema.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Required, TypedDict, cast
 
-READ_VERSION = 2
-Result = dict[str, Any]
-Summary = dict[str, Any]
+SCHEMA_VERSION = 2
+
+
+class Summary(TypedDict):
+    """A mean with its bootstrap 95% interval over ``n`` units (no interval: None)."""
+
+    mean: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int | None
+
+
+class Details(TypedDict, total=False):
+    """What is not a summary. Besides these two keys it holds the aggregate's other non-summary
+    top-level values under their own names (``steps``, ``retention``, ``num_sequences``, ...)."""
+
+    curves: dict[str, list[float | None]]
+    matrices: dict[str, list[list[float | None]]]
+
+
+PerUnit = dict[str, dict[str, Any]]  # unit id -> score name -> value (or one value per gold item)
+
+
+class EpisodeRecord(TypedDict, total=False):
+    """What every episode record holds; the task's own fields (``steps``, ``per_context``,
+    ``predictions``, ``context_ids``, ...) come beside these."""
+
+    episode: Required[str]
+    per_unit: list[PerUnit | None]
+    asked: dict[str, list[str]]
+    num_contexts: int
+    num_targets: int
+    cost: dict[str, Any]
+    footprint: dict[str, Any]
+
+
+class Result(TypedDict):
+    """A result file as the runner writes it."""
+
+    schema_version: int
+    task: str
+    method: str
+    dataset: str
+    model: str
+    profile: str
+    seed: int
+    method_info: dict[str, Any]
+    task_info: dict[str, Any]
+    config: dict[str, Any]
+    overrides: dict[str, str]
+    profile_entries: dict[str, list[str]]
+    model_info: dict[str, Any]
+    versions: dict[str, str]
+    threads: dict[str, Any]
+    git_commit: str | None
+    started_at: str
+    finished_at: str
+    scores: dict[str, Summary]
+    details: Details
+    cost: dict[str, Any]
+    episodes: list[EpisodeRecord]
+
+
+# Details keys the conversion fills itself: an aggregate's own value under these names is not kept.
+RESERVED_DETAILS = ("curves", "matrices")
 
 # Spellings of schema 1 and earlier hand-made files. Per-step mean QA-F1 (a list, or {step: value})
 # under any of these keys, at the top of the scores or inside "qa_f1":
@@ -65,7 +130,7 @@ def is_summary(value: Any) -> bool:
     return isinstance(value, dict) and number(value.get("mean")) is not None
 
 
-def as_summary(value: Any) -> Summary | None:
+def as_summary(value: Any) -> dict[str, Any] | None:
     """A summary dict from a summary dict or a bare number (then without interval)."""
     if isinstance(value, dict) and is_summary(value):
         return value
@@ -74,12 +139,25 @@ def as_summary(value: Any) -> Summary | None:
     return None
 
 
-def upgrade(result: Result) -> Result:
-    """``result`` in the shape readers expect; the file's dict is not changed."""
-    if result.get("schema_version") == READ_VERSION:
-        return result
+def upgrade(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` in the current shape; the file's dict is not changed. A result already in it
+    passes through as it is."""
+    if result.get("schema_version") == SCHEMA_VERSION:
+        return result if isinstance(result, dict) else dict(result)
     raw = result.get("scores")
-    raw = raw if isinstance(raw, dict) else {}
+    scores, details = split_scores(raw if isinstance(raw, dict) else {})
+    episodes = result.get("episodes")
+    episodes = [with_units(e) for e in episodes if isinstance(e, dict)] if isinstance(episodes, list) else []
+    return {**result, "schema_version": SCHEMA_VERSION, "scores": scores, "details": details, "episodes": episodes}
+
+
+def upgrade_all(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [upgrade(r) for r in results]
+
+
+def split_scores(raw: dict[str, Any]) -> tuple[dict[str, Summary], Details]:
+    """Nested scores (what a task's ``aggregate`` returns, or a schema-1 file's ``scores``) as flat
+    ``scores`` and ``details``."""
     scores = _flat(raw)
     for name, summary in list(scores.items()):  # a name the file holds itself wins over another spelling
         canonical = _recall_name(name)
@@ -90,19 +168,35 @@ def upgrade(result: Result) -> Result:
     curve = _curve(raw, matrix)
     details["curves"] = {**_row_curves(raw.get("steps")), **({"qa_f1": curve} if curve else {})}
     details["matrices"] = {"qa_f1": matrix} if matrix else {}
-    episodes = result.get("episodes")
-    episodes = [_episode(e) for e in episodes if isinstance(e, dict)] if isinstance(episodes, list) else []
-    return {**result, "schema_version": READ_VERSION, "scores": scores, "details": details, "episodes": episodes}
+    return scores, cast(Details, details)
 
 
-def upgrade_all(results: list[Result]) -> list[Result]:
-    return [upgrade(r) for r in results]
+def nested_scores(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The scores as the task's ``aggregate`` returned them (what ``Task.summary`` reads), from a
+    result of either schema: a schema-1 file holds them as they are; in schema 2 they are the
+    top-level summaries and the details other than ``curves`` and ``matrices`` (which hold the
+    summaries nested in them under their dotted names)."""
+    raw = result.get("scores")
+    scores: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if result.get("schema_version") != SCHEMA_VERSION:
+        return dict(scores)
+    found = result.get("details")
+    details: dict[str, Any] = found if isinstance(found, dict) else {}
+    spellings = {name: _recall_name(name) for name in scores}
+    aliases = {alias for name, alias in spellings.items() if alias and scores.get(alias) == scores[name]}
+    nested: dict[str, Any] = {}
+    for name, summary in scores.items():
+        if name in aliases or ("." in name and name.split(".", 1)[0] in details):
+            continue  # another spelling of a score, or a summary inside a detail
+        nested[name] = summary
+    nested.update((k, v) for k, v in details.items() if k not in RESERVED_DETAILS)
+    return nested
 
 
 # ---- scores ---------------------------------------------------------------------------------------
-def _flat(scores: dict[str, Any], prefix: str = "") -> dict[str, Summary]:
+def _flat(scores: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Every summary among the scores, by its dotted path, in the file's order."""
-    found: dict[str, Summary] = {}
+    found: dict[str, Any] = {}
     for key, value in scores.items():
         name = f"{prefix}{key}"
         if is_summary(value):
@@ -186,10 +280,7 @@ def _matrix(scores: dict[str, Any]) -> list[list[float | None]] | None:
 
 
 # ---- per-unit scores --------------------------------------------------------------------------------
-PerUnit = dict[str, dict[str, Any]]
-
-
-def _episode(episode: dict[str, Any]) -> dict[str, Any]:
+def with_units(episode: dict[str, Any]) -> dict[str, Any]:
     """The episode with ``per_unit`` and ``asked``, from whichever schema-1 record it is:
 
     - probed after every step (``steps``: each with ``per_context`` and ``predictions``); a
