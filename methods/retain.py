@@ -188,3 +188,47 @@ class RetainQuestions:
             random.Random(self.seed).shuffle(self.pool)
         start, self.position = self.position, self.position + n
         return [self.pool[(start + i) % len(self.pool)] for i in range(n)]
+
+
+class RetainChats:
+    """Unrelated chat exchanges: a user message in the model's chat template and the base model's
+    own greedy reply, as token ids with the index of the position that predicts the reply.
+
+    The messages are passages of the retain source (``RetainStream``), so they say nothing about
+    any injected context. Trained against the retain teacher reading exactly what the student
+    reads, they tell the student to keep answering a chat message the way the model did before
+    injection; without them, training on dialog transcripts teaches a small model to continue the
+    dialog instead of replying (``retain_chat_per_target``; not in the official code, off by
+    default). The pool is made once per method, at first use.
+    """
+
+    SEED_OFFSET = 7919  # another order of the retain source than the retain texts'
+
+    def __init__(self, lm: LM, source: str, message_tokens: int, reply_tokens: int, pool: int, seed: int) -> None:
+        self.lm = lm
+        self.source, self.message_tokens, self.reply_tokens = source, message_tokens, reply_tokens
+        self.size = max(1, pool)
+        self.seed = seed
+        self.pool: list[tuple[list[int], int]] | None = None
+        self.position = 0
+
+    def take(self, n: int) -> list[tuple[list[int], int]]:
+        if n <= 0:
+            return []
+        if self.pool is None:
+            self.pool = self._make()
+        start, self.position = self.position, self.position + n
+        return [self.pool[(start + i) % len(self.pool)] for i in range(n)]
+
+    def _make(self) -> list[tuple[list[int], int]]:
+        lm = self.lm
+        stream = RetainStream(lm, self.source, self.message_tokens, self.seed + self.SEED_OFFSET)
+        messages = [lm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in stream.take(self.size)]
+        prompts = [lm.apply_chat_template(m) for m in messages]
+        replies = lm.generate(prompts, max_new_tokens=self.reply_tokens, stop_at_newline=False, progress="retain chats")
+        pool = []
+        for prompt, reply in zip(prompts, replies):
+            head = lm.encode(prompt)
+            tail = lm.encode(reply, add_bos=False) or [lm.tokenizer.eos_token_id]
+            pool.append((head + tail, len(head) - 1))
+        return pool

@@ -11,8 +11,9 @@ before each injection (in sequential injection it already holds the earlier ones
 Differences from the official loop, for speed, each a parameter: examples are batched instead of
 one optimizer step each (``batch_size``); teacher distributions are computed once and cached
 (``teacher_cache``), optionally top-k with a tail bucket (``teacher_topk``); a fixed pool of retain
-texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time). One
-addition, off by default: (d) unrelated questions (``retain_qa_per_target``, see methods/retain.py).
+texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time). Two
+additions, off by default: (d) unrelated questions (``retain_qa_per_target``) and (e) unrelated chat
+exchanges (``retain_chat_per_target``), see methods/retain.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from benchmark.errors import BenchError
 from benchmark.registry import register_method
 from benchmark.types import Context
-from methods.retain import RetainQuestions, RetainStream
+from methods.retain import RetainChats, RetainQuestions, RetainStream
 from methods.sentences import SentenceParams, frame, sentence_prefixes
 from methods.training import (
     Dist,
@@ -55,6 +56,12 @@ class SelfParamParams(SentenceParams):
     # Unrelated "Question: … Answer: …" sentences per target sentence and epoch, framed like the
     # targets, the teacher reading them without the context (not in the official code; 0 = off).
     retain_qa_per_target: float = 0.0
+    # Unrelated chat exchanges per target sentence and epoch: a passage of the retain source as a
+    # user message in the chat template and the untouched model's own reply, the teacher reading
+    # them as the student does (not in the official code; 0 = off; see methods/retain.py).
+    retain_chat_per_target: float = 0.0
+    retain_chat_pool: int = 32  # distinct exchanges, made once per run and reused
+    retain_chat_reply_tokens: int = 64  # the length of the model's reply that is scored
     targets_per_epoch: int = 0  # target sentences per context and epoch, taken in turn; 0 = all
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
     # The teacher of the retain terms (c) and (d); "" = the same as ``teacher``. "current" with
@@ -79,6 +86,9 @@ class SelfParamParams(SentenceParams):
         "retain_tokens": ">= 1",
         "retain_pool": ">= 0",
         "retain_qa_per_target": ">= 0",
+        "retain_chat_per_target": ">= 0",
+        "retain_chat_pool": ">= 1",
+        "retain_chat_reply_tokens": ">= 1",
         "targets_per_epoch": ">= 0",
         "teacher_topk": ">= 0",
         "teacher_share_prefix": ">= 0",
@@ -158,6 +168,14 @@ class SelfParam(TrainedMethod):
                 raise BenchError(f"unknown {name} {value!r}; use original or current")
         self.retain = RetainStream(lm, params.retain_source, params.retain_tokens, seed)
         self.retain_questions = RetainQuestions(seed)
+        self.retain_chats = RetainChats(
+            lm,
+            params.retain_source,
+            params.retain_tokens,
+            params.retain_chat_reply_tokens,
+            params.retain_chat_pool,
+            seed,
+        )
 
     def inject(self, contexts: list[Context]) -> None:
         tick = time.perf_counter()
@@ -170,7 +188,7 @@ class SelfParam(TrainedMethod):
             kind: self.lm.model if choice == "original" else snapshot
             for kind, choice in (("target", p.teacher), ("retain", p.retain_teacher or p.teacher))
         }
-        plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng, self.retain_questions)
+        plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng, self.retain_questions, self.retain_chats)
         per_epoch = plan.examples_per_epoch()
         total = p.epochs * steps_per_epoch(per_epoch, p.batch_size)
         trainer = Trainer(student, self.lm, p, total, temperature=p.temperature)
@@ -217,9 +235,11 @@ class InjectionPlan:
         retain: RetainStream,
         rng,
         retain_questions: RetainQuestions | None = None,
+        retain_chats: RetainChats | None = None,
     ) -> None:
         self.lm, self.p, self.retain, self.rng = lm, p, retain, rng
         self.retain_questions = retain_questions or RetainQuestions(0)
+        self.retain_chats = retain_chats
         bos = lm.tokenizer.bos_token_id
         self.bos = [bos] if bos is not None else []
         self.contexts = [lm.encode(c.text, add_bos=False) for c in contexts]
@@ -253,14 +273,16 @@ class InjectionPlan:
         self.fresh_retain: list[Any] = []  # keys of this epoch's one-off retain texts
         self.next_text = 0
 
-    def _counts(self, c: int) -> tuple[int, int, int, int]:
-        """Examples of context ``c`` per epoch: targets, context suffixes, retain texts, retain QA."""
+    def _counts(self, c: int) -> tuple[int, int, int, int, int]:
+        """Examples of context ``c`` per epoch: targets, context suffixes, retain texts, retain QA,
+        retain chats."""
         n = len(self.sentences[c])
         if self.p.targets_per_epoch:
             n = min(n, self.p.targets_per_epoch)
         n_ctx = round(self.p.context_per_target * n) if self.p.context_loss else 0
         n_ret = round(self.p.retain_per_target * n)
-        return n, n_ctx, n_ret, round(self.p.retain_qa_per_target * n)
+        n_chat = round(self.p.retain_chat_per_target * n) if self.retain_chats is not None else 0
+        return n, n_ctx, n_ret, round(self.p.retain_qa_per_target * n), n_chat
 
     def examples_per_epoch(self) -> int:
         return sum(sum(self._counts(c)) for c in range(len(self.contexts)))
@@ -273,7 +295,7 @@ class InjectionPlan:
         self.fresh_retain = []
         examples: list[Example] = []
         for c, ctx in enumerate(self.contexts):
-            n, n_ctx, n_ret, n_qa = self._counts(c)
+            n, n_ctx, n_ret, n_qa, n_chat = self._counts(c)
             sentences = self.sentences[c]
             for i in range(n):
                 j = (epoch * n + i) % len(sentences)
@@ -316,6 +338,13 @@ class InjectionPlan:
                 self.fresh_retain.append(key)
                 self.specs[key] = TeacherSpec(framed.ids, framed.first)
                 examples.append(Example(framed.ids, framed.first, "retain_qa", p.retain_weight, (key, 0)))
+            chats = self.retain_chats.take(n_chat) if self.retain_chats is not None else []
+            for ids, first in chats:  # the teacher reads them as the student does, without the context
+                key = ("ret-chat", c, self.next_text)
+                self.next_text += 1
+                self.fresh_retain.append(key)
+                self.specs[key] = TeacherSpec(ids, first)
+                examples.append(Example(ids, first, "retain_chat", p.retain_weight, (key, 0)))
         return examples
 
     def teacher_targets(

@@ -311,3 +311,53 @@ def test_retain_teacher_current_with_the_original_target_teacher(tiny_lm, monkey
     assert {(base, trained) for base, trained, _ in seen} == {(True, False), (False, True)}
     with pytest.raises(BenchError, match="unknown retain_teacher"):
         SelfParam(tiny_lm, small(retain_teacher="newest"), RunParams(), seed=0)
+
+
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}<|assistant|>"
+
+
+def test_retain_chats_are_the_models_own_replies_read_without_the_context(tiny_lm, monkeypatch):
+    from methods.retain import RetainChats, RetainQuestions, RetainStream
+    from methods.selfparam import InjectionPlan
+
+    monkeypatch.setattr(tiny_lm.tokenizer, "chat_template", CHAT_TEMPLATE, raising=False)
+    p = small(retain_chat_per_target=2.0, retain_per_target=0, context_loss=False)
+    chats = RetainChats(tiny_lm, "model", 8, 6, 3, seed=0)
+    plan = InjectionPlan(
+        tiny_lm,
+        [Context("c0", CONTEXT, [SENTENCE])],
+        p,
+        RetainStream(tiny_lm, "model", 8, 0),
+        random.Random(0),
+        RetainQuestions(0),
+        chats,
+    )
+    examples = plan.epoch(0)
+    assert [e.kind for e in examples] == ["qa", "retain_chat", "retain_chat"]
+    context_ids = tiny_lm.encode(CONTEXT, add_bos=False)
+    for e in examples[1:]:
+        spec = plan.specs[e.teacher[0]]
+        assert (spec.ids, spec.first) == (e.ids, e.first)  # the teacher reads what the student reads
+        assert context_ids[:5] != spec.ids[1:6]
+        prompt = tiny_lm.tokenizer.decode(e.ids[: e.first + 1])
+        assert "<|user|>" in prompt and prompt.rstrip().endswith("<|assistant|>")
+        reply = tiny_lm.generate([prompt], max_new_tokens=6, stop_at_newline=False)[0]
+        assert e.ids[e.first + 1 :] == (tiny_lm.encode(reply, add_bos=False) or [tiny_lm.tokenizer.eos_token_id])
+    assert len(chats.pool or []) == 3 and plan.epoch(1)[1].ids == chats.pool[2][0]  # the pool cycles
+
+
+def test_retain_chats_off_asks_nothing_of_the_model(tiny_lm, monkeypatch):
+    from methods.retain import RetainChats, RetainQuestions, RetainStream
+    from methods.selfparam import InjectionPlan
+
+    monkeypatch.setattr(tiny_lm, "generate", lambda *a, **k: pytest.fail("generated without retain chats"))
+    plan = InjectionPlan(
+        tiny_lm,
+        [Context("c0", CONTEXT, [SENTENCE])],
+        small(retain_per_target=0, retain_pool=0, context_loss=False),
+        RetainStream(tiny_lm, "model", 8, 0),
+        random.Random(0),
+        RetainQuestions(0),
+        RetainChats(tiny_lm, "model", 8, 6, 3, seed=0),
+    )
+    assert [e.kind for e in plan.epoch(0)] == ["qa"]
