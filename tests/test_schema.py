@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_recommendation import PROBES, make_data_root
 
 from benchmark.results import config_hash, partial_path
 from benchmark.runner import RunRequest, resolve, run, set_up
@@ -20,7 +21,17 @@ TASKS = ("batch", "sequential", "recommendation")
 
 
 def smoke(tmp_path: Path, task: str, method: str = "base_q", **overrides: str) -> RunRequest:
-    return RunRequest(method=method, task=task, profile="smoke", out=tmp_path / "runs", overrides=overrides)
+    dataset = None
+    if task == "recommendation":  # fixture files, so that no shared data is needed
+        root = tmp_path / "data"
+        if not root.exists():
+            make_data_root(root, PROBES)
+        fixture = {"data_path": str(root), "num_probes": "0", "probes_per_episode": "2", "num_conversations": "0"}
+        overrides = {**fixture, **overrides}
+        dataset = "redial"
+    return RunRequest(
+        method=method, task=task, dataset=dataset, profile="smoke", out=tmp_path / "runs", overrides=overrides
+    )
 
 
 def schema_1(result: dict[str, Any]) -> dict[str, Any]:
