@@ -323,21 +323,33 @@ class MethodPool:
         return method, True
 
 
-def start_episode(task: Task, episode: str, methods: MethodPool, watch: Stopwatch) -> tuple[Method, EpisodePlan, bool]:
+@dataclass
+class StartedEpisode:
+    """An episode's method and plan after its setup; ``stats_before`` are the method's counters
+    before it (empty for a method just built), so the episode records only what it added."""
+
+    method: Method
+    plan: EpisodePlan
+    fresh: bool  # built for this episode, and so set up by it
+    stats_before: dict[str, Any]
+
+
+def start_episode(task: Task, episode: str, methods: MethodPool, watch: Stopwatch) -> StartedEpisode:
     """The episode's method and plan, with the plan's setup injected into a method just built.
 
-    Returns whether the method was just built. A shared method is set up under its key's seed, so
-    its injection is the same whichever episode builds it.
+    A shared method is set up under its key's seed, so its injection is the same whichever
+    episode builds it.
     """
     key = task.method_key(episode)
     method, fresh = methods.get(key)
+    before = {} if fresh else dict(method.stats)
     plan = task.plan(episode, method)
     if fresh and plan.setup:
         if key != episode:
             seed_everything(episode_seed(methods.resolved.request.seed, key))
         with watch("inject_s"):
             method.inject(plan.setup)
-    return method, plan, fresh
+    return StartedEpisode(method, plan, fresh, before)
 
 
 def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]:
@@ -348,10 +360,9 @@ def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]
     and at the end. A method that returns a wrong number of answers stops the run.
     """
     watch = Stopwatch()
-    reused = methods.method if methods.key == task.method_key(episode) else None
-    before = dict(reused.stats) if reused is not None else {}
-    method, plan, fresh = start_episode(task, episode, methods, watch)
-    injected = list(plan.setup) if fresh else []
+    started = start_episode(task, episode, methods, watch)
+    method, plan, before = started.method, started.plan, started.stats_before
+    injected = list(plan.setup) if started.fresh else []
     steps: list[dict[str, Any]] = []
     for step in plan.steps:
         if step.inject:

@@ -158,7 +158,8 @@ def evaluate(args: argparse.Namespace) -> int:
     episode = task.episodes()[0]
     seed_everything(episode_seed(args.seed, episode))
     watch = Stopwatch()
-    method, plan, _ = start_episode(task, episode, MethodPool(resolved, lm), watch)
+    started = start_episode(task, episode, MethodPool(resolved, lm), watch)
+    method, plan = started.method, started.plan
     contexts = plan.setup
     inject_s = watch.seconds.get("inject_s", 0.0)
     if kind == "qa":
