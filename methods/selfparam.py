@@ -188,10 +188,10 @@ class SelfParam(TrainedMethod):
             kind: self.lm.model if choice == "original" else snapshot
             for kind, choice in (("target", p.teacher), ("retain", p.retain_teacher or p.teacher))
         }
-        plan = InjectionPlan(self.lm, contexts, p, self.retain, self.rng, self.retain_questions, self.retain_chats)
+        plan = self.make_plan(contexts)
         per_epoch = plan.examples_per_epoch()
         total = p.epochs * steps_per_epoch(per_epoch, p.batch_size)
-        trainer = Trainer(student, self.lm, p, total, temperature=p.temperature)
+        trainer = self.make_trainer(student, total)
 
         def targets_for(batch: list[Example]) -> list[Dist]:
             return plan.teacher_targets(teachers, batch, trainer)
@@ -203,12 +203,22 @@ class SelfParam(TrainedMethod):
             self.rng,
             total,
             targets_for,
-            desc="selfparam",
+            desc=self.name,
             checkpoint=self.next_checkpoint(),
         )
         teachers.clear()  # targets_for still holds the dict: emptying it lets the frozen copy go
         del snapshot
         self.record(report, time.perf_counter() - tick)
+
+    def make_plan(self, contexts: list[Context]) -> InjectionPlan:
+        """The examples and teacher targets of one injection (a subclass may ask for more)."""
+        return InjectionPlan(
+            self.lm, contexts, self.params, self.retain, self.rng, self.retain_questions, self.retain_chats
+        )
+
+    def make_trainer(self, student: torch.nn.Module, total_steps: int) -> Trainer:
+        """The optimiser and loss of one injection (a subclass may add terms)."""
+        return Trainer(student, self.lm, self.params, total_steps, temperature=self.params.temperature)
 
 
 def _role(key: tuple) -> str:
@@ -225,7 +235,13 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class InjectionPlan:
-    """The examples of each epoch and the teacher distributions they are scored against."""
+    """The examples of each epoch and the teacher distributions they are scored against.
+
+    ``hidden_layers``: when set, the teacher targets of the target sentences and context suffixes
+    (not the retain terms) also carry the teacher's hidden states of those layers (``Dist.hidden``).
+    """
+
+    hidden_layers: tuple[int, ...] | None = None
 
     def __init__(
         self,
@@ -361,13 +377,15 @@ class InjectionPlan:
         if missing:
             if p.teacher_cache:  # every pending spec of this epoch in one bucketed pass
                 missing = [k for k in self.specs if k not in self.cache]
-            # One bucketed pass per distinct teacher model (one when both roles share it).
-            by_model: dict[int, tuple[torch.nn.Module, list[Any]]] = {}
+            # One bucketed pass per distinct teacher model (one when both roles share it), and per
+            # choice of hidden layers kept (none, unless ``hidden_layers`` asks for them).
+            by_model: dict[tuple[int, Any], tuple[torch.nn.Module, Any, list[Any]]] = {}
             for k in missing:
                 model = teachers[_role(k)]
-                by_model.setdefault(id(model), (model, []))[1].append(k)
+                layers = self.hidden_layers if _role(k) == "target" else None
+                by_model.setdefault((id(model), layers), (model, layers, []))[2].append(k)
             computed = {}
-            for teacher, keys_of_model in by_model.values():
+            for teacher, layers, keys_of_model in by_model.values():
                 specs = [self.specs[k] for k in keys_of_model]
                 tick = time.perf_counter()
                 dists = teacher_dists(
@@ -378,6 +396,7 @@ class InjectionPlan:
                     temperature=p.teacher_temperature or p.temperature,
                     progress="teacher" if len(specs) > 64 else None,
                     share_prefix=p.teacher_share_prefix,
+                    layers=layers,
                 )
                 trainer.report.teacher_s += time.perf_counter() - tick
                 trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)

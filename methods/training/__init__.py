@@ -17,9 +17,9 @@ divergence from a teacher's distributions (SELF-PARAM). What makes it fast on a 
 
 The parts: ``student`` (building the student, its footprint, its LM head), ``examples`` (training
 examples, batching, running a batch through the backbone with shared prefixes), ``teacher`` (the
-teacher's distributions and the KL divergence) and ``loop`` (the ``Trainer``, epochs with checkpoint
-resume, and ``TrainedMethod``, the base of the methods that train). Their names are importable from
-here.
+teacher's distributions, optionally its hidden states, and the divergences) and ``loop`` (the
+``Trainer``, epochs with checkpoint resume, and ``TrainedMethod``, the base of the methods that
+train). Their names are importable from here.
 """
 
 from __future__ import annotations
@@ -32,9 +32,13 @@ from methods.training.examples import (
     hidden_after_prefix,
     pad_right,
     padded_tokens,
+    pick_layers,
     selected_hidden,
+    selected_states,
+    states_after_prefix,
 )
 from methods.training.loop import (
+    HiddenMatch,
     TrainedMethod,
     Trainer,
     TrainReport,
@@ -51,12 +55,13 @@ from methods.training.student import (
     student_footprint,
     trainable_parameters,
 )
-from methods.training.teacher import Dist, TeacherSpec, cat_dists, kl_rows, teacher_dists
+from methods.training.teacher import Dist, TeacherSpec, cat_dists, hidden_distance, kl_rows, teacher_dists
 
 __all__ = [
     "LORA_TARGETS",
     "Dist",
     "Example",
+    "HiddenMatch",
     "TeacherSpec",
     "TrainedMethod",
     "Trainer",
@@ -70,12 +75,16 @@ __all__ = [
     "group_by_prefix",
     "head_logits",
     "hidden_after_prefix",
+    "hidden_distance",
     "kl_rows",
     "pad_right",
     "padded_tokens",
+    "pick_layers",
     "run_epochs",
     "selected_hidden",
+    "selected_states",
     "split_lm",
+    "states_after_prefix",
     "steps_per_epoch",
     "student_footprint",
     "teacher_dists",

@@ -99,14 +99,47 @@ def selected_hidden(
     model: torch.nn.Module, lm: LM, sequences: list[list[int]], starts: list[int], counts: list[int]
 ) -> torch.Tensor:
     """Final hidden states (sum(counts), H) at positions ``start .. start+count-1`` of each sequence."""
+    return selected_states(model, lm, sequences, starts, counts)[0]
+
+
+def selected_states(
+    model: torch.nn.Module,
+    lm: LM,
+    sequences: list[list[int]],
+    starts: list[int],
+    counts: list[int],
+    layers: tuple[int, ...] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``selected_hidden`` and, with ``layers``, the hidden states of those layers at the same
+    positions (sum(counts), len(layers), H); see ``pick_layers``."""
     backbone, _ = split_lm(model)
     ids, mask = pad_right(sequences, lm.tokenizer.pad_token_id)
     rows, cols = _positions(starts, counts, lm.device)
     with lm.autocast():
-        hidden = backbone(
-            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False
-        ).last_hidden_state  # no key/value cache to build and drop
-    return hidden[rows, cols]
+        out = backbone(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            use_cache=False,  # no key/value cache to build and drop
+            **_layer_kwargs(layers),
+        )
+    return out.last_hidden_state[rows, cols], pick_layers(out, rows, cols, layers)
+
+
+def _layer_kwargs(layers: tuple[int, ...] | None) -> dict[str, bool]:
+    """Ask the backbone for every layer's output only when a layer other than the last is wanted."""
+    return {"output_hidden_states": True} if layers and any(i != -1 for i in layers) else {}
+
+
+def pick_layers(out, rows: torch.Tensor, cols: torch.Tensor, layers: tuple[int, ...] | None) -> torch.Tensor | None:
+    """Hidden states of ``layers`` at (rows, cols), stacked on dim 1; None without ``layers``.
+
+    ``layers`` index the backbone's ``hidden_states`` (0: the embeddings, i: the output of layer
+    i); -1 is the final, normed state the LM head reads (``last_hidden_state``).
+    """
+    if layers is None:
+        return None
+    final = out.last_hidden_state
+    return torch.stack([(final if i == -1 else out.hidden_states[i])[rows, cols] for i in layers], dim=1)
 
 
 def _cache_kwarg(backbone: torch.nn.Module) -> str:
@@ -135,6 +168,21 @@ def hidden_after_prefix(
 
     With ``keep_cache=False`` the cache is consumed (and gradients flow back into the prefix).
     """
+    return states_after_prefix(model, lm, cache, prefix_len, tails, counts, keep_cache)[0]
+
+
+def states_after_prefix(
+    model: torch.nn.Module,
+    lm: LM,
+    cache,
+    prefix_len: int,
+    tails: list[list[int]],
+    counts: list[int],
+    keep_cache: bool = True,
+    layers: tuple[int, ...] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``hidden_after_prefix`` and, with ``layers``, those layers' hidden states at the same
+    positions (see ``pick_layers``)."""
     backbone, _ = split_lm(model)
     ids, mask = pad_right(tails, lm.tokenizer.pad_token_id)
     n, width = ids.shape
@@ -144,11 +192,12 @@ def hidden_after_prefix(
     positions = torch.arange(prefix_len, prefix_len + width).unsqueeze(0).expand(n, -1)
     rows, cols = _positions([0] * n, counts, lm.device)
     with lm.autocast():
-        hidden = backbone(
+        out = backbone(
             input_ids=ids.to(lm.device),
             attention_mask=attention.to(lm.device),
             position_ids=positions.to(lm.device),
             use_cache=True,
             **{_cache_kwarg(backbone): batch_cache},
-        ).last_hidden_state
-    return hidden[rows, cols]
+            **_layer_kwargs(layers),
+        )
+    return out.last_hidden_state[rows, cols], pick_layers(out, rows, cols, layers)

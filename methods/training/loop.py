@@ -25,12 +25,12 @@ from methods.training.examples import (
     batches,
     cache_prefix,
     group_by_prefix,
-    hidden_after_prefix,
     padded_tokens,
-    selected_hidden,
+    selected_states,
+    states_after_prefix,
 )
 from methods.training.student import TrainParams, build_student, head_logits, student_footprint, trainable_parameters
-from methods.training.teacher import Dist, cat_dists, kl_rows
+from methods.training.teacher import Dist, cat_dists, hidden_distance, kl_rows
 
 
 @dataclass
@@ -47,13 +47,40 @@ class TrainReport:
     passes: int = 0  # forward+backward passes: more than ``steps`` when ``step_tokens`` split batches
 
 
+@dataclass(frozen=True)
+class HiddenMatch:
+    """An extra term on the student's hidden states (deep context distillation): at the rows of
+    each example whose teacher ``Dist`` carries ``hidden``, ``weight`` times ``hidden_distance``
+    between the student's and the teacher's states of ``layers`` (as in ``examples.pick_layers``).
+
+    Rows before ``from_row`` are left out: row 0 reads the last token of each side's own prefix
+    (BOS for the student, the context's last token for the teacher), so only later rows read
+    the same token on both sides.
+    """
+
+    layers: tuple[int, ...]
+    weight: float = 1.0
+    from_row: int = 1
+
+
 class Trainer:
-    """One optimiser over a student; ``step`` trains on one batch of examples."""
+    """One optimiser over a student; ``step`` trains on one batch of examples.
+
+    ``hidden_match`` adds a hidden-state term to the KL of the examples whose teacher targets
+    carry hidden states; without it the loss is the KL (or cross-entropy) alone.
+    """
 
     def __init__(
-        self, model: torch.nn.Module, lm: LM, p: TrainParams, total_steps: int, temperature: float = 1.0
+        self,
+        model: torch.nn.Module,
+        lm: LM,
+        p: TrainParams,
+        total_steps: int,
+        temperature: float = 1.0,
+        hidden_match: HiddenMatch | None = None,
     ) -> None:
         self.model, self.lm, self.p = model, lm, p
+        self.hidden_match = hidden_match
         self.params = trainable_parameters(model)
         if not self.params:
             raise BenchError("the student has no trainable parameters")
@@ -73,7 +100,11 @@ class Trainer:
     def loss(self, batch: list[Example], targets: list[Dist] | None) -> torch.Tensor:
         """Mean over examples of each example's mean per-token loss (like one step per example)."""
         counts = [e.rows for e in batch]
-        hidden = self.student_hidden(batch)
+        match = self.hidden_match if targets is not None else None
+        if match is None:
+            hidden, states = self.student_hidden(batch), None
+        else:
+            hidden, states = self.student_states(batch, match.layers)
         if targets is None:  # cross-entropy on the next tokens
             target: torch.Tensor | Dist = torch.cat(
                 [torch.tensor(e.ids[e.first + 1 :], dtype=torch.long) for e in batch]
@@ -93,6 +124,8 @@ class Trainer:
                 ]
             )
         per_example = torch.stack([t.mean() for t in per_token.split(counts)])
+        if match is not None and states is not None and targets is not None:
+            per_example = per_example + match.weight * self.hidden_term(match, states, targets, counts)
         weights = torch.tensor([e.weight for e in batch], dtype=per_example.dtype, device=per_example.device)
         return (per_example * weights).mean()
 
@@ -106,39 +139,65 @@ class Trainer:
             return kl_rows(logp, target) * self.temperature**2
         return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
+    def hidden_term(
+        self, match: HiddenMatch, states: torch.Tensor, targets: list[Dist], counts: list[int]
+    ) -> torch.Tensor:
+        """Per example, the hidden-state distance over its matched rows (0 where its target has no
+        hidden states or it has no row from ``match.from_row`` on)."""
+        terms = []
+        for part, target in zip(states.split(counts), targets):
+            if target.hidden is None or len(part) <= match.from_row:
+                terms.append(states.new_zeros((), dtype=torch.float32))
+            else:
+                teacher = target.hidden[match.from_row :].to(part.device)
+                terms.append(hidden_distance(part[match.from_row :], teacher))
+        return torch.stack(terms)
+
     def student_hidden(self, batch: list[Example]) -> torch.Tensor:
         """Final hidden states at every scored row of the batch, in order.
 
         Examples that share an unscored prefix of at least ``share_prefix`` tokens (the prompt's
         demonstrations) run it once, with its key/value cache repeated for all of them.
         """
+        return self.student_states(batch)[0]
+
+    def student_states(
+        self, batch: list[Example], layers: tuple[int, ...] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``student_hidden`` and, with ``layers``, those layers' hidden states at the same rows."""
         counts = [e.rows for e in batch]
         groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], self.p.share_prefix)
         if not groups:
             self.tokens_in_step = sum(len(e.ids) for e in batch)
-            return selected_hidden(self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts)
-        parts: dict[int, torch.Tensor] = {}
+            return selected_states(
+                self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts, layers
+            )
+        parts: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         tokens = 0
         if plain:
-            hidden = selected_hidden(
+            hidden, states = selected_states(
                 self.model,
                 self.lm,
                 [batch[i].ids for i in plain],
                 [batch[i].first for i in plain],
                 [counts[i] for i in plain],
+                layers,
             )
-            parts.update(zip(plain, hidden.split([counts[i] for i in plain])))
+            parts.update(zip(plain, _split_pairs(hidden, states, [counts[i] for i in plain])))
             tokens += sum(len(batch[i].ids) for i in plain)
         for key, members in groups.items():
             cache = cache_prefix(self.model, self.lm, list(key))
             tails = [batch[i].ids[len(key) :] for i in members]
-            hidden = hidden_after_prefix(
-                self.model, self.lm, cache, len(key), tails, [counts[i] for i in members], keep_cache=False
+            hidden, states = states_after_prefix(
+                self.model, self.lm, cache, len(key), tails, [counts[i] for i in members], False, layers
             )
-            parts.update(zip(members, hidden.split([counts[i] for i in members])))
+            parts.update(zip(members, _split_pairs(hidden, states, [counts[i] for i in members])))
             tokens += len(key) + sum(len(t) for t in tails)
         self.tokens_in_step = tokens
-        return torch.cat([parts[i] for i in range(len(batch))])
+        hidden = torch.cat([parts[i][0] for i in range(len(batch))])
+        if layers is None:
+            return hidden, None
+        return hidden, torch.cat([parts[i][1] for i in range(len(batch))])  # type: ignore[misc]
 
     def micro_batches(self, batch: list[Example]) -> list[list[int]]:
         """Indices of the batch cut into runs of at most ``step_tokens`` padded tokens.
@@ -217,6 +276,16 @@ class Trainer:
         self.report.student_s += time.perf_counter() - tick
         self.report.losses.append(value)
         return value
+
+
+def _split_pairs(
+    hidden: torch.Tensor, states: torch.Tensor | None, counts: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per example, its rows of ``hidden`` and of ``states`` (None without states)."""
+    parts = hidden.split(counts)
+    if states is None:
+        return [(h, None) for h in parts]
+    return list(zip(parts, states.split(counts)))
 
 
 def run_epochs(

@@ -1,5 +1,5 @@
-"""The teacher's distributions (computed once per example, optionally as top-k with a tail bucket)
-and the KL divergence the student is trained on."""
+"""The teacher's distributions (computed once per example, optionally as top-k with a tail bucket),
+optionally its hidden states at the same rows, and the divergences the student is trained on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.models import LM
-from methods.training.examples import cache_prefix, group_by_prefix, hidden_after_prefix, selected_hidden
+from methods.training.examples import cache_prefix, group_by_prefix, selected_states, states_after_prefix
 from methods.training.student import head_logits, split_lm
 
 
@@ -27,13 +27,22 @@ class TeacherSpec:
 
 @dataclass
 class Dist:
-    """Teacher log-probabilities per row: full vocabulary (``index`` None) or top-k with indices."""
+    """Teacher log-probabilities per row: full vocabulary (``index`` None) or top-k with indices.
+
+    ``hidden``, when present, holds the teacher's hidden states of some layers at the same rows,
+    the target of a hidden-state matching term (``Trainer``'s ``hidden_match``).
+    """
 
     logp: torch.Tensor  # (rows, V) or (rows, k), fp32
     index: torch.Tensor | None = None  # (rows, k) int64
+    hidden: torch.Tensor | None = None  # (rows, layers, H), bf16
 
     def __getitem__(self, rows: slice) -> Dist:
-        return Dist(self.logp[rows], None if self.index is None else self.index[rows])
+        return Dist(
+            self.logp[rows],
+            None if self.index is None else self.index[rows],
+            None if self.hidden is None else self.hidden[rows],
+        )
 
 
 @torch.no_grad()
@@ -47,8 +56,12 @@ def teacher_dists(
     progress: str | None = None,
     share_prefix: int = 8,
     chunk_rows: int = 1024,
+    layers: tuple[int, ...] | None = None,
 ) -> list[Dist]:
     """The teacher's (tempered) log-probabilities at every scored row of every spec.
+
+    With ``layers`` (indices as in ``examples.pick_layers``) each ``Dist`` also carries the
+    teacher's hidden states of those layers at its rows, stored in bf16 to halve their memory.
 
     Specs whose unscored prefixes (``ids[:first]``, e.g. BOS + context) are identical and at least
     ``share_prefix`` tokens long are run as one prefix pass whose key/value cache is reused by all
@@ -69,16 +82,19 @@ def teacher_dists(
     for key, group in bar:
         counts = [specs[i].rows for i in group]
         if key is None:
-            hidden = selected_hidden(
-                teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts
+            hidden, states = selected_states(
+                teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts, layers
             )
         else:
             if key not in prefix_cache:
                 prefix_cache.clear()  # one context's prefix at a time
                 prefix_cache[key] = cache_prefix(teacher, lm, list(key))
             tails = [specs[i].ids[len(key) :] for i in group]
-            hidden = hidden_after_prefix(teacher, lm, prefix_cache[key], len(key), tails, counts)
+            hidden, states = states_after_prefix(teacher, lm, prefix_cache[key], len(key), tails, counts, layers=layers)
         out_group = _dists_from_hidden(teacher, lm, hidden, counts, topk, temperature, chunk_rows)
+        if states is not None:
+            for dist, part in zip(out_group, states.split(counts)):
+                dist.hidden = part.to(torch.bfloat16, copy=True)  # its own storage, not a view of the group's
         for i, dist in zip(group, out_group):
             out[i] = dist
     teacher.train(was_training)
@@ -163,6 +179,18 @@ def kl_rows(student_logp: torch.Tensor, target: Dist) -> torch.Tensor:
     # Rounding leaves ~1e-7 of "tail" even when the top k hold everything: ignore such crumbs.
     tail = torch.where(t_tail > 1e-6, t_tail * (t_tail.clamp_min(1e-30).log() - s_tail), torch.zeros_like(t_tail))
     return kl + tail
+
+
+def hidden_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Deep context distillation's hidden-state term for one example: per layer, the mean absolute
+    difference divided by the teacher's mean absolute value, averaged over layers.
+
+    Both are (rows, layers, H). The official DCD code normalises over the whole batch; per example
+    the loss does not depend on how a batch is cut into micro-batches. It is zero when the student
+    reproduces the teacher's states.
+    """
+    s, t = student.float(), teacher.float()
+    return ((s - t).abs().mean(dim=(0, 2)) / t.abs().mean(dim=(0, 2)).clamp_min(1e-12)).mean()
 
 
 def cat_dists(dists: list[Dist]) -> Dist:
