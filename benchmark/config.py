@@ -38,8 +38,9 @@ class RunParams:
     max_new_tokens: int = 10
     eval_batch_size: int = 16
     precision: str = "bf16-autocast"  # "fp32" | "bf16-autocast" | "bf16"
-    # Target-sentence generator: dataset | cloze | local | openai, optionally "+grounded" (keep only
-    # QA pairs whose answer occurs in the context), e.g. "local+grounded".
+    # Target-sentence generator: dataset | cloze | local | openai | implications (statements, not QA
+    # pairs), optionally "+grounded" (keep only grounded sentences: a QA pair's answer occurs in the
+    # context, a statement's content words mostly do), e.g. "local+grounded".
     targets: str = "dataset"
     num_targets: int = 0  # target sentences per context; 0 = all the generator gives
     data_path: str = ""  # a data file or folder instead of the data set's default location

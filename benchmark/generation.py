@@ -1,15 +1,29 @@
-"""Target-sentence generators that write new QA pairs from a context: ``local`` and ``openai``.
+"""Target-sentence generators that write new sentences from a context: ``local``, ``openai`` and
+``implications``.
 
-Both follow the official SELF-PARAM prompt style (a system message asking for related questions
-"as comprehensively as possible with bullet points and answers", with a one-shot example) and parse
-"Question: … Answer: …" pairs from the reply. ``local`` samples from the run's own (instruct)
-model, the paper's "instruct" ablation (temperature ``SELFPARAM_BENCH_LOCAL_TEMPERATURE``, default
-1); ``openai`` asks any OpenAI-compatible chat endpoint (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
-model ``SELFPARAM_BENCH_OPENAI_MODEL``, default gpt-4o-mini) at temperature 1.
+``local`` and ``openai`` follow the official SELF-PARAM prompt style (a system message asking for
+related questions "as comprehensively as possible with bullet points and answers", with a one-shot
+example) and parse "Question: … Answer: …" pairs from the reply. ``local`` samples from the run's
+own (instruct) model, the paper's "instruct" ablation (temperature
+``SELFPARAM_BENCH_LOCAL_TEMPERATURE``, default 1); ``openai`` asks any OpenAI-compatible chat
+endpoint (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, model ``SELFPARAM_BENCH_OPENAI_MODEL``, default
+gpt-4o-mini) at temperature 1.
 
-With ``+grounded`` (``targets=local+grounded``) only pairs whose answer occurs in the context count,
-and each context is asked up to ``GROUNDED_ROUNDS`` times instead of ``MAX_ROUNDS``; a context
-still short of the count after that keeps what it has, with a warning.
+``implications`` writes SEAL-style self-edits (Zweiger et al. 2025, "Self-Adapting Language
+Models"): the run's own model, sampled like ``local``, is asked for a list of implications of the
+passage (its facts restated, and what follows from them), and each line of the reply is one target
+sentence: a statement, not a QA pair (a method that trains on target sentences reads it as plain
+text, every token of it scored). This is SEAL's inner loop only: SEAL's outer loop, which rewards
+the self-edits that improved the updated model's answers and trains the generator on them
+(ReST-EM), is not done; the self-edits come from the untouched model. SEAL also trains on the
+passage itself, which here is a method's choice (fine-tuning on the contexts), not the
+generator's. Differences from SEAL's prompt: the wording is ours, with a one-shot example as
+``local`` has, so that a small model keeps one statement per line.
+
+With ``+grounded`` (``targets=local+grounded``) only grounded sentences count
+(``benchmark.grounding``: a QA pair's answer occurs in the context; a statement has at least half
+of its content words in it), and each context is asked up to ``GROUNDED_ROUNDS`` times instead of
+``MAX_ROUNDS``; a context still short of the count after that keeps what it has, with a warning.
 
 Generated sets are cached under ``cache_dir()/targets/`` keyed by (context hash, generator and
 its filter, count, seed), so a rerun neither pays for nor changes them.
@@ -62,6 +76,68 @@ _PAIR = re.compile(
 )
 
 
+IMPLICATIONS_SYSTEM_PROMPT = (
+    "Read the passage and list several implications derived from its content, directly or "
+    "indirectly: its facts said in other words, and what follows from them. Write one implication "
+    "per line, each a complete sentence that names what it is about, so that it can be understood "
+    "without the passage.\n"
+    "This is an example:\n"
+    "Passage: The Mirren lighthouse stands on a cliff north of Port Ansel. It was lit for the first "
+    "time in 1862 and its keeper, Ada Fenwick, kept a diary of every ship she saw.\n\n"
+    "The Mirren lighthouse is on a cliff to the north of Port Ansel.\n"
+    "The Mirren lighthouse has been shining since 1862.\n"
+    "Ada Fenwick was the keeper of the Mirren lighthouse.\n"
+    "Ada Fenwick's diary is a record of the ships seen from the Mirren lighthouse.\n"
+    "Ships sailing near Port Ansel after 1862 could see the light of the Mirren lighthouse.\n"
+)
+IMPLICATIONS_USER_PROMPT = "Now, please list implications of the following passage:\nPassage: {context}"
+MIN_STATEMENT_WORDS = 4  # shorter lines are headings or chatter ("Sure!", "Implications"), not statements
+# Longer lines are a model rambling on without line breaks (often cut off by the token limit), not
+# one implication; SEAL keeps every line, but its larger models rarely write such lines.
+MAX_STATEMENT_WORDS = 60
+# Lines a model writes around its list rather than in it.
+_CHATTER = re.compile(
+    r"^(?:sure|certainly|of course|here (?:are|is)|i hope|i can|i cannot|i can't|note|let me|these implications)\b",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^(?:[-*•·–—]+|\(?\d{1,3}[.):]|implication\s*\d*\s*[:.-])\s*", re.IGNORECASE)
+
+
+def parse_statements(reply: str) -> list[str]:
+    """The statements of a model's reply, one per line, in order, without duplicates.
+
+    Bullets, numbering ("1.", "2)"), "Implication 3:" labels and markdown bold are removed; lines
+    that end in a colon (headings such as "Here are some implications:"), that echo the prompt
+    ("Passage: …"), that hold a "Question:" / "Answer:" pair, that are the model's chatter around
+    the list ("Sure!", "I hope this helps") or that have fewer than ``MIN_STATEMENT_WORDS`` or more
+    than ``MAX_STATEMENT_WORDS`` words are not statements.
+    """
+    result: list[str] = []
+    seen: set[str] = set()
+    for raw in reply.replace("**", "").replace("__", "").splitlines():
+        line = raw.strip()
+        while True:  # "1. - " and the like
+            shorter = _BULLET.sub("", line, count=1).strip()
+            if shorter == line:
+                break
+            line = shorter
+        line = " ".join(line.split())
+        lowered = line.lower()
+        if (
+            not MIN_STATEMENT_WORDS <= len(line.split()) <= MAX_STATEMENT_WORDS
+            or line.endswith(":")
+            or lowered.startswith(("passage:", "implications:", "context:"))
+            or "question:" in lowered
+            or "answer:" in lowered
+            or _CHATTER.match(line)
+        ):
+            continue
+        if lowered not in seen:
+            seen.add(lowered)
+            result.append(line)
+    return result
+
+
 def parse_qa_pairs(reply: str) -> list[str]:
     """ "Question: … Answer: …" sentences found in a model's reply, in order, without duplicates.
 
@@ -109,11 +185,12 @@ def cached(
     seed: int,
     make: Callable[[list[Document]], dict[str, list[str]]],
     allow_empty: bool = False,
+    what: str = "QA pair",
 ) -> dict[str, list[str]]:
     """Sentences per document id, from the cache where present; the rest made and stored.
 
-    A context for which ``make`` found nothing is an error unless ``allow_empty`` (a filter may
-    leave nothing; that is stored too, so a rerun does not ask again).
+    A context for which ``make`` found nothing (no ``what``) is an error unless ``allow_empty`` (a
+    filter may leave nothing; that is stored too, so a rerun does not ask again).
     """
     result: dict[str, list[str]] = {}
     missing: list[Document] = []
@@ -131,7 +208,7 @@ def cached(
         for doc in missing:
             sentences = made.get(doc.id, [])
             if not sentences and not allow_empty:
-                raise BenchError(f"generator {generator_id!r} produced no usable QA pair for context {doc.id!r}")
+                raise BenchError(f"generator {generator_id!r} produced no usable {what} for context {doc.id!r}")
             path = cache_path(generator_id, doc.text, count, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -159,9 +236,11 @@ def collect(
     ask: Callable[[list[Document], int], list[str]],
     grounded: bool = False,
     label: str = "generator",
+    parse: Callable[[str], list[str]] = parse_qa_pairs,
+    what: str = "QA pairs",
 ) -> dict[str, list[str]]:
-    """Ask for replies round after round until every context has ``count`` distinct pairs (with
-    ``grounded``: pairs whose answer occurs in the context), or the rounds run out."""
+    """Ask for replies round after round until every context has ``count`` distinct sentences
+    (``parse`` reads them from a reply; with ``grounded``: grounded ones), or the rounds run out."""
     rounds = GROUNDED_ROUNDS if grounded else MAX_ROUNDS
     tests = {doc.id: grounding(doc.text) for doc in documents} if grounded else {}
     pairs: dict[str, list[str]] = {doc.id: [] for doc in documents}
@@ -171,19 +250,20 @@ def collect(
             break
         for doc, reply in zip(pending, ask(pending, round_)):
             have = {s.lower() for s in pairs[doc.id]}
-            for sentence in parse_qa_pairs(reply):
+            for sentence in parse(reply):
                 if sentence.lower() not in have and (not grounded or tests[doc.id](sentence)):
                     pairs[doc.id].append(sentence)
                     have.add(sentence.lower())
     short = {doc.id: len(pairs[doc.id]) for doc in documents if len(pairs[doc.id]) < count}
     if short:
         log.warning(
-            "%s: %d of %d contexts have fewer than the %d %sQA pairs asked for after %d rounds (fewest: %d, for %s)",
+            "%s: %d of %d contexts have fewer than the %d %s%s asked for after %d rounds (fewest: %d, for %s)",
             label,
             len(short),
             len(documents),
             count,
             "grounded " if grounded else "",
+            what,
             rounds,
             min(short.values()),
             min(short, key=short.__getitem__),
@@ -222,32 +302,14 @@ def local_targets(
     documents: list[Document], count: int, seed: int, lm: Any, run: Any = None, max_new_tokens: int = 320
 ) -> dict[str, list[str]]:
     """QA pairs sampled from the run's model with the official prompt style."""
-    import torch
-
     if lm is None:
         raise BenchError("the local generator needs a loaded model")
     count = count or DEFAULT_COUNT
     grounded = wants_grounded(run)
     temperature = local_temperature()
     generator_id = f"local-{lm.name}" + ("" if temperature == 1.0 else f"-t{temperature:g}")
-
-    def ask(pending: list[Document], round_: int) -> list[str]:
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed * 7919 + round_)
-        try:
-            prompts = [local_prompt(lm, doc.text) for doc in pending]
-            replies = lm.generate(
-                prompts,
-                max_new_tokens=max_new_tokens,
-                stop_at_newline=False,
-                sample_temperature=temperature,
-                progress=f"writing QA pairs (round {round_ + 1})",
-            )
-        finally:
-            torch.random.set_rng_state(state)
-        # Without a chat template the prompt ends in "Question:", so the reply starts mid-pair.
-        return replies if getattr(lm.tokenizer, "chat_template", None) else ["Question:" + r for r in replies]
-
+    # Without a chat template the prompt ends in "Question:", so the reply starts mid-pair.
+    ask = _sampler(lm, local_prompt, seed, temperature, max_new_tokens, "writing QA pairs", "Question:")
     return cached(
         documents,
         cache_id(generator_id, grounded),
@@ -255,6 +317,88 @@ def local_targets(
         seed,
         lambda docs: collect(docs, count, ask, grounded, generator_id),
         allow_empty=grounded,
+    )
+
+
+def _sampler(
+    lm: Any,
+    prompt: Callable[[Any, str], str],
+    seed: int,
+    temperature: float,
+    max_new_tokens: int,
+    label: str,
+    raw_start: str,
+) -> Callable[[list[Document], int], list[str]]:
+    """``ask`` for ``collect``: one sampled reply per context from the run's model, seeded by the
+    run's seed and the round (the global torch generator is left as it was). ``raw_start``, the end
+    of a prompt without a chat template, is put back before each reply."""
+    import torch
+
+    def ask(pending: list[Document], round_: int) -> list[str]:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed * 7919 + round_)
+        try:
+            prompts = [prompt(lm, doc.text) for doc in pending]
+            replies: list[str] = lm.generate(
+                prompts,
+                max_new_tokens=max_new_tokens,
+                stop_at_newline=False,
+                sample_temperature=temperature,
+                progress=f"{label} (round {round_ + 1})",
+            )
+        finally:
+            torch.random.set_rng_state(state)
+        return replies if getattr(lm.tokenizer, "chat_template", None) else [raw_start + r for r in replies]
+
+    return ask
+
+
+# ---- implications: SEAL-style self-edits by the run's own model -----------------------------------------
+
+
+def _prompt_statements() -> frozenset[str]:
+    """The lines of the implications prompt that would parse as statements: its instruction and
+    its example's implications, which a small model sometimes copies instead of writing its own."""
+    return frozenset(line.lower() for line in parse_statements(IMPLICATIONS_SYSTEM_PROMPT))
+
+
+def parse_implications(reply: str) -> list[str]:
+    """``parse_statements`` without the lines the model copied from the prompt."""
+    copied = _prompt_statements()
+    return [line for line in parse_statements(reply) if line.lower() not in copied]
+
+
+def implications_prompt(lm: Any, context: str) -> str:
+    messages = [
+        {"role": "system", "content": IMPLICATIONS_SYSTEM_PROMPT},
+        {"role": "user", "content": IMPLICATIONS_USER_PROMPT.format(context=context)},
+    ]
+    if getattr(lm.tokenizer, "chat_template", None):
+        text: str = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
+    return f"{IMPLICATIONS_SYSTEM_PROMPT}\n{IMPLICATIONS_USER_PROMPT.format(context=context)}\n\nImplications:\n"
+
+
+def implications_targets(
+    documents: list[Document], count: int, seed: int, lm: Any, run: Any = None, max_new_tokens: int = 320
+) -> dict[str, list[str]]:
+    """Statements (SEAL-style self-edits) sampled from the run's model, one per line of its reply,
+    cached and filtered like ``local``'s QA pairs."""
+    if lm is None:
+        raise BenchError("the implications generator needs a loaded model")
+    count = count or DEFAULT_COUNT
+    grounded = wants_grounded(run)
+    temperature = local_temperature()
+    generator_id = f"implications-{lm.name}" + ("" if temperature == 1.0 else f"-t{temperature:g}")
+    ask = _sampler(lm, implications_prompt, seed, temperature, max_new_tokens, "writing implications", "")
+    return cached(
+        documents,
+        cache_id(generator_id, grounded),
+        count,
+        seed,
+        lambda docs: collect(docs, count, ask, grounded, generator_id, parse_implications, "statements"),
+        allow_empty=grounded,
+        what="statement",
     )
 
 

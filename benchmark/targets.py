@@ -1,14 +1,16 @@
-"""Target sentences: the "Question: … Answer: …" lines a parametric method trains on.
+"""Target sentences: the lines a parametric method trains on, "Question: … Answer: …" pairs or,
+from ``implications``, statements about the context.
 
-The generators (``dataset`` and ``cloze`` here; ``local`` and ``openai`` in ``benchmark.generation``)
-only ever see a context's text (``dataset``: the training QA the data set ships beside it); the
-leakage check below makes sure no probe question slipped into them.
+The generators (``dataset`` and ``cloze`` here; ``local``, ``openai`` and ``implications`` in
+``benchmark.generation``) only ever see a context's text (``dataset``: the training QA the data set
+ships beside it); the leakage check below makes sure no probe question slipped into them.
 
 ``run.targets`` names a generator, optionally followed by ``+grounded`` (``local+grounded``): then
-only QA pairs whose answer occurs in their context are kept (``benchmark.grounding``), and the
-generators that sample (``local``, ``openai``) ask again until they have the requested count of
-grounded pairs or have asked a bounded number of times. The QA tasks record the grounding rate
-of the target sentences a run trains on (``grounding_counts``, see ``tasks.qa``).
+only grounded sentences are kept (``benchmark.grounding``: a QA pair's answer occurs in its
+context, a statement's content words mostly do), and the generators that sample (``local``,
+``openai``, ``implications``) ask again until they have the requested count of grounded sentences
+or have asked a bounded number of times. The QA tasks record the grounding rate of the target
+sentences a run trains on (``grounding_counts``, see ``tasks.qa``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmark.errors import BenchError
-from benchmark.generation import local_targets, openai_targets
+from benchmark.generation import implications_targets, local_targets, openai_targets
 from benchmark.grounding import GROUNDED, grounding, keep_grounded, split_generator, wants_grounded
 from benchmark.metrics import normalize_answer
 from benchmark.types import Document
@@ -224,7 +226,10 @@ GENERATORS: dict[str, Generator] = {
     "cloze": lambda documents, count, seed, lm, run: cloze_targets(documents, count, seed),
     "local": local_targets,
     "openai": openai_targets,
+    "implications": implications_targets,
 }
+# The generators that sample from the run's own model (a command must load it for them).
+NEEDS_MODEL = frozenset({"local", "implications"})
 
 
 # ---- making and checking a run's targets -------------------------------------------------------------
@@ -254,7 +259,8 @@ def make_targets(documents: list[Document], run: Any, lm: Any, seed: int) -> dic
 
 
 def check_no_leakage(documents: list[Document], targets: dict[str, list[str]]) -> None:
-    """Fail loudly if a probe question of any context appears among the target sentences."""
+    """Fail loudly if a probe question of any context appears among the target sentences (a QA
+    pair's question, or a whole statement)."""
     probes = {normalize_answer(p.question): (doc.id, p.question) for doc in documents for p in doc.probes}
     for doc_id, sentences in targets.items():
         for sentence in sentences:

@@ -1,7 +1,9 @@
 """How target sentences are framed for training, shared by SELF-PARAM and FT(S).
 
-A target sentence is "Question: … Answer: …". The official code trains it right after BOS (and,
-for SELF-PARAM's teacher, the context). ``prompt_style=run`` instead frames it as the run's own
+A target sentence is "Question: … Answer: …", or a statement (an ``implications`` self-edit: any
+sentence without "Answer:"), which is plain text in the place where a question would stand, every
+token of it scored whatever ``sentence_loss`` says. The official code trains a sentence right after
+BOS (and, for SELF-PARAM's teacher, the context). ``prompt_style=run`` instead frames it as the run's own
 evaluation prompt does, demonstrations included, so the student learns the answer in the exact
 position where it is later asked; ``end_answer`` also trains the line break that closes an answer
 in that format, so the student learns where an answer stops instead of running on.
@@ -38,6 +40,7 @@ class SentenceParams(TrainParams):
     # Which tokens of a sentence carry the loss: "all" (the official code: question and answer) or
     # "answer" (the tokens after "Answer:"). A long question, such as the dialog turns of a
     # recommendation target, otherwise teaches the student to write dialog rather than answer.
+    # A statement has no answer part: all of its tokens carry the loss either way.
     sentence_loss: str = "all"
 
 
@@ -92,7 +95,9 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
 
     The part up to and including "Answer:" is tokenised together with a text prefix, exactly as
     ``lm.generate`` tokenises the prompt; the answer (and the closing newline with ``end_answer``)
-    is tokenised on its own, as the model produces it after the prompt.
+    is tokenised on its own, as the model produces it after the prompt. A statement (no "Answer:")
+    is tokenised with the prefix as a question would be, then the closing newline with
+    ``end_answer``; all of its tokens are scored.
     """
     sentence = sentence.rstrip()
     cut = sentence.rfind(ANSWER_MARK)

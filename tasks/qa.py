@@ -123,7 +123,7 @@ class QATask(Task):
 
     def targets(self) -> dict[str, list[str]]:
         """Target sentences for every document, made once per run and checked for leakage; how
-        many of each document's are grounded (answer found in its text) goes to ``grounding``."""
+        many of each document's are grounded (``benchmark.grounding``) goes to ``grounding``."""
         if self._targets is None:
             self._targets = make_targets(self.documents, self.run, self.lm, self.seed)
             check_no_leakage(self.documents, self._targets)
@@ -146,8 +146,9 @@ class QATask(Task):
 
     def with_targets(self, scores: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
         """``scores`` plus a ``targets`` section when the episodes trained on target sentences: the
-        generator, sentence counts and the grounding rate (the share of a context's sentences whose
-        answer occurs in the context) as a mean over contexts with its bootstrap interval.
+        generator, sentence counts and the grounding rate (the share of a context's sentences that
+        are grounded: a QA pair's answer occurs in the context, a statement's content words mostly
+        do) as a mean over contexts with its bootstrap interval.
 
         Counts come from each record's ``targets`` entry; a record without one (a task that does
         not write it) that used targets is counted from this run's targets.
@@ -233,7 +234,7 @@ def targets_line(scores: dict[str, Any]) -> str:
     share = f"grounding rate {fmt_ci(rate, 2)}" if rate else "no sentences"
     return (
         f"targets: {section['generator']}, {section['sentences']} sentences for "
-        f"{section['contexts']} contexts, {share} (answer found in the context)"
+        f"{section['contexts']} contexts, {share} (grounded in the context)"
     )
 
 

@@ -19,14 +19,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--generator",
         default="local",
-        help="dataset | cloze | local | openai, optionally +grounded (e.g. local+grounded)",
+        help="dataset | cloze | local | openai | implications, optionally +grounded (e.g. local+grounded)",
     )
     parser.add_argument("--num-contexts", type=int, default=20, help="the first N contexts (0 = all)")
     parser.add_argument(
         "--count", type=int, default=0, help="sentences per context (0 = all the data set has / 10 for generators)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", help="model for the local generator (default: smollm2-135m-instruct)")
+    parser.add_argument(
+        "--model", help="model for the local and implications generators (default: smollm2-135m-instruct)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-path", default="", help="data file or folder instead of the default")
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint (else $OPENAI_BASE_URL)")
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from benchmark.grounding import grounding_counts, split_generator
-    from benchmark.targets import check_no_leakage, make_targets
+    from benchmark.targets import NEEDS_MODEL, check_no_leakage, make_targets
     from tasks.qa import load_documents
 
     if args.base_url:
@@ -54,7 +56,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise BenchError("--num-contexts and --count must be >= 0")
     documents = load_documents(args.dataset, args.data_path, args.num_contexts or None, 0)
     lm = None
-    if split_generator(args.generator)[0] == "local":
+    if split_generator(args.generator)[0] in NEEDS_MODEL:
         from benchmark.models import load_lm
 
         lm = load_lm(
@@ -68,7 +70,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(
         f"{total} target sentences for {len(documents)} contexts of {args.dataset} "
         f"(generator {args.generator}, seed {args.seed}); no probe question among them; "
-        f"{grounded} ({grounded / total if total else 0:.0%}) with their answer in their context"
+        f"{grounded} ({grounded / total if total else 0:.0%}) grounded in their context"
     )
     for doc in documents[:2]:
         print(f"\n{doc.id}: {doc.text[:120]}{'…' if len(doc.text) > 120 else ''}")
