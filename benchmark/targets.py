@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmark.errors import BenchError
-from benchmark.generation import implications_targets, local_targets, openai_targets
+from benchmark.generation import implications_targets, local_targets, openai_settings, openai_targets
 from benchmark.grounding import GROUNDED, grounding, keep_grounded, split_generator, wants_grounded
 from benchmark.metrics import normalize_answer
 from benchmark.types import Document
@@ -230,6 +230,23 @@ GENERATORS: dict[str, Generator] = {
 }
 # The generators that sample from the run's own model (a command must load it for them).
 NEEDS_MODEL = frozenset({"local", "implications"})
+# One line each for ``bench list``.
+GENERATOR_DESCRIPTIONS: dict[str, str] = {
+    "dataset": "the data set's own training questions as Question/Answer sentences",
+    "cloze": "cloze questions cut from the context's own sentences (no model)",
+    "local": "QA pairs written by the run's own model (the paper's instruct ablation)",
+    "openai": "QA pairs from an OpenAI-compatible chat endpoint (the paper's GPT-4o-mini)",
+    "implications": "SEAL-style self-edits: statements implied by the passage, by the run's own model",
+}
+
+
+def generator_problem(name: str) -> str | None:
+    """Why generator ``name`` cannot run here, or None (``bench list``)."""
+    if name == "openai":
+        base, _, key = openai_settings()
+        if key is None and base == "https://api.openai.com/v1":
+            return "needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)"
+    return None
 
 
 # ---- making and checking a run's targets -------------------------------------------------------------

@@ -202,3 +202,18 @@ def test_ft_sentences_and_selfparam_train_on_statements(tiny_lm):
     lora = [v for k, v in method.student.state_dict().items() if "lora_B" in k]
     assert any(v.abs().sum() > 0 for v in lora)  # it trained
     assert len(method.generate([Prompt("c0", "Who founded Douprur?")])) == 1
+
+
+def test_bench_list_shows_every_generator_and_whether_it_runs_here(bench, monkeypatch):
+    from benchmark.targets import GENERATOR_DESCRIPTIONS, GENERATORS
+
+    assert set(GENERATOR_DESCRIPTIONS) == set(GENERATORS)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    code, out, _ = bench("list")
+    assert code == 0
+    section = out.split("target-sentence generators")[1]
+    rows = {line.split()[0]: line for line in section.splitlines()[3:] if line.strip()}
+    assert set(rows) == set(GENERATORS)
+    assert rows["implications"].split()[1] == "yes"
+    assert "no: needs OPENAI_API_KEY" in rows["openai"]

@@ -164,6 +164,8 @@ def print_outcome(outcome: RunOutcome) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from benchmark.targets import GENERATOR_DESCRIPTIONS, GENERATORS, generator_problem
+
     for title, registry in (("methods", METHODS), ("tasks", TASKS), ("datasets", DATASETS)):
         rows = []
         for name, cls in registry.items():
@@ -172,6 +174,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         print(tabulate(rows, headers=("name", "runs here", "description"), tablefmt="simple"))
         print()
+    rows = [
+        (name, "yes" if (reason := generator_problem(name)) is None else f"no: {reason}", GENERATOR_DESCRIPTIONS[name])
+        for name in GENERATORS
+    ]
+    print("target-sentence generators (--set targets=NAME, optionally NAME+grounded):")
+    print(tabulate(rows, headers=("name", "runs here", "description"), tablefmt="simple"))
+    print()
     if args.params:
         print_params("run", RunParams, RUN_PROFILES)
         for registry in (TASKS, METHODS):
