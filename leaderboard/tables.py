@@ -289,8 +289,10 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
             rows.append(row)
         notes = [
             "Batch-injection QA-F1 of the methods that train on target sentences, by the "
-            "generator of those sentences (dataset: the data set's own QA pairs; local: the "
-            "model's instruct variant; openai: an OpenAI-compatible endpoint). — = no result."
+            "generator of those sentences (dataset: the data set's own QA pairs; cloze: blanks "
+            "cut from the context; local: the model's instruct variant; openai: an "
+            "OpenAI-compatible endpoint; implications: statements the model writes about the "
+            "passage, SEAL-style self-edits). — = no result."
         ]
         tables.append(Table(f"Table 4 — target-sentence generator ablation (profile {profile})", headers, rows, notes))
     return tables
