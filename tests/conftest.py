@@ -35,6 +35,25 @@ def bench(capsys):
 
 
 @pytest.fixture
+def smoke_batch(bench, tmp_path):
+    """Run ``method`` on a two-context smoke batch (three target sentences each, extra ``--set``
+    values as given); returns its result file as a dict and what it printed. A failed run fails the
+    test."""
+    import json
+
+    def run(method: str, *sets: str) -> tuple[dict, str]:
+        extra = [arg for value in sets for arg in ("--set", value)]
+        code, out, err = bench(
+            "run", "--method", method, "--task", "batch", "--profile", "smoke",
+            "--set", "num_contexts=2", "--set", "num_targets=3", *extra, "--out", tmp_path,
+        )  # fmt: skip
+        assert code == 0, err
+        return json.loads(next(tmp_path.rglob(f"{method}__*.json")).read_text()), out
+
+    return run
+
+
+@pytest.fixture
 def registrations():
     """Registrations made during the test are undone after it: a method, task or data set it adds
     (with ``@register_method`` and the like, or ``REGISTRY.register(name)(cls)``) is unregistered,

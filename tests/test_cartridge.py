@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -223,23 +222,7 @@ def test_no_target_sentences_is_an_error(tiny_lm):
         CartridgeMethod(tiny_lm, small(), RunParams()).inject([Context("c0", CONTEXT)])
 
 
-def test_bench_run_smoke(bench, tmp_path):
-    code, _, err = bench(
-        "run",
-        "--method",
-        "cartridge",
-        "--task",
-        "batch",
-        "--profile",
-        "smoke",
-        "--set",
-        "num_contexts=2",
-        "--set",
-        "num_targets=3",
-        "--out",
-        tmp_path,
-    )
-    assert code == 0, err
-    result = json.loads(next(tmp_path.rglob("cartridge__*.json")).read_text())
+def test_bench_run_smoke(smoke_batch):
+    result, _ = smoke_batch("cartridge")
     assert result["cost"]["train_tokens"] > 0
     assert result["cost"]["footprint_bytes"] > 0

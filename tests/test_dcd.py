@@ -3,7 +3,6 @@ loss is untouched by the extension, and a smoke run that trains and answers."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -166,26 +165,8 @@ def test_teacher_states_are_kept_for_targets_and_context_suffixes_only(tiny_lm, 
     assert sum(losses[-2:]) < sum(losses[:2])  # the combined loss goes down
 
 
-def test_bench_run_dcd_smoke_trains_and_answers(bench, tmp_path):
-    code, _, err = bench(
-        "run",
-        "--method",
-        "dcd",
-        "--task",
-        "batch",
-        "--profile",
-        "smoke",
-        "--set",
-        "num_contexts=2",
-        "--set",
-        "num_targets=3",
-        "--set",
-        "retain_source=model",
-        "--out",
-        tmp_path,
-    )
-    assert code == 0, err
-    result = json.loads(next(tmp_path.rglob("dcd__*.json")).read_text())
+def test_bench_run_dcd_smoke_trains_and_answers(smoke_batch):
+    result, _ = smoke_batch("dcd", "retain_source=model")
     assert result["method_info"]["display_name"] == "DCD (KM)"
     assert result["method_info"]["storage_class"] == "O(1)" and result["method_info"]["family"] == "parametric"
     assert result["config"]["params"]["method"]["hidden_weight"] == 1.0

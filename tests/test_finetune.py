@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -97,24 +95,8 @@ def test_sequential_injection_keeps_one_student(tiny_lm):
 
 
 @pytest.mark.parametrize("method", ["ft_context", "ft_sentences"])
-def test_bench_run_smoke(bench, tmp_path, method):
-    code, out, err = bench(
-        "run",
-        "--method",
-        method,
-        "--task",
-        "batch",
-        "--profile",
-        "smoke",
-        "--set",
-        "num_contexts=2",
-        "--set",
-        "num_targets=3",
-        "--out",
-        tmp_path,
-    )
-    assert code == 0, err
-    result = json.loads(next(tmp_path.rglob(f"{method}__*.json")).read_text())
+def test_bench_run_smoke(smoke_batch, method):
+    result, _ = smoke_batch(method)
     assert result["cost"]["train_tokens"] > 0
     assert result["cost"]["changed_params"] > 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -173,26 +172,8 @@ def test_unknown_settings_are_one_line_errors(bench, tmp_path):
     assert code == 2 and "unknown params 'half'" in err
 
 
-def test_bench_run_selfparam_smoke(bench, tmp_path):
-    code, out, err = bench(
-        "run",
-        "--method",
-        "selfparam",
-        "--task",
-        "batch",
-        "--profile",
-        "smoke",
-        "--set",
-        "num_contexts=2",
-        "--set",
-        "num_targets=3",
-        "--set",
-        "retain_source=model",
-        "--out",
-        tmp_path,
-    )
-    assert code == 0, err
-    result = json.loads(next(tmp_path.rglob("selfparam__*.json")).read_text())
+def test_bench_run_selfparam_smoke(smoke_batch):
+    result, out = smoke_batch("selfparam", "retain_source=model")
     assert result["cost"]["train_tokens"] > 0 and result["cost"]["train_tokens_per_s"] > 0
     assert result["cost"]["footprint_bytes"] > 0
     assert result["config"]["params"]["method"]["teacher"] == "original"
