@@ -12,7 +12,7 @@ import yaml
 import benchmark.runner
 from benchmark.app.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
 from benchmark.errors import BenchError
-from benchmark.registry import register_method
+from benchmark.registry import METHODS, register_method
 from benchmark.runner import episode_seed
 from methods.base import Method
 
@@ -172,6 +172,47 @@ def test_shipped_specs_expand(tmp_path):
     assert all(c.resources.gpus == 1 for c in paper.cells)
 
 
+# ---- methods: all and needs_data -----------------------------------------------------------------
+
+
+def runnable() -> set[str]:
+    return {name for name, cls in METHODS.items() if not cls.unavailable_reason()}
+
+
+def test_methods_all_is_every_method_that_runs_here_where_the_task_applies(tmp_path, registrations):
+    @register_method("test-sweep-new")
+    class New(Method):
+        pass
+
+    @register_method("test-sweep-oracle")
+    class Oracle(Method):
+        sees_gold_context = True  # recommendation has no gold context to show it
+
+    @register_method("test-sweep-absent")
+    class Absent(Method):
+        @classmethod
+        def unavailable_reason(cls):
+            return "its checkpoint is not here"
+
+    sweep = expand({"methods": "all", "tasks": ["batch", "recommendation"], "profiles": "smoke"}, out=tmp_path)
+    by_task = {t: {c.request.method for c in sweep.cells if c.request.task == t} for t in ("batch", "recommendation")}
+    assert "test-sweep-new" in by_task["batch"] and "test-sweep-absent" not in by_task["batch"]
+    assert by_task["batch"] == runnable()
+    assert by_task["recommendation"] == runnable() - {"base_cq", "test-sweep-oracle"}
+    assert all(c.error is None for c in sweep.cells)  # the pairs that do not apply are left out, not invalid
+    assert "method test-sweep-absent: not run here (its checkpoint is not here)" in sweep.notes
+    assert len(sweep.notes) == len(METHODS.names()) - len(runnable())  # one per method left out
+
+    # Named explicitly, a pair that does not apply is still an invalid cell: the spec asked for it.
+    named = expand({"methods": "test-sweep-oracle", "tasks": "recommendation", "profiles": "smoke"}, out=tmp_path)
+    assert "does not apply to the recommendation task" in named.cells[0].error
+
+
+def test_needs_data_is_checked_when_given(tmp_path):
+    with pytest.raises(BenchError, match="needs_data in the spec must be a folder"):
+        expand({**SMOKE, "methods": "base_q", "needs_data": [""]}, out=tmp_path)
+
+
 # ---- running: resume and failures (local executor) -----------------------------------------------
 
 
@@ -278,6 +319,52 @@ def test_unavailable_method_fails_its_cells_only(tmp_path, counted_runs, registr
     assert log.counts() == {"done": 1, "skipped": 0, "failed": 1, "pending": 0}
     assert "cannot run here: no GPU on this test machine" in log.rows[0]["error"]
     assert counted_runs == [("test-sweep-needs-gpu", 0), ("base_q", 0)]
+
+
+def test_absent_data_skips_its_cells_and_the_rest_run(tmp_path, counted_runs, bench, monkeypatch):
+    data = tmp_path / "data"
+    (data / "here").mkdir(parents=True)
+    monkeypatch.setenv("SELFPARAM_BENCH_DATA", str(data))
+    spec_file = tmp_path / "spec.yaml"
+    spec = {
+        **SMOKE,
+        "name": "data",
+        "out": str(tmp_path / "out"),
+        "grid": [
+            {"methods": "base_q", "needs_data": "here"},
+            {"methods": "base_cq", "needs_data": ["here", "licensed/set"]},
+        ],
+    }
+    spec_file.write_text(yaml.safe_dump(spec))
+    code, out, err = bench("sweep", spec_file)
+    assert code == 0, err  # a skip, not a failure
+    assert f"skipped: data not present (licensed/set under {data}): 1 cell" in out
+    assert "1 done, 1 skipped (1 without their data), 0 failed" in out
+    assert counted_runs == [("base_q", 0)]
+    header, *rows = [json.loads(line) for line in (tmp_path / "out" / "data.sweep.jsonl").read_text().splitlines()]
+    skipped = next(r for r in rows if r["method"] == "base_cq")
+    assert skipped["status"] == "skipped" and skipped["reason"].startswith("data not present (licensed/set")
+
+    # Once the data is there, the skipped cell runs and the finished one is not redone.
+    (data / "licensed" / "set").mkdir(parents=True)
+    counted_runs.clear()
+    code, out, _ = bench("sweep", spec_file)
+    assert code == 0 and counted_runs == [("base_cq", 0)] and "1 done, 1 skipped, 0 failed" in out
+
+
+def test_summary_ends_with_cpu_and_wall_time(tmp_path, counted_runs, bench):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({**SMOKE, "name": "timed", "out": str(tmp_path / "out"), "methods": "base_q"}))
+    code, out, err = bench("sweep", spec_file)
+    assert code == 0, err
+    header, row = [json.loads(line) for line in (tmp_path / "out" / "timed.sweep.jsonl").read_text().splitlines()]
+    assert row["cpu_s"] > 0 and header["cpu_s"] == row["cpu_s"]
+    assert header["wall_s"] >= row["wall_s"] > 0
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("CPU time ") and "(1 cell run now" in last and "wall time " in last
+
+    code, out, _ = bench("sweep", spec_file)  # resumed: nothing run, nothing counted
+    assert code == 0 and "CPU time 0.0s (0 cells run now" in out
 
 
 def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench, registrations):

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "sweep",
         help="run a grid of methods x tasks x data sets x models x seeds from a YAML spec",
         description="Run every cell of a sweep spec (see sweeps/*.yaml). Cells whose result file "
-        "exists are skipped, so the same command resumes an interrupted sweep.",
+        "exists are skipped, so the same command resumes an interrupted sweep, as are cells whose shared "
+        "data is absent. The summary ends with the CPU and wall time of the cells run.",
     )
     parser.add_argument("spec", type=Path, help="the sweep spec (YAML)")
     parser.add_argument(
@@ -98,7 +99,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def dry_run(sweep: Sweep) -> int:
-    from benchmark.app.sweep import FAILED, PENDING, SKIPPED, StatusLog, settled, summary_table, unavailable_here
+    from benchmark.app.sweep import (
+        FAILED,
+        PENDING,
+        SKIPPED,
+        StatusLog,
+        settled,
+        skip_notes,
+        summary_table,
+        unavailable_here,
+    )
 
     log = StatusLog(sweep, "dry-run")
     for cell in sweep.cells:
@@ -107,8 +117,11 @@ def dry_run(sweep: Sweep) -> int:
             reason = unavailable_here(cell)  # a cluster's workers may still run it
             status = {"status": PENDING, "path": str(cell.path), "headline": reason and f"({reason})"}
         log.set(cell, status)
+    for line in skip_notes(sweep, log):
+        print(line)
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells; results in {sweep.out} (dry run: nothing written)")
     print(summary_table(log))
     counts = log.counts()
-    print(f"{counts[PENDING]} to run, {counts[SKIPPED]} already done, {counts[FAILED]} invalid")
+    absent = f", {log.not_run()} without their data" if log.not_run() else ""
+    print(f"{counts[PENDING]} to run, {counts[SKIPPED] - log.not_run()} already done{absent}, {counts[FAILED]} invalid")
     return 0

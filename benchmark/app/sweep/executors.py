@@ -23,9 +23,19 @@ from benchmark.schema import nested_scores
 RAY_INSTALL_HINT = "Ray is not installed: pip install 'selfparam-bench[ray]' (or pip install 'ray[default]')"
 
 
+def cpu_seconds() -> float:
+    """User and system CPU time of this process (all its threads) and of its children that ended."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def run_cell(request: RunRequest) -> dict[str, Any]:
-    """One ordinary run; never raises for a failure of the run itself (Ctrl-C still stops it)."""
-    tick = time.perf_counter()
+    """One ordinary run; never raises for a failure of the run itself (Ctrl-C still stops it).
+
+    Its CPU time is measured here, in the process that runs it (this one, or a Ray worker), so the
+    sweep's total counts the same thing whichever executor ran the cells.
+    """
+    tick, cpu = time.perf_counter(), cpu_seconds()
     try:
         outcome = runner.run(request)
     except Exception as exc:
@@ -34,6 +44,7 @@ def run_cell(request: RunRequest) -> dict[str, Any]:
             "error": one_line(exc),
             "traceback": traceback.format_exc(),
             "wall_s": time.perf_counter() - tick,
+            "cpu_s": cpu_seconds() - cpu,
         }
     return {
         "status": SKIPPED if outcome.reused else DONE,
@@ -41,6 +52,7 @@ def run_cell(request: RunRequest) -> dict[str, Any]:
         "resumed_episodes": outcome.resumed_episodes,
         "headline": headline(nested_scores(outcome.result)),
         "wall_s": time.perf_counter() - tick,
+        "cpu_s": cpu_seconds() - cpu,
     }
 
 

@@ -1,6 +1,10 @@
 """A sweep spec and its cells: parsing the YAML, expanding its axes, ``set`` values, ``grid`` entries
 and ``exclude`` rules into one resolved cell per run (its result file named, or the error that makes
-it invalid), and the resources a cell asks a cluster for."""
+it invalid), the resources a cell asks a cluster for, and the shared data it needs.
+
+``methods: all`` stands for every registered method that can run on the machine reading the spec;
+cells where the task does not apply to such a method are left out, not reported as invalid.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,16 @@ import yaml
 
 from benchmark import runner
 from benchmark.errors import BenchError, UnavailableError
+from benchmark.paths import shared_data, shared_data_dir
+from benchmark.registry import METHODS, TASKS
 from benchmark.runner import RunRequest
 
 AXES = ("method", "task", "dataset", "model", "profile", "seed")
-ENTRY_KEYS = {*AXES, *(a + "s" for a in AXES), "set", "resources", "device"}
+ENTRY_KEYS = {*AXES, *(a + "s" for a in AXES), "set", "resources", "device", "needs_data"}
 TOP_KEYS = ENTRY_KEYS | {"name", "out", "grid", "exclude", "ray"}
 RESOURCE_KEYS = {"cpus", "gpus", "memory", "custom"}
 RAY_KEYS = {"num_cpus", "num_gpus", "max_retries"}
+ALL_METHODS = "all"  # `methods: all`: every registered method that can run here
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Cell:
     path: Path | None = None
     identity: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    needs_data: tuple[str, ...] = ()  # folders under the shared data folder that the cell reads
 
     def axes(self) -> dict[str, Any]:
         """The cell's coordinates, with the task's / profile's defaults filled in where known."""
@@ -80,6 +88,7 @@ class Sweep:
     cells: list[Cell]
     ray: dict[str, Any]
     source: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what the spec asked for that is left out, and why
 
 
 def load_spec(
@@ -130,12 +139,20 @@ def expand(
 
     cells: list[Cell] = []
     seen: set[str] = set()
+    notes: list[str] = []
     for number, entry in enumerate(entries, 1):
         where = f"grid entry {number}" if data.get("grid") else "the spec"
         _check_keys(entry, ENTRY_KEYS, where)
         merged = _merge(base, entry)
-        for request, resources in _entry_cells(merged, where, overrides or {}, out_dir.absolute(), force):
-            cell = _resolve(Cell(len(cells), request, resources))
+        every = merged.get("method") == ALL_METHODS
+        if every:
+            merged["method"], left_out = runnable_methods()
+            notes += [n for n in left_out if n not in notes]
+        needs = _needs_data(merged["needs_data"], where)
+        for request, resources in _entry_cells(
+            merged, where, overrides or {}, out_dir.absolute(), force, applicable_only=every
+        ):
+            cell = _resolve(Cell(len(cells), request, resources, needs_data=needs))
             if any(_matches(rule, cell) for rule in excludes):
                 continue
             key = str(cell.path) if cell.path else repr(asdict(request))
@@ -145,7 +162,43 @@ def expand(
             cells.append(cell)
     if not cells:
         raise BenchError("the sweep spec expands to no cells")
-    return Sweep(str(data.get("name") or name), out_dir.absolute(), cells, ray_settings)
+    return Sweep(str(data.get("name") or name), out_dir.absolute(), cells, ray_settings, notes=notes)
+
+
+def runnable_methods() -> tuple[list[str], list[str]]:
+    """What ``methods: all`` means here: the registered methods with no ``unavailable_reason``, and
+    a note for each one left out, so a newly registered method joins every ``all`` sweep."""
+    names, notes = [], []
+    for name, cls in METHODS.items():
+        reason = cls.unavailable_reason()
+        if reason:
+            notes.append(f"method {name}: not run here ({reason})")
+        else:
+            names.append(name)
+    return names, notes
+
+
+def _applies(method: str, task: str) -> bool:
+    """Whether ``task`` takes ``method``; an unknown name is left for its cell to report."""
+    if method not in METHODS or task not in TASKS:
+        return True
+    return not TASKS.get(task).method_problem(METHODS.get(method))
+
+
+def _needs_data(value: Any, where: str) -> tuple[str, ...]:
+    """``needs_data``: a folder, or a list of them, relative to the shared data folder."""
+    folders = _as_list(value) if value is not None else []
+    if not all(isinstance(f, str) and f.strip() for f in folders):
+        raise BenchError(f"needs_data in {where} must be a folder or a list of folders under the shared data folder")
+    return tuple(folders)
+
+
+def data_absent(cell: Cell) -> str | None:
+    """Why the cell is skipped for want of shared data (e.g. a licensed set not copied here), or None."""
+    missing = [f for f in cell.needs_data if shared_data(*f.split("/")) is None]
+    if not missing:
+        return None
+    return f"data not present ({', '.join(missing)} under {shared_data_dir()})"
 
 
 def _check_keys(mapping: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -172,6 +225,7 @@ def _merge(base: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
                 raise BenchError(f"{key} must be a mapping, got {value!r}")
             merged.setdefault(key, {}).update(value)
     merged["device"] = entry.get("device", base.get("device", "auto"))
+    merged["needs_data"] = entry.get("needs_data", base.get("needs_data"))
     return merged
 
 
@@ -180,8 +234,15 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _entry_cells(
-    merged: dict[str, Any], where: str, cli_overrides: dict[str, str], out: Path, force: bool
+    merged: dict[str, Any],
+    where: str,
+    cli_overrides: dict[str, str],
+    out: Path,
+    force: bool,
+    applicable_only: bool = False,
 ) -> Iterator[tuple[RunRequest, Resources]]:
+    """One request per combination of the entry's axes and swept ``set`` values; with
+    ``applicable_only`` (``methods: all``) none for a method that the task does not apply to."""
     for axis in ("method", "task"):
         if merged.get(axis) in (None, [], ""):
             raise BenchError(f"{where} names no {axis}s (add `{axis}s: [...]`)")
@@ -200,6 +261,8 @@ def _entry_cells(
     set_values = [_as_list(merged["set"][k]) for k in set_keys]
     resources = parse_resources(merged["resources"], where)
     for method, task, dataset, model, profile, seed in itertools.product(*axes.values()):
+        if applicable_only and not _applies(str(method), str(task)):
+            continue
         for combo in itertools.product(*set_values):
             values = {k: _override_text(k, v, where) for k, v in zip(set_keys, combo)}
             values.update(cli_overrides)

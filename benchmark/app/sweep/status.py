@@ -1,6 +1,7 @@
 """A sweep's status: which cells are done, skipped, failed or pending, kept in
 ``<out>/<name>.sweep.jsonl`` (rewritten atomically after every cell), and ``run_sweep``, which skips
-finished cells, records invalid ones and hands the rest to an executor."""
+finished cells and cells whose shared data is absent, records invalid ones and hands the rest to an
+executor. A skipped cell with a ``reason`` was not run; one without was done before."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import json
 import os
 import sys
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-from benchmark.app.sweep.spec import Cell, Sweep
+from benchmark.app.sweep.spec import Cell, Sweep, data_absent
 from benchmark.results import safe_name
 
 
@@ -40,6 +43,7 @@ class StatusLog:
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         self.rows: dict[int, dict[str, Any]] = {}
+        self.wall_s: float | None = None  # of this invocation, once it has finished
 
     def set(self, cell: Cell, result: dict[str, Any]) -> None:
         row = {
@@ -50,7 +54,7 @@ class StatusLog:
             "status": result["status"],
             "path": result.get("path") or (str(cell.path) if cell.path else None),
         }
-        for key in ("error", "headline", "wall_s", "resumed_episodes", "traceback"):
+        for key in ("error", "reason", "headline", "wall_s", "cpu_s", "resumed_episodes", "traceback"):
             if result.get(key) is not None:
                 row[key] = result[key]
         self.rows[cell.index] = row
@@ -61,10 +65,19 @@ class StatusLog:
             counts[row["status"]] += 1
         return counts
 
+    def not_run(self) -> int:
+        """Skipped cells that were never done (their data is absent), as opposed to done before."""
+        return sum(1 for row in self.rows.values() if row["status"] == SKIPPED and row.get("reason"))
+
+    def cpu_s(self) -> float:
+        """CPU time of the cells run by this invocation, each measured in the process that ran it."""
+        return sum(float(row.get("cpu_s") or 0.0) for row in self.rows.values())
+
     def write(self, finished: bool = False) -> None:
-        header = {**self.header, "counts": self.counts()}
+        header: dict[str, Any] = {**self.header, "counts": self.counts()}
         if finished:
             header["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+            header.update(cpu_s=self.cpu_s(), wall_s=self.wall_s)
         lines = [header] + [self.rows[i] for i in sorted(self.rows)]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
@@ -74,17 +87,30 @@ class StatusLog:
 
 
 def settled(cell: Cell) -> dict[str, Any] | None:
-    """A cell's status before anything runs: failed (invalid) or skipped (its result file exists and
-    no --force); None for a cell still to run."""
+    """A cell's status before anything runs: failed (invalid), skipped (its result file exists and
+    no --force) or skipped with a reason (its shared data is absent); None for a cell still to run."""
     if cell.error:
         return {"status": FAILED, "error": cell.error}
     if cell.path is not None and cell.path.exists() and not cell.request.force:
         return {"status": SKIPPED, "path": str(cell.path)}
+    reason = data_absent(cell)
+    if reason:
+        return {"status": SKIPPED, "reason": reason}
     return None
 
 
+def skip_notes(sweep: Sweep, log: StatusLog) -> list[str]:
+    """One line per reason that leaves part of the sweep out: methods that cannot run here, and
+    shared data that is absent (with how many cells it leaves out)."""
+    reasons = Counter(row["reason"] for row in log.rows.values() if row.get("reason"))
+    return [f"skipped: {note}" for note in sweep.notes] + [
+        f"skipped: {reason}: {_cells(n)}" for reason, n in reasons.items()
+    ]
+
+
 def run_sweep(sweep: Sweep, executor: Executor, echo: Callable[[str], None] = print) -> StatusLog:
-    """Skip finished cells, record invalid ones, run the rest with ``executor``; returns the log."""
+    """Skip finished cells and those without their data, record invalid ones, run the rest with
+    ``executor``; returns the log."""
     log = StatusLog(sweep, executor.name)
     todo: list[Cell] = []
     for cell in sweep.cells:
@@ -93,12 +119,16 @@ def run_sweep(sweep: Sweep, executor: Executor, echo: Callable[[str], None] = pr
         if status is None:
             todo.append(cell)
     counts = log.counts()
+    for line in skip_notes(sweep, log):
+        echo(line)
+    absent = f", {log.not_run()} without their data" if log.not_run() else ""
     echo(
-        f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED]} already done, "
+        f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED] - log.not_run()} already done{absent}, "
         f"{counts[FAILED]} invalid, {len(todo)} to run ({executor.name}); results in {sweep.out}"
     )
     log.write()
     finished = 0
+    tick = time.perf_counter()
 
     def report(cell: Cell, result: dict[str, Any]) -> None:
         nonlocal finished
@@ -112,6 +142,7 @@ def run_sweep(sweep: Sweep, executor: Executor, echo: Callable[[str], None] = pr
     try:
         executor.run(todo, report)
     finally:
+        log.wall_s = time.perf_counter() - tick
         log.write(finished=True)
     return log
 
@@ -133,7 +164,7 @@ def summary_table(log: StatusLog) -> str:
                 row["seed"],
                 sets,
                 row["status"],
-                row.get("error") or row.get("headline") or "",
+                row.get("error") or row.get("reason") or row.get("headline") or "",
             )
         )
     return tabulate(
@@ -148,7 +179,27 @@ def print_summary(log: StatusLog, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     counts = log.counts()
     print(summary_table(log), file=stream)
-    line = f"{counts[DONE]} done, {counts[SKIPPED]} skipped, {counts[FAILED]} failed"
+    absent = f" ({log.not_run()} without their data)" if log.not_run() else ""
+    line = f"{counts[DONE]} done, {counts[SKIPPED]} skipped{absent}, {counts[FAILED]} failed"
     if counts[PENDING]:
         line += f", {counts[PENDING]} not run"
     print(f"{line}; status per cell: {log.path}", file=stream)
+    ran = sum(1 for row in log.rows.values() if "cpu_s" in row)
+    print(
+        f"CPU time {duration(log.cpu_s())} ({_cells(ran)} run now, each measured where it ran), "
+        f"wall time {duration(log.wall_s or 0.0)}",
+        file=stream,
+    )
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
+def duration(seconds: float) -> str:
+    """``2h 03m 04s`` / ``3m 04s`` / ``4.2s``: long sweeps read in hours, short ones in seconds."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
