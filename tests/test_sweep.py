@@ -172,7 +172,7 @@ def test_shipped_specs_expand(tmp_path):
     assert all(c.resources.gpus == 1 for c in paper.cells)
 
 
-# ---- methods: all and needs_data -----------------------------------------------------------------
+# ---- methods: all, needs_data and the reference set (sweeps/reference.yaml) ----------------------
 
 
 def runnable() -> set[str]:
@@ -206,6 +206,69 @@ def test_methods_all_is_every_method_that_runs_here_where_the_task_applies(tmp_p
     # Named explicitly, a pair that does not apply is still an invalid cell: the spec asked for it.
     named = expand({"methods": "test-sweep-oracle", "tasks": "recommendation", "profiles": "smoke"}, out=tmp_path)
     assert "does not apply to the recommendation task" in named.cells[0].error
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "sweeps" / "reference.yaml"
+MAIN_METHODS = {"base_q", "base_cq", "bm25", "selfparam", "ft_sentences", "cartridge"}
+
+
+def test_reference_set_covers_every_task_and_data_set(tmp_path):
+    sweep = load_spec(REFERENCE, out=tmp_path)
+    assert load_spec(REFERENCE).out == Path.cwd() / "results"  # run from the repository root
+    assert all(c.error is None and c.request.profile == "quick" for c in sweep.cells)
+    seed0: dict[tuple[str, str], set[str]] = {}
+    settings: dict[tuple[str, str], set[tuple]] = {}
+    for c in sweep.cells:
+        pair = (c.request.task, c.request.dataset)
+        settings.setdefault(pair, set()).add(tuple(sorted(c.request.overrides.items())))
+        if c.request.seed == 0:
+            seed0.setdefault(pair, set()).add(c.request.method)
+    every = runnable()
+    assert seed0 == {
+        ("batch", "fictional"): every,
+        ("sequential", "fictional"): every,
+        ("batch", "squad"): every,
+        ("sequential", "squad"): every,
+        ("recommendation", "inspired"): every - {"base_cq"},
+        ("recommendation", "redial"): every - {"base_cq"},
+    }
+    assert settings == {
+        ("batch", "fictional"): {()},
+        ("sequential", "fictional"): {()},
+        ("batch", "squad"): {(("num_contexts", "50"),)},
+        ("sequential", "squad"): {()},  # the task's default sizes
+        ("recommendation", "inspired"): {(("num_probes", "0"),)},  # all of its test points
+        ("recommendation", "redial"): {(("num_probes", "320"),)},
+    }
+    more_seeds = {(c.request.method, c.request.task, c.request.dataset, c.request.seed) for c in sweep.cells}
+    more_seeds = {cell for cell in more_seeds if cell[3] != 0}
+    assert more_seeds == {
+        (m, t, d, s)
+        for m in MAIN_METHODS
+        for t, d in (("batch", "fictional"), ("batch", "squad"), ("sequential", "fictional"))
+        for s in (1, 2)
+    }
+    needs = {(c.request.dataset, c.needs_data) for c in sweep.cells}
+    assert needs == {
+        ("fictional", ()),
+        ("squad", ("squad",)),
+        ("inspired", ("inspired", "crs/inspired")),
+        ("redial", ("redial", "crs/redial")),
+    }
+
+
+def test_reference_dry_run_lists_every_cell(tmp_path, bench, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # out: results, relative to the current folder
+    monkeypatch.setenv("SELFPARAM_BENCH_DATA", str(tmp_path / "no-data"))
+    code, out, err = bench("sweep", REFERENCE, "--dry-run")
+    assert code == 0, err
+    every = runnable()
+    cells = 4 * len(every) + 2 * len(every - {"base_cq"}) + 3 * 2 * len(MAIN_METHODS)
+    assert f"sweep reference: {cells} cells; results in {tmp_path / 'results'}" in out
+    assert "skipped: data not present (squad under" in out  # said once, with how many cells
+    without = cells - 2 * len(every) - 2 * 2 * len(MAIN_METHODS)  # all but the fictional cells
+    assert f"{cells - without} to run, 0 already done, {without} without their data, 0 invalid" in out
+    assert not (tmp_path / "results").exists()
 
 
 def test_needs_data_is_checked_when_given(tmp_path):
