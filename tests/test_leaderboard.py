@@ -103,30 +103,6 @@ def test_empty_results_folder(tmp_path, bench):
     assert code == 2 and "no results folder" in err
 
 
-def test_reference_plan_skips_what_does_not_apply():
-    from benchmark.app.reference import plan
-
-    cells, notes = plan(
-        methods=["base_q", "base_cq"], tasks=["batch", "recommendation"], datasets=["fictional", "redial"]
-    )
-    chosen = {(c.method, c.task, c.dataset) for c in cells}
-    assert ("base_q", "batch", "fictional") in chosen and ("base_cq", "batch", "fictional") in chosen
-    assert ("base_cq", "recommendation", "redial") not in chosen  # no gold context to show
-    assert all(c.task != "sequential" for c in cells)
-    if any("redial" in n and "data not present" in n for n in notes):
-        assert ("base_q", "recommendation", "redial") not in chosen
-
-
-def test_reference_cells_carry_their_sizes():
-    from benchmark.app.reference import plan
-
-    cells, _ = plan(methods=["base_q"], tasks=["batch"], datasets=["fictional", "squad"])
-    sizes = {c.dataset: dict(c.overrides) for c in cells}
-    assert sizes.get("fictional") == {}
-    if "squad" in sizes:  # present only where the shared data is
-        assert sizes["squad"] == {"num_contexts": "50"}
-
-
 def test_train_rate_counts_shared_prefixes_per_example():
     from leaderboard.extract import rate_counts_computed_tokens_only, train_rate
 

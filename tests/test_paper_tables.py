@@ -161,17 +161,9 @@ def _string_literals(path: Path) -> set[str]:
     }
 
 
-# The reference set's list of cells is a run specification, like the sweep specs under sweeps/.
-SPECIFICATIONS = {"benchmark/app/reference.py"}
-
-
 def test_core_and_tables_code_name_no_built_in_method_or_task():
     names = set(METHODS.names()) | set(TASKS.names())
     assert {"selfparam", "base_q", "batch"} <= names  # discovery ran
     files = [*(REPO / "leaderboard").glob("*.py"), *(REPO / "benchmark").rglob("*.py")]
-    found = {
-        str(path.relative_to(REPO)): sorted(names & _string_literals(path))
-        for path in sorted(files)
-        if str(path.relative_to(REPO)) not in SPECIFICATIONS
-    }
+    found = {str(path.relative_to(REPO)): sorted(names & _string_literals(path)) for path in sorted(files)}
     assert {name: hits for name, hits in found.items() if hits} == {}

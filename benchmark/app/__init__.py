@@ -1,3 +1,3 @@
-"""What users call on top of the foundations: the ``bench`` command line, its subcommands, sweeps,
-the throughput benchmark and the reference runs. Nothing in ``benchmark/`` outside this package,
-nor in ``methods/`` or ``tasks/``, imports from here."""
+"""What users call on top of the foundations: the ``bench`` command line, its subcommands, sweeps
+and the throughput benchmark. Nothing in ``benchmark/`` outside this package, nor in ``methods/``
+or ``tasks/``, imports from here."""
