@@ -75,7 +75,9 @@ class Board:
         return self.methods.get(name) or meta.of_result(row.first)
 
     def display(self, row: Row) -> str:
-        return self.info(row).display_name
+        """The method's display name, with the run's variant settings when it has any."""
+        label = extract.variant_label(row.first)
+        return f"{self.info(row).display_name} ({label})" if label else self.info(row).display_name
 
     @property
     def floor_name(self) -> str:

@@ -103,6 +103,22 @@ def generator_label(result: dict[str, Any]) -> str:
     return f"{label} ({', '.join(extras)})" if extras else label
 
 
+def variant(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``--set`` values outside its task's settings (e.g. ``targets=implications``): they
+    make it a variant of the method rather than the method at its profile. Task settings such as
+    ``num_contexts`` are left out: every method of a board or table cell shares them."""
+    task = params(result, "task")
+    overrides = result.get("overrides")
+    if not isinstance(overrides, dict):
+        return {}
+    return {key: value for key, value in sorted(overrides.items()) if key not in task}
+
+
+def variant_label(result: dict[str, Any]) -> str:
+    """``variant`` as ``key=value, ...`` (empty for a run at its profile's settings)."""
+    return ", ".join(f"{key}={value}" for key, value in variant(result).items())
+
+
 def config_without_seed(result: dict[str, Any]) -> str:
     """The settings of a run apart from its seed, to tell apart runs that differ only in seed."""
     import json
@@ -118,10 +134,13 @@ def pooled(
     units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None,
 ) -> Summary | None:
     """One cell from several runs: the latest configuration's seeds, pooled (see ``seeds_summary``);
-    several seeds add ``seeds`` to the summary."""
+    several seeds add ``seeds`` to the summary. Runs at the method's profile settings (no ``variant``)
+    come before variants such as ``targets=implications``, which a paper table's cell would otherwise
+    show as the method's score just because they ran last."""
     runs = [r for r in results if value(r) is not None]
     if not runs:
         return None
+    runs = [r for r in runs if not variant(r)] or runs
     latest = max(runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
     chosen = [r for r in runs if config_without_seed(r) == config_without_seed(latest)]
     summary = seeds_summary(chosen, value, units_of)

@@ -26,6 +26,7 @@ def result(
     num_targets: int = 0,
     footprint: int = 0,
     finished: str = "2026-11-20T10:00:00+00:00",
+    overrides: dict[str, str] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     task_params = {"num_contexts": num_contexts} if num_contexts is not None else {}
@@ -48,7 +49,7 @@ def result(
         "profile": profile,
         "seed": seed,
         "config": config,
-        "overrides": {},
+        "overrides": dict(overrides or {}),
         "git_commit": "0123456789abcdef0123456789abcdef01234567",
         "started_at": finished,
         "finished_at": finished,

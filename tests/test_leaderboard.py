@@ -61,6 +61,20 @@ def test_boards_are_ranked_per_task_dataset_model(tmp_path):
     assert selfparam[8:] == ["12.5", "500", "2.0 KiB", "30.0", "2026-11-20", "01234567"]
 
 
+def test_a_variant_run_is_labelled_with_its_settings(tmp_path):
+    from leaderboard.load import load_results
+
+    write(tmp_path, batch("selfparam", 0.41))
+    write(tmp_path, batch("selfparam", 0.03, targets="implications", overrides={"targets": "implications"}))
+    write(tmp_path, batch("bm25", 0.30, overrides={"num_contexts": "20"}))  # a task setting: no label
+    (board,) = boards(load_results([tmp_path]).results)
+    assert [board_table(board).rows[i][2] for i in range(3)] == [
+        "SELF-PARAM",
+        "BM25",
+        "SELF-PARAM (targets=implications)",
+    ]
+
+
 def test_page_plots_links_and_identical_bytes(tmp_path, bench):
     results, out = tmp_path / "results", tmp_path / "board"
     _results(results, seeds=True)

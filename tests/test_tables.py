@@ -53,6 +53,28 @@ def test_table1_seeds_are_averaged_and_latest_config_wins():
     assert cell == "0.4500 [0.4000, 0.5000] (2 seeds)"
 
 
+def test_table1_shows_the_profile_run_not_a_later_variant():
+    """A run with a method setting of its own (here another target generator) made after the plain
+    run is a variant: the paper table shows the plain run, Table 4 both."""
+    plain = batch("selfparam", 0.40, num_targets=60)
+    variant = batch(
+        "selfparam",
+        0.03,
+        num_targets=60,
+        targets="implications",
+        finished="2026-11-21T10:00:00+00:00",
+        overrides={"targets": "implications", "num_contexts": "20"},
+    )
+    (table,) = table1([plain, variant])
+    assert _rows(table)["SELF-PARAM"][2] == "0.4000"
+    assert extract.variant_label(variant) == "targets=implications"  # the task setting is not one
+    assert extract.variant(plain) == {}
+    (only,) = table1([variant])  # no plain run: the variant is what there is
+    assert _rows(only)["SELF-PARAM"][2] == "0.0300"
+    (ablation,) = table4([plain, variant])
+    assert [row[1:] for row in ablation.rows] == [["dataset", "0.4000"], ["implications", "0.0300"]]
+
+
 def test_table1_paper_column_only_where_comparable():
     runs = [
         batch("base_cq", 0.55, dataset="pwc", model="mistralai/Mistral-7B-v0.1", num_contexts=100, profile="paper"),
