@@ -76,8 +76,8 @@ class Board:
 
     def display(self, row: Row) -> str:
         """The method's display name, with the run's variant settings when it has any."""
-        label = extract.variant_label(row.first)
-        return f"{self.info(row).display_name} ({label})" if label else self.info(row).display_name
+        name, label = self.info(row).display_name, extract.variant_label(row.first)
+        return f"{name} ({label})" if label else name
 
     @property
     def floor_name(self) -> str:

@@ -102,7 +102,6 @@ def dry_run(sweep: Sweep) -> int:
     from benchmark.app.sweep import (
         FAILED,
         PENDING,
-        SKIPPED,
         StatusLog,
         settled,
         skip_notes,
@@ -122,6 +121,5 @@ def dry_run(sweep: Sweep) -> int:
     print(f"sweep {sweep.name}: {len(sweep.cells)} cells; results in {sweep.out} (dry run: nothing written)")
     print(summary_table(log))
     counts = log.counts()
-    absent = f", {log.not_run()} without their data" if log.not_run() else ""
-    print(f"{counts[PENDING]} to run, {counts[SKIPPED] - log.not_run()} already done{absent}, {counts[FAILED]} invalid")
+    print(f"{counts[PENDING]} to run, {log.done_before()}, {counts[FAILED]} invalid")
     return 0

@@ -69,6 +69,12 @@ class StatusLog:
         """Skipped cells that were never done (their data is absent), as opposed to done before."""
         return sum(1 for row in self.rows.values() if row["status"] == SKIPPED and row.get("reason"))
 
+    def done_before(self) -> str:
+        """``N already done`` for the skipped cells, and how many of the skipped lack their data."""
+        absent = self.not_run()
+        text = f"{self.counts()[SKIPPED] - absent} already done"
+        return f"{text}, {absent} without their data" if absent else text
+
     def cpu_s(self) -> float:
         """CPU time of the cells run by this invocation, each measured in the process that ran it."""
         return sum(float(row.get("cpu_s") or 0.0) for row in self.rows.values())
@@ -121,9 +127,8 @@ def run_sweep(sweep: Sweep, executor: Executor, echo: Callable[[str], None] = pr
     counts = log.counts()
     for line in skip_notes(sweep, log):
         echo(line)
-    absent = f", {log.not_run()} without their data" if log.not_run() else ""
     echo(
-        f"sweep {sweep.name}: {len(sweep.cells)} cells, {counts[SKIPPED] - log.not_run()} already done{absent}, "
+        f"sweep {sweep.name}: {len(sweep.cells)} cells, {log.done_before()}, "
         f"{counts[FAILED]} invalid, {len(todo)} to run ({executor.name}); results in {sweep.out}"
     )
     log.write()
