@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from benchmark.allocator import malloc_in_use
 from benchmark.api import EpisodePlan, Method, Task
 from benchmark.checkpoint import Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
@@ -285,8 +286,12 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
             "fewshot": lm.fewshot,
         },
         "versions": package_versions(),
-        # What the cost figures depend on beyond the code: CPU threads and how idle ones wait.
-        "threads": {"torch": torch.get_num_threads(), "omp_wait_policy": omp_wait_policy()},
+        # What the cost figures depend on beyond the code: CPU threads, how idle ones wait, the malloc.
+        "threads": {
+            "torch": torch.get_num_threads(),
+            "omp_wait_policy": omp_wait_policy(),
+            "malloc": malloc_in_use(),
+        },
         "git_commit": git_commit(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

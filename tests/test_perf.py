@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from benchmark.allocator import keep_freed_memory
+from benchmark.allocator import keep_freed_memory, malloc_in_use
 from benchmark.app.perf import report, run_perf
 
 
@@ -38,7 +38,7 @@ def test_malloc_thresholds_are_raised_unless_the_user_tuned_malloc(monkeypatch):
     assert keep_freed_memory() is False  # the user's own malloc settings win
     monkeypatch.delenv("GLIBC_TUNABLES")
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert keep_freed_memory() is on_glibc
+    assert keep_freed_memory() is (on_glibc and malloc_in_use() == "glibc")  # not jemalloc's to tune
 
 
 def test_openmp_threads_sleep_on_a_busy_machine_and_the_users_choice_wins(monkeypatch):
@@ -72,3 +72,31 @@ def test_busy_cores_sees_a_spinning_process():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def _malloc_of_child(env_value: str | None) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter that preloads jemalloc as ``bench`` does, then names its malloc."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "_SELFPARAM_BENCH_PRELOADED")}
+    env.pop("SELFPARAM_BENCH_MALLOC", None)
+    if env_value is not None:
+        env["SELFPARAM_BENCH_MALLOC"] = env_value
+    code = (
+        "import sys; from benchmark.allocator import preload_jemalloc, malloc_in_use\n"
+        "from benchmark.errors import BenchError\n"
+        "try: preload_jemalloc()\n"
+        "except BenchError as e: print(e); sys.exit(2)\n"
+        "print(malloc_in_use())"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+def test_bench_restarts_itself_under_jemalloc_unless_told_glibc():
+    from benchmark.allocator import jemalloc_library
+
+    if jemalloc_library() is None:
+        pytest.skip("no jemalloc on this machine (neither ray's nor the system's)")
+    assert _malloc_of_child(None).stdout.strip() == "jemalloc"
+    assert _malloc_of_child("glibc").stdout.strip() == "glibc"
+    missing = _malloc_of_child("/nonexistent/libjemalloc.so")
+    assert missing.returncode == 2 and "SELFPARAM_BENCH_MALLOC" in missing.stdout

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from benchmark.allocator import keep_freed_memory
+from benchmark.allocator import keep_freed_memory, preload_jemalloc
 from benchmark.app import commands
 from benchmark.config import PROFILES, RUN_PROFILES, RunParams, declared_ranges, field_default, parse_overrides
 from benchmark.errors import BenchError, Terminated
@@ -255,5 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted_code(exc)
 
 
+def entry() -> int:
+    """The ``bench`` executable: ``main`` in a process whose malloc is jemalloc where one is found
+    (``benchmark.allocator``); ``main`` itself, called in-process, keeps the caller's malloc."""
+    try:
+        preload_jemalloc()
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

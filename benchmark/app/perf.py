@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmark.allocator import malloc_in_use
 from benchmark.app.breakdown import profile_steps
 from benchmark.app.breakdown import report as breakdown_report
 from benchmark.config import RunParams
@@ -180,6 +181,7 @@ def run_perf(
         "profile": profile,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": omp_wait_policy(),
+        "malloc": malloc_in_use(),
         "load_average": os.getloadavg(),
         "official_tok_s": official.rate,
         "official_tokens": official.tokens,
@@ -206,7 +208,8 @@ def report(figures: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.1f}" for x in figures["load_average"])
     header = (
         f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
-        f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}), load average {load}"
+        f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}, malloc "
+        f"{figures['malloc']}), load average {load}"
     )
     extra = []
     if "breakdown" in figures:
