@@ -65,6 +65,7 @@ class Board:
     deltas: list[Summary | None] = field(default_factory=list)  # main score minus the floor's, per row
     ranks: list[int | None] = field(default_factory=list)  # tied ranks, per row
     methods: dict[str, MethodInfo] = field(default_factory=dict)  # what the runs say of each method
+    scope: str = ""  # e.g. "50 contexts": set when runs of one task × data set × model were scored apart
 
     def heading(self, metric: str) -> str:
         """A score column's heading: the task's label for it."""
@@ -85,11 +86,13 @@ class Board:
 
     @property
     def slug(self) -> str:
-        return safe_name(f"{self.task}__{self.dataset}__{self.model}")
+        scope = f"__{self.scope.replace(' ', '-')}" if self.scope else ""
+        return safe_name(f"{self.task}__{self.dataset}__{self.model}{scope}")
 
     @property
     def title(self) -> str:
-        return f"{self.task} · {self.dataset} · {self.model}"
+        scope = f" · {self.scope}" if self.scope else ""
+        return f"{self.task} · {self.dataset} · {self.model}{scope}"
 
 
 def board_metrics(task: TaskInfo, runs: list[Result]) -> list[str]:
@@ -98,22 +101,54 @@ def board_metrics(task: TaskInfo, runs: list[Result]) -> list[str]:
 
 
 def boards(results: list[Result]) -> list[Board]:
+    """One board per task × data set × model, and within it per set of questions scored: runs on 20
+    contexts and runs on 50 cannot be paired or ranked together, so each set gets its own board,
+    titled with its size (in the units a bootstrap draws), largest first."""
     groups: dict[tuple[str, str, str], list[Result]] = defaultdict(list)
     for r in upgrade_all(results):
         groups[(str(r["task"]), str(r["dataset"]), str(r["model"]))].append(r)
     found = []
     for (task, dataset, model), runs in sorted(groups.items()):
         info = meta.by_task(runs)
-        metrics = board_metrics(info, runs)
-        infos = meta.by_method(runs)
-        rows = ranked(seed_rows(runs), metrics, infos, info)
-        main = metrics[0] if metrics else ""
-        found.append(
-            Board(
-                task, dataset, model, rows, metrics, info, floor_deltas(rows, main, infos), tie_ranks(rows, main), infos
-            )
-        )
+        parts = scored_sets(runs, info)
+        scopes: list[str] = []
+        for size, part in parts:
+            scope = f"{size} {info.resampled_unit}" if len(parts) > 1 else ""
+            if scope in scopes:  # two sets of one size: number the later ones
+                scope += f", set {sum(s.startswith(scope) for s in scopes) + 1}"
+            scopes.append(scope)
+            found.append(make_board(task, dataset, model, part, info, scope))
     return found
+
+
+def scored_sets(runs: list[Result], info: TaskInfo) -> list[tuple[int, list[Result]]]:
+    """The runs grouped by the questions they were scored on (seeds aside), the largest set first,
+    each with its number of resampled units. Runs that record no questions join the largest set
+    (they pair with none)."""
+    by_questions: dict[frozenset[tuple[str, ...]], list[Result]] = defaultdict(list)
+    for run in runs:
+        by_questions[frozenset(probe[1:] for probe in extract.probes(run))].append(run)
+    unrecorded = by_questions.pop(frozenset(), [])
+    unit = extract.cluster(info)  # over (seed, episode, unit, item): a seed placeholder goes first
+
+    def size(questions: frozenset[tuple[str, ...]]) -> int:
+        return len({unit(("", *q)) for q in questions})
+
+    sized = sorted(((size(q), sorted(q), part) for q, part in by_questions.items()), key=lambda x: (-x[0], x[1]))
+    if not sized:
+        return [(0, unrecorded)]
+    parts = [(size, part) for size, _, part in sized]
+    parts[0] = (parts[0][0], parts[0][1] + unrecorded)
+    return parts
+
+
+def make_board(task: str, dataset: str, model: str, runs: list[Result], info: TaskInfo, scope: str) -> Board:
+    metrics = board_metrics(info, runs)
+    infos = meta.by_method(runs)
+    rows = ranked(seed_rows(runs), metrics, infos, info)
+    main = metrics[0] if metrics else ""
+    deltas, ranks = floor_deltas(rows, main, infos), tie_ranks(rows, main)
+    return Board(task, dataset, model, rows, metrics, info, deltas, ranks, infos, scope)
 
 
 def seed_rows(runs: list[Result]) -> list[Row]:

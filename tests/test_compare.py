@@ -142,18 +142,37 @@ def test_tied_ranks_and_delta_against_the_floor():
         qa("dpr", [0.78] * 10),  # 0.02 below the top on every context: the next rank
         qa("raptor", [0.77 + (v - 0.5) / 5 for v in spread]),  # ties DPR, the top of its rank
         qa("base_q", [0.0] * 10),
-        qa("infllm", [0.5] * 10, contexts=[f"other-{i}" for i in range(10)]),  # not the same contexts
     ]
     (board,) = boards(runs)
     methods = [row.first["method"] for row in board.rows]
-    assert methods == ["ft_sentences", "bm25", "dpr", "raptor", "infllm", "base_q"]
-    assert board.ranks == [1, 1, 2, 2, None, 3]
+    assert methods == ["ft_sentences", "bm25", "dpr", "raptor", "base_q"]
+    assert board.ranks == [1, 1, 2, 2, 3] and board.scope == ""
     assert board.deltas[0]["mean"] == pytest.approx(0.8) and board.deltas[0]["ci_low"] == pytest.approx(0.8)
-    assert board.deltas[4] is None and board.deltas[5]["mean"] == 0.0
+    assert board.deltas[4]["mean"] == 0.0
     table = board_table(board)
     assert table.headers[:7] == ["#", "rank", "method", "profile", "seeds", "QA-F1 [95% CI]", "Δ vs Base, Q [95% CI]"]
     assert table.rows[2][:2] == ["3", "2"] and table.rows[2][6] == "0.7800 [0.7800, 0.7800]"
-    assert table.rows[4][1] == "—" and table.rows[4][6] == "—"
+
+
+def test_runs_scored_on_other_contexts_get_a_board_of_their_own():
+    more = [f"more-{i}" for i in range(20)]
+    other = [f"other-{i}" for i in range(10)]
+    runs = [
+        qa("bm25", [0.8] * 10),
+        qa("base_q", [0.0] * 10),
+        qa("prag", [0.5] * 20, contexts=more),
+        qa("base_q", [0.1] * 20, contexts=more),
+        qa("infllm", [0.5] * 10, contexts=other),  # no floor on these contexts: no Δ, but a rank
+        {**qa("dpr", [0.7] * 10), "episodes": []},  # an old file without questions: the largest set's board
+    ]
+    found = boards(runs)
+    assert [b.scope for b in found] == ["20 contexts", "10 contexts", "10 contexts, set 2"]
+    assert len({b.slug for b in found}) == 3 and found[0].title.endswith(" · 20 contexts")
+    assert [r.first["method"] for r in found[0].rows] == ["dpr", "prag", "base_q"]
+    assert found[0].ranks == [None, 1, 2] and found[0].deltas[1]["mean"] == pytest.approx(0.4)
+    by_methods = {tuple(sorted(r.first["method"] for r in b.rows)): b for b in found[1:]}
+    assert by_methods[("base_q", "bm25")].ranks == [1, 2]
+    assert by_methods[("infllm",)].ranks == [1] and by_methods[("infllm",)].deltas == [None]
 
 
 def test_seeds_share_one_row_with_contexts_and_seeds_pooled(tmp_path):

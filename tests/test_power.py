@@ -119,11 +119,11 @@ def test_power_table_of_a_cell_folder(tmp_path, bench):
     write(tmp_path, qa("selfparam", [v + g for v, g in zip(BASE, GAINS)]))
     write(tmp_path, qa("bm25", spread))
     write(tmp_path, qa("dpr", [v + 0.2 for v in BASE]))
-    unpaired = write(tmp_path, qa("infllm", [0.5] * 10, contexts=[f"other-{i}" for i in range(10)]))
+    write(tmp_path, qa("infllm", [0.5] * 10, contexts=[f"other-{i}" for i in range(10)]))  # a set of its own, no floor
     cell = tmp_path / "batch" / "fictional" / "smollm2-135m-instruct"
     code, out, err = bench("power", cell)
     assert code == 0, err
-    assert out.startswith("### batch · fictional · smollm2-135m-instruct\n")
+    assert out.startswith("### batch · fictional · smollm2-135m-instruct · 10 contexts\n")  # infllm: a set of its own
     header = next(line for line in out.splitlines() if line.startswith("| method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "method",
@@ -141,7 +141,7 @@ def test_power_table_of_a_cell_folder(tmp_path, bench):
     assert rows["SELF-PARAM"][2] == "±0.1968"
     assert rows["DPR"] == ["10", "+0.2000 [+0.2000, +0.2000]", "— (no spread)"]
     assert "InfLLM" not in out
-    assert err.count("\n") == 1 and f"skipped {unpaired.as_posix()}: cannot be paired with Base, Q" in err
+    assert err.count("\n") == 1 and "10 contexts, set 2: no Base, Q run to pair with" in err
     assert "2.80 × the standard error" in out and '"no spread": every unit' in out
 
 
