@@ -7,7 +7,8 @@ finding a fit takes longer (``_int_malloc`` was 13% of the CPU samples of a SELF
 CPU tuning guide recommends, keeps blocks in size classes. Quick SELF-PARAM on 10 ``fictional``
 contexts, two pairs of runs alternating the two, same answers: peak RSS 3.2 GiB instead of 4.1 both
 times (2.5 instead of 3.9 GiB while training), wall time 267 s vs 357 s and 290 s vs 304 s. The
-demo (sequential, 4 x 3 contexts), jemalloc, glibc, jemalloc in a row: 5.1, 10.3 and 6.4 min. A process cannot change its malloc once running, so ``preload_jemalloc`` starts ``bench``
+demo (sequential, 4 x 3 contexts), jemalloc, glibc, jemalloc in a row: 5.1, 10.3 and 6.4 min.
+A process cannot change its malloc once running, so ``preload_jemalloc`` starts ``bench``
 again with jemalloc preloaded (``LD_PRELOAD``) when it finds one: ``$SELFPARAM_BENCH_MALLOC`` (a
 library's path, or ``glibc`` to keep glibc's), else the copy the ``ray`` package ships (installed
 by ``make``), else the system's ``libjemalloc.so.2``. Result files record the malloc in use.
