@@ -90,9 +90,13 @@ class Board:
         return safe_name(f"{self.task}__{self.dataset}__{self.model}{scope}")
 
     @property
+    def where(self) -> str:
+        """Data set, model and, when a cell has several sets of questions, the board's (its ``scope``)."""
+        return " · ".join(part for part in (self.dataset, self.model, self.scope) if part)
+
+    @property
     def title(self) -> str:
-        scope = f" · {self.scope}" if self.scope else ""
-        return f"{self.task} · {self.dataset} · {self.model}{scope}"
+        return f"{self.task} · {self.where}"
 
 
 def board_metrics(task: TaskInfo, runs: list[Result]) -> list[str]:

@@ -86,7 +86,7 @@ def retention_plot(board: Board, path: Path) -> bool:
         ax.set_xlabel("step (contexts injected so far)")
         ax.set_ylabel(f"{metric.short} over the sequence's contexts")
         ax.set_ylim(0, 1)
-        ax.set_title(f"retention · {board.dataset} · {board.model}" + (f" · {board.scope}" if board.scope else ""))
+        ax.set_title(f"retention · {board.where}")
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         _save(fig, path)
