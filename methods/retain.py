@@ -174,20 +174,36 @@ class RetainQuestions:
         self.seed = seed
         self.pool: list[str] | None = None
         self.position = 0
+        self.read_pool: list[tuple[str, str]] | None = None
+        self.read_position = 0
 
     def take(self, n: int) -> list[str]:
         if n <= 0:
             return []
         if self.pool is None:
-            documents = open_dataset("fictional", "qa", seed=self.SEED_OFFSET + self.seed).documents(self.DOCUMENTS)
-            self.pool = [
-                f"Question: {qa.question} Answer: {qa.answers[0]}"
-                for doc in documents
-                for qa in doc.probes + doc.train_qa
-            ]
+            self.pool = [sentence for _, sentence in self._pairs()]
             random.Random(self.seed).shuffle(self.pool)
         start, self.position = self.position, self.position + n
         return [self.pool[(start + i) % len(self.pool)] for i in range(n)]
+
+    def readings(self, n: int) -> list[tuple[str, str]]:
+        """``n`` (document text, sentence about it) pairs, in their own seeded order: for the
+        student to read an unrelated document in context as the untouched model does."""
+        if n <= 0:
+            return []
+        if self.read_pool is None:
+            self.read_pool = self._pairs()
+            random.Random(self.seed + 1).shuffle(self.read_pool)
+        start, self.read_position = self.read_position, self.read_position + n
+        return [self.read_pool[(start + i) % len(self.read_pool)] for i in range(n)]
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        documents = open_dataset("fictional", "qa", seed=self.SEED_OFFSET + self.seed).documents(self.DOCUMENTS)
+        return [
+            (doc.text, f"Question: {qa.question} Answer: {qa.answers[0]}")
+            for doc in documents
+            for qa in doc.probes + doc.train_qa
+        ]
 
 
 class RetainChats:

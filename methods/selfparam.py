@@ -61,6 +61,12 @@ class SelfParamParams(SentenceParams):
     # them as the student does (not in the official code; 0 = off; see methods/retain.py).
     retain_chat_per_target: float = 0.0
     retain_chat_pool: int = 32  # distinct exchanges, made once per run and reused
+    # Unrelated documents read in context per target sentence and epoch: the student reads an
+    # invented document and a question about it, framed as the teacher's target sentences are,
+    # against the untouched model reading the same, so that it keeps reading a context as the base
+    # model does (not in the official code; 0 = off). With teacher=current, injections that change
+    # how the model reads a context also spoil the teacher of every later injection.
+    retain_read_per_target: float = 0.0
     retain_chat_reply_tokens: int = 64  # the length of the model's reply that is scored
     targets_per_epoch: int = 0  # target sentences per context and epoch, taken in turn; 0 = all
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
@@ -87,6 +93,7 @@ class SelfParamParams(SentenceParams):
         "retain_pool": ">= 0",
         "retain_qa_per_target": ">= 0",
         "retain_chat_per_target": ">= 0",
+        "retain_read_per_target": ">= 0",
         "retain_chat_pool": ">= 1",
         "retain_chat_reply_tokens": ">= 1",
         "targets_per_epoch": ">= 0",
@@ -182,12 +189,13 @@ class SelfParam(TrainedMethod):
         p: SelfParamParams = self.params
         if not any(c.targets for c in contexts):
             raise BenchError("selfparam needs target sentences; none were generated for these contexts")
-        student = self.ensure_student()
+        student = self.student_for_injection()
         snapshot = _frozen_copy(student) if "current" in (p.teacher, p.retain_teacher) else None
         teachers = {
             kind: self.lm.model if choice == "original" else snapshot
             for kind, choice in (("target", p.teacher), ("retain", p.retain_teacher or p.teacher))
         }
+        teachers["read"] = self.lm.model
         plan = self.make_plan(contexts)
         per_epoch = plan.examples_per_epoch()
         total = p.epochs * steps_per_epoch(per_epoch, p.batch_size)
@@ -222,8 +230,10 @@ class SelfParam(TrainedMethod):
 
 
 def _role(key: tuple) -> str:
-    """Which teacher scores a cached entry: the retain terms' keys start with "ret"."""
-    return "retain" if str(key[0]).startswith("ret") else "target"
+    """Which teacher scores a cached entry: documents read in context ("ret-read") the untouched
+    model, the other retain terms' keys (starting with "ret") the retain teacher."""
+    kind = str(key[0])
+    return "read" if kind == "ret-read" else "retain" if kind.startswith("ret") else "target"
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -289,16 +299,16 @@ class InjectionPlan:
         self.fresh_retain: list[Any] = []  # keys of this epoch's one-off retain texts
         self.next_text = 0
 
-    def _counts(self, c: int) -> tuple[int, int, int, int, int]:
+    def _counts(self, c: int) -> tuple[int, int, int, int, int, int]:
         """Examples of context ``c`` per epoch: targets, context suffixes, retain texts, retain QA,
-        retain chats."""
+        retain chats, documents read in context."""
         n = len(self.sentences[c])
         if self.p.targets_per_epoch:
             n = min(n, self.p.targets_per_epoch)
         n_ctx = round(self.p.context_per_target * n) if self.p.context_loss else 0
         n_ret = round(self.p.retain_per_target * n)
         n_chat = round(self.p.retain_chat_per_target * n) if self.retain_chats is not None else 0
-        return n, n_ctx, n_ret, round(self.p.retain_qa_per_target * n), n_chat
+        return n, n_ctx, n_ret, round(self.p.retain_qa_per_target * n), n_chat, round(self.p.retain_read_per_target * n)
 
     def examples_per_epoch(self) -> int:
         return sum(sum(self._counts(c)) for c in range(len(self.contexts)))
@@ -311,7 +321,7 @@ class InjectionPlan:
         self.fresh_retain = []
         examples: list[Example] = []
         for c, ctx in enumerate(self.contexts):
-            n, n_ctx, n_ret, n_qa, n_chat = self._counts(c)
+            n, n_ctx, n_ret, n_qa, n_chat, n_read = self._counts(c)
             sentences = self.sentences[c]
             for i in range(n):
                 j = (epoch * n + i) % len(sentences)
@@ -361,6 +371,14 @@ class InjectionPlan:
                 self.fresh_retain.append(key)
                 self.specs[key] = TeacherSpec(ids, first)
                 examples.append(Example(ids, first, "retain_chat", p.retain_weight, (key, 0)))
+            for text, sentence in self.retain_questions.readings(n_read):  # both read the document
+                prefixes, _ = sentence_prefixes(self.lm, [Context("retain-read", text)], p.prompt_style)
+                framed = frame(self.lm, prefixes[0], sentence, p)
+                key = ("ret-read", c, self.next_text)
+                self.next_text += 1
+                self.fresh_retain.append(key)
+                self.specs[key] = TeacherSpec(framed.ids, framed.first)
+                examples.append(Example(framed.ids, framed.first, "retain_read", p.retain_weight, (key, 0)))
         return examples
 
     def teacher_targets(

@@ -262,6 +262,39 @@ def test_retain_questions_are_unrelated_and_the_teacher_reads_them_without_the_c
     assert not {s.split(" Answer: ")[0].removeprefix("Question: ") for s in RetainQuestions(5).take(500)} & scored
 
 
+def test_retain_readings_put_an_unrelated_document_in_context_for_the_untouched_model(tiny_lm, monkeypatch):
+    import methods.selfparam as sp
+    from methods.retain import RetainQuestions
+
+    pairs = RetainQuestions(5).readings(3)
+    assert pairs == RetainQuestions(5).readings(3) != RetainQuestions(6).readings(3)
+    for text, sentence in pairs:  # each question is about its own document
+        assert sentence.split(" Answer: ")[1].strip() in text
+    assert RetainQuestions(5).take(20) == RetainQuestions(5).take(20)  # its own stream: take() unchanged
+
+    models: list[bool] = []  # per teacher pass: the untouched base model?
+    real = sp.teacher_dists
+
+    def spy(model, lm, specs, *args, **kwargs):
+        models.append(model is tiny_lm.model)
+        return real(model, lm, specs, *args, **kwargs)
+
+    monkeypatch.setattr(sp, "teacher_dists", spy)
+    p = small(teacher="current", retain_read_per_target=1.0, retain_per_target=0, context_loss=False)
+    method = SelfParam(tiny_lm, p, RunParams(), seed=0)
+    method.inject([Context("c0", CONTEXT, [SENTENCE])])
+    assert models.count(True) >= 1 and models.count(False) >= 1  # readings: base; targets: the snapshot
+    plan = sp.InjectionPlan(
+        tiny_lm, [Context("c0", CONTEXT, [SENTENCE])], p, method.retain, random.Random(0), RetainQuestions(5)
+    )
+    examples = plan.epoch(0)
+    assert [e.kind for e in examples] == ["qa", "retain_read"]
+    text, sentence = RetainQuestions(5).readings(1)[0]
+    spec = plan.specs[examples[1].teacher[0]]
+    assert (spec.ids, spec.first) == (examples[1].ids, examples[1].first)
+    assert tiny_lm.encode(text, add_bos=False)[:8] == examples[1].ids[1:9]  # raw style: BOS, then the document
+
+
 def test_retain_teacher_current_with_the_original_target_teacher(tiny_lm, monkeypatch):
     """Targets scored by the untouched model, retain texts by the frozen current model."""
     import methods.selfparam as sp
