@@ -33,7 +33,7 @@ class _Finetune(TrainedMethod):
         examples = [e for e in self.examples(contexts) if e.rows > 0]
         if not examples:
             raise BenchError(f"{self.name} has nothing to train on for these contexts")
-        student = self.ensure_student()
+        student = self.student_for_injection()
         total = p.epochs * steps_per_epoch(len(examples), p.batch_size)
         trainer = Trainer(student, self.lm, p, total)
         report = run_epochs(

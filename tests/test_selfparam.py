@@ -375,3 +375,25 @@ def test_retain_chats_off_asks_nothing_of_the_model(tiny_lm, monkeypatch):
         RetainChats(tiny_lm, "model", 8, 6, 3, seed=0),
     )
     assert [e.kind for e in plan.epoch(0)] == ["qa"]
+
+
+def test_merge_adapter_freezes_what_was_learned_into_the_weights_and_trains_a_fresh_adapter(tiny_lm):
+    method = SelfParam(tiny_lm, small(merge_adapter=True, lora_dropout=0.0), RunParams(), seed=0)
+    method.inject([Context("c0", CONTEXT, [SENTENCE])])
+    adapter_params = method.footprint().changed_params
+    dtypes = {v.dtype for k, v in method.student.state_dict().items() if "lora_" in k}
+    ids = torch.tensor([tiny_lm.encode(SENTENCE)])
+    with torch.no_grad():
+        learned = method.student.eval()(ids).logits
+        untouched = tiny_lm.model(ids).logits
+        student = method.student_for_injection().eval()
+        merged = student(ids).logits
+    assert not torch.allclose(learned, untouched, atol=1e-3)  # something was learned...
+    assert torch.allclose(merged, learned, atol=2e-2 * learned.abs().max().item())  # ...and kept
+    assert [k for k, v in student.state_dict().items() if "lora_B" in k]
+    assert all(not v.any() for k, v in student.state_dict().items() if "lora_B" in k)  # a fresh adapter
+    assert {v.dtype for k, v in student.state_dict().items() if "lora_" in k} == dtypes
+    footprint = method.footprint()
+    assert footprint.changed_params > adapter_params and set(footprint.detail) == {"merged_lora_params"}
+    with pytest.raises(BenchError, match="merge_adapter needs params=lora"):
+        SelfParam(tiny_lm, small(merge_adapter=True, params="full"), RunParams(), seed=0)

@@ -29,7 +29,14 @@ from methods.training.examples import (
     selected_states,
     states_after_prefix,
 )
-from methods.training.student import TrainParams, build_student, head_logits, student_footprint, trainable_parameters
+from methods.training.student import (
+    TrainParams,
+    build_student,
+    head_logits,
+    merge_adapter,
+    student_footprint,
+    trainable_parameters,
+)
 from methods.training.teacher import Dist, cat_dists, hidden_distance, kl_rows
 
 
@@ -358,6 +365,8 @@ class TrainedMethod(Method):
 
     def __init__(self, lm: LM, params: TrainParams, run, seed: int = 0) -> None:
         super().__init__(lm, params, run, seed)
+        if params.merge_adapter and params.params != "lora":
+            raise BenchError(f"merge_adapter needs params=lora (got params={params.params})")
         self.student: torch.nn.Module | None = None
         self.rng = random.Random(seed)
         self.last_report: TrainReport | None = None
@@ -370,6 +379,15 @@ class TrainedMethod(Method):
         if self.student is None:
             self.student = build_student(self.lm, self.params)
             self.model = self.student  # Method.generate answers with it
+        return self.student
+
+    def student_for_injection(self) -> torch.nn.Module:
+        """The student the next injection trains: with ``merge_adapter``, an earlier injection's
+        adapter is first added into the weights and a fresh adapter started."""
+        trained = self.student is not None
+        student = self.ensure_student()
+        if trained and self.params.merge_adapter:
+            self.student = self.model = merge_adapter(student, self.params)
         return self.student
 
     def record(self, report: TrainReport, wall_s: float) -> None:

@@ -55,6 +55,11 @@ class TrainParams:
     # bf16-autocast, peak RSS: 6.6 / 4.2 / 3.0 GiB at 4096 / 2048 / 1024 with sdpa attention,
     # 10.4 / 6.4 / 4.6 GiB with eager, and no slower for the smaller parts.
     step_tokens: int = 2048
+    # LoRA only: before each injection after the first, add the adapter into the weights it adapts
+    # and train a fresh one (zero update, new random A). The earlier injections' updates are then
+    # frozen instead of rewritten by the next one's optimizer; the model stores one set of changed
+    # weights whatever the number of injections, not one adapter per injection.
+    merge_adapter: bool = False
 
     RANGES: ClassVar[dict[str, str]] = {
         "lora_r": ">= 1",
@@ -111,6 +116,27 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
     return model
 
 
+def merge_adapter(model: torch.nn.Module, p: TrainParams) -> torch.nn.Module:
+    """The LoRA student with its adapter added into the adapted weights, and a fresh adapter.
+
+    The frozen weights keep their dtype (bf16 under bf16-autocast): the merged update is rounded to
+    it, as autocast would round the adapter's output.
+    """
+    from peft import get_peft_model
+
+    config = model.peft_config["default"]
+    adapted = sorted(set(getattr(model, "_merged_modules", ())) | _adapted_weights(model))
+    fresh = get_peft_model(model.merge_and_unload(), config)
+    fresh._merged_modules = adapted  # for the footprint: these weights now differ from the base's
+    return fresh
+
+
+def _adapted_weights(model: torch.nn.Module) -> set[str]:
+    """Names of the base weights a LoRA model adapts."""
+    suffix = ".lora_A.default"
+    return {name.removesuffix(suffix) for name, _ in model.named_modules() if name.endswith(suffix)}
+
+
 def _store_frozen_in_bf16(model: torch.nn.Module) -> None:
     """Keep frozen matmul weights in bf16 so autocast does not re-cast them at every step.
 
@@ -137,9 +163,16 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def student_footprint(model: torch.nn.Module | None, p: TrainParams) -> Footprint:
-    """LoRA: the adapter bytes; full / MLP: the bytes of the changed weights (a second copy)."""
+    """LoRA: the adapter bytes; full / MLP, or LoRA merged into the weights: the bytes of the
+    changed weights (a second copy)."""
     if model is None:
         return Footprint()
+    merged = set(getattr(model, "_merged_modules", ()))
+    if merged:
+        weights = [m.base_layer.weight for name, m in model.named_modules() if name in merged]
+        count = sum(t.numel() for t in weights)
+        size = sum(t.numel() * t.element_size() for t in weights)
+        return Footprint(extra_bytes=size, changed_params=count, detail={"merged_lora_params": count})
     changed = trainable_parameters(model)
     count = sum(t.numel() for t in changed)
     size = sum(t.numel() * t.element_size() for t in changed)
