@@ -227,7 +227,7 @@ class CartridgeMethod(TrainedMethod):
             "end_answer": True,
             "share_prefix": 8,
         },
-        "quick@sequential": {"epochs": 8},  # selfparam's sequential budget
+        "quick@sequential": {"epochs": 8},  # selfparam's sequential budget when measured (now 10)
         # The official code: p = 2048, lr 2e-2, top-20 teacher logits, Adam, batch 64, the first
         # position frozen (the defaults). Epochs stay the benchmark's 50 passes over the target
         # sentences: the official run is ~2 epochs over ~65k synthetic conversations.

@@ -68,7 +68,7 @@ class FinetuneContext(_Finetune):
             "lora_dropout": 0.0,
             "max_grad_norm": 1.0,
         },
-        "quick@sequential": {"epochs": 8},  # selfparam's sequential budget
+        "quick@sequential": {"epochs": 10, "merge_adapter": True},  # selfparam's sequential regime
         "paper": {},
     }
 
@@ -100,7 +100,7 @@ class FinetuneSentences(_Finetune):
             "end_answer": True,
             "share_prefix": 8,
         },
-        "quick@sequential": {"epochs": 8},  # selfparam's sequential budget
+        "quick@sequential": {"epochs": 10, "merge_adapter": True},  # selfparam's sequential regime
         "paper": {},
     }
 
