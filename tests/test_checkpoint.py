@@ -41,8 +41,9 @@ def counted_step(self, batch, targets=None):
 record = training.TrainedMethod.record
 
 def logged_record(self, report, wall_s):
-    blob = b"".join(p.detach().float().numpy().tobytes()
-                    for p in training.trainable_parameters(self.student))
+    student = self.student
+    weights = student.parameters() if os.environ.get("ALL_WEIGHTS") else training.trainable_parameters(student)
+    blob = b"".join(p.detach().float().numpy().tobytes() for p in weights)
     with open(os.environ["STEP_LOG"], "a") as f:
         f.write(json.dumps({"trained": calls, "steps": report.steps, "losses": report.losses,
                             "weights": hashlib.sha256(blob).hexdigest()}) + "\\n")
@@ -57,12 +58,14 @@ sys.exit(main(sys.argv[1:]))
 ARGS = ["run", "--task", "batch", "--profile", "smoke", "--checkpoint-every", "0"]
 
 
-def bench(tmp_path: Path, method: str, out: Path, log: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
+def bench(
+    tmp_path: Path, method: str, out: Path, log: Path, kill_at: int = 0, args: list[str] = ARGS, **env_extra: str
+) -> subprocess.CompletedProcess:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    env = {"KILL_AT": str(kill_at), "STEP_LOG": str(log), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {"KILL_AT": str(kill_at), "STEP_LOG": str(log), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env_extra}
     return subprocess.run(
-        [sys.executable, str(driver), *ARGS, "--method", method, "--out", str(out)],
+        [sys.executable, str(driver), *args, "--method", method, "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -103,6 +106,32 @@ def test_sigkill_mid_injection_resumes_to_identical_result(tmp_path: Path, metho
     assert after["weights"] == reference["weights"], f"{kill_at=}"
     assert predictions(out) == predictions(tmp_path / "whole")
     assert not list(out.glob("batch/*/*/*.checkpoints")), "checkpoints outlived the finished run"
+
+
+def test_sigkill_mid_sequence_with_merged_adapters_resumes_to_identical_weights(tmp_path: Path) -> None:
+    """Sequential injection with ``merge_adapter``: the earlier injections' updates live in the merged
+    weights, not in the adapter a checkpoint saves; a resumed sequence must rebuild them exactly."""
+    args = ["run", "--task", "sequential", "--profile", "smoke", "--checkpoint-every", "0"]
+    args += ["--set", "merge_adapter=true", "--set", "num_sequences=1"]
+    whole = bench(tmp_path, "selfparam", tmp_path / "whole", tmp_path / "whole.log", args=args, ALL_WEIGHTS="1")
+    assert whole.returncode == 0, whole.stderr
+    reference = [json.loads(line) for line in (tmp_path / "whole.log").read_text().splitlines()]
+    assert len(reference) == 3 and len({r["weights"] for r in reference}) == 3
+    first, second = reference[0]["steps"], reference[1]["steps"]
+    kill_at = first + second + 2  # inside the third injection, after two merges
+    out, log = tmp_path / "killed", tmp_path / "killed.log"
+    killed = bench(tmp_path, "selfparam", out, log, kill_at=kill_at, args=args, ALL_WEIGHTS="1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = bench(tmp_path, "selfparam", out, log, args=args, ALL_WEIGHTS="1")
+    assert resumed.returncode == 0, resumed.stderr
+    third = reference[2]["steps"]
+    assert f"resumed at step 1 of {third}" in resumed.stderr, resumed.stderr
+    after = [json.loads(line) for line in log.read_text().splitlines()]
+    assert after[-1]["trained"] == third - 1  # only the third injection's steps after its checkpoint
+    assert [r["weights"] for r in after[-3:]] == [r["weights"] for r in reference]
+    (done,) = out.glob("sequential/*/*/*.json")
+    (ref,) = (tmp_path / "whole").glob("sequential/*/*/*.json")
+    assert json.loads(done.read_text())["details"]["matrix"] == json.loads(ref.read_text())["details"]["matrix"]
 
 
 def test_a_checkpoint_of_another_injection_or_length_is_ignored(tmp_path: Path) -> None:
