@@ -3,6 +3,7 @@ stores, and its LM head run on selected hidden states only."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -126,7 +127,12 @@ def merge_adapter(model: torch.nn.Module, p: TrainParams) -> torch.nn.Module:
 
     config = model.peft_config["default"]
     adapted = sorted(set(getattr(model, "_merged_modules", ())) | _adapted_weights(model))
-    fresh = get_peft_model(model.merge_and_unload(), config)
+    with warnings.catch_warnings():
+        # peft warns that merging unties the embeddings; with frozen_bf16 the LM head already has
+        # its own copy, and neither is adapted, so nothing changes for them.
+        warnings.filterwarnings("ignore", message="Input and output embeddings are no longer tied")
+        merged = model.merge_and_unload()
+    fresh = get_peft_model(merged, config)
     fresh._merged_modules = adapted  # for the footprint: these weights now differ from the base's
     return fresh
 
