@@ -61,13 +61,13 @@ class SelfParamParams(SentenceParams):
     # them as the student does (not in the official code; 0 = off; see methods/retain.py).
     retain_chat_per_target: float = 0.0
     retain_chat_pool: int = 32  # distinct exchanges, made once per run and reused
+    retain_chat_reply_tokens: int = 64  # the length of the model's reply that is scored
     # Unrelated documents read in context per target sentence and epoch: the student reads an
     # invented document and a question about it, framed as the teacher's target sentences are,
     # against the untouched model reading the same, so that it keeps reading a context as the base
     # model does (not in the official code; 0 = off). With teacher=current, injections that change
     # how the model reads a context also spoil the teacher of every later injection.
     retain_read_per_target: float = 0.0
-    retain_chat_reply_tokens: int = 64  # the length of the model's reply that is scored
     targets_per_epoch: int = 0  # target sentences per context and epoch, taken in turn; 0 = all
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
     # The teacher of the retain terms (c) and (d); "" = the same as ``teacher``. "current" with
@@ -367,29 +367,27 @@ class InjectionPlan:
                     else:
                         self.specs.setdefault(key, TeacherSpec(bos + ids, 0))
                     examples.append(Example(bos + ids, 0, "retain", p.retain_weight, (key, 0)))
-            for text in self.retain_questions.take(n_qa):  # the teacher reads them as the student does
+            # One-off retain examples that the teacher reads exactly as the student does: unrelated
+            # questions and chats without the context, unrelated documents in context.
+            for text in self.retain_questions.take(n_qa):
                 framed = frame(self.lm, self.student_prefix, text, p)
-                key = ("ret-qa", c, self.next_text)
-                self.next_text += 1
-                self.fresh_retain.append(key)
-                self.specs[key] = TeacherSpec(framed.ids, framed.first)
-                examples.append(Example(framed.ids, framed.first, "retain_qa", p.retain_weight, (key, 0)))
+                examples.append(self._one_off("qa", c, framed.ids, framed.first))
             chats = self.retain_chats.take(n_chat) if self.retain_chats is not None else []
-            for ids, first in chats:  # the teacher reads them as the student does, without the context
-                key = ("ret-chat", c, self.next_text)
-                self.next_text += 1
-                self.fresh_retain.append(key)
-                self.specs[key] = TeacherSpec(ids, first)
-                examples.append(Example(ids, first, "retain_chat", p.retain_weight, (key, 0)))
-            for text, sentence in self.retain_questions.readings(n_read):  # both read the document
+            examples += [self._one_off("chat", c, ids, first) for ids, first in chats]
+            for text, sentence in self.retain_questions.readings(n_read):
                 prefixes, _ = sentence_prefixes(self.lm, [Context("retain-read", text)], p.prompt_style)
                 framed = frame(self.lm, prefixes[0], sentence, p)
-                key = ("ret-read", c, self.next_text)
-                self.next_text += 1
-                self.fresh_retain.append(key)
-                self.specs[key] = TeacherSpec(framed.ids, framed.first)
-                examples.append(Example(framed.ids, framed.first, "retain_read", p.retain_weight, (key, 0)))
+                examples.append(self._one_off("read", c, framed.ids, framed.first))
         return examples
+
+    def _one_off(self, kind: str, c: int, ids: list[int], first: int) -> Example:
+        """A ``retain_<kind>`` example of context ``c`` used in this epoch only, its teacher input
+        the student's own (key "ret-<kind>", which ``_role`` maps to its teacher)."""
+        key = (f"ret-{kind}", c, self.next_text)
+        self.next_text += 1
+        self.fresh_retain.append(key)
+        self.specs[key] = TeacherSpec(ids, first)
+        return Example(ids, first, f"retain_{kind}", self.p.retain_weight, (key, 0))
 
     def teacher_targets(
         self, teachers: dict[str, torch.nn.Module], batch: list[Example], trainer: Trainer
