@@ -387,7 +387,7 @@ class TrainedMethod(Method):
         trained = self.student is not None
         student = self.ensure_student()
         if trained and self.params.merge_adapter:
-            self.student = self.model = merge_adapter(student, self.params)
+            self.student = self.model = merge_adapter(student)
         return self.student
 
     def record(self, report: TrainReport, wall_s: float) -> None:

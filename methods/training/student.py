@@ -117,7 +117,7 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
     return model
 
 
-def merge_adapter(model: torch.nn.Module, p: TrainParams) -> torch.nn.Module:
+def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
     """The LoRA student with its adapter added into the adapted weights, and a fresh adapter.
 
     The frozen weights keep their dtype (bf16 under bf16-autocast): the merged update is rounded to
@@ -126,14 +126,14 @@ def merge_adapter(model: torch.nn.Module, p: TrainParams) -> torch.nn.Module:
     from peft import get_peft_model
 
     config = model.peft_config["default"]
-    adapted = sorted(set(getattr(model, "_merged_modules", ())) | _adapted_weights(model))
+    adapted = _adapted_weights(model)  # the same modules at every merge
     with warnings.catch_warnings():
         # peft warns that merging unties the embeddings; with frozen_bf16 the LM head already has
         # its own copy, and neither is adapted, so nothing changes for them.
         warnings.filterwarnings("ignore", message="Input and output embeddings are no longer tied")
         merged = model.merge_and_unload()
     fresh = get_peft_model(merged, config)
-    fresh._merged_modules = adapted  # for the footprint: these weights now differ from the base's
+    fresh._merged_modules = sorted(adapted)  # for the footprint: these weights now differ from the base's
     return fresh
 
 
@@ -175,14 +175,12 @@ def student_footprint(model: torch.nn.Module | None, p: TrainParams) -> Footprin
         return Footprint()
     merged = set(getattr(model, "_merged_modules", ()))
     if merged:
-        weights = [m.base_layer.weight for name, m in model.named_modules() if name in merged]
-        count = sum(t.numel() for t in weights)
-        size = sum(t.numel() * t.element_size() for t in weights)
-        return Footprint(extra_bytes=size, changed_params=count, detail={"merged_lora_params": count})
-    changed = trainable_parameters(model)
+        changed, kind = [m.base_layer.weight for name, m in model.named_modules() if name in merged], "merged_lora"
+    else:
+        changed, kind = trainable_parameters(model), p.params
     count = sum(t.numel() for t in changed)
     size = sum(t.numel() * t.element_size() for t in changed)
-    return Footprint(extra_bytes=size, changed_params=count, detail={f"{p.params}_params": count})
+    return Footprint(extra_bytes=size, changed_params=count, detail={f"{kind}_params": count})
 
 
 def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
