@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from benchmark.errors import BenchError
 from benchmark.types import Context
 from methods.selfparam import SelfParam, SelfParamParams
 from methods.training import Dist, Example, TeacherSpec, Trainer, TrainParams, build_student, kl_rows, teacher_dists
+from methods.training.student import merge_adapter
 
 SENTENCE = "Question: Who founded Douprur? Answer: Drexrain Lintrim"
 CONTEXT = "Douprur is a town. It was founded by Drexrain Lintrim in 1526."
@@ -397,3 +399,11 @@ def test_merge_adapter_freezes_what_was_learned_into_the_weights_and_trains_a_fr
     assert footprint.changed_params > adapter_params and set(footprint.detail) == {"merged_lora_params"}
     with pytest.raises(BenchError, match="merge_adapter needs params=lora"):
         SelfParam(tiny_lm, small(merge_adapter=True, params="full"), RunParams(), seed=0)
+
+
+def test_making_and_merging_an_adapter_prints_no_library_deprecation_warning(tiny_lm):
+    # peft's check of the model triggers a transformers FutureWarning that would otherwise be
+    # printed at every injection of a sequence.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        merge_adapter(build_student(tiny_lm, TrainParams()))

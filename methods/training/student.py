@@ -83,7 +83,7 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     if p.params == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         targets = [t for t in p.lora_targets if t in present]
@@ -96,7 +96,7 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
             target_modules=targets,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        model = _with_adapter(model, config)
     elif p.params == "full":
         for param in model.parameters():
             param.requires_grad_(True)
@@ -123,8 +123,6 @@ def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
     The frozen weights keep their dtype (bf16 under bf16-autocast): the merged update is rounded to
     it, as autocast would round the adapter's output.
     """
-    from peft import get_peft_model
-
     config = model.peft_config["default"]
     adapted = _adapted_weights(model)  # the same modules at every merge
     with warnings.catch_warnings():
@@ -132,9 +130,19 @@ def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
         # its own copy, and neither is adapted, so nothing changes for them.
         warnings.filterwarnings("ignore", message="Input and output embeddings are no longer tied")
         merged = model.merge_and_unload()
-    fresh = get_peft_model(merged, config)
+    fresh = _with_adapter(merged, config)
     fresh._merged_modules = sorted(adapted)  # for the footprint: these weights now differ from the base's
     return fresh
+
+
+def _with_adapter(model: torch.nn.Module, config) -> torch.nn.Module:
+    """``peft.get_peft_model``, without the deprecation warning its own check of the model raises
+    in this transformers version (printed again at every injection otherwise)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _adapted_weights(model: torch.nn.Module) -> set[str]:
