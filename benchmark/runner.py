@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.allocator import malloc_in_use
+from benchmark.allocator import jemalloc_decay_ms, malloc_in_use
 from benchmark.api import EpisodePlan, Method, Task
 from benchmark.checkpoint import Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
@@ -291,6 +291,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
             "torch": torch.get_num_threads(),
             "omp_wait_policy": omp_wait_policy(),
             "malloc": malloc_in_use(),
+            "malloc_decay_ms": jemalloc_decay_ms(),  # (dirty, muzzy) under jemalloc; -1: pages kept
         },
         "git_commit": git_commit(),
         "started_at": started.isoformat(timespec="seconds"),

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmark.allocator import malloc_in_use
+from benchmark.allocator import jemalloc_decay_ms, malloc_in_use
 from benchmark.app.breakdown import profile_steps
 from benchmark.app.breakdown import report as breakdown_report
 from benchmark.config import RunParams
@@ -182,6 +182,7 @@ def run_perf(
         "threads": torch.get_num_threads(),
         "omp_wait_policy": omp_wait_policy(),
         "malloc": malloc_in_use(),
+        "malloc_decay_ms": jemalloc_decay_ms(),
         "load_average": os.getloadavg(),
         "official_tok_s": official.rate,
         "official_tokens": official.tokens,
@@ -204,12 +205,19 @@ def run_perf(
     }
 
 
+def _decay(decay: list[int] | tuple[int, int] | None) -> str:
+    """jemalloc's page decay as printed: " (freed pages kept)" or " (decay 10000/0 ms)"."""
+    if decay is None:
+        return ""
+    return " (freed pages kept)" if tuple(decay) == (-1, -1) else f" (decay {decay[0]}/{decay[1]} ms)"
+
+
 def report(figures: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.1f}" for x in figures["load_average"])
     header = (
         f"model {figures['model']}, profile {figures['profile']}, {figures['contexts']} contexts, "
         f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}, malloc "
-        f"{figures['malloc']}), load average {load}"
+        f"{figures['malloc']}{_decay(figures.get('malloc_decay_ms'))}), load average {load}"
     )
     extra = []
     if "breakdown" in figures:
