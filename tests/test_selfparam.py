@@ -217,7 +217,7 @@ def test_student_prefix_sharing_gives_the_same_loss_and_gradients(tiny_lm):
         loss = trainer.loss(batch, None)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.requires_grad}
-        results.append((float(loss), grads, trainer.tokens_in_step))
+        results.append((float(loss.detach()), grads, trainer.tokens_in_step))
     (shared_loss, shared_grads, shared_tokens), (plain_loss, plain_grads, plain_tokens) = results
     assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
     assert all(torch.allclose(shared_grads[n], plain_grads[n], atol=1e-6, rtol=1e-4) for n in plain_grads)
