@@ -62,7 +62,9 @@ def test_chunked_loss_gives_the_same_loss_and_gradients(tiny_lm, kind, temperatu
 
 
 def test_chunked_loss_keeps_no_full_vocabulary_tensor_for_backward(tiny_lm):
-    batch, targets = batch_and_targets(tiny_lm, "topk")
+    # A full-vocabulary teacher: the path through log_softmax (top-k targets and token ids take the
+    # fused head and loss, tests/test_head_loss.py).
+    batch, targets = batch_and_targets(tiny_lm, "kl")
     rows, vocab = sum(e.rows for e in batch), tiny_lm.model.config.vocab_size
     for chunk, kept_logits in ((0, True), (CHUNK, False)):
         p = TrainParams(lora_dropout=0.0, loss_chunk_rows=chunk)

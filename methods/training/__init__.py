@@ -7,7 +7,9 @@ divergence from a teacher's distributions (SELF-PARAM). What makes it fast on a 
 
 - examples are batched (length-bucketed, right-padded) instead of one per optimizer step;
 - the LM head runs only at the positions that carry a loss, in chunks of rows whose logits are
-  recomputed in the backward pass instead of kept (``loss_chunk_rows``);
+  recomputed in the backward pass instead of kept (``loss_chunk_rows``); for token ids and top-k
+  teachers it is fused with the loss (``head_loss``), which reads a few logits per row and their
+  log-normaliser and writes each chunk's gradient once, in reused scratch blocks;
 - a batch too long for memory runs as micro-batches whose gradients add up to the batch's before
   its one optimizer step (``step_tokens``);
 - teacher distributions are computed once per example and cached (optionally as top-k with the
@@ -15,11 +17,11 @@ divergence from a teacher's distributions (SELF-PARAM). What makes it fast on a 
 - under ``bf16-autocast`` the student's frozen weights are stored in bf16 once, instead of being
   cast again in every forward pass.
 
-The parts: ``student`` (building the student, its footprint, its LM head), ``examples`` (training
-examples, batching, running a batch through the backbone with shared prefixes), ``teacher`` (the
-teacher's distributions, optionally its hidden states, and the divergences) and ``loop`` (the
-``Trainer``, epochs with checkpoint resume, and ``TrainedMethod``, the base of the methods that
-train). Their names are importable from here.
+The parts: ``student`` (building the student, its footprint, its LM head), ``head_loss`` (the
+head fused with the loss), ``examples`` (training examples, batching, running a batch through the
+backbone with shared prefixes), ``teacher`` (the teacher's distributions, optionally its hidden
+states, and the divergences) and ``loop`` (the ``Trainer``, epochs with checkpoint resume, and
+``TrainedMethod``, the base of the methods that train). Their names are importable from here.
 """
 
 from __future__ import annotations

@@ -29,15 +29,18 @@ from methods.training.examples import (
     selected_states,
     states_after_prefix,
 )
+from methods.training.head_loss import picked_logits
 from methods.training.student import (
     TrainParams,
     build_student,
+    head_dtype,
     head_logits,
     merge_adapter,
+    split_lm,
     student_footprint,
     trainable_parameters,
 )
-from methods.training.teacher import Dist, cat_dists, hidden_distance, kl_rows
+from methods.training.teacher import Dist, cat_dists, hidden_distance, kl_rows, kl_topk_rows
 
 
 @dataclass
@@ -119,7 +122,7 @@ class Trainer:
         else:
             target = cat_dists(targets)
         size = self.p.loss_chunk_rows
-        if size <= 0 or len(hidden) <= size:
+        if self.fused_head(target) or size <= 0 or len(hidden) <= size:
             per_token = self.row_losses(hidden, target)
         else:
             # Each chunk keeps only its hidden states for backward, which runs its head again: the
@@ -136,8 +139,24 @@ class Trainer:
         weights = torch.tensor([e.weight for e in batch], dtype=per_example.dtype, device=per_example.device)
         return (per_example * weights).mean()
 
+    def fused_head(self, target: torch.Tensor | Dist) -> bool:
+        """Whether the loss reads a few logits per row (token ids or a top-k teacher) from a plain
+        linear head: then ``picked_logits`` runs head and loss in chunks, keeping no (rows, V) block."""
+        _, head = split_lm(self.model)
+        plain_head = isinstance(head, torch.nn.Linear) and head.bias is None
+        return plain_head and (not isinstance(target, Dist) or target.index is not None)
+
     def row_losses(self, hidden: torch.Tensor, target: torch.Tensor | Dist) -> torch.Tensor:
         """Per-row loss at final hidden states: KL from a teacher ``Dist`` or cross-entropy on token ids."""
+        if self.fused_head(target):
+            _, head = split_lm(self.model)
+            index = target.index if isinstance(target, Dist) else target.unsqueeze(-1)
+            picked, lse = picked_logits(
+                hidden, head, index, head_dtype(self.lm, head), self.temperature, self.p.loss_chunk_rows
+            )
+            if isinstance(target, Dist):
+                return kl_topk_rows(target.logp, picked - lse.unsqueeze(-1)) * self.temperature**2
+            return lse - picked.squeeze(-1)
         logits = head_logits(self.model, self.lm, hidden)
         if self.temperature != 1.0:  # a division over the whole (rows, V) block otherwise
             logits = logits / self.temperature

@@ -197,6 +197,11 @@ def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def head_dtype(lm: LM, head: torch.nn.Module) -> torch.dtype:
+    """The dtype the LM head's matmul runs in: bf16 under bf16-autocast, else its weight's."""
+    return torch.bfloat16 if lm.precision == "bf16-autocast" else next(head.parameters()).dtype
+
+
 def head_logits(model: torch.nn.Module, lm: LM, hidden: torch.Tensor) -> torch.Tensor:
     """fp32 logits of the LM head at the given final hidden states."""
     _, head = split_lm(model)

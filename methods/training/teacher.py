@@ -160,17 +160,25 @@ def _length_groups(indices: list[int], lengths: list[int], batch_tokens: int) ->
 
 
 def kl_rows(student_logp: torch.Tensor, target: Dist) -> torch.Tensor:
-    """KL(teacher ‖ student) per row.
+    """KL(teacher ‖ student) per row, from the student's (rows, V) log-probabilities.
 
     With a top-k teacher the probability outside the top k is one extra "tail" outcome on both
-    sides, so this is the exact KL between the two distributions coarsened that way (it equals the
-    full KL when k is the vocabulary size) and it is zero when student and teacher agree.
+    sides (``kl_topk_rows``).
     """
     t_logp = target.logp
-    t_p = t_logp.exp()
     if target.index is None:
-        return (t_p * (t_logp - student_logp)).sum(-1)
-    s_top = student_logp.gather(-1, target.index)
+        return (t_logp.exp() * (t_logp - student_logp)).sum(-1)
+    return kl_topk_rows(t_logp, student_logp.gather(-1, target.index))
+
+
+def kl_topk_rows(t_logp: torch.Tensor, s_top: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) per row from both sides' log-probabilities at the teacher's top k.
+
+    The probability outside the top k is one extra "tail" outcome on both sides, so this is the
+    exact KL between the two distributions coarsened that way (it equals the full KL when k is the
+    vocabulary size) and it is zero when student and teacher agree.
+    """
+    t_p = t_logp.exp()
     kl = (t_p * (t_logp - s_top)).sum(-1)
     t_tail = (1.0 - t_p.sum(-1)).clamp_min(0.0)
     # log(1 - sum of the student's top-k probabilities); the floor only matters when both tails are
