@@ -13,10 +13,12 @@ from methods.training import (
     Trainer,
     TrainParams,
     build_student,
+    cache_prefix,
     group_by_prefix,
     head_logits,
     padded_tokens,
     selected_hidden,
+    states_and_prefix_caches,
     teacher_dists,
 )
 
@@ -90,7 +92,8 @@ def test_padded_tokens_count_a_shared_prefix_once_as_the_student_runs_it(tiny_lm
     shared = batch[5:]  # tails of 4 to 7 tokens after the 10-token prefix (BOS included)
     assert padded_tokens(shared, 0) == 4 * (len(prefix) + 7)
     assert padded_tokens(shared, 8) == len(prefix) + 4 * 7
-    assert padded_tokens(batch, 8) == 5 * 23 + len(prefix) + 4 * 7  # plain examples padded to 23
+    # the prefix rides as a sixth row of the plain examples' pass, all padded to 23
+    assert padded_tokens(batch, 8) == 6 * 23 + 4 * 7
     p = TrainParams(step_tokens=len(prefix) + 4 * 7, share_prefix=8)
     assert Trainer(build_student(tiny_lm, p), tiny_lm, p, 1).micro_batches(shared) == [[0, 1, 2, 3]]
 
@@ -181,15 +184,34 @@ def test_teacher_dists_in_row_chunks_equal_the_whole_bucket_and_each_spec_alone(
 
 def test_teacher_dists_run_the_head_on_at_most_chunk_rows_rows(tiny_lm, monkeypatch):
     specs = teacher_specs(tiny_lm)
-    real, rows = training.head_logits, []
+    real, rows = training.teacher.top_logp, []
 
-    def spy(model, lm, hidden):
+    def spy(hidden, *args):
         rows.append(len(hidden))
-        return real(model, lm, hidden)
+        return real(hidden, *args)
 
-    monkeypatch.setattr(training.teacher, "head_logits", spy)  # where teacher_dists looks it up
+    monkeypatch.setattr(training.teacher, "top_logp", spy)  # where teacher_dists looks it up
     teacher_dists(tiny_lm.model, tiny_lm, specs, topk=32, batch_tokens=4096, share_prefix=0, chunk_rows=5)
     assert max(rows) == 5 and sum(rows) == sum(s.rows for s in specs)
     rows.clear()
     teacher_dists(tiny_lm.model, tiny_lm, specs, topk=32, batch_tokens=4096, share_prefix=0, chunk_rows=0)
     assert max(rows) == sum(s.rows for s in specs)  # one bucket, one head call
+
+
+def test_prefix_caches_from_the_plain_pass_equal_their_own_pass(tiny_lm):
+    """A shared prefix run as a padded row of the plain examples' pass gives the keys and values of
+    its own pass, and gradients reach them."""
+    batch, _, prefix = make_batch(tiny_lm, "ce")
+    plain = batch[:5]
+    student = build_student(tiny_lm, TrainParams(lora_dropout=0.0))
+    alone = cache_prefix(student, tiny_lm, prefix)
+    hidden, _, (ridden,) = states_and_prefix_caches(
+        student, tiny_lm, [e.ids for e in plain], [e.first for e in plain], [e.rows for e in plain], [prefix]
+    )
+    assert len(prefix) < max(len(e.ids) for e in plain)  # so the prefix's row is padded
+    assert len(ridden.layers) == len(alone.layers) and ridden.get_seq_length() == len(prefix)
+    for a, b in zip(alone.layers, ridden.layers):
+        assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+    assert hidden.shape[0] == sum(e.rows for e in plain)
+    ridden.layers[0].keys.sum().backward()
+    assert any(p.grad is not None for p in student.parameters() if p.requires_grad)

@@ -38,6 +38,7 @@ from methods.training.examples import (
     selected_hidden,
     selected_states,
     states_after_prefix,
+    states_and_prefix_caches,
 )
 from methods.training.loop import (
     HiddenMatch,
@@ -87,6 +88,7 @@ __all__ = [
     "selected_states",
     "split_lm",
     "states_after_prefix",
+    "states_and_prefix_caches",
     "steps_per_epoch",
     "student_footprint",
     "teacher_dists",

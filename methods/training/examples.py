@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from benchmark.models import LM
 from methods.training.student import split_lm
@@ -59,11 +60,16 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 
 def padded_tokens(batch: list[Example], share_prefix: int) -> int:
     """Tokens the student's backbone runs for the batch, padding included (``Trainer.student_hidden``):
-    one padded batch, or with ``share_prefix`` each shared prefix once plus its padded tails."""
+    one padded batch, or with ``share_prefix`` each shared prefix once (a padded row of the plain
+    examples' pass when there are any) plus its padded tails."""
     groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], share_prefix)
-    total = len(plain) * max(len(batch[i].ids) for i in plain) if plain else 0
+    if plain:
+        width = max([len(batch[i].ids) for i in plain] + [len(key) for key in groups])
+        total = (len(plain) + len(groups)) * width
+    else:
+        total = sum(len(key) for key in groups)
     for key, members in groups.items():
-        total += len(key) + len(members) * max(len(batch[i].ids) - len(key) for i in members)
+        total += len(members) * max(len(batch[i].ids) - len(key) for i in members)
     return total
 
 
@@ -123,6 +129,42 @@ def selected_states(
             **_layer_kwargs(layers),
         )
     return out.last_hidden_state[rows, cols], pick_layers(out, rows, cols, layers)
+
+
+def states_and_prefix_caches(
+    model: torch.nn.Module,
+    lm: LM,
+    sequences: list[list[int]],
+    starts: list[int],
+    counts: list[int],
+    prefixes: list[list[int]],
+    layers: tuple[int, ...] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list]:
+    """``selected_states`` of ``sequences`` and, from the same backbone pass, the key/value cache of
+    each of ``prefixes`` (as ``cache_prefix`` would give it, gradients included).
+
+    On a CPU a pass costs a fixed few thousand small operations whatever its size, so the shared
+    prefixes ride along as extra right-padded rows of the plain examples' pass instead of one pass
+    each; causal attention keeps the padding out of a prefix's keys and values.
+    """
+    backbone, _ = split_lm(model)
+    ids, mask = pad_right(sequences + prefixes, lm.tokenizer.pad_token_id)
+    rows, cols = _positions(starts, counts, lm.device)
+    with lm.autocast():
+        out = backbone(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            use_cache=True,
+            **_layer_kwargs(layers),
+        )
+    full = getattr(out, "cache", None) or out.past_key_values
+    caches = []
+    for row, prefix in enumerate(prefixes, start=len(sequences)):
+        cache = DynamicCache()
+        for i, layer in enumerate(full.layers):
+            cache.update(layer.keys[row : row + 1, :, : len(prefix)], layer.values[row : row + 1, :, : len(prefix)], i)
+        caches.append(cache)
+    return out.last_hidden_state[rows, cols], pick_layers(out, rows, cols, layers), caches
 
 
 def _layer_kwargs(layers: tuple[int, ...] | None) -> dict[str, bool]:

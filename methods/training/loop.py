@@ -28,6 +28,7 @@ from methods.training.examples import (
     padded_tokens,
     selected_states,
     states_after_prefix,
+    states_and_prefix_caches,
 )
 from methods.training.head_loss import picked_logits
 from methods.training.student import (
@@ -199,20 +200,23 @@ class Trainer:
                 self.model, self.lm, [e.ids for e in batch], [e.first for e in batch], counts, layers
             )
         parts: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        tokens = 0
-        if plain:
-            hidden, states = selected_states(
+        keys = list(groups)
+        if plain:  # the plain examples' pass also runs the shared prefixes
+            hidden, states, caches = states_and_prefix_caches(
                 self.model,
                 self.lm,
                 [batch[i].ids for i in plain],
                 [batch[i].first for i in plain],
                 [counts[i] for i in plain],
+                [list(key) for key in keys],
                 layers,
             )
             parts.update(zip(plain, _split_pairs(hidden, states, [counts[i] for i in plain])))
-            tokens += sum(len(batch[i].ids) for i in plain)
-        for key, members in groups.items():
-            cache = cache_prefix(self.model, self.lm, list(key))
+        else:
+            caches = [cache_prefix(self.model, self.lm, list(key)) for key in keys]
+        tokens = sum(len(batch[i].ids) for i in plain)
+        for key, cache in zip(keys, caches):
+            members = groups[key]
             tails = [batch[i].ids[len(key) :] for i in members]
             hidden, states = states_after_prefix(
                 self.model, self.lm, cache, len(key), tails, [counts[i] for i in members], False, layers
