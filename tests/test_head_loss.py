@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from methods.training import Dist, Example, Trainer, TrainParams, build_student
-from methods.training.head_loss import picked_logits
+from methods.training.head_loss import picked_logits, top_logp
 from methods.training.teacher import kl_rows
 
 ROWS, HIDDEN, VOCAB, K = 23, 16, 300, 12
@@ -124,3 +124,15 @@ def test_kl_rows_of_full_log_probabilities_still_reads_the_top_k():
     student = torch.log_softmax(torch.randn(4, 50, generator=g), -1)
     teacher = torch.log_softmax(torch.randn(4, 50, generator=g), -1)
     assert torch.allclose(kl_rows(student, Dist(*teacher.topk(50, -1))), kl_rows(student, Dist(teacher)), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, temperature", [(torch.float32, 1.0), (torch.bfloat16, 2.0)])
+def test_top_logp_is_the_top_k_of_the_log_softmax(dtype, temperature):
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+    hidden = torch.randn(ROWS, HIDDEN, generator=g)
+    values, index = top_logp(hidden, head, K, dtype, temperature, chunk=10)
+    logits = (hidden.to(dtype) @ head.weight.to(dtype).t()).float() / temperature
+    expected = torch.log_softmax(logits, -1).topk(K, -1)
+    assert torch.equal(index, expected.indices)
+    assert torch.allclose(values, expected.values, atol=1e-5)

@@ -117,3 +117,29 @@ def picked_logits(
             hidden, head.weight, index, temperature, dtype, size
         )
     return out
+
+
+@torch.no_grad()
+def top_logp(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    k: int,
+    dtype: torch.dtype,
+    temperature: float = 1.0,
+    chunk: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest (tempered) log-probabilities of the head at ``hidden`` and their vocabulary
+    indices, (rows, k) each: the k largest logits less the rows' logsumexp, so no (rows, V)
+    log-softmax is written (a teacher's top-k targets). ``chunk`` rows at a time."""
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        raise TypeError("top_logp needs a bias-free nn.Linear LM head")
+    w = head.weight.to(dtype)
+    values = torch.empty((hidden.shape[0], k), dtype=torch.float32, device=hidden.device)
+    index = torch.empty((hidden.shape[0], k), dtype=torch.long, device=hidden.device)
+    for start in range(0, hidden.shape[0], max(1, chunk)):
+        part = slice(start, start + chunk)
+        z = _logits(hidden[part], w, temperature)
+        torch.topk(z, k, dim=-1, out=(values[part], index[part]))
+        top = z.amax(dim=-1, keepdim=True)
+        values[part] -= z.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
+    return values, index

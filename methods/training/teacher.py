@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from benchmark.models import LM
 from methods.training.examples import cache_prefix, group_by_prefix, selected_states, states_after_prefix
-from methods.training.student import head_logits, split_lm
+from methods.training.head_loss import top_logp
+from methods.training.student import head_dtype, head_logits, split_lm
 
 
 @dataclass
@@ -116,7 +117,8 @@ def _dists_from_hidden(
     each example's own tensors: a bucket of long examples never holds its whole (rows, V) fp32
     logits, their log-softmax and per-example copies at once (~800 MB each for 4096 rows).
     """
-    vocab = split_lm(model)[1].weight.shape[0]
+    head = split_lm(model)[1]
+    vocab = head.weight.shape[0]
     width = topk if topk and topk < vocab else vocab
     logps = [torch.empty((n, width), dtype=torch.float32, device=hidden.device) for n in counts]
     indices = (
@@ -125,13 +127,15 @@ def _dists_from_hidden(
     size = chunk_rows if chunk_rows > 0 else max(1, len(hidden))
     example, offset = 0, 0  # where the next row goes: row ``offset`` of example ``example``
     for start in range(0, len(hidden), size):
-        logits = head_logits(model, lm, hidden[start : start + size])
-        if temperature != 1.0:
-            logits.div_(temperature)  # in place: one fp32 copy fewer
-        logp = torch.log_softmax(logits, dim=-1)
-        del logits
-        assert logp.shape[-1] == vocab
-        values, index = logp.topk(topk, dim=-1) if indices is not None else (logp, None)
+        if indices is not None:  # top-k: the largest logits less their logsumexp, no (rows, V) log-softmax
+            values, index = top_logp(hidden[start : start + size], head, topk, head_dtype(lm, head), temperature)
+        else:
+            logits = head_logits(model, lm, hidden[start : start + size])
+            if temperature != 1.0:
+                logits.div_(temperature)  # in place: one fp32 copy fewer
+            values, index = torch.log_softmax(logits, dim=-1), None
+            del logits
+            assert values.shape[-1] == vocab
         done = 0
         while done < len(values):
             while offset == counts[example]:  # skip finished (and empty) examples
@@ -141,7 +145,7 @@ def _dists_from_hidden(
             if indices is not None:
                 indices[example][offset : offset + take] = index[done : done + take]
             done, offset = done + take, offset + take
-        del logp, values, index
+        del values, index
     return [Dist(v, None if indices is None else indices[j]) for j, v in enumerate(logps)]
 
 
