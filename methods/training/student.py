@@ -12,6 +12,7 @@ import torch
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.types import Footprint
+from methods.training.lora_forward import use_short_lora_forward
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -137,12 +138,15 @@ def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
 
 def _with_adapter(model: torch.nn.Module, config) -> torch.nn.Module:
     """``peft.get_peft_model``, without the deprecation warning its own check of the model raises
-    in this transformers version (printed again at every injection otherwise)."""
+    in this transformers version (printed again at every injection otherwise), with the short LoRA
+    forward (``lora_forward``)."""
     from peft import get_peft_model
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
+        adapted = get_peft_model(model, config)
+    use_short_lora_forward(adapted)
+    return adapted
 
 
 def _adapted_weights(model: torch.nn.Module) -> set[str]:
