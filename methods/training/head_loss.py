@@ -40,8 +40,7 @@ class _PickedLogits(torch.autograd.Function):
             part = slice(start, start + chunk)
             z = _logits(hidden[part], w, temperature)
             picked[part] = z.gather(-1, index[part])
-            top = z.amax(dim=-1, keepdim=True)
-            lse[part] = z.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(-1))
+            lse[part] = _logsumexp_(z).squeeze(-1)
         ctx.save_for_backward(hidden, weight, index, lse)
         ctx.temperature, ctx.dtype, ctx.chunk = temperature, dtype, chunk  # type: ignore[attr-defined]
         return picked, lse
@@ -72,6 +71,12 @@ class _PickedLogits(torch.autograd.Function):
         return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None, None, None
 
 
+def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
+    """(rows, 1) logsumexp of ``z``, computed in place: ``z`` is overwritten (no (rows, V) temporary)."""
+    top = z.amax(dim=-1, keepdim=True)
+    return z.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
+
+
 _SCRATCH: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
 
@@ -97,6 +102,11 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> t
     return z
 
 
+def linear_head(head: torch.nn.Module) -> bool:
+    """Whether the fused functions here can run ``head``: a bias-free ``nn.Linear``."""
+    return isinstance(head, torch.nn.Linear) and head.bias is None
+
+
 def picked_logits(
     hidden: torch.Tensor,
     head: torch.nn.Module,
@@ -109,7 +119,7 @@ def picked_logits(
 
     ``head`` must be a bias-free ``torch.nn.Linear`` (the LM heads of the supported models).
     """
-    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+    if not linear_head(head):
         raise TypeError("picked_logits needs a bias-free nn.Linear LM head")
     size = chunk if chunk > 0 else max(1, hidden.shape[0])
     with torch.autocast(hidden.device.type, enabled=False):
@@ -131,7 +141,7 @@ def top_logp(
     """The k largest (tempered) log-probabilities of the head at ``hidden`` and their vocabulary
     indices, (rows, k) each: the k largest logits less the rows' logsumexp, so no (rows, V)
     log-softmax is written (a teacher's top-k targets). ``chunk`` rows at a time."""
-    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+    if not linear_head(head):
         raise TypeError("top_logp needs a bias-free nn.Linear LM head")
     w = head.weight.to(dtype)
     values = torch.empty((hidden.shape[0], k), dtype=torch.float32, device=hidden.device)
@@ -140,6 +150,5 @@ def top_logp(
         part = slice(start, start + chunk)
         z = _logits(hidden[part], w, temperature)
         torch.topk(z, k, dim=-1, out=(values[part], index[part]))
-        top = z.amax(dim=-1, keepdim=True)
-        values[part] -= z.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
+        values[part] -= _logsumexp_(z)
     return values, index

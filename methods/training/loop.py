@@ -30,7 +30,7 @@ from methods.training.examples import (
     states_after_prefix,
     states_and_prefix_caches,
 )
-from methods.training.head_loss import picked_logits
+from methods.training.head_loss import linear_head, picked_logits
 from methods.training.student import (
     TrainParams,
     build_student,
@@ -143,9 +143,7 @@ class Trainer:
     def fused_head(self, target: torch.Tensor | Dist) -> bool:
         """Whether the loss reads a few logits per row (token ids or a top-k teacher) from a plain
         linear head: then ``picked_logits`` runs head and loss in chunks, keeping no (rows, V) block."""
-        _, head = split_lm(self.model)
-        plain_head = isinstance(head, torch.nn.Linear) and head.bias is None
-        return plain_head and (not isinstance(target, Dist) or target.index is not None)
+        return linear_head(split_lm(self.model)[1]) and (not isinstance(target, Dist) or target.index is not None)
 
     def row_losses(self, hidden: torch.Tensor, target: torch.Tensor | Dist) -> torch.Tensor:
         """Per-row loss at final hidden states: KL from a teacher ``Dist`` or cross-entropy on token ids."""
