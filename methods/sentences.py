@@ -8,6 +8,12 @@ evaluation prompt does, demonstrations included, so the student learns the answe
 position where it is later asked; ``end_answer`` also trains the line break that closes an answer
 in that format, so the student learns where an answer stops instead of running on.
 
+``prompt_style=chat`` asks the question as a chat prompt is asked (recommendation): the question as
+the user message of the model's chat template (the teacher's with "Context: …" before it, as the
+C+Q chat prompt), the answer as the assistant's reply, closed by the end-of-turn token with
+``end_answer``; a model trained in the raw "Question: … Answer:" frame learns to continue the
+quoted dialog instead of replying.
+
 Token parity: a framed sentence's ids are exactly the ids of the evaluation prompt that asks its
 question followed by the ids of its answer. The prompt text is tokenised as one string, as
 generation does: tokenised on its own, a prefix ending in a blank line gives one "\\n\\n" token that
@@ -22,12 +28,23 @@ from benchmark.errors import BenchError
 from benchmark.types import Context, Prompt
 from methods.training import TrainParams
 
-PROMPT_STYLES = ("raw", "run", "run-teacher")
+PROMPT_STYLES = ("raw", "run", "run-teacher", "chat")
 ANSWER_MARK = "Answer:"
+QUESTION_MARK = "Question:"
 
-# What comes before a sentence: prompt text tokenised together with it (``run``), or token ids
-# prepended as they are (``raw``: the official code's BOS + context ids + sentence ids).
-Prefix = str | list[int]
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """The chat template's text around a user message: the question goes between the two."""
+
+    before: str
+    after: str
+
+
+# What comes before a sentence: prompt text tokenised together with it (``run``), token ids
+# prepended as they are (``raw``: the official code's BOS + context ids + sentence ids), or the
+# chat template around the question (``chat``).
+Prefix = str | list[int] | ChatFrame
 
 
 @dataclass
@@ -35,6 +52,8 @@ class SentenceParams(TrainParams):
     # "raw": BOS + sentence (the teacher also reads the context first), the official layout;
     # "run": after the run's prompt prefix with / without the context (its demonstrations and
     # "Context: …" line); "run-teacher": the teacher as in "run", the student as in "raw".
+    # "chat": the question as the user message of the chat template (the teacher's with the
+    # "Context: …" line), the answer as the reply: how the recommendation task asks its probes.
     prompt_style: str = "raw"
     end_answer: bool = False  # append the newline that ends an answer in the run's prompt format
     # Which tokens of a sentence carry the loss: "all" (the official code: question and answer) or
@@ -75,12 +94,21 @@ def sentence_prefixes(lm, contexts: list[Context], style: str) -> tuple[list[Pre
     ``raw``: the context's ids / nothing (the official code). ``run``: the text the run's raw
     prompt format puts before "Question:" with and without the context (demonstrations,
     "Context: …"). ``run-teacher``: the teacher's as in ``run``, the student's as in ``raw``.
+    ``chat``: the chat template around the user message, with and without "Context: …".
     """
     if style not in PROMPT_STYLES:
         raise BenchError(f"unknown prompt_style {style!r}; use {', '.join(PROMPT_STYLES)}")
+    marker = "\x00question\x00"
+    if style == "chat":
+
+        def around_question(context: str | None) -> ChatFrame:
+            text = lm.format_prompt(Prompt("prefix", marker, context, chat=True))
+            before, after = text.split(marker)
+            return ChatFrame(before, after)
+
+        return [around_question(c.text) for c in contexts], around_question(None)
     if style == "raw" or lm.prompt_format != "raw":
         return [lm.encode(c.text, add_bos=False) for c in contexts], []
-    marker = "\x00question\x00"
 
     def before_question(context: str | None) -> str:
         text = lm.format_prompt(Prompt("prefix", marker, context))
@@ -103,9 +131,11 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
     cut = sentence.rfind(ANSWER_MARK)
     split = cut + len(ANSWER_MARK)
     question, answer = (sentence, "") if cut < 0 else (sentence[:split], sentence[split:])
-    answer += "\n" if p.end_answer else ""
     if p.sentence_loss not in SENTENCE_LOSSES:
         raise BenchError(f"unknown sentence_loss {p.sentence_loss!r}; use {' or '.join(SENTENCE_LOSSES)}")
+    if isinstance(prefix, ChatFrame):
+        return _frame_chat(lm, prefix, question, answer, p, has_answer=cut >= 0)
+    answer += "\n" if p.end_answer else ""
     bos = lm.encode("")
     if isinstance(prefix, str):
         head = lm.encode(prefix + question, add_bos=False)
@@ -116,6 +146,23 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
     if p.sentence_loss == "answer" and cut >= 0:
         start = len(bos) + len(head)
     return Framed(bos + head + lm.encode(answer, add_bos=False), start)
+
+
+def _frame_chat(lm, chat: ChatFrame, question: str, answer: str, p: SentenceParams, has_answer: bool) -> Framed:
+    """The question as the user message, the answer as the assistant's reply (see the module)."""
+    if has_answer:
+        question = question.removeprefix(QUESTION_MARK).removesuffix(ANSWER_MARK).strip()
+        answer = answer.strip()
+    text = chat.before + question.strip() + chat.after
+    if not has_answer:  # a statement: the user's message alone, every token scored
+        text, answer = chat.before + question.strip(), ""
+    head = lm.encode(text)  # BOS first unless the template starts with it: as generation encodes
+    start = len(head) - len(lm.encode(text, add_bos=False)) + _tokens_before(lm, text, len(chat.before))
+    if p.sentence_loss == "answer" and has_answer:
+        start = len(head)
+    eos = lm.tokenizer.eos_token_id
+    end = [eos] if p.end_answer and has_answer and eos is not None else []  # where generation stops
+    return Framed(head + lm.encode(answer, add_bos=False) + end, start)
 
 
 def _tokens_before(lm, text: str, chars: int) -> int:

@@ -96,3 +96,38 @@ def test_unknown_sentence_loss_is_refused(tiny_lm):
     method = FinetuneSentences(tiny_lm, SentenceParams(sentence_loss="question"), RunParams(), seed=0)
     with pytest.raises(BenchError, match="unknown sentence_loss 'question'"):
         method.examples([CONTEXT])
+
+
+def chat_ids(lm, sentence: str, context: str | None, end_answer: bool) -> list[int]:
+    """What a chat probe feeds the model (the question as the user message) and the reply it wants."""
+    question, answer = sentence.split(" Answer: ")
+    prompt = lm.encode(lm.format_prompt(Prompt("c0", question.removeprefix("Question: "), context, chat=True)))
+    return prompt + lm.encode(answer, add_bos=False) + ([lm.tokenizer.eos_token_id] if end_answer else [])
+
+
+@pytest.mark.parametrize("sentence_loss", ["all", "answer"])
+@pytest.mark.parametrize("end_answer", [True, False])
+def test_chat_style_frames_the_sentence_as_the_chat_probe_asks_it(tiny_lm, end_answer, sentence_loss):
+    """In the model's own chat template (SmolLM2's): the user message, then the assistant's reply."""
+    p = SelfParamParams(
+        prompt_style="chat", end_answer=end_answer, sentence_loss=sentence_loss, context_loss=False, retain_per_target=0
+    )
+    plan = InjectionPlan(tiny_lm, [CONTEXT], p, RetainStream(tiny_lm, "model", 8, 0), random.Random(0))
+    for example, sentence in zip(plan.epoch(0), CONTEXT.targets):
+        assert example.ids == chat_ids(tiny_lm, sentence, None, end_answer)
+        spec = plan.specs[example.teacher[0]]
+        assert spec.ids == chat_ids(tiny_lm, sentence, CONTEXT.text, end_answer)  # the C+Q chat prompt
+        scored = tiny_lm.tokenizer.decode(example.ids[example.first + 1 :])
+        answer = sentence.split(" Answer: ")[1]
+        if sentence_loss == "answer":
+            assert scored.removesuffix(tiny_lm.tokenizer.eos_token) == answer
+        else:  # the user message's words and the reply, not the template's header
+            assert scored.startswith("What ") and answer in scored and "<|im_start|>user" not in scored
+        assert spec.ids[spec.first + 1 :] == example.ids[example.first + 1 :]
+
+
+def test_chat_style_needs_a_chat_template(tiny_lm, monkeypatch):
+    monkeypatch.setattr(tiny_lm.tokenizer, "chat_template", None)
+    p = SelfParamParams(prompt_style="chat", context_loss=False, retain_per_target=0)
+    with pytest.raises(BenchError, match="no chat template"):
+        InjectionPlan(tiny_lm, [CONTEXT], p, RetainStream(tiny_lm, "model", 8, 0), random.Random(0))
