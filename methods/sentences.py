@@ -151,11 +151,10 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
 def _frame_chat(lm, chat: ChatFrame, question: str, answer: str, p: SentenceParams, has_answer: bool) -> Framed:
     """The question as the user message, the answer as the assistant's reply (see the module)."""
     if has_answer:
-        question = question.removeprefix(QUESTION_MARK).removesuffix(ANSWER_MARK).strip()
-        answer = answer.strip()
-    text = chat.before + question.strip() + chat.after
-    if not has_answer:  # a statement: the user's message alone, every token scored
-        text, answer = chat.before + question.strip(), ""
+        text = chat.before + question.removeprefix(QUESTION_MARK).removesuffix(ANSWER_MARK).strip() + chat.after
+    else:  # a statement: the user's message alone, every token scored
+        text = chat.before + question.strip()
+    answer = answer.strip()
     head = lm.encode(text)  # BOS first unless the template starts with it: as generation encodes
     start = len(head) - len(lm.encode(text, add_bos=False)) + _tokens_before(lm, text, len(chat.before))
     if p.sentence_loss == "answer" and has_answer:
