@@ -230,6 +230,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     episodes = task.episodes()
     log.start([r for r in done if r["episode"] in episodes])
     started = datetime.now(UTC)
+    commit = git_commit()  # the code this process runs: read before any episode, not at the end
     pending = [e for e in episodes if e not in done_ids]
     bar = tqdm(
         pending,
@@ -293,7 +294,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
             "malloc": malloc_in_use(),
             "malloc_decay_ms": jemalloc_decay_ms(),  # (dirty, muzzy) under jemalloc; -1: pages kept
         },
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "scores": scores,
@@ -301,6 +302,14 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         "cost": total_cost(records),
         "episodes": [cast(EpisodeRecord, with_units(r)) for r in records],
     }
+    if (at_end := git_commit()) != commit:
+        # Files imported late (a task's data module, a lazily loaded method) may come from either.
+        result["git_commit_at_end"] = at_end
+        print(
+            f"warning: the checkout changed during the run ({commit} at the start, {at_end} at the end); "
+            "the result records both",
+            file=sys.stderr,
+        )
     write_json_atomic(path, result)
     log.remove()
     checkpoints.remove_all()

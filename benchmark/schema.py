@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Required, TypedDict, cast
+from typing import Any, NotRequired, Required, TypedDict, cast
 
 SCHEMA_VERSION = 2
 
@@ -86,7 +86,8 @@ class Result(TypedDict):
     model_info: dict[str, Any]
     versions: dict[str, str]
     threads: dict[str, Any]
-    git_commit: str | None
+    git_commit: str | None  # the checkout when the run started
+    git_commit_at_end: NotRequired[str | None]  # only when the checkout changed during the run
     started_at: str
     finished_at: str
     scores: dict[str, Summary]

@@ -84,6 +84,23 @@ def test_result_file_schema(tmp_path, counting_method, tiny_lm):
     assert not list(tmp_path.rglob("*.partial.jsonl"))
 
 
+def test_the_commit_is_read_at_the_start_and_a_change_during_the_run_is_recorded(
+    tmp_path, counting_method, tiny_lm, monkeypatch, capsys
+):
+    commits = iter(["a" * 40, "b" * 40 + "-dirty"])
+    monkeypatch.setattr("benchmark.runner.git_commit", lambda: next(commits))
+    data = json.loads(run(request(tmp_path), lm=tiny_lm).path.read_text())
+    assert data["git_commit"] == "a" * 40
+    assert data["git_commit_at_end"] == "b" * 40 + "-dirty"
+    assert "the checkout changed during the run" in capsys.readouterr().err
+
+
+def test_an_unchanged_checkout_records_one_commit(tmp_path, counting_method, tiny_lm, monkeypatch):
+    monkeypatch.setattr("benchmark.runner.git_commit", lambda: "c" * 40)
+    data = json.loads(run(request(tmp_path), lm=tiny_lm).path.read_text())
+    assert data["git_commit"] == "c" * 40 and "git_commit_at_end" not in data
+
+
 def test_fresh_method_per_episode(tmp_path, counting_method, tiny_lm):
     run(request(tmp_path), lm=tiny_lm)
     assert len(CALLS["instances"]) == 3
