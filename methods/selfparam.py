@@ -185,7 +185,7 @@ class SelfParam(TrainedMethod):
             "lr": 1e-3,
             "sentence_loss": "answer",
             "context_loss": False,
-            "epochs": 14,
+            "epochs": 14,  # the epochs these settings were chosen at (batch later moved to 20)
             "prompt_style": "chat",
         },
         "paper": {"teacher_cache": False, "teacher": "current", "targets_per_epoch": 10},
