@@ -69,6 +69,7 @@ class FinetuneContext(_Finetune):
             "max_grad_norm": 1.0,
         },
         "quick@sequential": {"epochs": 10, "merge_adapter": True},  # selfparam's sequential regime
+        "quick@recommendation": {"attn_implementation": "sdpa"},  # long conversations: as selfparam's
         "paper": {},
     }
 
@@ -103,6 +104,7 @@ class FinetuneSentences(_Finetune):
             "share_prefix": 8,
         },
         "quick@sequential": {"epochs": 10, "merge_adapter": True},  # selfparam's sequential regime
+        "quick@recommendation": {"attn_implementation": "sdpa"},  # long conversations: as selfparam's
         "paper": {},
     }
 

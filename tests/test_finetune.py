@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.config import RunParams
-from benchmark.types import Context
+from benchmark.types import Context, Prompt
 from methods.finetune import FinetuneContext, FinetuneParams, FinetuneSentences
 from methods.sentences import SentenceParams
 
@@ -49,6 +49,29 @@ def test_ft_sentences_trains_on_the_targets_and_its_loss_falls(tiny_lm, monkeypa
     assert not changed(original, tiny_lm.model)
     assert method.model is method.student
     assert method.stats["train_tokens"] == 12 * sum(len(ids) for ids in expected)
+
+
+def _kernel(model: torch.nn.Module) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config._attn_implementation
+
+
+def test_trained_methods_answer_through_the_base_models_attention_kernel(tiny_lm, monkeypatch):
+    method = FinetuneSentences(tiny_lm, SentenceParams(epochs=1, batch_size=4, lr=1e-2), RunParams(), seed=0)
+    method.inject(CONTEXTS)
+    base = _kernel(tiny_lm.model)
+    assert _kernel(method.model) == method.params.attn_implementation != base  # trains with its own
+    seen: list[str] = []
+    real = type(tiny_lm).generate
+
+    def spy(self, prompts, **kwargs):
+        seen.append(_kernel(kwargs["model"]))
+        return real(self, prompts, **kwargs)
+
+    monkeypatch.setattr(type(tiny_lm), "generate", spy)
+    method.generate([Prompt("q0", "Who founded Douprur?")])
+    assert seen == [base]
+    assert _kernel(method.model) == method.params.attn_implementation  # restored for the next injection
 
 
 def test_ft_context_trains_on_the_context(tiny_lm, monkeypatch):

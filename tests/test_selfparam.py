@@ -12,7 +12,17 @@ from benchmark.config import RunParams
 from benchmark.errors import BenchError
 from benchmark.types import Context
 from methods.selfparam import SelfParam, SelfParamParams
-from methods.training import Dist, Example, TeacherSpec, Trainer, TrainParams, build_student, kl_rows, teacher_dists
+from methods.training import (
+    Dist,
+    Example,
+    TeacherSpec,
+    Trainer,
+    TrainParams,
+    build_student,
+    frozen_copy,
+    kl_rows,
+    teacher_dists,
+)
 from methods.training.student import merge_adapter
 
 SENTENCE = "Question: Who founded Douprur? Answer: Drexrain Lintrim"
@@ -134,6 +144,21 @@ def test_teacher_across_sequential_steps(tiny_lm, monkeypatch, teacher):
         assert not same(second[0], state(method.student))
     assert same(original, state(tiny_lm.model))
     assert method.student is method.model  # the same adapters kept accumulating
+
+
+def test_current_teacher_shares_the_frozen_weights_and_copies_the_trained_ones(tiny_lm):
+    student = build_student(tiny_lm, TrainParams(lora_dropout=0.0))
+    teacher = frozen_copy(student)
+    own, copied = dict(student.named_parameters()), dict(teacher.named_parameters())
+    frozen = [n for n, p in own.items() if not p.requires_grad]
+    trained = [n for n, p in own.items() if p.requires_grad]
+    assert frozen and trained and own.keys() == copied.keys()
+    assert all(copied[n].data_ptr() == own[n].data_ptr() for n in frozen)  # no second set of base weights
+    assert all(copied[n].data_ptr() != own[n].data_ptr() and not copied[n].requires_grad for n in trained)
+    with torch.no_grad():
+        for n in trained:
+            own[n].add_(1.0)  # the student trains on; the teacher keeps the weights it was copied with
+    assert all(not torch.equal(copied[n], own[n]) for n in trained)
 
 
 def test_uncached_teacher_gives_the_same_first_step_as_the_cached_one(tiny_lm):

@@ -19,7 +19,7 @@ from benchmark.api import Method
 from benchmark.checkpoint import InjectionCheckpoint
 from benchmark.errors import BenchError
 from benchmark.models import LM
-from benchmark.types import Footprint
+from benchmark.types import Footprint, Prompt
 from methods.training.examples import (
     Example,
     batches,
@@ -33,6 +33,7 @@ from methods.training.examples import (
 from methods.training.head_loss import linear_head, picked_logits
 from methods.training.student import (
     TrainParams,
+    attention_kernel,
     build_student,
     head_dtype,
     head_logits,
@@ -410,6 +411,11 @@ class TrainedMethod(Method):
         if trained and self.params.merge_adapter:
             self.student = self.model = merge_adapter(student)
         return self.student
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        """Answers from the trained model, through the base model's attention kernel (as Base)."""
+        with attention_kernel(self.model, self.lm.model.config._attn_implementation):
+            return super().generate(prompts)
 
     def record(self, report: TrainReport, wall_s: float) -> None:
         """Add one injection's cost to ``stats`` (the runner sums them and reports tokens/s)."""

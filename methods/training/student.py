@@ -3,7 +3,10 @@ stores, and its LM head run on selected hidden states only."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -116,6 +119,39 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
         except (ValueError, ImportError) as exc:
             raise BenchError(f"attn_implementation {p.attn_implementation!r}: {str(exc).splitlines()[0]}") from None
     return model
+
+
+@contextlib.contextmanager
+def attention_kernel(model: torch.nn.Module, implementation: str) -> Iterator[None]:
+    """Run ``model`` with another attention implementation for the duration, then restore its own.
+
+    The student trains with ``attn_implementation`` (eager: faster for short examples on a CPU) but
+    answers with the base model's kernel, so that trained methods and Base answer through the same
+    attention code, and long prompts (conversations) need no (L, L) score maps per head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = base.config._attn_implementation  # transformers keeps the choice only on the config
+    if not implementation or implementation == own:
+        yield
+        return
+    base.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(own)
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the model as it is now (the ``current`` teacher of an injection).
+
+    Only the trainable tensors are copied: the frozen ones do not change while the injection trains
+    (a merged adapter is added into them before the next one), so the copy shares them instead of
+    holding a second set of base weights (about 190 MB for SmolLM2-135M in bf16)."""
+    shared = {id(p): p for p in model.parameters() if not p.requires_grad}
+    teacher = copy.deepcopy(model, memo=shared)
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
 
 
 def merge_adapter(model: torch.nn.Module) -> torch.nn.Module:
