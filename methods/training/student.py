@@ -36,8 +36,10 @@ class TrainParams:
     batch_size: int = 1  # examples per optimizer step
     max_grad_norm: float = 0.0  # 0 = no clipping
     frozen_bf16: bool = True  # store frozen student weights in bf16 under bf16-autocast
-    # The student's attention kernel: on CPU, "eager" is ~10% faster than "sdpa" for the short
-    # sequences trained on here (its backward pass is plain matmuls). "" keeps the model's own.
+    # The student's attention kernel in training: on CPU, "eager" is ~10% faster than "sdpa" for
+    # the short sequences trained on here (its backward pass is plain matmuls), sdpa faster and far
+    # smaller for long ones (conversations). "" keeps the model's own. Answers always go through
+    # the base model's kernel (``attention_kernel``).
     attn_implementation: str = "eager"
     # Training examples whose unscored prefixes are identical and at least this long run the
     # prefix once and share its key/value cache; 0 = off (a ~17-token prefix ran no faster shared
