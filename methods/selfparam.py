@@ -190,7 +190,7 @@ class SelfParam(TrainedMethod):
             "epochs": 14,  # the epochs these settings were chosen at (batch later moved to 20)
             "prompt_style": "chat",
             # Conversation targets run to ~800 tokens: eager attention's (L, L) score maps took the
-            # first INSPIRED dev injection to 4.1 GiB peak RSS, sdpa to 3.4 GiB, and 0.85x its time
+            # first INSPIRED dev injection to 4,128 MiB peak RSS, sdpa to 3,378 MiB, and 0.85x its time
             # with the same losses (README, Memory). Short QA targets train faster with eager.
             "attn_implementation": "sdpa",
         },
