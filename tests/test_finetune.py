@@ -9,6 +9,7 @@ from benchmark.config import RunParams
 from benchmark.types import Context, Prompt
 from methods.finetune import FinetuneContext, FinetuneParams, FinetuneSentences
 from methods.sentences import SentenceParams
+from methods.training.student import unwrapped
 
 CONTEXTS = [
     Context(
@@ -52,8 +53,7 @@ def test_ft_sentences_trains_on_the_targets_and_its_loss_falls(tiny_lm, monkeypa
 
 
 def _kernel(model: torch.nn.Module) -> str:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config._attn_implementation
+    return unwrapped(model).config._attn_implementation
 
 
 def test_trained_methods_answer_through_the_base_models_attention_kernel(tiny_lm, monkeypatch):

@@ -83,6 +83,12 @@ class TrainParams:
     }
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself): where its config,
+    attention setting and embeddings live."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
     """A trainable copy of the base model; ``lm.model`` itself is never touched."""
     model = lm.clone_model()
@@ -115,7 +121,7 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
     if p.frozen_bf16 and lm.precision == "bf16-autocast":
         _store_frozen_in_bf16(model)
     if p.attn_implementation:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = unwrapped(model)
         try:
             base.set_attn_implementation(p.attn_implementation)
         except (ValueError, ImportError) as exc:
@@ -130,7 +136,7 @@ def attention_kernel(model: torch.nn.Module, implementation: str) -> Iterator[No
     The student trains with ``attn_implementation`` (eager: faster for short examples on a CPU) but
     answers with the base model's kernel, so that trained methods and Base answer through the same
     attention code, and long prompts (conversations) need no (L, L) score maps per head."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     own = base.config._attn_implementation  # transformers keeps the choice only on the config
     if not implementation or implementation == own:
         yield
@@ -199,7 +205,7 @@ def _store_frozen_in_bf16(model: torch.nn.Module) -> None:
     Embeddings stay fp32 (they feed the residual stream). A tied, frozen LM head gets its own bf16
     copy; its values are what autocast would have used anyway.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     head = base.get_output_embeddings()
     embed = base.get_input_embeddings()
     if head is not None and not head.weight.requires_grad:
@@ -235,7 +241,7 @@ def student_footprint(model: torch.nn.Module | None, p: TrainParams) -> Footprin
 
 def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(backbone returning hidden states, LM head): lets the head run on selected positions only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     return base.get_decoder(), base.get_output_embeddings()
 
 
