@@ -67,6 +67,7 @@ class FinetuneContext(_Finetune):
             "schedule": "linear",
             "lora_dropout": 0.0,
             "max_grad_norm": 1.0,
+            "compile_layers": True,  # as selfparam's quick
         },
         # selfparam's merge; its 12 epochs tied 10 here on the dev sequences (README), so 10 stay.
         "quick@sequential": {"epochs": 10, "merge_adapter": True},
@@ -103,6 +104,7 @@ class FinetuneSentences(_Finetune):
             "prompt_style": "run",
             "end_answer": True,
             "share_prefix": 8,
+            "compile_layers": True,  # as selfparam's quick
         },
         # selfparam's merge; its 12 epochs tied 10 here on the dev sequences (README), so 10 stay.
         "quick@sequential": {"epochs": 10, "merge_adapter": True},

@@ -153,6 +153,7 @@ class SelfParam(TrainedMethod):
             "prompt_style": "run",
             "end_answer": True,
             "share_prefix": 8,
+            "compile_layers": True,  # the same function, 0.74x the step time on a CPU (README)
         },
         # The official code: a frozen copy of the current model as teacher, 10 fresh target
         # sentences per epoch, 50 epochs for batch and 20 for sequential injection.
