@@ -12,6 +12,7 @@ import pytest
 from benchmark.app.breakdown import (
     ATTENTION,
     AUTOGRAD,
+    COMPILED_CALLS,
     ELEMENTWISE,
     HEAD_LOSS,
     KINDS,
@@ -78,6 +79,8 @@ def test_unknown_ops_land_in_other_and_shapes_tell_the_head_from_the_backbone():
     assert classify("MmBackward0", [], V) == AUTOGRAD
     assert classify("aten::mul_", [[64]], V, in_optimizer=True) == OPTIMIZER
     assert classify("aten::_foreach_mul_", [], V) == OPTIMIZER  # gradient clipping outside the step
+    assert classify("CompiledFunctionBackward", [], V) == COMPILED_CALLS  # not the autograd engine's
+    assert classify("TorchDynamo Cache Lookup", [], V) == COMPILED_CALLS
 
 
 def _event(name, us, shapes=(), parent=None, annotation=False, thread=1):

@@ -58,6 +58,10 @@ def test_compiled_layers_compute_the_layers_function(tiny_lm, prefix_len):
     out, grads = logits_and_grads(eager, ids, mask, prefix_len)
     compiled_out, compiled_grads = logits_and_grads(compiled, ids, mask, prefix_len)
     assert torch.allclose(compiled_out, out, atol=1e-4 * out.abs().max())
+    with torch.no_grad():  # inference runs the layer's own forward: the same operations exactly
+        assert torch.equal(
+            compiled(input_ids=ids, attention_mask=mask).logits, eager(input_ids=ids, attention_mask=mask).logits
+        )
     assert grads.keys() == compiled_grads.keys() and grads
     for name, grad in grads.items():
         assert grad.abs().sum() > 0, name

@@ -14,7 +14,8 @@ shape rules: a matmul or an elementwise op with the vocabulary size as one of it
 belongs to the LM head (the head's weight is (V, H), its logits (rows, V)), and everything inside
 the optimizer's ``Optimizer.step``/``zero_grad`` profiler ranges is ``optimizer``. The remainder,
 wall time minus the sum of the ops' self times, is Python / dispatch overhead: an estimate, since
-it also holds the profiler's own per-op cost and the C++ time between operators.
+it also holds the profiler's own per-op cost and the C++ time between operators, and, with
+compiled layers (``compile_layers``), the compiler's fused loops, which are no operator events.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ VIEWS = "views & shapes"
 INDEXING = "indexing & embedding"
 OPTIMIZER = "optimizer"
 AUTOGRAD = "autograd engine"
+COMPILED_CALLS = "compiled regions: entry"
 OTHER = "other"
 OVERHEAD = "Python / dispatch overhead"
 KINDS = (
@@ -53,6 +55,7 @@ KINDS = (
     INDEXING,
     OPTIMIZER,
     AUTOGRAD,
+    COMPILED_CALLS,
     OTHER,
     OVERHEAD,
 )
@@ -67,6 +70,12 @@ def _aten(*names: str) -> str:
 
 # (kind, regular expression matched against the whole op name); the first match wins. Extend here.
 OP_KINDS: tuple[tuple[str, str], ...] = (
+    # torch.compile's entry and guard checks (compile_layers); the fused loops it runs are no
+    # operator events, so their time falls in the overhead estimate
+    (
+        COMPILED_CALLS,
+        r"CompiledFunction(?:Backward)?|TorchDynamo Cache Lookup|Pregraph bytecode|Torch-Compiled Region.*",
+    ),
     # the autograd engine's own nodes (their self time is engine work; the ops they call are listed)
     (AUTOGRAD, r"autograd::.*|torch::autograd::.*|\w+Backward\d+"),
     (OPTIMIZER, r"aten::_foreach_\w+|aten::_fused_adamw_?|aten::_fused_adam_?"),

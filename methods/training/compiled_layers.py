@@ -14,7 +14,8 @@ So each layer runs as two compiled halves with the cache update between them, in
    norm, MLP, residual.
 
 Both halves are the layer's own modules called in the order of the model's forward, so the result
-is the same function (float rounding aside). ``dynamic=True``: one graph serves every batch shape and
+is the same function (float rounding aside). Passes without autograd (teachers, answers) run the
+layer's own forward. ``dynamic=True``: one graph serves every batch shape and
 every layer (the layers' parameters are graph inputs), so compiling costs once per process (tens of
 seconds on a CPU, less with the compiler's on-disk cache), not once per layer or batch.
 """
@@ -76,11 +77,27 @@ def _layer_forward(
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """The decoder layer's forward (same arguments): compiled halves, the cache updated between."""
+    """The decoder layer's forward (same arguments): compiled halves, the cache updated between.
+
+    Only passes that build a graph for backward (training) run compiled. Inference passes (a
+    teacher, answers) run the layer's own forward: generation's one-token steps and other attention
+    kernels would each compile graphs of their own, which cost an answering run more than they saved.
+    """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     cache = kwargs.pop("past_key_values", cache)
+    if not torch.is_grad_enabled():
+        return type(self).forward(
+            self,
+            hidden_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
     if position_embeddings is None:
         raise BenchError("compile_layers: the model passed no rotary position embeddings to its layers")
     attn = self.self_attn
