@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import types
 from typing import Any
 
@@ -55,7 +56,18 @@ def compile_decoder_layers(decoder_layers: Any) -> int:
         raise BenchError("compile_layers: no C++ compiler (g++, clang++ or $CXX) found; use --set compile_layers=false")
     for layer in layers:
         layer.forward = types.MethodType(_layer_forward, layer)
+    global _announced
+    if not _announced:
+        _announced = True
+        print(
+            "compile_layers: the first training step compiles the student's layers (once per process; "
+            "about half a minute on a CPU)",
+            file=sys.stderr,
+        )
     return len(layers)
+
+
+_announced = False
 
 
 def _on_cpu(layer: torch.nn.Module) -> bool:
