@@ -29,6 +29,7 @@ import types
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from benchmark.errors import BenchError
 
@@ -59,7 +60,7 @@ def compile_decoder_layers(decoder_layers: Any) -> int:
     global _announced
     if not _announced:
         _announced = True
-        print(
+        tqdm.write(
             "compile_layers: the first training step compiles the student's layers (once per process; "
             "about half a minute on a CPU)",
             file=sys.stderr,
