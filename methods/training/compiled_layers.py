@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
 from benchmark.errors import BenchError
 
@@ -96,9 +98,6 @@ def _layer_forward(
     teacher, answers) run the layer's own forward: generation's one-token steps and other attention
     kernels would each compile graphs of their own, which cost an answering run more than they saved.
     """
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.llama.modeling_llama import eager_attention_forward
-
     cache = kwargs.pop("past_key_values", cache)
     if not torch.is_grad_enabled():
         return type(self).forward(
@@ -124,8 +123,6 @@ def _layer_forward(
 
 @torch.compile(dynamic=True)
 def _project(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     attn = layer.self_attn
     normed = layer.input_layernorm(hidden)
     shape = (*hidden.shape[:-1], -1, attn.head_dim)
