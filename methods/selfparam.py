@@ -11,7 +11,8 @@ before each injection (in sequential injection it already holds the earlier ones
 Differences from the official loop, for speed, each a parameter: examples are batched instead of
 one optimizer step each (``batch_size``); teacher distributions are computed once and cached
 (``teacher_cache``), optionally top-k with a tail bucket (``teacher_topk``); a fixed pool of retain
-texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time). Two
+texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time), and
+optionally of unrelated questions (``retain_qa_pool``). Two
 additions, off by default: (d) unrelated questions (``retain_qa_per_target``) and (e) unrelated chat
 exchanges (``retain_chat_per_target``), see methods/retain.py.
 """
@@ -56,6 +57,9 @@ class SelfParamParams(SentenceParams):
     # Unrelated "Question: … Answer: …" sentences per target sentence and epoch, framed like the
     # targets, the teacher reading them without the context (not in the official code; 0 = off).
     retain_qa_per_target: float = 0.0
+    # Distinct unrelated questions per context, drawn once per injection and reused every epoch,
+    # so the retain teacher scores each once; 0 = a fresh question every time.
+    retain_qa_pool: int = 0
     # Unrelated chat exchanges per target sentence and epoch: a passage of the retain source as a
     # user message in the chat template and the untouched model's own reply, the teacher reading
     # them as the student does (not in the official code; 0 = off; see methods/retain.py).
@@ -92,6 +96,7 @@ class SelfParamParams(SentenceParams):
         "retain_tokens": ">= 1",
         "retain_pool": ">= 0",
         "retain_qa_per_target": ">= 0",
+        "retain_qa_pool": ">= 0",
         "retain_chat_per_target": ">= 0",
         "retain_read_per_target": ">= 0",
         "retain_chat_pool": ">= 1",
@@ -320,6 +325,11 @@ class InjectionPlan:
         self.specs: dict[Any, TeacherSpec] = {}
         self.cache: dict[Any, Dist] = {}
         self.pools = [retain.take(p.retain_pool) for _ in contexts] if p.retain_pool > 0 else None
+        self.qa_pools = (
+            [self._framed(self.retain_questions.take(p.retain_qa_pool)) for _ in contexts]
+            if p.retain_qa_pool > 0 and p.retain_qa_per_target > 0
+            else None
+        )
         self.fresh_retain: list[Any] = []  # keys of this epoch's one-off retain texts
         self.next_text = 0
 
@@ -383,9 +393,17 @@ class InjectionPlan:
                     examples.append(Example(bos + ids, 0, "retain", p.retain_weight, (key, 0)))
             # One-off retain examples that the teacher reads exactly as the student does: unrelated
             # questions and chats without the context, unrelated documents in context.
-            for text in self.retain_questions.take(n_qa):
-                framed = frame(self.lm, self.student_prefix, text, p)
-                examples.append(self._one_off("qa", c, framed.ids, framed.first))
+            if self.qa_pools is not None:
+                pool = self.qa_pools[c]
+                for i in range(n_qa):
+                    k = (epoch * n_qa + i) % len(pool)
+                    key = ("ret-qa-pool", c, k)
+                    ids, first = pool[k]
+                    self.specs.setdefault(key, TeacherSpec(ids, first))
+                    examples.append(Example(ids, first, "retain_qa", p.retain_weight, (key, 0)))
+            else:
+                for ids, first in self._framed(self.retain_questions.take(n_qa)):
+                    examples.append(self._one_off("qa", c, ids, first))
             chats = self.retain_chats.take(n_chat) if self.retain_chats is not None else []
             examples += [self._one_off("chat", c, ids, first) for ids, first in chats]
             for text, sentence in self.retain_questions.readings(n_read):
@@ -393,6 +411,11 @@ class InjectionPlan:
                 framed = frame(self.lm, prefixes[0], sentence, p)
                 examples.append(self._one_off("read", c, framed.ids, framed.first))
         return examples
+
+    def _framed(self, questions: list[str]) -> list[tuple[list[int], int]]:
+        """Unrelated questions framed as the student's target sentences are: (ids, first)."""
+        framed = [frame(self.lm, self.student_prefix, text, self.p) for text in questions]
+        return [(f.ids, f.first) for f in framed]
 
     def _one_off(self, kind: str, c: int, ids: list[int], first: int) -> Example:
         """A ``retain_<kind>`` example of context ``c`` used in this epoch only, its teacher input

@@ -289,6 +289,29 @@ def test_retain_questions_are_unrelated_and_the_teacher_reads_them_without_the_c
     assert not {s.split(" Answer: ")[0].removeprefix("Question: ") for s in RetainQuestions(5).take(500)} & scored
 
 
+def test_a_retain_question_pool_is_drawn_once_per_injection_and_reused_every_epoch(tiny_lm):
+    from methods.retain import RetainQuestions, RetainStream
+    from methods.selfparam import InjectionPlan
+
+    def plan_for(pool: int) -> InjectionPlan:
+        p = small(retain_qa_per_target=2.0, retain_qa_pool=pool, retain_per_target=0, context_loss=False)
+        contexts = [Context("c0", CONTEXT, [SENTENCE]), Context("c1", CONTEXT + " Again.", [SENTENCE])]
+        return InjectionPlan(tiny_lm, contexts, p, RetainStream(tiny_lm, "model", 8, 0), random.Random(0), RetainQuestions(5))
+
+    def questions(examples: list) -> list[tuple]:
+        return [tuple(e.ids) for e in examples if e.kind == "retain_qa"]
+
+    pooled, fresh = plan_for(3), plan_for(0)
+    epochs = [pooled.epoch(e) for e in range(3)]
+    assert questions(epochs[0])[:2] == questions(fresh.epoch(0))[:2]  # the same stream, from its start
+    seen = {q for examples in epochs for q in questions(examples)}
+    assert len(seen) == 6  # 3 per context, cycled: 12 examples over 3 epochs, 6 distinct
+    assert questions(epochs[0])[:2] != questions(epochs[0])[2:]  # each context its own questions
+    keys = {e.teacher[0] for examples in epochs for e in examples if e.kind == "retain_qa"}
+    assert len(keys) == 6 and all(k in pooled.specs for k in keys)  # one teacher entry per distinct question
+    assert len(set(questions(fresh.epoch(1)) + questions(fresh.epoch(2)))) == 8  # fresh: never repeated
+
+
 def test_retain_readings_put_an_unrelated_document_in_context_for_the_untouched_model(tiny_lm, monkeypatch):
     import methods.selfparam as sp
     from methods.retain import RetainQuestions
