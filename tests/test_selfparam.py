@@ -296,7 +296,8 @@ def test_a_retain_question_pool_is_drawn_once_per_injection_and_reused_every_epo
     def plan_for(pool: int) -> InjectionPlan:
         p = small(retain_qa_per_target=2.0, retain_qa_pool=pool, retain_per_target=0, context_loss=False)
         contexts = [Context("c0", CONTEXT, [SENTENCE]), Context("c1", CONTEXT + " Again.", [SENTENCE])]
-        return InjectionPlan(tiny_lm, contexts, p, RetainStream(tiny_lm, "model", 8, 0), random.Random(0), RetainQuestions(5))
+        stream = RetainStream(tiny_lm, "model", 8, 0)
+        return InjectionPlan(tiny_lm, contexts, p, stream, random.Random(0), RetainQuestions(5))
 
     def questions(examples: list) -> list[tuple]:
         return [tuple(e.ids) for e in examples if e.kind == "retain_qa"]
