@@ -12,8 +12,8 @@ Differences from the official loop, for speed, each a parameter: examples are ba
 one optimizer step each (``batch_size``); teacher distributions are computed once and cached
 (``teacher_cache``), optionally top-k with a tail bucket (``teacher_topk``); a fixed pool of retain
 texts per context is reused across epochs (``retain_pool``; 0 = a fresh text every time), and
-optionally of unrelated questions (``retain_qa_pool``). Two
-additions, off by default: (d) unrelated questions (``retain_qa_per_target``) and (e) unrelated chat
+optionally one of unrelated questions (``retain_qa_pool``; off: fresh ones keep interference lower).
+Two additions, off by default: (d) unrelated questions (``retain_qa_per_target``) and (e) unrelated chat
 exchanges (``retain_chat_per_target``), see methods/retain.py.
 """
 
