@@ -274,6 +274,11 @@ class SelfParam(TrainedMethod):
         return Trainer(student, self.lm, self.params, total_steps, temperature=self.params.temperature)
 
 
+def _in_turn(epoch: int, n: int, size: int) -> list[int]:
+    """Indices of the ``n`` items of a reused pool of ``size`` that epoch ``epoch`` takes, in turn."""
+    return [(epoch * n + i) % size for i in range(n)]
+
+
 def _role(key: tuple) -> str:
     """Which teacher scores a cached entry: documents read in context ("ret-read") the untouched
     model, the other retain terms' keys (starting with "ret") the retain teacher."""
@@ -379,13 +384,8 @@ class InjectionPlan:
                     examples.append(Example(bos + ctx[split:], 0, "context", p.context_weight, (key, split)))
             if n_ret:
                 if self.pools is not None:
-                    texts = [
-                        (
-                            ("ret", c, (epoch * n_ret + i) % len(self.pools[c])),
-                            self.pools[c][(epoch * n_ret + i) % len(self.pools[c])],
-                        )
-                        for i in range(n_ret)
-                    ]
+                    pool = self.pools[c]
+                    texts = [(("ret", c, k), pool[k]) for k in _in_turn(epoch, n_ret, len(pool))]
                 else:
                     texts = []
                     for ids in self.retain.take(n_ret):
@@ -402,11 +402,10 @@ class InjectionPlan:
             # One-off retain examples that the teacher reads exactly as the student does: unrelated
             # questions and chats without the context, unrelated documents in context.
             if self.qa_pools is not None:
-                pool = self.qa_pools[c]
-                for i in range(n_qa):
-                    k = (epoch * n_qa + i) % len(pool)
+                questions = self.qa_pools[c]
+                for k in _in_turn(epoch, n_qa, len(questions)):
                     key = ("ret-qa-pool", c, k)
-                    ids, first = pool[k]
+                    ids, first = questions[k]
                     self.specs.setdefault(key, TeacherSpec(ids, first))
                     examples.append(Example(ids, first, "retain_qa", p.retain_weight, (key, 0)))
             else:
