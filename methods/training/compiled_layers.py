@@ -39,6 +39,9 @@ _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp
 _ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx", "config")
 
 
+_announced = False  # the one-time notice that the first training step compiles
+
+
 def compile_decoder_layers(decoder_layers: Any) -> int:
     """Give every decoder layer the compiled two-half forward; returns how many layers.
 
@@ -68,9 +71,6 @@ def compile_decoder_layers(decoder_layers: Any) -> int:
             file=sys.stderr,
         )
     return len(layers)
-
-
-_announced = False
 
 
 def _on_cpu(layer: torch.nn.Module) -> bool:
