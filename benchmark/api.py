@@ -40,6 +40,7 @@ _METHOD_OWN_METADATA: dict[str, Any] = {
     "table_order": DEFAULT_TABLE_ORDER,
     "role": "",
     "paper_rows": (),
+    "stand_in": "",
 }
 
 
@@ -60,8 +61,8 @@ class Method(ABC):
 
     # What tables and the leaderboard show of the method (benchmark/method_info.py); the runner
     # writes these into every result file. family and storage_class are inherited; display_name,
-    # table_order, role and paper_rows belong to one registered method, so a subclass that sets none
-    # gets the defaults, not its parent's row name, place, role or published scores.
+    # table_order, role, paper_rows and stand_in belong to one registered method, so a subclass that sets none
+    # gets the defaults, not its parent's row name, place, role, published scores or stand-in note.
     display_name: ClassVar[str] = ""  # the row name ("SELF-PARAM"); "" shows the registered name
     family: ClassVar[str] = ""  # reference, fine-tuning, parametric, memory, long-context, retrieval
     storage_class: ClassVar[str] = ""  # "O(1)" or "O(n)" in the number of injected contexts; "" shows "—"
@@ -69,6 +70,9 @@ class Method(ABC):
     role: ClassVar[str] = ""  # "floor" (gains are measured against it), "ceiling" or ""
     # the paper's row labels for it, as printed ("SELF-PARAM, Q" in Table 1, "SELF-PARAM" in Table 2)
     paper_rows: ClassVar[tuple[str, ...]] = ()
+    # non-empty when the row is not the published method itself but a stand-in for it (e.g. a small
+    # version trained here): what it is, shown beside its row name in every table
+    stand_in: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -7,7 +7,9 @@ contexts), ``table_order`` (its position among rows; built-ins use the paper's o
 that sets none follows them, alphabetically), ``role`` (``"floor"`` for the reference every gain
 is measured against, ``"ceiling"`` for the upper reference, empty for all others) and ``paper_rows``
 (the row labels under which the paper's tables report the method, exactly as printed there, e.g.
-``("SELF-PARAM, Q", "SELF-PARAM")``; empty for a method the paper does not report).
+``("SELF-PARAM, Q", "SELF-PARAM")``; empty for a method the paper does not report) and ``stand_in``
+(non-empty for a row that is not the published method but a stand-in for it, e.g. a small version
+trained here: what it is; tables mark its row name with ``STAND_IN_MARK`` and say so in a note).
 
 The runner writes these as ``method_info`` into each result file, so a table or the leaderboard
 shows a method correctly without importing it. This module knows the shape only; it imports no method.
@@ -29,7 +31,8 @@ STORAGE_CLASSES = ("O(1)", "O(n)")
 FAMILIES = ("reference", "fine-tuning", "parametric", "memory", "long-context", "retrieval")
 ROLES = ("floor", "ceiling")
 DEFAULT_TABLE_ORDER = 1000  # after every built-in
-FIELDS = ("display_name", "family", "storage_class", "table_order", "role", "paper_rows")
+FIELDS = ("display_name", "family", "storage_class", "table_order", "role", "paper_rows", "stand_in")
+STAND_IN_MARK = "‡"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class MethodInfo:
     table_order: int = DEFAULT_TABLE_ORDER
     role: str = ""
     paper_rows: tuple[str, ...] = ()
+    stand_in: str = ""
 
     @classmethod
     def of_class(cls, method_cls: type) -> MethodInfo:
@@ -68,6 +72,7 @@ class MethodInfo:
             table_order=order if isinstance(order, int) and not isinstance(order, bool) else DEFAULT_TABLE_ORDER,
             role=text("role"),
             paper_rows=tuple(x for x in labels if isinstance(x, str)) if isinstance(labels, (list, tuple)) else (),
+            stand_in=text("stand_in"),
         )
 
     def record(self) -> dict[str, Any]:
@@ -75,6 +80,16 @@ class MethodInfo:
         record = {field: getattr(self, field) for field in FIELDS}
         record["paper_rows"] = list(self.paper_rows)
         return record
+
+    @property
+    def row_name(self) -> str:
+        """The name a table prints: the display name, marked when the row is a stand-in."""
+        return f"{self.display_name} {STAND_IN_MARK}" if self.stand_in else self.display_name
+
+    @property
+    def stand_in_note(self) -> str:
+        """The note a table with this row carries ("" for the published method itself)."""
+        return f"{STAND_IN_MARK} {self.display_name} is a stand-in: {self.stand_in}" if self.stand_in else ""
 
     @property
     def rank(self) -> tuple[int, str]:

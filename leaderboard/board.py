@@ -77,7 +77,7 @@ class Board:
 
     def display(self, row: Row) -> str:
         """The method's display name, with the run's variant settings when it has any."""
-        name, label = self.info(row).display_name, extract.variant_label(row.first)
+        name, label = self.info(row).row_name, extract.variant_label(row.first)
         return f"{name} ({label})" if label else name
 
     @property
@@ -288,4 +288,4 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
             _commit(row),
         ]
         rows.append(cells)
-    return Table(board.title, headers, rows)
+    return Table(board.title, headers, rows, meta.stand_in_notes(board.info(row) for row in board.rows))

@@ -37,15 +37,24 @@ def known(name: str) -> MethodInfo:
 
 def of_result(result: Result) -> MethodInfo:
     """What one result file says about its method (or, without ``method_info``, its class; without
-    ``paper_rows`` in it, the class's)."""
+    ``paper_rows`` or ``stand_in`` in it, the class's)."""
     name = str(result["method"])
     record = result.get("method_info")
     if not isinstance(record, dict):
         return known(name)
     info = MethodInfo.from_record(name, record)
-    if "paper_rows" not in record and (declared := registered(name)) is not None:
-        info = replace(info, paper_rows=declared.paper_rows)
+    declared = registered(name)
+    if declared is not None:
+        if "paper_rows" not in record:
+            info = replace(info, paper_rows=declared.paper_rows)
+        if "stand_in" not in record:
+            info = replace(info, stand_in=declared.stand_in)
     return info
+
+
+def stand_in_notes(infos: Iterable[MethodInfo]) -> list[str]:
+    """One note per stand-in row among ``infos`` (a table that shows one says what it is)."""
+    return list(dict.fromkeys(note for info in infos if (note := info.stand_in_note)))
 
 
 def by_method(results: Iterable[Result]) -> dict[str, MethodInfo]:

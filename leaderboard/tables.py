@@ -97,7 +97,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
         rows = []
         for info in _methods(runs):
             method = info.name
-            row = [info.display_name, info.storage_class or MISSING]
+            row = [info.row_name, info.storage_class or MISSING]
             for model, n in columns:
                 cell = [
                     r for r in runs if r["method"] == method and r["model"] == model and extract.num_contexts(r) == n
@@ -114,6 +114,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
             "S: storage class in the number n of injected contexts; S bytes: the measured "
             "footprint (extra state the method keeps). — = no result."
         ]
+        notes += meta.stand_in_notes(_methods(runs))
         if compared:
             notes.append(
                 f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) of the paper's row for "
@@ -202,7 +203,7 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
         headers = ["Method"] + [f"{d.upper()} {score.short}" for d in datasets for score in scores]
         rows = []
         for info in _methods(runs):
-            row = [info.display_name]
+            row = [info.row_name]
             for dataset in datasets:
                 cell = _of(runs, method=info.name, dataset=dataset)
                 for score in scores:
@@ -210,7 +211,8 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
             rows.append(row)
         notes = [
             "Recall@1. r1: no filter; r2: items already mentioned in the dialog dropped; "
-            "r3: matches at edit distance > 2 dropped; r4: both. — = no result."
+            "r3: matches at edit distance > 2 dropped; r4: both. — = no result.",
+            *meta.stand_in_notes(_methods(runs)),
         ]
         tables.append(
             Table(f"Table 2 — {task.display_name}, Recall@1 ({model}, profile {profile})", headers, rows, notes)
@@ -233,7 +235,7 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
         rows = []
         for info in _methods(runs):
             cell = _of(runs, method=info.name)
-            row = [info.display_name]
+            row = [info.row_name]
             for i in range(steps):
 
                 def at(r: Result, i: int = i, curves: dict[int, Any] = curves) -> extract.Summary | None:
@@ -244,7 +246,8 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
             rows.append(row)
         notes = [
             f"Mean {main.short} over all contexts of a sequence after each step (step 0 = before any "
-            "injection), averaged over sequences. — = no result."
+            "injection), averaged over sequences. — = no result.",
+            *meta.stand_in_notes(_methods(runs)),
         ]
         tables.append(
             Table(
@@ -274,7 +277,7 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
         headers = ["Method", "Generator"] + [f"{d} · {m} · {n}" for d, m, n in columns]
         rows = []
         for method, generator in row_keys:
-            row = [infos[method].display_name, generator]
+            row = [infos[method].row_name, generator]
             for dataset, model, n in columns:
                 cell = [
                     r
@@ -292,7 +295,8 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
             "generator of those sentences (dataset: the data set's own QA pairs; cloze: blanks "
             "cut from the context; local: the model's instruct variant; openai: an "
             "OpenAI-compatible endpoint; implications: statements the model writes about the "
-            "passage, SEAL-style self-edits). — = no result."
+            "passage, SEAL-style self-edits). — = no result.",
+            *meta.stand_in_notes(infos[method] for method, _ in row_keys),
         ]
         tables.append(Table(f"Table 4 — target-sentence generator ablation (profile {profile})", headers, rows, notes))
     return tables

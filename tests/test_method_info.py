@@ -82,6 +82,7 @@ def test_the_runner_writes_method_info_into_the_result_file(tmp_path):
         "table_order": 20,
         "role": "floor",
         "paper_rows": ["Base, Q", "Base"],
+        "stand_in": "",
     }
     assert '"method_info"' in outcome.path.read_text()
 
@@ -102,6 +103,34 @@ def test_tables_read_the_result_files_method_info_before_the_registered_class():
         ["FT (C)", "O(1)"],
         ["unknown", "—"],
     ]
+
+
+def test_a_stand_in_is_marked_with_its_note_in_every_table_and_on_the_leaderboard():
+    from resultfiles import batch, sequential
+
+    from leaderboard.board import board_table, boards
+    from leaderboard.tables import table1, table3
+    from methods.memoryllm import MemoryLLMMini
+
+    assert MemoryLLMMini.stand_in and not MethodInfo.of_class(METHODS.get("memoryllm")).stand_in
+
+    class Variant(MemoryLLMMini):  # a subclass is its own method: it does not inherit the note
+        pass
+
+    assert MethodInfo.of_class(Variant).stand_in == ""
+    old = batch("memoryllm-mini", 0.1)  # written before result files carried stand_in: the class says
+    old["method_info"] = {k: v for k, v in MethodInfo.of_class(MemoryLLMMini).record().items() if k != "stand_in"}
+    runs = [batch("base_q", 0.0), old]
+    (table,) = table1(runs)
+    (board,) = boards(runs)
+    steps = [sequential("memoryllm-mini", [0.0, 0.1]), sequential("base_q", [0.0, 0.0])]
+    note = f"‡ MemoryLLM (mini) is a stand-in: {MemoryLLMMini.stand_in}"
+    for shown in (table, board_table(board), *table3(steps)):
+        names = [cell for row in shown.rows for cell in row if "MemoryLLM" in cell or "Base" in cell]
+        assert sorted(names) == ["Base, Q", "MemoryLLM (mini) ‡"]
+        assert shown.notes.count(note) == 1
+    (plain,) = table1([batch("base_q", 0.0)])
+    assert not any("stand-in" in n for n in plain.notes)
 
 
 # ---- a method from an outside package, as a third party adds one -------------------------------
@@ -184,6 +213,7 @@ def test_an_outside_packages_method_shows_its_name_and_storage_class_everywhere(
         "table_order": DEFAULT_TABLE_ORDER,
         "role": "",
         "paper_rows": [],
+        "stand_in": "",
     }
     for name in ("runs", "old"):
         table = (out / f"table-{name}.md").read_text()

@@ -200,9 +200,14 @@ class MemoryLLMMiniParams:
 @register_method("memoryllm-mini")
 class MemoryLLMMini(Method):
     description = (
-        "MemoryLLM-mini: a per-layer self-updating memory pool on the run's model (bench train memoryllm-mini)"
+        "MemoryLLM-mini, a stand-in for MemoryLLM: a per-layer self-updating memory pool on the run's model "
+        "(bench train memoryllm-mini)"
     )
     display_name = "MemoryLLM (mini)"
+    stand_in = (
+        "MemoryLLM's self-updating memory pool re-implemented on the run's model, its update trained "
+        "here (bench train memoryllm-mini); not the published MemoryLLM checkpoint"
+    )
     family = "memory"
     storage_class = "O(1)"
     table_order = 60

@@ -74,7 +74,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not rows:
         raise BenchError(f"{args.a} and {args.b} hold no per-unit scores of the same metric to pair")
     for name, path, run in (("A", args.a, a), ("B", args.b, b)):
-        print(f"{name}: {meta.of_result(run).display_name}, profile {run.get('profile')} ({path})")
+        print(f"{name}: {meta.of_result(run).row_name}, profile {run.get('profile')} ({path})")
+    for note in meta.stand_in_notes(meta.of_result(run) for run in (a, b)):
+        print(note)
     unit, drawn = task.paired_unit, task.resampled_unit
     print(
         f"{a['task']} · {a['dataset']} · {a['model']}, seed {a['seed']}: {counts[0]} {unit} paired, "
