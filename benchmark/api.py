@@ -144,6 +144,13 @@ class Method(ABC):
         """Extra state kept beyond the base model; Base methods keep none."""
         return Footprint()
 
+    def provenance(self) -> dict[str, Any]:
+        """What this method's answers depend on beyond the code, the base model and its settings,
+        e.g. a mechanism trained beforehand and kept in a cache: which file (its SHA-256) and how it
+        was trained. The runner writes it into each episode record and, once per distinct value, at
+        the top of the result file (``method_provenance``); empty for methods that load nothing."""
+        return {}
+
 
 # ---- data sets -----------------------------------------------------------------------------------
 

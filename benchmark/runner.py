@@ -8,6 +8,7 @@ A task only plans (``Task.plan``: what to inject at each step and what to ask) a
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import resource
 import sys
@@ -302,6 +303,9 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         "cost": total_cost(records),
         "episodes": [cast(EpisodeRecord, with_units(r)) for r in records],
     }
+    distinct = sorted({json.dumps(r["provenance"], sort_keys=True) for r in records if r.get("provenance")})
+    if distinct:  # what the method loaded from outside the repository, once per distinct value
+        result["method_provenance"] = [json.loads(p) for p in distinct]
     if (at_end := git_commit()) != commit:
         # Files imported late (a task's data module, a lazily loaded method) may come from either.
         result["git_commit_at_end"] = at_end
@@ -402,6 +406,8 @@ def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]
         "changed_params": footprint.changed_params,
         **footprint.detail,
     }
+    if provenance := method.provenance():
+        record["provenance"] = provenance
     return record
 
 

@@ -66,6 +66,7 @@ class EpisodeRecord(TypedDict, total=False):
     num_targets: int
     cost: dict[str, Any]
     footprint: dict[str, Any]
+    provenance: dict[str, Any]  # only for a method that loads something from outside the repository
 
 
 class Result(TypedDict):
@@ -88,6 +89,7 @@ class Result(TypedDict):
     threads: dict[str, Any]
     git_commit: str | None  # the checkout when the run started
     git_commit_at_end: NotRequired[str | None]  # only when the checkout changed during the run
+    method_provenance: NotRequired[list[dict[str, Any]]]  # the episodes' distinct ``provenance``
     started_at: str
     finished_at: str
     scores: dict[str, Summary]

@@ -3,6 +3,8 @@ memoryllm-mini's memory pool."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -243,6 +245,17 @@ def test_mini_method_injects_answers_and_reports_its_footprint(tiny_lm):
     assert method.stats["injections"] == 2
 
 
+def test_the_result_file_records_which_mechanism_answered(tmp_path):
+    from benchmark.runner import RunRequest, run
+
+    outcome = run(RunRequest(method="memoryllm-mini", task="sequential", profile="smoke", out=tmp_path))
+    assert outcome.result["method_provenance"] == [{"mechanism": "untrained (checkpoint=none)"}]
+    episodes = outcome.result["episodes"]
+    assert len(episodes) > 1 and all(e["provenance"] == {"mechanism": "untrained (checkpoint=none)"} for e in episodes)
+    plain = run(RunRequest(method="base_q", task="sequential", profile="smoke", out=tmp_path)).result
+    assert "method_provenance" not in plain and not any("provenance" in e for e in plain["episodes"])
+
+
 def test_mini_without_a_trained_mechanism_says_how_to_get_one(tiny_lm, monkeypatch, tmp_path):
     import methods.memoryllm.train as memoryllm_train
 
@@ -264,6 +277,9 @@ def test_bench_train_saves_a_mechanism_that_run_loads(bench, tiny_lm, monkeypatc
     params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto")
     method = MemoryLLMMini(tiny_lm, params, RunParams(precision="fp32"), seed=0)
     assert method.trained["steps"] == 2
+    recorded = method.provenance()["mechanism"]  # which file, and how it was trained
+    assert recorded["sha256"] == hashlib.sha256(saved[0].read_bytes()).hexdigest()
+    assert (recorded["file"], recorded["steps"], recorded["train"]["max_minutes"]) == (saved[0].name, 2, 1.0)
     assert any(float(p.abs().sum()) > 0 for name, p in method.mechanism.named_parameters() if name.endswith(".b"))
 
     code, _, err = bench("train", "base_q", "--profile", "smoke")

@@ -50,8 +50,9 @@ def test_the_runner_writes_schema_2_and_keeps_the_whole_aggregate(tmp_path, tiny
     outcome = run(request, lm=tiny_lm)
     written = json.loads(outcome.path.read_text())
     assert written["schema_version"] == SCHEMA_VERSION == 2
-    # every key of the schema; git_commit_at_end only when the checkout changed during the run
-    assert set(written) == set(Result.__annotations__) - {"git_commit_at_end"}
+    # every key of the schema; git_commit_at_end only when the checkout changed during the run,
+    # method_provenance only for a method that loads something from outside the repository
+    assert set(written) == set(Result.__annotations__) - {"git_commit_at_end", "method_provenance"}
     assert all(set(s) == {"mean", "ci_low", "ci_high", "n"} for s in written["scores"].values())
     assert {"curves", "matrices"} <= set(written["details"])
     assert all("per_unit" in e and "asked" in e for e in written["episodes"])

@@ -17,6 +17,7 @@ Both methods are here; ``mini`` is the memory pool and its update, ``train`` tra
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,10 +226,19 @@ class MemoryLLMMini(Method):
         p = self.params
         self.pool_config = PoolConfig(p.num_tokens, p.num_blocks, lora_r=p.lora_r)
         self.parts, self.mechanism = build(self.model, self.pool_config)
+        self.mechanism_file: Path | None = None  # the trained mechanism loaded, and its SHA-256
+        self.mechanism_sha256 = ""
         self.trained = self._load_mechanism()
         self.mechanism.eval().requires_grad_(False)
         self.pool = MemoryPool(self.parts, self.mechanism, torch.Generator().manual_seed(self.seed))
         self.stats["injections"] = 0
+
+    def provenance(self) -> dict[str, Any]:
+        """The mechanism's file and how it was trained: ``bench train`` keeps it in the cache, and
+        its ``quick`` training stops after ``max_minutes``, so the steps it got depend on the machine."""
+        if self.mechanism_file is None:
+            return {"mechanism": "untrained (checkpoint=none)"}
+        return {"mechanism": {"file": self.mechanism_file.name, "sha256": self.mechanism_sha256, **self.trained}}
 
     def _load_mechanism(self) -> dict[str, Any]:
         choice = self.params.checkpoint
@@ -241,6 +251,8 @@ class MemoryLLMMini(Method):
                 f"no trained memoryllm-mini mechanism for model {self.lm.name!r} at {path}: run "
                 f"`bench train memoryllm-mini` (same --model and pool sizes) first, or --set checkpoint=none"
             )
+        self.mechanism_file = path
+        self.mechanism_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         try:
             return load_mechanism(self.mechanism, path)
         except (RuntimeError, KeyError) as exc:
