@@ -12,6 +12,13 @@ wrote: blank lines are skipped (the original maps an empty line to a two-letter 
 chatter around it), and a description after the title ("Title (2014) - Comedy, Drama",
 "**Title**: a story…") is cut off before matching. Ties between equally near titles go to the
 first in sorted order, so a run is reproducible (the original breaks them by set order).
+
+Cutting a description or a final period also cuts real titles ("Mission: Impossible – Ghost
+Protocol", "John Q.", "When Harry Met Sally..."), and only the catalogue can tell which it is. So a
+line keeps every reading the cleaning passes through (``title_forms``), and the matcher takes the
+reading nearest to a catalogue title, the fullest on ties: a cut is used only where it brings the
+line strictly closer to the catalogue, and otherwise the line is read as written, as the original
+code reads it.
 """
 
 from __future__ import annotations
@@ -35,9 +42,10 @@ FILTER_NAMES = {
 }
 KS = (1, 5, 10)
 
-_NUMBERED = re.compile(r"^\s*(?:[*_]{1,2})?\s*(?:#\s*)?\d{1,3}\s*[.)、]\s*(?:[*_]{1,2}\s*)?")
+# "1. ", "#1) ", "**1.** ": markup closed after the number is eaten, markup opened before it is kept
+_NUMBERED = re.compile(r"^\s*(?P<open>[*_]{1,2})?\s*(?:#\s*)?\d{1,3}\s*[.)、]\s*(?P<close>(?P=open)\s*)?")
 _BULLET = re.compile(r"^\s*[-*•·+–]\s+")
-_BOLD = re.compile(r"^\s*(\*\*|__)(.+?)\1")
+_EMPHASIS = re.compile(r"^\s*(\*\*|__|\*|_)(.+?)\1")
 _AFTER_PAREN = re.compile(r"\)\s*[:\-–—].*$")
 _DESCRIPTION = re.compile(r"\s+[-–—]\s.*$")
 _PARENS = re.compile(r"\([^()]*\)")
@@ -45,21 +53,62 @@ _SPACES = re.compile(r"\s+")
 _QUOTES = "\"'“”‘’`*_"
 
 
-def clean_item(line: str) -> str:
-    """A list line reduced to the title it names (numbering, markup, year, description dropped)."""
-    text = _NUMBERED.sub("", line, count=1)
+class Title(str):
+    """A cleaned title that also carries every reading of its line (``forms``, fullest first).
+
+    It is the plain cleaned title to whoever reads it (records, tests); ``TitleMatcher`` alone looks
+    at ``forms``, to undo a cut that broke a real title.
+    """
+
+    forms: tuple[str, ...]
+
+    def __new__(cls, text: str, forms: Sequence[str] = ()) -> Title:
+        title = super().__new__(cls, text)
+        title.forms = tuple(forms) or (text,)
+        return title
+
+
+def _without_markup(line: str) -> str:
+    """The line without numbering, bullet, emphasis and bracketed parts: none is ever in a title."""
+    text = line
+    numbered = _NUMBERED.match(line)
+    if numbered:
+        text = line[numbered.end() :]
+        if numbered["open"] and not numbered["close"]:  # "**1. Title**": the emphasis encloses the title
+            text = numbered["open"] + text
     text = _BULLET.sub("", text, count=1)
-    bold = _BOLD.match(text)
-    if bold:
-        text = bold.group(2)
+    emphasis = _EMPHASIS.match(text)
+    if emphasis:  # "**Title**: a story", "*Title* - a story"
+        text = emphasis.group(2)
     text = _AFTER_PAREN.sub(")", text)
     text = _PARENS.sub(" ", text)
-    text = _DESCRIPTION.sub("", text)
-    text = _SPACES.sub(" ", text).strip().strip(_QUOTES).strip()
-    return text.rstrip(".,;:").strip().strip(_QUOTES).strip()
+    return _SPACES.sub(" ", text).strip()
 
 
-def parse_recommendations(text: str) -> list[str]:
+def _unquoted(text: str) -> str:
+    return text.strip().strip(_QUOTES).strip()
+
+
+def title_forms(line: str) -> tuple[str, ...]:
+    """The readings of a list line, fullest first, each cleaned one step further than the last.
+
+    Markup-free; then without a description after a dash; then unquoted; then without end
+    punctuation. Each step can cut a real title, so the matcher chooses among them.
+    """
+    forms = [_without_markup(line)]
+    forms.append(_DESCRIPTION.sub("", forms[-1]))
+    forms.append(_unquoted(forms[-1]))
+    forms.append(_unquoted(forms[-1].rstrip(".,;:")))
+    return tuple(dict.fromkeys(forms))
+
+
+def clean_item(line: str) -> Title:
+    """A list line reduced to the title it names (numbering, markup, year, description dropped)."""
+    forms = title_forms(line)
+    return Title(forms[-1], forms)
+
+
+def parse_recommendations(text: str) -> list[Title]:
     """Titles of a generated list, in order: numbered lines, else bulleted lines, else comma lists."""
     lines = [line for line in text.splitlines() if line.strip()]
     numbered = [line for line in lines if _NUMBERED.match(line)]
@@ -95,13 +144,21 @@ class TitleMatcher:
         self.cache: dict[str, tuple[str, int]] = {}
 
     def match(self, queries: Sequence[str]) -> list[tuple[str, int]]:
-        """(catalogue title, edit distance) for each query."""
+        """(catalogue title, edit distance) for each query; for a ``Title``, its nearest reading.
+
+        Ties go to the fullest reading: a cut is taken only where it brings the line strictly closer.
+        """
+        readings = [_readings(q) for q in queries]
+        self._compute(dict.fromkeys(form for forms in readings for form in forms))
+        return [min((self.cache[form] for form in forms), key=lambda found: found[1]) for forms in readings]
+
+    def _compute(self, forms: Iterable[str]) -> None:
+        """Cache the nearest catalogue title of each lower-cased form not cached yet."""
         from rapidfuzz import process
         from rapidfuzz.distance import Levenshtein
 
-        lowered = [q.lower() for q in queries]
         todo = []
-        for q in dict.fromkeys(lowered):
+        for q in forms:
             if q in self.cache:
                 continue
             if q in self.index:
@@ -114,7 +171,12 @@ class TitleMatcher:
             best = distances.argmin(axis=1)
             for row, (query, column) in enumerate(zip(block, best)):
                 self.cache[query] = (self.choices[column], int(distances[row, column]))
-        return [self.cache[q] for q in lowered]
+
+
+def _readings(query: str) -> tuple[str, ...]:
+    """The lower-cased forms a query may be matched by: all of a ``Title``'s, else the string."""
+    forms = query.forms if isinstance(query, Title) else (query,)
+    return tuple(dict.fromkeys(form.lower() for form in forms))
 
 
 def filtered(matches: Sequence[tuple[str, int]], seen: set[str], name: str, max_distance: int = 2) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, cast
 from benchmark.api import EpisodePlan, Method, Step, Task
 from benchmark.errors import BenchError
 from benchmark.grounding import split_generator
-from benchmark.metrics import summarize
+from benchmark.metrics import cluster_summary, summarize
 from benchmark.models import LM
 from benchmark.registry import open_dataset, register_task
 from benchmark.report import fmt_ci
@@ -273,8 +273,7 @@ class RecommendationTask(Task):
         scores: dict[str, Any] = {}
         for name in FILTERS:
             for k in KS:
-                values = [h for p in predictions for h in p["hits"][name][str(k)]]
-                scores[f"recall@{k}_{name}"] = summarize(values, seed=self.seed)
+                scores[f"recall@{k}_{name}"] = per_gold_item(predictions, name, k, self.seed)
         scores["list_length"] = summarize([len(p["items"]) for p in predictions], seed=self.seed)
         near = [
             sum(d <= self.params.max_distance for _, d in p["matches"]) / len(p["matches"])
@@ -359,3 +358,11 @@ def recommendation_qa(conversation: Conversation, window: int) -> list[QA]:
             pairs.append(QA(target_question(conversation.turns[max(0, i - window) : i]), (", ".join(new),)))
         mentioned.update(m.lower() for m in turn.movies)
     return pairs
+
+
+def per_gold_item(predictions: list[dict[str, Any]], name: str, k: int, seed: int) -> dict[str, float]:
+    """Recall@k under filter ``name``: the mean over gold items, as the paper averages it, with an
+    interval that draws whole test points (a reply's gold items share one answer, so they are not
+    independent), the unit the leaderboard's paired intervals draw too."""
+    hits = {(i, j): float(h) for i, p in enumerate(predictions) for j, h in enumerate(p["hits"][name][str(k)])}
+    return cluster_summary(hits, cluster=lambda key: key[0], seed=seed)

@@ -68,6 +68,53 @@ def test_clean_item_keeps_titles_with_dashes_colons_and_numbers():
     assert clean_item("**1.** Up") == "Up"
 
 
+def test_clean_item_reads_an_emphasised_title_before_a_colon():
+    assert clean_item("1. **The Matrix**: A hacker learns the truth") == "The Matrix"
+    assert clean_item("2. *Heat*: A heist goes wrong") == "Heat"
+    assert clean_item("**3. Alien**: In space no one can hear you scream") == "Alien"
+    assert clean_item("4. __Titanic__: The ship") == "Titanic"
+
+
+# Real ReDial titles that a description cut or a final-period strip damages, beside the titles
+# that the damaged forms are nearest to.
+REAL_TITLES = [
+    "Mission: Impossible – Ghost Protocol",
+    "Mission: Impossible",
+    "John Q.",
+    "John 5",
+    "When Harry Met Sally...",
+    "Heat",
+    "The Matrix",
+]
+
+
+def test_cleaning_does_not_break_real_catalogue_titles():
+    matcher = TitleMatcher(REAL_TITLES)
+    reply = (
+        "1. Mission: Impossible – Ghost Protocol\n2. John Q.\n3. When Harry Met Sally...\n"
+        '4. "John Q." (2002) - A father takes a hospital hostage\n5. **When Harry Met Sally...**: Friends fall in love'
+    )
+    assert matcher.match(parse_recommendations(reply)) == [
+        ("mission: impossible – ghost protocol", 0),
+        ("john q.", 0),
+        ("when harry met sally...", 0),
+        ("john q.", 0),
+        ("when harry met sally...", 0),
+    ]
+
+
+def test_descriptions_and_periods_are_still_cut_where_that_is_nearer():
+    matcher = TitleMatcher(REAL_TITLES)
+    reply = "1. Heat – a crime epic\n2. Mission: Impossible - The first film\n3. The Matrix.\n4. *Heat*: a heist"
+    assert parse_recommendations(reply) == ["Heat", "Mission: Impossible", "The Matrix", "Heat"]
+    assert matcher.match(parse_recommendations(reply)) == [
+        ("heat", 0),
+        ("mission: impossible", 0),
+        ("the matrix", 0),
+        ("heat", 0),
+    ]
+
+
 # ---- edit-distance mapping ---------------------------------------------------------------------
 
 CATALOGUE = ["Inception", "Titanic", "The Matrix", "Heat", "Aliens", "Alien"]
@@ -131,6 +178,23 @@ def test_recall_at_k_arithmetic_and_per_gold_averaging():
     assert scores["in_catalogue"]["mean"] == pytest.approx((0.25 + 1.0) / 2)
     text = RecommendationTask.summary(scores)
     assert "r4: both" in text and "0.6667" in text
+
+
+def test_recall_intervals_draw_whole_test_points_not_gold_items():
+    task = RecommendationTask.__new__(RecommendationTask)
+    task.params, task.seed = RecommendationTask.Params(), 0
+
+    def prediction(hits_at1: list[int]) -> dict:
+        hits = {name: {k: list(hits_at1) for k in ("1", "5", "10")} for name in ("r1", "r2", "r3", "r4")}
+        return {"hits": hits, "items": ["x"], "matches": [["x", 0]]}
+
+    # one reply names all eight of its gold items, the other misses its one: two test points
+    scores = task.aggregate([{"predictions": [prediction([1] * 8)]}, {"predictions": [prediction([0])]}])
+    recall = scores["recall@1_r1"]
+    assert recall["mean"] == pytest.approx(8 / 9) and recall["n"] == 9
+    # drawing the missed point twice (p = 1/4) gives 0 and the other twice 1; nine independent gold
+    # items would almost never all be the missed one
+    assert recall["ci_low"] == 0.0 and recall["ci_high"] == 1.0
 
 
 # ---- loaders on fixture files ------------------------------------------------------------------
