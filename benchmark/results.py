@@ -65,22 +65,70 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str | None:
-    """The commit of this checkout, with ``-dirty`` when it has uncommitted changes."""
+# The folders the code is imported from (pyproject's packages): a new file there is discovered and
+# imported (methods/ and tasks/ register themselves), so it changes what a run does.
+CODE_FOLDERS = ("benchmark", "methods", "tasks", "leaderboard")
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    """The commit of this checkout, with ``-dirty`` when it has uncommitted changes: a modified
+    tracked file anywhere, or an untracked (not ignored) file under ``CODE_FOLDERS``. Untracked files
+    elsewhere (result files, notes) change no code, so they leave it clean."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "-z", "--untracked-files=normal"],
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=5,
         )
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+        if status.returncode != 0:
+            return None
+        return commit.stdout.strip() + ("-dirty" if _dirty(status.stdout) else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _dirty(porcelain_z: str) -> bool:
+    """Whether ``git status --porcelain -z`` lists a change that can alter what the code does."""
+    for entry in porcelain_z.split("\0"):
+        if not entry:
+            continue
+        if not entry.startswith("?? "):
+            return True  # a tracked file changed (a rename's second field never gets here)
+        if entry[3:].startswith(tuple(f"{folder}/" for folder in CODE_FOLDERS)):
+            return True
+    return False
+
+
+def short_commit(commit: str | None) -> str:
+    """``0123abc`` or ``0123abc-dirty`` for messages; ``unknown`` where none was recorded."""
+    if not commit:
+        return "unknown"
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def recorded_commit(path: Path) -> str | None:
+    """The ``git_commit`` a result file records, read from its top level without parsing its
+    episodes where the file is laid out as the runner writes it (one top-level key per line,
+    ``git_commit`` before ``scores``); any other layout is parsed whole."""
+    prefix = ' "git_commit": '
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(prefix):
+                    value = json.loads(line[len(prefix) :].strip().rstrip(","))
+                    return value if isinstance(value, str) else None
+                if line.startswith((' "scores": ', ' "episodes": ')):
+                    return None  # the runner writes git_commit before these: this file has none
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("git_commit") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 @contextlib.contextmanager
@@ -114,14 +162,22 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 
 
 class PartialLog:
-    """Append-only record of finished episodes; tolerates a torn last line after ``kill -9``."""
+    """Append-only record of finished episodes; tolerates a torn last line after ``kill -9``.
+
+    Its header names the run (``config_hash``) and the code that computed the episodes
+    (``git_commit``, as ``git_commit()`` gives it): episodes computed by other code are not mixed
+    into this code's result. ``other_commit`` is the header's commit after a ``load`` that refused
+    a log written at another commit (``unknown`` for a header from before commits were recorded).
+    """
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
         self.header = header
+        self.other_commit: str | None = None
 
     def load(self) -> list[dict[str, Any]]:
-        """Episodes finished by an earlier attempt of the same run (same config hash)."""
+        """Episodes finished by an earlier attempt of the same run (same config hash) at the same commit."""
+        self.other_commit = None
         if not self.path.exists():
             return []
         lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -134,6 +190,11 @@ class PartialLog:
             if i == 0:
                 if record.get("config_hash") != self.header["config_hash"]:
                     return []  # another run's leftovers: start afresh
+                if "git_commit" in self.header and (
+                    "git_commit" not in record or record["git_commit"] != self.header["git_commit"]
+                ):
+                    self.other_commit = short_commit(record.get("git_commit"))
+                    return []  # computed by other code: start afresh (the caller says so)
                 continue
             records.append(record)
         return records

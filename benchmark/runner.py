@@ -42,6 +42,7 @@ from benchmark.results import (
     package_versions,
     partial_path,
     result_path,
+    short_commit,
     write_json_atomic,
 )
 from benchmark.schema import SCHEMA_VERSION, EpisodeRecord, Result, split_scores, with_units
@@ -220,18 +221,26 @@ def reuse(path: Path, force: bool) -> RunOutcome | None:
 def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     """Load the model and data, run the pending episodes into the partial log, write the result."""
     request, path = resolved.request, resolved.path
+    commit = git_commit()  # the code this process runs: read before any work, not at the end
     lm, task = set_up(resolved, lm)
 
-    log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config)})
+    log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config), "git_commit": commit})
     checkpoints = Checkpoints(checkpoint_folder(path), config_hash(resolved.config), request.checkpoint_every)
     if request.force:
         checkpoints.remove_all()
     done = [] if request.force else log.load()
+    if log.other_commit is not None:
+        # Episodes and checkpoints of other code would be mixed into this code's result under one commit.
+        checkpoints.remove_all()  # the partial log is rewritten below, without its episodes
+        print(
+            f"partial log of {path.name} was written at commit {log.other_commit}, this checkout is "
+            f"{short_commit(commit)}: starting the cell over",
+            file=sys.stderr,
+        )
     done_ids = {r["episode"] for r in done}
     episodes = task.episodes()
     log.start([r for r in done if r["episode"] in episodes])
     started = datetime.now(UTC)
-    commit = git_commit()  # the code this process runs: read before any episode, not at the end
     pending = [e for e in episodes if e not in done_ids]
     bar = tqdm(
         pending,
@@ -240,13 +249,14 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         disable=len(episodes) < 2,
         file=sys.stderr,
     )
-    methods = MethodPool(resolved, lm, checkpoints)
+    methods = MethodPool(resolved, lm, checkpoints, rebuilt=rebuilt_after_resume(task, episodes, done_ids))
     records = list(done)
     for episode in bar:
         seed_everything(episode_seed(request.seed, episode))
         tick = time.perf_counter()
         record = run_episode(task, episode, methods)
-        record["cost"]["wall_s"] = time.perf_counter() - tick
+        # an uninterrupted run would not have spent the resume's re-injection: kept apart, in resume_overhead_s
+        record["cost"]["wall_s"] = time.perf_counter() - tick - record["cost"].get(RESUME_OVERHEAD, 0.0)
         log.append(record)
         checkpoints.remove_stream(episode)
         records.append(record)
@@ -320,13 +330,38 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     return RunOutcome(path, dict(result), reused=False, resumed_episodes=len(done_ids & set(episodes)))
 
 
+# Seconds a resumed run spends rebuilding a shared method whose setup an episode of the interrupted
+# attempt already recorded: not part of the method's cost (inject_s, train_s, wall_s), kept apart.
+RESUME_OVERHEAD = "resume_overhead_s"
+
+
+def rebuilt_after_resume(task: Task, episodes: list[str], done_ids: set[str]) -> set[str]:
+    """Pending episodes that an uninterrupted run would have given the method of the episode just
+    before them (same method key), but that must build it again because that episode was done by
+    an earlier attempt, whose record already holds the key's setup injection."""
+    keys = [task.method_key(e) for e in episodes]
+    return {
+        e
+        for (before, key_before), (e, key) in zip(zip(episodes, keys), zip(episodes[1:], keys[1:]))
+        if before in done_ids and e not in done_ids and key == key_before
+    }
+
+
 class MethodPool:
     """The method of each episode: a fresh one per method key (``Task.method_key``), its random
     stream and checkpoints named by that key. Only the last key's method is kept, so a shared one
-    lives while consecutive episodes use it."""
+    lives while consecutive episodes use it. ``rebuilt``: episodes whose fresh method repeats a setup
+    already counted (see ``rebuilt_after_resume``)."""
 
-    def __init__(self, resolved: ResolvedRun, lm: LM, checkpoints: Checkpoints | None = None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedRun,
+        lm: LM,
+        checkpoints: Checkpoints | None = None,
+        rebuilt: set[str] | None = None,
+    ) -> None:
         self.resolved, self.lm, self.checkpoints = resolved, lm, checkpoints
+        self.rebuilt = rebuilt or set()
         self.key: str | None = None
         self.method: Method | None = None
 
@@ -351,24 +386,30 @@ class StartedEpisode:
     plan: EpisodePlan
     fresh: bool  # built for this episode, and so set up by it
     stats_before: dict[str, Any]
+    repeated_setup: bool = False  # its setup repeats one an earlier attempt recorded: not counted again
 
 
 def start_episode(task: Task, episode: str, methods: MethodPool, watch: Stopwatch) -> StartedEpisode:
     """The episode's method and plan, with the plan's setup injected into a method just built.
 
     A shared method is set up under its key's seed, so its injection is the same whichever
-    episode builds it.
+    episode builds it. Rebuilt on resume after an episode that recorded its setup, the setup's
+    seconds go to ``resume_overhead_s`` and its counters are left out, so that the run's totals
+    equal an uninterrupted run's.
     """
     key = task.method_key(episode)
     method, fresh = methods.get(key)
     before = {} if fresh else dict(method.stats)
     plan = task.plan(episode, method)
+    repeated = fresh and bool(plan.setup) and episode in methods.rebuilt
     if fresh and plan.setup:
         if key != episode:
             seed_everything(episode_seed(methods.resolved.request.seed, key))
-        with watch("inject_s"):
+        with watch(RESUME_OVERHEAD if repeated else "inject_s"):
             method.inject(plan.setup)
-    return StartedEpisode(method, plan, fresh, before)
+        if repeated:
+            before = dict(method.stats)
+    return StartedEpisode(method, plan, fresh, before, repeated)
 
 
 def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]:
@@ -381,7 +422,7 @@ def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]
     watch = Stopwatch()
     started = start_episode(task, episode, methods, watch)
     method, plan, before = started.method, started.plan, started.stats_before
-    injected = list(plan.setup) if started.fresh else []
+    injected = list(plan.setup) if started.fresh and not started.repeated_setup else []
     steps: list[dict[str, Any]] = []
     for step in plan.steps:
         if step.inject:

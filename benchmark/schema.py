@@ -61,9 +61,14 @@ class EpisodeRecord(TypedDict, total=False):
 
     episode: Required[str]
     per_unit: list[PerUnit | None]
+    # scores a task averages within the episode before over episodes (sequential: efficacy, mean
+    # retention, interference), one value each: what a bootstrap over episodes draws for them
+    per_episode: dict[str, float]
     asked: dict[str, list[str]]
     num_contexts: int
     num_targets: int
+    # seconds (inject_s, eval_s, score_s, wall_s) and the method's counters; resume_overhead_s only
+    # where a resumed run set up a shared method again whose setup an earlier episode records
     cost: dict[str, Any]
     footprint: dict[str, Any]
     provenance: dict[str, Any]  # only for a method that loads something from outside the repository
@@ -94,7 +99,7 @@ class Result(TypedDict):
     finished_at: str
     scores: dict[str, Summary]
     details: Details
-    cost: dict[str, Any]
+    cost: dict[str, Any]  # the episodes' costs summed (resume_overhead_s apart), rates, memory, storage
     episodes: list[EpisodeRecord]
 
 

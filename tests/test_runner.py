@@ -7,6 +7,22 @@ from benchmark.runner import RunRequest, run
 from methods.base import Method
 
 CALLS: dict[str, list] = {"inject": [], "instances": []}
+COMMIT = "c" * 40
+
+
+@pytest.fixture(autouse=True)
+def pinned_commit(monkeypatch):
+    """The runner sees one fixed commit, so a resume test does not start over when someone edits the
+    checkout meanwhile; ``checkout`` below changes it on purpose."""
+    monkeypatch.setattr("benchmark.runner.git_commit", lambda: COMMIT)
+
+
+@pytest.fixture
+def checkout(monkeypatch):
+    """The commit the runner reads: ``checkout["commit"] = ...`` moves it."""
+    state = {"commit": "a" * 40}
+    monkeypatch.setattr("benchmark.runner.git_commit", lambda: state["commit"])
+    return state
 
 
 @pytest.fixture
@@ -302,3 +318,152 @@ def test_a_task_refuses_a_method_before_anything_loads(tmp_path):
     refused = RunRequest(method="base_cq", task="recommendation", dataset="redial", out=tmp_path)
     with pytest.raises(BenchError, match="no gold context"):
         resolve(refused)
+
+
+# ---- provenance of resumed work: which commit computed it --------------------------------------
+
+
+def test_a_partial_log_of_another_commit_is_not_resumed(tmp_path, counting_method, tiny_lm, checkout, capsys):
+    from benchmark.checkpoint import checkpoint_folder
+    from benchmark.results import partial_path
+    from benchmark.runner import resolve
+
+    counting_method.fail_on = {"fictional-0001"}
+    with pytest.raises(KeyboardInterrupt):
+        run(request(tmp_path), lm=tiny_lm)  # episode batch-0 done at commit a…
+    path = resolve(request(tmp_path)).path
+    stale = checkpoint_folder(path) / "batch-1@0.pt"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"training state of the old code")
+    capsys.readouterr()
+
+    checkout["commit"] = "b" * 40 + "-dirty"
+    counting_method.fail_on = {"fictional-0000"}
+    CALLS["inject"].clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(request(tmp_path), lm=tiny_lm)  # starts over: dies in batch-0, not batch-1
+    err = capsys.readouterr().err
+    assert (
+        f"partial log of {path.name} was written at commit aaaaaaa, this checkout is bbbbbbb-dirty: "
+        "starting the cell over"
+    ) in err
+    assert not stale.exists()
+    lines = [json.loads(line) for line in partial_path(path).read_text().splitlines()]
+    assert lines == [{"config_hash": lines[0]["config_hash"], "git_commit": "b" * 40 + "-dirty"}]
+
+    counting_method.fail_on = set()
+    CALLS["inject"].clear()
+    outcome = run(request(tmp_path), lm=tiny_lm)
+    assert outcome.resumed_episodes == 0 and len(CALLS["inject"]) == 3
+    assert outcome.result["git_commit"] == "b" * 40 + "-dirty"
+    assert "starting the cell over" not in capsys.readouterr().err  # same commit now: nothing to say
+
+
+def test_a_partial_log_without_a_commit_counts_as_another_commit(tmp_path, counting_method, tiny_lm, capsys):
+    from benchmark.results import partial_path
+
+    counting_method.fail_on = {"fictional-0002"}
+    with pytest.raises(KeyboardInterrupt):
+        run(request(tmp_path), lm=tiny_lm)
+    partial = next(tmp_path.rglob("*.partial.jsonl"))
+    header, *episodes = partial.read_text().splitlines()
+    del (old := json.loads(header))["git_commit"]  # as written before the header named the commit
+    partial.write_text("\n".join([json.dumps(old), *episodes]) + "\n")
+    counting_method.fail_on = set()
+    CALLS["inject"].clear()
+    outcome = run(request(tmp_path), lm=tiny_lm)
+    assert outcome.resumed_episodes == 0 and len(CALLS["inject"]) == 3
+    assert "was written at commit unknown, this checkout is ccccccc: starting the cell over" in capsys.readouterr().err
+    assert not partial_path(outcome.path).exists()
+
+
+def test_a_partial_log_of_the_same_dirty_commit_resumes(tmp_path, counting_method, tiny_lm, checkout, capsys):
+    checkout["commit"] = "d" * 40 + "-dirty"
+    counting_method.fail_on = {"fictional-0001"}
+    with pytest.raises(KeyboardInterrupt):
+        run(request(tmp_path), lm=tiny_lm)
+    counting_method.fail_on = set()
+    CALLS["inject"].clear()
+    outcome = run(request(tmp_path), lm=tiny_lm)
+    assert outcome.resumed_episodes == 1 and CALLS["inject"] == [["fictional-0001"], ["fictional-0002"]]
+    assert "starting the cell over" not in capsys.readouterr().err
+
+
+def _git(root, *args):
+    import subprocess
+
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_untracked_files_where_code_is_imported_from_make_the_checkout_dirty(tmp_path):
+    from benchmark.results import CODE_FOLDERS, git_commit
+
+    assert set(CODE_FOLDERS) == {"benchmark", "methods", "tasks", "leaderboard"}  # pyproject's packages
+    root = tmp_path / "repo"
+    for folder in CODE_FOLDERS:
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / ".gitignore").write_text("__pycache__/\n")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "code")
+    clean = git_commit(root)
+    assert clean is not None and len(clean) == 40
+
+    (root / "results").mkdir()
+    (root / "results" / "run.json").write_text("{}")
+    (root / "notes.md").write_text("notes")
+    (root / "tasks" / "__pycache__").mkdir()
+    (root / "tasks" / "__pycache__" / "x.pyc").write_bytes(b"")
+    assert git_commit(root) == clean  # results, notes and ignored files change no code
+
+    for new in ("methods/new_method.py", "tasks/lm_eval/new.yaml", "leaderboard/pkg/__init__.py"):
+        path = root / new
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        assert git_commit(root) == clean + "-dirty", new  # discovery would import it
+        path.unlink()
+    (root / "benchmark" / "__init__.py").write_text("changed = True\n")
+    assert git_commit(root) == clean + "-dirty"
+
+
+# ---- cost of a resumed run equals an uninterrupted run's ----------------------------------------
+
+
+def test_a_resumed_run_counts_a_shared_setup_once(tmp_path, plan_task, answering_method, tiny_lm):
+    import time
+
+    def inject(self, contexts):
+        ids = [c.id for c in contexts]
+        if ids == ["c-b"] and answering_method.fail:
+            raise KeyboardInterrupt  # Ctrl-C in episode b, after episode a recorded the shared setup
+        if ids == ["s"]:
+            time.sleep(0.3)  # the setup: what a resume must not count twice
+        self.stats["train_tokens"] += 100 * len(ids)
+        CALLS["inject"].append(ids)
+
+    answering_method.inject = inject
+    answering_method.fail = False
+    clean = run(plan_request(tmp_path / "clean"), lm=tiny_lm).result
+
+    answering_method.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        run(plan_request(tmp_path / "resumed"), lm=tiny_lm)
+    answering_method.fail = False
+    CALLS["inject"].clear()
+    resumed = run(plan_request(tmp_path / "resumed"), lm=tiny_lm).result
+    assert CALLS["inject"] == [["s"], ["c-b"]]  # the method was built again, with its setup
+
+    assert resumed["cost"]["train_tokens"] == clean["cost"]["train_tokens"] == 300
+    for field in ("num_contexts", "num_targets"):
+        assert [e.get(field) for e in resumed["episodes"]] == [e.get(field) for e in clean["episodes"]]
+    second = resumed["episodes"][1]["cost"]
+    assert second["train_tokens"] == 100 and second["resume_overhead_s"] >= 0.3
+    assert second["inject_s"] < 0.3 and second["wall_s"] < 0.3  # the re-injection is not the method's cost
+    assert resumed["cost"]["resume_overhead_s"] == second["resume_overhead_s"]
+    assert "resume_overhead_s" not in clean["cost"]

@@ -96,12 +96,13 @@ def test_a_schema_2_file_gives_the_leaderboard_row_of_its_schema_1_form(tmp_path
     assert tables[0] == tables[1]
 
 
-def test_an_episode_log_from_before_schema_2_resumes(tmp_path, tiny_lm):
+def test_an_episode_log_from_before_schema_2_resumes(tmp_path, tiny_lm, monkeypatch):
+    monkeypatch.setattr("benchmark.runner.git_commit", lambda: "c" * 40)  # both attempts at one commit
     request = smoke(tmp_path, "sequential")
     first = run(request, lm=tiny_lm)
     written = json.loads(first.path.read_text())
     old_records = schema_1(written)["episodes"]  # the task's own records, no per-unit scores
-    header = {"config_hash": config_hash(resolve(request).config)}
+    header = {"config_hash": config_hash(resolve(request).config), "git_commit": "c" * 40}
     partial_path(first.path).write_text("".join(json.dumps(r) + "\n" for r in [header, *old_records]))
     first.path.unlink()
     again = run(request, lm=tiny_lm)

@@ -30,6 +30,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def checkout(monkeypatch):
+    """The commit the sweep and the runner read (``checkout["commit"] = ...`` moves it): fixed, so that
+    someone editing the checkout meanwhile does not stop a test's sweep."""
+    state = {"commit": "a" * 40}
+    monkeypatch.setattr("benchmark.results.git_commit", lambda root=None: state["commit"])
+    monkeypatch.setattr("benchmark.runner.git_commit", lambda: state["commit"])
+    return state
+
+
 def cells_axes(sweep) -> list[tuple]:
     return [
         (
@@ -475,6 +485,80 @@ def test_only_and_dry_run(tmp_path, counted_runs, bench):
     assert "3 to run, 1 already done" in out
     rows = (tmp_path / "out" / "spec.sweep.jsonl").read_text().splitlines()[1:]
     assert [json.loads(r)["method"] for r in rows] == ["base_cq"]  # the status of the cells it ran
+
+
+def test_a_changed_checkout_stops_the_sweep_before_the_next_cell(tmp_path, counted_runs, bench, checkout, monkeypatch):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(
+            {**SMOKE, "name": "moved", "out": str(tmp_path / "out"), "methods": "base_q", "seeds": [0, 1, 2]}
+        )
+    )
+    real_run = benchmark.runner.run
+
+    def commit_during_the_first_cell(request, lm=None):
+        outcome = real_run(request, lm=lm)
+        checkout["commit"] = "b" * 40 + "-dirty"  # someone commits (and edits) while the sweep runs
+        return outcome
+
+    monkeypatch.setattr(benchmark.runner, "run", commit_during_the_first_cell)
+    code, out, err = bench("sweep", spec_file)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "bench: error: the checkout changed during the sweep (commit aaaaaaa when it started, bbbbbbb-dirty now): "
+        "stopping before base_q batch/fictional tiny-random-llama smoke seed1 num_contexts=1; finished cells are "
+        "kept, run the same command again to go on with the new code"
+    ]
+    assert counted_runs == [("base_q", 0)]
+    header, *rows = [json.loads(line) for line in (tmp_path / "out" / "moved.sweep.jsonl").read_text().splitlines()]
+    assert header["git_commit"] == "a" * 40
+    assert header["counts"] == {"done": 1, "skipped": 0, "failed": 0, "pending": 2}
+    assert rows[0]["git_commit"] == "a" * 40 and json.loads(Path(rows[0]["path"]).read_text())["git_commit"] == "a" * 40
+
+    # The same command resumes at the new code, and says that the kept cell was written by the old one.
+    code, out, err = bench("sweep", spec_file)
+    assert code == 0, err
+    assert "3 cells, 1 already done (1 at other commits: aaaaaaa x1), 0 invalid, 2 to run" in out
+    assert counted_runs == [("base_q", 0), ("base_q", 1), ("base_q", 2)]
+    code, out, _ = bench("sweep", spec_file, "--dry-run")
+    assert code == 0 and "0 to run, 3 already done (1 at other commits: aaaaaaa x1), 0 invalid" in out
+
+
+def test_an_unchanged_checkout_runs_every_cell(tmp_path, counted_runs, checkout):
+    checkout["commit"] = "c" * 40 + "-dirty"  # dirty, but the same dirty state throughout
+    log = run_sweep(expand({**SMOKE, "methods": "base_q", "seeds": [0, 1]}, out=tmp_path), LocalExecutor(), echo=print)
+    assert log.counts()["done"] == 2 and log.header["git_commit"] == "c" * 40 + "-dirty"
+
+
+def test_existing_files_of_other_commits_are_counted_not_rerun(tmp_path, counted_runs, checkout):
+    spec = {**SMOKE, "methods": "base_q", "seeds": [0, 1, 2, 3]}
+    sweep = expand(spec, out=tmp_path)
+    run_sweep(sweep, LocalExecutor(), echo=lambda s: None)
+    paths = [c.path for c in sweep.cells]
+    for path, commit in zip(paths[1:], ("b" * 40, "b" * 40, None)):  # as if written by other code
+        data = json.loads(path.read_text())
+        data["git_commit"] = commit
+        path.write_text(json.dumps(data) if commit is None else json.dumps(data, indent=1))
+    counted_runs.clear()
+    lines: list[str] = []
+    log = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lines.append)
+    assert counted_runs == [] and log.counts()["skipped"] == 4
+    assert "4 already done (3 at other commits: bbbbbbb x2, unknown x1), 0 invalid, 0 to run" in lines[-1]
+
+
+def test_a_result_files_commit_is_read_from_its_top_level(tmp_path):
+    from benchmark.results import recorded_commit
+
+    path = tmp_path / "r.json"
+    written = {"task": "batch", "git_commit": "e" * 40, "scores": {}, "episodes": [{"git_commit": "f" * 40}]}
+    path.write_text(json.dumps(written, indent=1)[:-40])  # cut short after the top: never parsed whole
+    assert recorded_commit(path) == "e" * 40
+    path.write_text(json.dumps(written))  # another layout: parsed whole
+    assert recorded_commit(path) == "e" * 40
+    path.write_text(json.dumps({**written, "git_commit": None}, indent=1))
+    assert recorded_commit(path) is None
+    path.write_text(json.dumps({"scores": {}, "episodes": [{"git_commit": "f" * 40}]}, indent=1))
+    assert recorded_commit(path) is None  # an episode's value is not the file's
 
 
 def test_ray_missing_says_how_to_install(tmp_path, bench, monkeypatch):

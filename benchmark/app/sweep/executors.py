@@ -12,7 +12,7 @@ from dataclasses import asdict
 from types import ModuleType
 from typing import Any
 
-from benchmark import runner
+from benchmark import results, runner
 from benchmark.app import worker
 from benchmark.app.sweep.spec import Cell, one_line
 from benchmark.app.sweep.status import DONE, FAILED, SKIPPED
@@ -49,6 +49,7 @@ def run_cell(request: RunRequest) -> dict[str, Any]:
     return {
         "status": SKIPPED if outcome.reused else DONE,
         "path": str(outcome.path),
+        "git_commit": outcome.result.get("git_commit"),
         "resumed_episodes": outcome.resumed_episodes,
         "headline": headline(nested_scores(outcome.result)),
         "wall_s": time.perf_counter() - tick,
@@ -69,13 +70,31 @@ def headline(scores: dict[str, Any]) -> str:
 Report = Callable[[Cell, dict[str, Any]], None]
 
 
+def check_checkout(start_commit: str | None, cell: Cell) -> None:
+    """Stop before ``cell`` if the checkout's commit or dirty state is no longer the one the sweep
+    started at: this process imported the code then, so a cell run now would run the old code but
+    record the new commit. Rerunning the command resumes at the new code (finished cells are kept)."""
+    now = results.git_commit()
+    if now != start_commit:
+        raise BenchError(
+            f"the checkout changed during the sweep (commit {results.short_commit(start_commit)} when it started, "
+            f"{results.short_commit(now)} now): stopping before {cell.label()}; finished cells are kept, "
+            "run the same command again to go on with the new code"
+        )
+
+
 class LocalExecutor:
     """Cells one after another in this process (each loads its model like ``bench run`` does)."""
 
     name = "local"
 
-    def run(self, cells: list[Cell], report: Report) -> None:
+    def run(self, cells: list[Cell], report: Report, start_commit: str | None = None) -> None:
+        """Run ``cells``; ``start_commit`` is the commit the sweep started at (the code this process
+        imported), read here when not given."""
+        if start_commit is None:
+            start_commit = results.git_commit()
         for cell in cells:
+            check_checkout(start_commit, cell)
             report(cell, run_cell(cell.request))
 
 
@@ -126,7 +145,9 @@ class RayExecutor:
             ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False, **common)
         return True
 
-    def run(self, cells: list[Cell], report: Report) -> None:
+    def run(self, cells: list[Cell], report: Report, start_commit: str | None = None) -> None:
+        """Each cell in a Ray worker, which imports the code and reads the commit itself
+        (``start_commit`` is not checked here)."""
         ray = import_ray()
         if not cells:
             return  # nothing to do: no need to start or join a cluster

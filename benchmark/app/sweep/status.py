@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
+from benchmark import results
 from benchmark.app.sweep.spec import Cell, Sweep, data_absent
 from benchmark.results import safe_name
 
@@ -24,7 +25,9 @@ class Executor(Protocol):
 
     name: str
 
-    def run(self, cells: list[Cell], report: Callable[[Cell, dict[str, Any]], None]) -> None: ...
+    def run(
+        self, cells: list[Cell], report: Callable[[Cell, dict[str, Any]], None], start_commit: str | None = None
+    ) -> None: ...
 
 
 SKIPPED, DONE, FAILED, PENDING = "skipped", "done", "failed", "pending"
@@ -41,6 +44,8 @@ class StatusLog:
             "executor": executor,
             "out": str(sweep.out),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            # the code this process imported: every cell must run at it (see LocalExecutor)
+            "git_commit": results.git_commit(),
         }
         self.rows: dict[int, dict[str, Any]] = {}
         self.wall_s: float | None = None  # of this invocation, once it has finished
@@ -54,7 +59,7 @@ class StatusLog:
             "status": result["status"],
             "path": result.get("path") or (str(cell.path) if cell.path else None),
         }
-        for key in ("error", "reason", "headline", "wall_s", "cpu_s", "resumed_episodes", "traceback"):
+        for key in ("error", "reason", "headline", "wall_s", "cpu_s", "resumed_episodes", "git_commit", "traceback"):
             if result.get(key) is not None:
                 row[key] = result[key]
         self.rows[cell.index] = row
@@ -70,10 +75,27 @@ class StatusLog:
         return sum(1 for row in self.rows.values() if row["status"] == SKIPPED and row.get("reason"))
 
     def done_before(self) -> str:
-        """``N already done`` for the skipped cells, and how many of the skipped lack their data."""
+        """``N already done`` for the skipped cells (with how many were written at other commits than
+        the checkout's), and how many of the skipped lack their data."""
         absent = self.not_run()
         text = f"{self.counts()[SKIPPED] - absent} already done"
+        if others := self.other_commits():
+            listed = ", ".join(f"{results.short_commit(c)} x{n}" for c, n in others.most_common())
+            text += f" ({others.total()} at other commits: {listed})"
         return f"{text}, {absent} without their data" if absent else text
+
+    def other_commits(self) -> Counter[str | None]:
+        """The commits that done-before cells' result files record, where not the checkout's: such a
+        file is kept (its name is the cell's identity), but the code that wrote it may differ. Empty
+        where the checkout's commit is unknown (not a git checkout)."""
+        here = self.header.get("git_commit")
+        if here is None:
+            return Counter()
+        return Counter(
+            row.get("git_commit")
+            for row in self.rows.values()
+            if row["status"] == SKIPPED and not row.get("reason") and row.get("git_commit") != here
+        )
 
     def cpu_s(self) -> float:
         """CPU time of the cells run by this invocation, each measured in the process that ran it."""
@@ -98,7 +120,7 @@ def settled(cell: Cell) -> dict[str, Any] | None:
     if cell.error:
         return {"status": FAILED, "error": cell.error}
     if cell.path is not None and cell.path.exists() and not cell.request.force:
-        return {"status": SKIPPED, "path": str(cell.path)}
+        return {"status": SKIPPED, "path": str(cell.path), "git_commit": results.recorded_commit(cell.path)}
     reason = data_absent(cell)
     if reason:
         return {"status": SKIPPED, "reason": reason}
@@ -145,7 +167,7 @@ def run_sweep(sweep: Sweep, executor: Executor, echo: Callable[[str], None] = pr
         echo(f"[{finished}/{len(todo)}] {result['status']:<7} {cell.label()}{wall}  {note}".rstrip())
 
     try:
-        executor.run(todo, report)
+        executor.run(todo, report, start_commit=log.header["git_commit"])
     finally:
         log.wall_s = time.perf_counter() - tick
         log.write(finished=True)
