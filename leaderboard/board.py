@@ -1,10 +1,11 @@
 """The ranked leaderboard: one table per task × data set × model, one row per method and setting.
 
-Runs that differ only by seed share a row (its scores pool contexts × seeds). Columns: tied rank,
-every score the task declares as a leaderboard column, as a mean with a 95% interval (the primary
-score first, used for ranking, then its paired difference against the floor method), cost (injection
-seconds, training tokens/s, footprint, wall seconds; means over seeds), the latest run's date and
-commit, and a link to the result file.
+Runs that differ only by seed share a row (its scores bootstrap each context's answers under every
+seed together). Columns: tied rank, every score the task declares as a leaderboard column, as a mean
+with a 95% interval (the primary score first, used for ranking, then its paired difference against
+the floor method), cost (injection seconds, training tokens/s, footprint, wall seconds; means over
+seeds), the latest run's date, every commit the row's runs came from, and a link to the result file.
+Runs on a split other than the scored one (dev) get boards of their own, titled with the split.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Board:
     ranks: list[int | None] = field(default_factory=list)  # tied ranks, per row
     methods: dict[str, MethodInfo] = field(default_factory=dict)  # what the runs say of each method
     scope: str = ""  # e.g. "50 contexts": set when runs of one task × data set × model were scored apart
+    split: str = ""  # the runs' split when it is not the scored one (e.g. "dev")
 
     def heading(self, metric: str) -> str:
         """A score column's heading: the task's label for it."""
@@ -86,13 +88,16 @@ class Board:
 
     @property
     def slug(self) -> str:
+        split = f"__{self.split}" if self.split else ""
         scope = f"__{self.scope.replace(' ', '-')}" if self.scope else ""
-        return safe_name(f"{self.task}__{self.dataset}__{self.model}{scope}")
+        return safe_name(f"{self.task}__{self.dataset}__{self.model}{split}{scope}")
 
     @property
     def where(self) -> str:
-        """Data set, model and, when a cell has several sets of questions, the board's (its ``scope``)."""
-        return " · ".join(part for part in (self.dataset, self.model, self.scope) if part)
+        """Data set, model, the split unless it is the scored one, and, when a cell has several sets
+        of questions, the board's (its ``scope``)."""
+        split = f"{self.split} split" if self.split else ""
+        return " · ".join(part for part in (self.dataset, self.model, split, self.scope) if part)
 
     @property
     def title(self) -> str:
@@ -105,14 +110,16 @@ def board_metrics(task: TaskInfo, runs: list[Result]) -> list[str]:
 
 
 def boards(results: list[Result]) -> list[Board]:
-    """One board per task × data set × model, and within it per set of questions scored: runs on 20
-    contexts and runs on 50 cannot be paired or ranked together, so each set gets its own board,
-    titled with its size (in the units a bootstrap draws), largest first."""
-    groups: dict[tuple[str, str, str], list[Result]] = defaultdict(list)
+    """One board per task × data set × model × split (the scored split first, the others titled
+    with theirs, so a tuning run's score is never read as a test score), and within it per set of
+    questions scored: runs on 20 contexts and runs on 50 cannot be paired or ranked together, so each
+    set gets its own board, titled with its size (in the units a bootstrap draws), largest first."""
+    groups: dict[tuple[str, str, str, str], list[Result]] = defaultdict(list)
     for r in upgrade_all(results):
-        groups[(str(r["task"]), str(r["dataset"]), str(r["model"]))].append(r)
+        split = "" if extract.on_scored_split(r) else extract.split(r)
+        groups[(str(r["task"]), str(r["dataset"]), str(r["model"]), split)].append(r)
     found = []
-    for (task, dataset, model), runs in sorted(groups.items()):
+    for (task, dataset, model, split), runs in sorted(groups.items()):
         info = meta.by_task(runs)
         parts = scored_sets(runs, info)
         scopes: list[str] = []
@@ -121,7 +128,7 @@ def boards(results: list[Result]) -> list[Board]:
             if scope in scopes:  # two sets of one size: number the later ones
                 scope += f", set {sum(s.startswith(scope) for s in scopes) + 1}"
             scopes.append(scope)
-            found.append(make_board(task, dataset, model, part, info, scope))
+            found.append(make_board(task, dataset, model, part, info, scope, split))
     return found
 
 
@@ -146,13 +153,15 @@ def scored_sets(runs: list[Result], info: TaskInfo) -> list[tuple[int, list[Resu
     return parts
 
 
-def make_board(task: str, dataset: str, model: str, runs: list[Result], info: TaskInfo, scope: str) -> Board:
+def make_board(
+    task: str, dataset: str, model: str, runs: list[Result], info: TaskInfo, scope: str, split: str = ""
+) -> Board:
     metrics = board_metrics(info, runs)
     infos = meta.by_method(runs)
     rows = ranked(seed_rows(runs), metrics, infos, info)
     main = metrics[0] if metrics else ""
     deltas, ranks = floor_deltas(rows, main, infos), tie_ranks(rows, main)
-    return Board(task, dataset, model, rows, metrics, info, deltas, ranks, infos, scope)
+    return Board(task, dataset, model, rows, metrics, info, deltas, ranks, infos, scope, split)
 
 
 def seed_rows(runs: list[Result]) -> list[Row]:
@@ -238,8 +247,12 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _commit(row: Row) -> str:
-    """The latest run's commit."""
-    commit = _latest(row).get("git_commit")
+    """Every commit the row's runs came from (short, sorted), so a row pooling seeds run at
+    different commits shows it; "—" stands for a run that recorded none."""
+    return ", ".join(sorted({_short_commit(r.get("git_commit")) for r in row.runs}))
+
+
+def _short_commit(commit: Any) -> str:
     if not isinstance(commit, str) or not commit:
         return MISSING
     return commit[:8] + ("-dirty" if commit.endswith("-dirty") else "")

@@ -6,6 +6,11 @@ task or an older file spelled its scores. What a task's scores are (labels, the 
 have a curve, what a bootstrap resamples) is its metadata, read through ``leaderboard.meta``. Absent
 values are ``None``, so a renderer shows "—" instead of failing or inventing a number. Per-unit
 scores (``units``) are what paired differences and seed pooling resample.
+
+Seeds change the methods' randomness, not the data (the data seed is fixed): every seed of a
+configuration answers the same contexts. One context (a sequence, a test point) is therefore one
+independent unit however many seeds answered it, and a bootstrap draws its answers under every seed
+together (``cluster``); counting each seed's copy apart would shrink intervals by about sqrt(seeds).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from benchmark.schema import number as number  # re-exported for readers
 from benchmark.task_info import TaskInfo
 from leaderboard import meta
 
-Summary = dict[str, Any]  # {"mean", "ci_low", "ci_high", "n"}
+Summary = dict[str, Any]  # {"mean", "ci_low", "ci_high", "n"}, and "interval": SEED_RANGE when it is one
 Units = dict[tuple[str, ...], float]  # (seed, episode, context or test point[, gold item]) -> value
+SCORED_SPLIT = "test"  # the split scored runs use; dev is for tuning (task setting ``split``)
+SEED_RANGE = "seed range"  # an interval that is the lowest and highest seed mean, not a bootstrap
 
 
 def scores(result: dict[str, Any]) -> dict[str, Summary]:
@@ -51,6 +58,17 @@ def step_curve(result: dict[str, Any], name: str) -> list[float | None] | None:
 def params(result: dict[str, Any], scope: str) -> dict[str, Any]:
     value = result.get("config", {}).get("params", {}).get(scope, {})
     return value if isinstance(value, dict) else {}
+
+
+def split(result: dict[str, Any]) -> str:
+    """The split a run's contexts came from (task setting ``split``); a file or task without the
+    setting ran on the scored split, the only one there was."""
+    value = params(result, "task").get("split")
+    return value if isinstance(value, str) and value else SCORED_SPLIT
+
+
+def on_scored_split(result: dict[str, Any]) -> bool:
+    return split(result) == SCORED_SPLIT
 
 
 def num_contexts(result: dict[str, Any]) -> int | None:
@@ -128,23 +146,63 @@ def config_without_seed(result: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+def settings(result: dict[str, Any]) -> dict[str, str]:
+    """The run's configuration apart from its seed, flat (``key`` -> value as text): what a note
+    names when it says which of several configurations a cell shows."""
+    config = result.get("config") or {}
+    flat = {str(k): str(v) for k, v in sorted(config.items()) if k not in ("seed", "params")}
+    for scope in ("run", "task", "method"):
+        flat.update({str(k): str(v) for k, v in sorted(params(result, scope).items())})
+    return flat
+
+
+def _latest(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
+
+
+def chosen(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """The runs one cell shows: the seeds of the latest configuration that has a value. Runs at the
+    method's profile settings (no ``variant``) come before variants such as
+    ``targets=implications``, which a paper table's cell would otherwise show as the method's score
+    just because they ran last."""
+    runs = candidates(results, value)
+    if not runs:
+        return []
+    latest = config_without_seed(_latest(runs))
+    return [r for r in runs if config_without_seed(r) == latest]
+
+
+def candidates(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """The runs a cell chooses among: those with a value, variants only when nothing else has one."""
+    runs = [r for r in results if value(r) is not None]
+    return [r for r in runs if not variant(r)] or runs
+
+
+def other_configs(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> str:
+    """Empty when a cell's candidate runs share one configuration; else which one it shows: the
+    settings that differ among the candidates, at the chosen runs' values (``key=value, ...``),
+    and how many configurations there were."""
+    runs = candidates(results, value)
+    configs = {config_without_seed(r) for r in runs}
+    if len(configs) < 2:
+        return ""
+    shown = settings(_latest(runs))
+    every = [settings(r) for r in runs]
+    keys = sorted({k for s in every for k in s if any(o.get(k) != s.get(k) for o in every)})
+    label = ", ".join(f"{k}={shown.get(k, '—')}" for k in keys)
+    return f"the latest of {len(configs)} configurations, {label}"
+
+
 def pooled(
     results: Iterable[dict[str, Any]],
     value: Callable[[dict[str, Any]], Summary | None],
     units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None,
 ) -> Summary | None:
-    """One cell from several runs: the latest configuration's seeds, pooled (see ``seeds_summary``);
-    several seeds add ``seeds`` to the summary. Runs at the method's profile settings (no ``variant``)
-    come before variants such as ``targets=implications``, which a paper table's cell would otherwise
-    show as the method's score just because they ran last."""
-    runs = [r for r in results if value(r) is not None]
-    if not runs:
-        return None
-    runs = [r for r in runs if not variant(r)] or runs
-    latest = max(runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
-    chosen = [r for r in runs if config_without_seed(r) == config_without_seed(latest)]
-    summary = seeds_summary(chosen, value, units_of)
-    return summary if len(chosen) == 1 or summary is None else {**summary, "seeds": len(chosen)}
+    """One cell from several runs: the ``chosen`` runs' seeds, pooled (see ``seeds_summary``);
+    several seeds add ``seeds`` to the summary."""
+    runs = chosen(results, value)
+    summary = seeds_summary(runs, value, units_of) if runs else None
+    return summary if len(runs) == 1 or summary is None else {**summary, "seeds": len(runs)}
 
 
 def seeds_summary(
@@ -154,9 +212,11 @@ def seeds_summary(
 ) -> Summary | None:
     """One score of runs that differ only by seed.
 
-    A single run keeps its own interval. Several seeds pool their units (contexts × seeds) into one
-    bootstrap when every file holds them; older files without per-unit scores fall back to the mean
-    of the seed means with the lowest and highest of them as the interval (``n`` = seeds).
+    A single run keeps its own interval. Several seeds pool their units into one bootstrap when
+    every file holds them (per unit or per episode, see ``units``): a context's answers under every
+    seed are drawn together, as the seeds share the contexts (see ``cluster``). Files without
+    per-unit scores give the mean of the seed means with the lowest and highest of them as the
+    interval, marked ``"interval": SEED_RANGE`` so it is never printed as a 95% interval (``n`` = seeds).
     """
     present = [r for r in runs if value(r) is not None]
     if len(present) <= 1:
@@ -164,8 +224,13 @@ def seeds_summary(
     found = units_of(present) if units_of else None
     if found:
         return cluster_summary(found, cluster(meta.task_of(present[0])))
-    means = [value(r)["mean"] for r in present]  # type: ignore[index]
-    return {"mean": sum(means) / len(means), "ci_low": min(means), "ci_high": max(means), "n": len(means)}
+    return seed_range([value(r)["mean"] for r in present])  # type: ignore[index]
+
+
+def seed_range(means: list[float]) -> Summary:
+    """The mean of the seed means, with their lowest and highest as a range (not a 95% interval)."""
+    low, high = min(means), max(means)
+    return {"mean": sum(means) / len(means), "ci_low": low, "ci_high": high, "n": len(means), "interval": SEED_RANGE}
 
 
 # ---- per-unit scores: what a paired comparison matches and a bootstrap resamples ------------------
@@ -174,8 +239,32 @@ def units(result: dict[str, Any], metric: str, step: int = -1) -> Units | None:
     does not hold them for every unit.
 
     Units are what the task probes once per step: contexts, or the gold items of test points;
-    ``step`` picks a step of a task that probes after every step (the last by default).
+    ``step`` picks a step of a task that probes after every step (the last by default). A score the
+    task averages within each episode first (efficacy, mean retention, interference) has one value
+    per episode (``episode_units``).
     """
+    found = probed_units(result, metric, step)
+    return episode_units(result, metric) if found is None and step == -1 else found
+
+
+def episode_units(result: dict[str, Any], metric: str) -> Units | None:
+    """One value per episode of a score the task averages within each episode first (its
+    ``per_episode`` record), keyed (seed, episode, episode); None unless every episode has it."""
+    view = upgrade(result)
+    seed = str(view.get("seed"))
+    found: Units = {}
+    for episode in view.get("episodes") or []:
+        per_episode = episode.get("per_episode")
+        value = number(per_episode.get(metric)) if isinstance(per_episode, dict) else None
+        if value is None:
+            return None
+        name = str(episode.get("episode"))
+        found[(seed, name, name)] = value
+    return found or None
+
+
+def probed_units(result: dict[str, Any], metric: str, step: int = -1) -> Units | None:
+    """The per-unit values the file stores for one score at one step (see ``units``)."""
     view = upgrade(result)
     seed = str(view.get("seed"))
     found: Units = {}
@@ -199,8 +288,8 @@ def units(result: dict[str, Any], metric: str, step: int = -1) -> Units | None:
 
 
 def pooled_units(runs: list[dict[str, Any]], metric: str, step: int = -1) -> Units | None:
-    """The units of several runs together (seeds keep them apart); None if a run lacks them or two
-    runs share a seed."""
+    """The units of several runs together (keyed apart by seed; ``cluster`` draws a unit's seeds
+    together); None if a run lacks them or two runs share a seed."""
     found: Units = {}
     for run in runs:
         more = units(run, metric, step)
@@ -225,11 +314,12 @@ def probes(result: dict[str, Any]) -> set[tuple[str, ...]]:
 
 
 def cluster(task: TaskInfo) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
-    """The independent unit a bootstrap draws: a whole episode where the task says its units are
-    not independent (a sequence's contexts share one model), else a context or a test point (all its
-    gold items together)."""
+    """The independent unit a bootstrap draws from (seed, episode, unit[, item]) keys: a whole
+    episode where the task says its units are not independent (a sequence's contexts share one
+    model), else a context or a test point (all its gold items together); in both, under every seed
+    at once, since the seeds share the data (the seed is left out of the cluster)."""
     depth = 2 if task.resample_episodes else 3
-    return lambda key: key[:depth]
+    return lambda key: key[1:depth]
 
 
 def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str) -> Summary | None:

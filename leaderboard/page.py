@@ -40,8 +40,13 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "",
         "Scores are means with bootstrap 95% intervals (over contexts for batch QA, whole sequences "
         "for sequential QA, test points for recommendation); rows are ordered by the first score "
-        "column. Runs that differ only by seed share one row (seeds: how many; their contexts "
-        "and seeds are bootstrapped together, cost columns are means). Rank groups tied methods: "
+        "column. Runs that differ only by seed share one row (seeds: how many; cost columns are "
+        "means). The seeds answer the same contexts, so a row's bootstrap draws each context "
+        "(sequence, test point) once, with its answers under every seed; where the result files "
+        "hold no per-unit scores to draw from, the interval is printed as [seed range low, high]: "
+        "the lowest and highest seed mean, not a 95% interval. Runs on a split other than test "
+        "(dev, for tuning) get boards of their own, titled with the split; the paper's tables "
+        "below show test-split runs only. Rank groups tied methods: "
         "a row starts the next rank only when the paired interval of its difference against the "
         "first row of the current rank excludes 0 (— when the two were not scored on the same "
         f"questions). Δ vs {meta.floor_name(meta.by_method(results).values())} is the paired difference of the "
@@ -51,8 +56,9 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "sequence, so runs that share a prefix across a batch compare on the same work; † marks a "
         "run that shared prefixes but whose file predates that count: its rate counts each shared "
         "prefix once per batch), the method's storage footprint (extra state it keeps), and the "
-        "whole run's wall seconds. Date and commit identify the "
-        "code that produced each run; the method name links to its result file.",
+        "whole run's wall seconds. Date is the row's latest run's; commit lists every commit "
+        "the row's runs came from, so a row pooling runs of different code shows it; the "
+        "method name links to its (first seed's) result file.",
         "",
     ]
     if not found:

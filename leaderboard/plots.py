@@ -54,7 +54,8 @@ def scores_plot(board: Board, path: Path) -> bool:
         return False
     with plt.style.context("default"), matplotlib.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(points) + 1.2))
-        labels = [_label(r, board) for r, _ in points][::-1]
+        # a bar whose interval is only the range of its seeds' means says so
+        labels = [_label(r, board) + (f" [{s['interval']}]" if s.get("interval") else "") for r, s in points][::-1]
         means = [s["mean"] for _, s in points][::-1]
         lows = [s["mean"] - s["ci_low"] if s.get("ci_low") is not None else 0.0 for _, s in points][::-1]
         highs = [s["ci_high"] - s["mean"] if s.get("ci_high") is not None else 0.0 for _, s in points][::-1]

@@ -35,13 +35,16 @@ class Table:
 
 
 def fmt_score(summary: dict[str, Any] | None, ci: bool = True, digits: int = 4) -> str:
-    """``0.5043 [0.4810, 0.5290]`` (bootstrap 95% interval), ``0.5043`` without one, "—" if absent."""
+    """``0.5043 [0.4810, 0.5290]`` (bootstrap 95% interval), ``0.5043`` without one, "—" if absent.
+    An interval that is only the range of the seeds' means says so inside its brackets
+    (``[seed range 0.4810, 0.5290]``): under a "95% CI" heading it must not pass for one."""
     if summary is None or summary.get("mean") is None:
         return MISSING
     text = f"{summary['mean']:.{digits}f}"
     low, high = summary.get("ci_low"), summary.get("ci_high")
     if ci and isinstance(low, (int, float)) and isinstance(high, (int, float)):
-        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+        label = f"{summary['interval']} " if isinstance(summary.get("interval"), str) else ""
+        text += f" [{label}{low:.{digits}f}, {high:.{digits}f}]"
     if summary.get("seeds"):
         text += f" ({summary['seeds']} seeds)"
     return text

@@ -9,10 +9,15 @@
 
 Which results fill which table, and with which scores, each task declares (``paper_table`` and
 ``paper_metrics``, see ``benchmark.task_info``); tables 1 and 4 show the results of a task that
-declares table 1. Data sets and models are in name order. A cell without a result shows "—". Runs
-that differ only in seed are pooled into one cell, marked "(N seeds)": the interval bootstraps their
-contexts (or sequences, test points) across seeds together (see ``extract.seeds_summary``); of
-several configurations for one cell the most recent one is shown.
+declares table 1. Data sets and models are in name order. A cell without a result shows "—".
+
+Only runs on the scored split (``test``) fill the tables: a tuning run on ``dev`` never stands in for
+a test score, and a table whose runs include some on other splits says how many it left out. Runs
+that differ only in seed are pooled into one cell, marked "(N seeds)": the interval bootstraps each
+context (or sequence, test point) with its answers under every seed together (see
+``extract.seeds_summary``). Of several configurations for one cell (other settings, the seed aside)
+the most recent one is shown, marked "‡", and the table's notes name its settings that differ from
+the others'.
 
 With ``paper``, Table 1 gets a "paper" column (the published value of the paper's row for the method,
 found through the labels the method declares in ``paper_rows``, where model, data set and number of
@@ -62,7 +67,8 @@ def _of(results: list[Result], **match: Any) -> list[Result]:
 
 
 def _filling(results: list[Result], table: str) -> list[Result]:
-    """The results of tasks that fill the paper's table ``table``."""
+    """The results of tasks that fill the paper's table ``table``, on any split (each table keeps
+    those on the scored split, ``_scored``, and notes the others, ``_split_notes``)."""
     return [r for r in upgrade_all(results) if meta.task_of(r).paper_table == table]
 
 
@@ -75,6 +81,55 @@ def _pooled(cell: list[Result], value: Callable[[Result], Any], metric: str, ste
     return extract.pooled(cell, value, lambda runs: extract.pooled_units(runs, metric, step))
 
 
+CHOSEN_MARK = "‡"  # a cell that shows one of several configurations
+
+
+class Cells:
+    """Formats one table's score cells and notes each cell that chose among configurations."""
+
+    def __init__(self, ci: bool) -> None:
+        self.ci = ci
+        self.notes: list[str] = []
+
+    def score(
+        self,
+        cell: list[Result],
+        value: Callable[[Result], Any],
+        metric: str,
+        where: str,
+        step: int = -1,
+        digits: int = 4,
+    ) -> str:
+        """The cell's pooled score, marked when it chose a configuration (``where`` names the cell
+        in the note)."""
+        text = fmt_score(_pooled(cell, value, metric, step), self.ci, digits)
+        which = extract.other_configs(cell, value)
+        if which and text != MISSING:
+            text += f" {CHOSEN_MARK}"
+            self.notes.append(f"{CHOSEN_MARK} {where}: {which}.")
+        return text
+
+    def note_lines(self) -> list[str]:
+        return list(dict.fromkeys(self.notes))
+
+
+def _scored(runs: list[Result]) -> list[Result]:
+    """The runs on the scored split: what the paper's tables show."""
+    return [r for r in runs if extract.on_scored_split(r)]
+
+
+def _split_notes(runs: list[Result]) -> list[str]:
+    """Says how many of a table's runs were left out for being on another split, if any."""
+    others = [extract.split(r) for r in runs if not extract.on_scored_split(r)]
+    if not others:
+        return []
+    splits = ", ".join(sorted(set(others)))
+    return [
+        f"{extract.SCORED_SPLIT.capitalize()} split only: {len(others)} run(s) on the {splits} split "
+        "left out (the leaderboard shows them on boards of their own)."
+    ]
+
+
 def _footprint(r: Result) -> extract.Summary | None:
     return extract.as_summary(extract.cost(r, "footprint_bytes"))
 
@@ -84,11 +139,13 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
     batch = [r for r in _filling(results, "1") if extract.num_contexts(r) is not None]
     tables = []
     key = lambda r: (r["task"], r["dataset"], r.get("profile"))  # noqa: E731
-    for (_, dataset, profile), runs in _group(batch, key).items():
-        task = meta.by_task(runs)
-        if not task.paper_columns:
+    for (_, dataset, profile), every in _group(batch, key).items():
+        runs = _scored(every)
+        task = meta.by_task(runs) if runs else None
+        if task is None or not task.paper_columns:
             continue
         main = task.metric(task.paper_columns[0])
+        cells = Cells(ci)
         columns = sorted({(str(r["model"]), extract.num_contexts(r)) for r in runs})
         compared = {c for c in columns if paper and _comparable(dataset, *c)}
         headers = ["Method", "S"]
@@ -102,9 +159,9 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
                 cell = [
                     r for r in runs if r["method"] == method and r["model"] == model and extract.num_contexts(r) == n
                 ]
-                footprint = extract.pooled(cell, _footprint)
+                footprint = extract.pooled(extract.chosen(cell, _score(main.name)), _footprint)
                 row += [
-                    fmt_score(_pooled(cell, _score(main.name), main.name), ci),
+                    cells.score(cell, _score(main.name), main.name, f"{info.row_name}, {model} · {n}"),
                     fmt_bytes(footprint["mean"] if footprint else None),
                 ]
                 if (model, n) in compared:
@@ -114,7 +171,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
             "S: storage class in the number n of injected contexts; S bytes: the measured "
             "footprint (extra state the method keeps). — = no result."
         ]
-        notes += meta.stand_in_notes(_methods(runs))
+        notes += meta.stand_in_notes(_methods(runs)) + cells.note_lines() + _split_notes(every)
         if compared:
             notes.append(
                 f"paper: the published QA-F1 (Table 1, {PAPER_TABLE1_DATASET}) of the paper's row for "
@@ -194,11 +251,13 @@ PUBLISHED_TABLES: dict[str, Callable[[], Table]] = {"1": paper_table1, "2": pape
 def table2(results: list[Result], ci: bool = False) -> list[Table]:
     tables = []
     key = lambda r: (r["task"], r["model"], r.get("profile"))  # noqa: E731
-    for (_, model, profile), runs in _group(_filling(results, "2"), key).items():
-        task = meta.by_task(runs)
-        scores = [task.metric(name) for name in task.paper_columns]
-        if not scores:
+    for (_, model, profile), every in _group(_filling(results, "2"), key).items():
+        runs = _scored(every)
+        task = meta.by_task(runs) if runs else None
+        scores = [task.metric(name) for name in task.paper_columns] if task else []
+        if task is None or not scores:
             continue
+        cells = Cells(ci)
         datasets = sorted({str(r["dataset"]) for r in runs})
         headers = ["Method"] + [f"{d.upper()} {score.short}" for d in datasets for score in scores]
         rows = []
@@ -207,12 +266,15 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
             for dataset in datasets:
                 cell = _of(runs, method=info.name, dataset=dataset)
                 for score in scores:
-                    row.append(fmt_score(_pooled(cell, _score(score.name), score.name), ci))
+                    where = f"{info.row_name}, {dataset.upper()}"  # one note for all its scores
+                    row.append(cells.score(cell, _score(score.name), score.name, where))
             rows.append(row)
         notes = [
             "Recall@1. r1: no filter; r2: items already mentioned in the dialog dropped; "
             "r3: matches at edit distance > 2 dropped; r4: both. — = no result.",
             *meta.stand_in_notes(_methods(runs)),
+            *cells.note_lines(),
+            *_split_notes(every),
         ]
         tables.append(
             Table(f"Table 2 — {task.display_name}, Recall@1 ({model}, profile {profile})", headers, rows, notes)
@@ -224,11 +286,13 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
 def table3(results: list[Result], ci: bool = False) -> list[Table]:
     tables = []
     key = lambda r: (r["task"], r["dataset"], r["model"], r.get("profile"))  # noqa: E731
-    for (_, dataset, model, profile), runs in _group(_filling(results, "3"), key).items():
-        task = meta.by_task(runs)
-        if not task.paper_columns:
+    for (_, dataset, model, profile), every in _group(_filling(results, "3"), key).items():
+        runs = _scored(every)
+        task = meta.by_task(runs) if runs else None
+        if task is None or not task.paper_columns:
             continue
         main = task.metric(task.paper_columns[0])
+        cells = Cells(ci)
         curves = {id(r): extract.step_curve(r, main.name) for r in runs}
         steps = max((len(c) for c in curves.values() if c), default=0)
         headers = ["Method"] + [str(i) for i in range(steps)]
@@ -242,12 +306,14 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
                     curve = curves[id(r)]
                     return extract.as_summary(curve[i]) if curve and i < len(curve) else None
 
-                row.append(fmt_score(_pooled(cell, at, main.name, step=i), ci, digits=3))
+                row.append(cells.score(cell, at, main.name, info.row_name, step=i, digits=3))
             rows.append(row)
         notes = [
             f"Mean {main.short} over all contexts of a sequence after each step (step 0 = before any "
             "injection), averaged over sequences. — = no result.",
             *meta.stand_in_notes(_methods(runs)),
+            *cells.note_lines(),
+            *_split_notes(every),
         ]
         tables.append(
             Table(
@@ -264,11 +330,13 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
 def table4(results: list[Result], ci: bool = False) -> list[Table]:
     trained = [r for r in _filling(results, "1") if extract.num_targets(r) > 0 and extract.num_contexts(r) is not None]
     tables = []
-    for (_, profile), runs in _group(trained, lambda r: (r["task"], r.get("profile"))).items():
-        task = meta.by_task(runs)
-        if not task.paper_columns:
+    for (_, profile), every in _group(trained, lambda r: (r["task"], r.get("profile"))).items():
+        runs = _scored(every)
+        task = meta.by_task(runs) if runs else None
+        if task is None or not task.paper_columns:
             continue
         main = task.paper_columns[0]
+        cells = Cells(ci)
         columns = sorted({(str(r["dataset"]), str(r["model"]), extract.num_contexts(r)) for r in runs})
         infos = meta.by_method(runs)
         row_keys = sorted(
@@ -288,7 +356,8 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
                     and r["model"] == model
                     and extract.num_contexts(r) == n
                 ]
-                row.append(fmt_score(_pooled(cell, _score(main), main), ci))
+                where = f"{infos[method].row_name} ({generator}), {dataset} · {model} · {n}"
+                row.append(cells.score(cell, _score(main), main, where))
             rows.append(row)
         notes = [
             "Batch-injection QA-F1 of the methods that train on target sentences, by the "
@@ -297,6 +366,8 @@ def table4(results: list[Result], ci: bool = False) -> list[Table]:
             "OpenAI-compatible endpoint; implications: statements the model writes about the "
             "passage, SEAL-style self-edits). — = no result.",
             *meta.stand_in_notes(infos[method] for method, _ in row_keys),
+            *cells.note_lines(),
+            *_split_notes(every),
         ]
         tables.append(Table(f"Table 4 — target-sentence generator ablation (profile {profile})", headers, rows, notes))
     return tables

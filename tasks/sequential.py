@@ -117,11 +117,12 @@ class SequentialTask(QATask):
 
     def episode_record(self, plan: EpisodePlan, steps: list[dict[str, Any]]) -> dict[str, Any]:
         doc_ids = plan.record["context_ids"]
-        return {
+        record = {
             **plan.record,
             "matrix": {m: episode_matrix(steps, doc_ids, m) for m in metrics_of(steps)},
             "steps": steps,
         }
+        return {**record, "per_episode": sequence_scores(record)}
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         return self.with_targets(aggregate_sequences(records, self.seed), records)
@@ -141,6 +142,30 @@ def metrics_of(steps: list[dict[str, Any]]) -> list[str]:
 def episode_matrix(steps: list[dict[str, Any]], doc_ids: list[str], metric: str) -> list[list[float]]:
     """Rows are steps 0..L, columns are the contexts in injection order."""
     return [[step["per_context"][d][metric] for d in doc_ids] for step in steps]
+
+
+def cells_at_distance(num_steps: int, k: int) -> tuple[list[int], list[int]]:
+    """(steps, positions) of the cells that probe a context k steps after the step that injected it
+    (k = 0: efficacy), in a matrix of steps 0..L by contexts in injection order."""
+    cells = [(s, s - 1 - k) for s in range(k + 1, num_steps)]
+    return [s for s, _ in cells], [j for _, j in cells]
+
+
+def sequence_scores(record: dict[str, Any]) -> dict[str, float]:
+    """The scores averaged within a sequence before over sequences (efficacy, mean retention,
+    interference), for this one sequence: the per-unit values a bootstrap over the sequences of
+    several seeds draws (the file's summaries alone could not be pooled)."""
+    scores: dict[str, float] = {}
+    for m, rows in record["matrix"].items():
+        matrix = np.asarray(rows, dtype=float)
+        by_distance = [float(matrix[cells_at_distance(len(matrix), k)].mean()) for k in range(matrix.shape[1])]
+        scores[f"efficacy.{m}"] = by_distance[0]
+        if len(by_distance) > 1:
+            scores[f"retention_mean.{m}"] = float(np.mean(by_distance[1:]))
+    share = interference(record)
+    if share is not None:
+        scores["interference"] = share
+    return scores
 
 
 def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
@@ -167,8 +192,7 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
     retained: dict[str, list[np.ndarray]] = {m: [] for m in metrics}  # per-sequence means at k >= 1
     for k in range(length):  # context injected at step s - k, seen at step s (k = 0: efficacy)
         row = {"distance": k, "gain": {}}
-        cells = [(s, s - 1 - k) for s in range(k + 1, n_steps)]
-        steps_at, positions = [s for s, _ in cells], [j for _, j in cells]
+        steps_at, positions = cells_at_distance(n_steps, k)
         for m, cube in cubes.items():
             seen = cube[:, steps_at, positions]  # seq x cell
             row[m] = over_sequences(seen.mean(axis=1))

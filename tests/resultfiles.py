@@ -27,9 +27,12 @@ def result(
     footprint: int = 0,
     finished: str = "2026-11-20T10:00:00+00:00",
     overrides: dict[str, str] | None = None,
+    task_settings: dict[str, Any] | None = None,
+    commit: str = "0123456789abcdef0123456789abcdef01234567",
     **extra: Any,
 ) -> dict[str, Any]:
     task_params = {"num_contexts": num_contexts} if num_contexts is not None else {}
+    task_params.update(task_settings or {})
     config = {
         "task": task,
         "method": method,
@@ -50,7 +53,7 @@ def result(
         "seed": seed,
         "config": config,
         "overrides": dict(overrides or {}),
-        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "git_commit": commit,
         "started_at": finished,
         "finished_at": finished,
         "scores": scores,
@@ -127,3 +130,34 @@ def with_contexts(data: dict[str, Any], episodes: dict[str, dict[str, float]]) -
     data["episodes"] = records
     data["scores"]["qa_f1"] = summary(sum(values) / len(values))
     return data
+
+
+def sequence_records(episodes: dict[str, list[list[float]]]) -> list[dict[str, Any]]:
+    """Sequential episode records as tasks/sequential.py writes them (less ``per_episode``), from each sequence's QA-F1
+    matrix (rows: steps 0..L, columns: contexts in injection order; context ids are the episode's
+    name and position). One question per context: answered right where its score is >= 0.5, else
+    with the fact of the context injected at that step on every other step (interference)."""
+    records = []
+    for episode, matrix in episodes.items():
+        ids = [f"{episode}-ctx{j:04d}" for j in range(len(matrix[0]))]
+        steps = []
+        for s, row in enumerate(matrix):
+            injected = ids[s - 1] if s else None
+            predictions = []
+            for j, (cid, value) in enumerate(zip(ids, row)):
+                wrong = f"fact of {injected}" if injected and (s + j) % 2 else "no idea"
+                predictions.append(
+                    {
+                        "context_id": cid,
+                        "question": f"What is {cid}?",
+                        "answers": [f"fact of {cid}"],
+                        "prediction": f"fact of {cid}" if value >= 0.5 else wrong,
+                        "f1": value,
+                        "acc": value,
+                    }
+                )
+            per_context = {cid: {"qa_f1": v, "acc": v} for cid, v in zip(ids, row)}
+            steps.append({"step": s, "injected": injected, "per_context": per_context, "predictions": predictions})
+        matrices = {m: [[float(v) for v in row] for row in matrix] for m in ("qa_f1", "acc")}
+        records.append({"episode": episode, "context_ids": ids, "matrix": matrices, "steps": steps, "num_targets": 0})
+    return records

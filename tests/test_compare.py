@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from resultfiles import batch, sequential, with_contexts, write
 
-from benchmark.metrics import bootstrap_ci, paired_difference
-from leaderboard import extract
+from benchmark.metrics import bootstrap_ci, cluster_summary, paired_difference
+from leaderboard import extract, meta
 from leaderboard.board import board_table, boards
 from leaderboard.tables import table1
 
@@ -187,8 +187,8 @@ def test_seeds_share_one_row_with_contexts_and_seeds_pooled(tmp_path):
     top = board.rows[0]
     pooled = top.score("qa_f1")
     assert pooled["mean"] == pytest.approx(0.6) and pooled["n"] == 20  # the mean of the seeds' 0.5 and 0.7
-    units = list(extract.pooled_units(top.runs, "qa_f1").values())  # seed 0's contexts, then seed 1's
-    assert len(units) == 20 and (pooled["ci_low"], pooled["ci_high"]) == pytest.approx(bootstrap_ci(units))
+    # the seeds share the contexts: the bootstrap draws 10 contexts, each with both seeds' answers
+    assert (pooled["ci_low"], pooled["ci_high"]) == pytest.approx(bootstrap_ci(_per_context(top.runs)))
     assert board.deltas[0]["mean"] == pytest.approx(0.55) and board.ranks == [1, 2]
     row = board_table(board).rows[0]
     assert row[4] == "2" and row[5].startswith("0.6000 [")
@@ -199,3 +199,65 @@ def test_seeds_share_one_row_with_contexts_and_seeds_pooled(tmp_path):
     (table,) = table1(runs, ci=True)
     cell = {r[0]: r for r in table.rows}["SELF-PARAM"][2]
     assert cell.startswith("0.6000 [") and cell.endswith("(2 seeds)") and "[0.5000, 0.7000]" not in cell
+
+
+def _per_context(runs: list[dict], metric: str = "qa_f1") -> list[float]:
+    """Each context's mean over the runs' seeds, in context order: what a seed-pooled bootstrap
+    draws (equal counts per context make its resample means these values' resample means)."""
+    by_context: dict[tuple[str, ...], list[float]] = {}
+    for key, value in sorted(extract.pooled_units(runs, metric).items()):
+        by_context.setdefault(key[1:], []).append(value)
+    return [sum(v) / len(v) for _, v in sorted(by_context.items())]
+
+
+SPREAD = [0.05, 0.3, 0.0, 0.25, 0.1, 0.6, 0.0, 0.15, 0.2, 0.05, 0.4, 0.1, 0.0, 0.35, 0.05, 0.2, 0.1, 0.0, 0.15, 0.3]
+MANY = [f"fictional-{i:04d}" for i in range(20)]
+
+
+def test_seeds_with_identical_answers_do_not_narrow_the_interval():
+    """Three seeds that answer alike are one run's information, not three times as much: the
+    pooled interval is the single run's (counting each seed's copy of a context as a unit of its own
+    narrowed it by about sqrt(3))."""
+    one = qa("selfparam", SPREAD, contexts=MANY, seed=0)
+    alone = extract.pooled_units([one], "qa_f1")
+    single = cluster_summary(alone, extract.cluster(meta.task_of(one)))
+    assert (single["ci_low"], single["ci_high"]) == pytest.approx(bootstrap_ci(SPREAD))
+    copies = [qa("selfparam", SPREAD, contexts=MANY, seed=s) for s in (0, 1, 2)]
+    (board,) = boards(copies)
+    (row,) = board.rows
+    pooled = row.score("qa_f1")
+    assert len(row.runs) == 3 and pooled["mean"] == pytest.approx(single["mean"])
+    assert (pooled["ci_low"], pooled["ci_high"]) == pytest.approx((single["ci_low"], single["ci_high"]))
+    naive = bootstrap_ci(SPREAD * 3)  # the old count: 60 units
+    assert pooled["ci_high"] - pooled["ci_low"] > 1.3 * (naive[1] - naive[0])
+
+
+def test_seeds_that_differ_are_drawn_by_context_and_paired_by_context():
+    other = [min(1.0, v + (0.2 if i % 3 else -0.05)) for i, v in enumerate(SPREAD)]
+    runs = [
+        qa("selfparam", SPREAD, contexts=MANY, seed=0),
+        qa("selfparam", other, contexts=MANY, seed=1),
+        qa("base_q", [0.0] * 20, contexts=MANY, seed=0),
+        qa("base_q", [v / 4 for v in SPREAD], contexts=MANY, seed=1),
+    ]
+    (board,) = boards(runs)
+    top = board.rows[0]
+    assert top.first["method"] == "selfparam" and len(top.runs) == 2
+    by_context = _per_context(top.runs)
+    assert len(by_context) == 20  # 20 contexts, not 40 units
+    pooled = top.score("qa_f1")
+    assert (pooled["ci_low"], pooled["ci_high"]) == pytest.approx(bootstrap_ci(by_context))
+    assert (pooled["ci_low"], pooled["ci_high"]) != pytest.approx(bootstrap_ci(SPREAD + other))
+    # the paired difference draws each context's differences under both seeds together too
+    floor = board.rows[1].runs
+    gains = [a - b for a, b in zip(by_context, _per_context(floor))]
+    delta = board.deltas[0]
+    assert delta["mean"] == pytest.approx(float(np.mean(gains)))
+    assert (delta["ci_low"], delta["ci_high"]) == pytest.approx(bootstrap_ci(gains))
+
+
+def test_the_cluster_leaves_the_seed_out():
+    batch_task, sequential_task = meta.task_of(qa("bm25", [0.5])), meta.task_of(sequential("bm25", [0.0, 0.5]))
+    assert extract.cluster(batch_task)(("2", "batch-0", "fictional-0003")) == ("batch-0", "fictional-0003")
+    assert extract.cluster(batch_task)(("2", "ep-0", "point-7", "1")) == ("ep-0", "point-7")  # gold items together
+    assert extract.cluster(sequential_task)(("2", "seq-1", "fictional-0003")) == ("seq-1",)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resultfiles import batch, recommendation, sequential, with_contexts, write
+import pytest
+from resultfiles import batch, recommendation, result, sequence_records, sequential, with_contexts, write
 
 from leaderboard.board import board_table, boards
 
@@ -127,3 +128,99 @@ def test_train_rate_counts_shared_prefixes_per_example():
     assert not rate_counts_computed_tokens_only(shared)
     assert not rate_counts_computed_tokens_only(batch("ft_context", 0.1))  # no prefix shared: same count
     assert rate_counts_computed_tokens_only(batch("ft_sentences", 0.9, share_prefix=8))
+
+
+# ---- seeds of sequential runs: efficacy, retention and interference bootstrapped by sequence --------
+SEQUENCE_SCORES = ("efficacy.qa_f1", "retention_mean.qa_f1", "interference")
+
+
+def _matrices(shift: float) -> dict[str, list[list[float]]]:
+    """Four sequences of three contexts: rows are steps 0..3, columns contexts in injection order."""
+    base = [[0.0, 0.0, 0.0], [0.8, 0.1, 0.0], [0.6, 0.9, 0.2], [0.4, 0.7, 1.0]]
+    return {
+        f"seq-{i}": [
+            [min(1.0, max(0.0, v + shift * (i - 1.5) + 0.1 * ((i + j) % 3))) for j, v in enumerate(row)] for row in base
+        ]
+        for i in range(4)
+    }
+
+
+def _sequential_run(method: str, shift: float, seed: int) -> dict:
+    """A sequential result whose scores are the task's own aggregate of its episode records."""
+    from tasks.sequential import aggregate_sequences, sequence_scores
+
+    records = [{**r, "per_episode": sequence_scores(r)} for r in sequence_records(_matrices(shift))]
+    data = result("sequential", method, aggregate_sequences(records, seed), num_contexts=None, seed=seed)
+    data["episodes"] = records
+    return data
+
+
+def test_per_sequence_scores_reproduce_the_files_summaries():
+    from benchmark.metrics import cluster_summary
+    from leaderboard import extract, meta
+
+    run = _sequential_run("selfparam", 0.1, seed=0)
+    cluster = extract.cluster(meta.task_of(run))
+    for name in SEQUENCE_SCORES:
+        units = extract.units(run, name)
+        assert units is not None and len(units) == 4, name  # one value per sequence
+        stated, derived = extract.metric(run, name), cluster_summary(units, cluster)
+        assert {k: derived[k] for k in ("mean", "ci_low", "ci_high")} == pytest.approx(
+            {k: stated[k] for k in ("mean", "ci_low", "ci_high")}
+        ), name
+    assert extract.metric(run, "interference")["mean"] > 0  # the fixture's wrong answers do interfere
+    # a file whose episodes do not all hold the score has no per-unit values for it
+    del run["episodes"][2]["per_episode"]["interference"]
+    assert extract.units(run, "interference") is None and extract.units(run, "efficacy.qa_f1") is not None
+
+
+def test_seeds_of_sequential_runs_bootstrap_sequences_not_seed_means():
+    from benchmark.metrics import bootstrap_ci
+    from leaderboard import extract
+
+    runs = [_sequential_run("selfparam", shift, seed) for seed, shift in ((0, 0.1), (1, -0.05), (2, 0.2))]
+    (board,) = boards(runs)
+    (row,) = board.rows
+    cells = dict(zip(board_table(board).headers, board_table(board).rows[0]))
+    for name in SEQUENCE_SCORES:
+        per_sequence: dict[str, list[float]] = {}
+        for run in runs:
+            for key, value in extract.units(run, name).items():
+                per_sequence.setdefault(key[1], []).append(value)
+        means = [sum(v) / len(v) for _, v in sorted(per_sequence.items())]
+        pooled = row.score(name)
+        assert "interval" not in pooled and pooled["mean"] == pytest.approx(sum(means) / 4)
+        assert (pooled["ci_low"], pooled["ci_high"]) == pytest.approx(bootstrap_ci(means)), name
+        assert "seed range" not in cells[f"{board.heading(name)} [95% CI]"]
+
+
+def test_seeds_without_per_unit_scores_show_a_labelled_seed_range():
+    runs = [sequential("selfparam", [0.0, 0.5, 0.45, v], seed=s) for s, v in enumerate((0.4, 0.3))]
+    (board,) = boards(runs)
+    table = board_table(board)
+    cells = dict(zip(table.headers, table.rows[0]))
+    # the files state efficacy without per-sequence values: a range over 2 seeds
+    assert cells["efficacy QA-F1 [95% CI]"] == "0.5000 [seed range 0.5000, 0.5000]"
+    assert cells["QA-F1 after the last step [95% CI]"] == "0.3500 [seed range 0.3000, 0.4000]"
+
+
+def test_runs_on_the_dev_split_get_a_board_titled_dev():
+    tuned = {"task_settings": {"split": "dev"}, "overrides": {"split": "dev"}}
+    runs = [batch("selfparam", 0.41), batch("selfparam", 0.70, **tuned), batch("base_q", 0.05, **tuned)]
+    found = boards(runs)
+    assert [b.title for b in found] == [
+        "batch · fictional · smollm2-135m-instruct",
+        "batch · fictional · smollm2-135m-instruct · dev split",
+    ]
+    assert [len(b.rows) for b in found] == [1, 2] and len({b.slug for b in found}) == 2
+    assert found[1].slug.endswith("__dev")
+
+
+def test_the_commit_column_lists_every_commit_of_the_row():
+    old, new = "89abcdef0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef01234567-dirty"
+    runs = [batch("selfparam", 0.4, seed=0, commit=new), batch("selfparam", 0.5, seed=1, commit=old)]
+    (board,) = boards(runs + [batch("selfparam", 0.45, seed=2, commit=old)])
+    (row,) = board_table(board).rows
+    assert row[4] == "3" and row[-1] == "01234567-dirty, 89abcdef"
+    (board,) = boards([batch("selfparam", 0.4, seed=0, commit=old), batch("selfparam", 0.5, seed=1, commit=old)])
+    assert board_table(board).rows[0][-1] == "89abcdef"

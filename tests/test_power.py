@@ -156,9 +156,11 @@ def test_power_pools_seeds_and_handles_tiny_and_floorless_cells(tmp_path, bench)
         write(tmp_path / "seeds", run)
     code, out, err = bench("power", tmp_path / "seeds")
     assert code == 0, err
-    # the two seeds' contexts pool into 20 units, as the leaderboard's Δ column pools them
-    assert table_rows(out)["SELF-PARAM, 2 seeds"][:1] == ["20"]
-    assert table_rows(out)["SELF-PARAM, 2 seeds"][2] == f"±{by_hand(GAINS + GAINS[::-1]):.4f}"
+    # the seeds answer the same 10 contexts: a context is one unit under both seeds (its mean
+    # difference), as the leaderboard's Δ column draws it, not two
+    assert table_rows(out)["SELF-PARAM, 2 seeds"][:1] == ["10"]
+    per_context = [(a + b) / 2 for a, b in zip(GAINS, GAINS[::-1])]
+    assert table_rows(out)["SELF-PARAM, 2 seeds"][2] == f"±{by_hand(per_context):.4f}"
     for method, value in (("base_q", 0.1), ("dpr", 0.4)):
         write(tmp_path / "tiny", qa(method, [value], contexts=["fictional-0000"]))
     code, out, _ = bench("power", tmp_path / "tiny")

@@ -108,6 +108,11 @@ def test_retention_by_distance_sees_forgetting(tmp_path, recording_methods, tiny
         round(1 / 3, 6),
         round(1 / 3, 6),
     ]
+    # each sequence's own efficacy, mean retention and interference (what seeds are pooled by)
+    episodes = done.result["episodes"]
+    assert [e["per_episode"]["efficacy.qa_f1"] for e in episodes] == [1.0, 1.0]
+    assert [e["per_episode"]["retention_mean.qa_f1"] for e in episodes] == [0.0, 0.0]
+    assert [e["per_episode"]["interference"] for e in episodes] == [0.0, 0.0]
 
 
 def test_fresh_method_per_sequence_and_step0_probes_first(tmp_path, recording_methods, tiny_lm):

@@ -50,7 +50,9 @@ def test_table1_seeds_are_averaged_and_latest_config_wins():
     ]
     (table,) = table1(runs, ci=True)
     cell = _rows(table)["SELF-PARAM"][2]
-    assert cell == "0.4500 [0.4000, 0.5000] (2 seeds)"
+    # no per-unit scores: the interval is the seeds' range and says so; the mark: a choice was made
+    assert cell == "0.4500 [seed range 0.4000, 0.5000] (2 seeds) ‡"
+    assert "‡ SELF-PARAM, smollm2-135m-instruct · 20: the latest of 2 configurations, lr=0.0001." in table.notes
 
 
 def test_table1_shows_the_profile_run_not_a_later_variant():
@@ -187,3 +189,52 @@ def test_bench_table_on_a_real_smoke_run(tmp_path, bench):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:3] == ["Base, C+Q", "O(n)", fmt_score(saved["scores"]["qa_f1"])]
     assert cells[3] == "0 B"
+
+
+def _on(split: str, **settings: str) -> dict:
+    """Task settings and the ``--set`` overrides that chose them."""
+    chosen = {"split": split, **settings}
+    return {"task_settings": chosen, "overrides": dict(chosen)}
+
+
+def test_paper_tables_show_the_test_split_only():
+    """A later tuning run on dev is not the method's score: Tables 1, 2, 3 and 4 keep the test run
+    and say how many runs on other splits they left out."""
+    later = "2026-11-21T10:00:00+00:00"
+    runs = [
+        batch("selfparam", 0.30, num_targets=60, **_on("test")),
+        batch("selfparam", 0.55, num_targets=60, finished=later, **_on("dev")),
+        batch("base_q", 0.02),  # no split recorded: an older file, on the only split there was
+    ]
+    (table,) = table1(runs)
+    assert _rows(table)["SELF-PARAM"][2] == "0.3000" and _rows(table)["Base, Q"][2] == "0.0200"
+    assert "Test split only: 1 run(s) on the dev split left out" in " ".join(table.notes)
+    (ablation,) = table4(runs)
+    assert [row[2] for row in ablation.rows] == ["0.3000"] and "dev split" in " ".join(ablation.notes)
+    assert table1([runs[1]]) == []  # dev runs alone fill no paper table
+    recs = [
+        recommendation("base_q", "redial", [0.1, 0.2, 0.3, 0.4], **_on("test")),
+        recommendation("base_q", "redial", [0.9, 0.9, 0.9, 0.9], finished=later, **_on("dev")),
+    ]
+    (table,) = table2(recs)
+    assert _rows(table)["Base, Q"][1:] == ["0.1000", "0.2000", "0.3000", "0.4000"]
+    seqs = [
+        sequential("selfparam", [0.0, 0.5, 0.4], **_on("test")),
+        sequential("selfparam", [0.0, 0.9, 0.9], finished=later, **_on("dev")),
+    ]
+    (table,) = table3(seqs)
+    assert _rows(table)["SELF-PARAM"][1:] == ["0.000", "0.500", "0.400"]
+
+
+def test_a_cell_with_several_test_configurations_says_which_it_shows():
+    runs = [
+        batch("selfparam", 0.30, **_on("test")),
+        batch("selfparam", 0.45, finished="2026-11-21T10:00:00+00:00", **_on("test", sample="spread")),
+        batch("base_q", 0.02, **_on("test")),
+    ]
+    (table,) = table1(runs, ci=True)
+    rows = _rows(table)
+    assert rows["SELF-PARAM"][2] == "0.4500 [0.4000, 0.5000] ‡" and rows["Base, Q"][2] == "0.0200 [0.0000, 0.0700]"
+    assert "‡ SELF-PARAM, smollm2-135m-instruct · 20: the latest of 2 configurations, sample=spread." in table.notes
+    (plain,) = table1(runs[:1] + runs[2:])
+    assert not any("‡" in note for note in plain.notes)
