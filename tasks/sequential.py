@@ -226,17 +226,21 @@ def interference(record: dict[str, Any]) -> float | None:
 
     Over steps 1..L: an answer to a question of any context but the one injected at that step
     counts when it contains a gold answer of the injected context's questions (the ``acc`` match)
-    and none of its own question's. None when the sequence has a single context.
+    and none of its own context's: two contexts can share an answer ("orange"), and a context's own
+    fact given to the wrong one of its questions is a mix-up within it, not the injected context's
+    doing. None when the sequence has a single context.
     """
     hits = total = 0
     for step in record["steps"][1:]:
-        injected = step["injected"]
-        facts = {a for p in step["predictions"] if p["context_id"] == injected for a in p["answers"]}
+        facts: dict[str, set[str]] = {}
         for p in step["predictions"]:
-            if p["context_id"] == injected:
+            facts.setdefault(p["context_id"], set()).update(p["answers"])
+        injected = facts.get(step["injected"], set())
+        for p in step["predictions"]:
+            if p["context_id"] == step["injected"]:
                 continue
             total += 1
-            hits += bool(qa_acc(p["prediction"], facts)) and not qa_acc(p["prediction"], p["answers"])
+            hits += bool(qa_acc(p["prediction"], injected)) and not qa_acc(p["prediction"], facts[p["context_id"]])
     return hits / total if total else None
 
 

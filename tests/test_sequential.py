@@ -212,6 +212,22 @@ def test_interference_counts_answers_that_give_the_injected_contexts_facts():
     assert interference({"steps": record["steps"][:1]}) is None
 
 
+def test_interference_does_not_count_a_fact_the_probed_context_shares():
+    from tasks.sequential import interference
+
+    # a and b both have an orange colour; b's diet question answered "orange" is b's own mix-up
+    gold = {("a", "orange"): "", ("b", "orange"): "", ("b", "snails"): ""}
+    record = {
+        "steps": [
+            _step(None, gold),
+            _step("a", {("a", "orange"): "orange", ("b", "orange"): "orange", ("b", "snails"): "orange"}),
+        ]
+    }
+    assert interference(record) == 0.0
+    record["steps"][1] = _step("a", {("a", "orange"): "orange", ("b", "orange"): "grey", ("b", "snails"): "grey"})
+    assert interference(record) == 0.0
+
+
 def test_intervals_resample_whole_sequences():
     """The interval of a step's mean is the bootstrap over the per-sequence means, not over cells."""
     from benchmark.metrics import summarize
