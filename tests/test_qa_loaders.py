@@ -91,6 +91,12 @@ def test_answer_tokens_counts_words_and_punctuation():
     assert answer_tokens("$137 billion") == 3
 
 
+def test_answers_that_normalise_to_nothing_are_dropped():
+    # SQuAD ships "." as a gold answer: an empty reply would score F1 and EM 1 against it
+    assert public.short_answers([".", "  ", "the", "Denver Broncos", "Denver Broncos"]) == ("Denver Broncos",)
+    assert public.short_answers(["."]) == ()
+
+
 def test_squad_split_by_default(tmp_path):
     docs = load_whole("squad", str(squad_file(tmp_path)), None)
     # the one-question paragraph cannot give both a probe and a training question
@@ -122,7 +128,7 @@ def test_squad_training_question_asked_elsewhere_is_dropped(tmp_path):
                     {
                         "context": "One.",
                         "qas": [
-                            {"question": "Q1?", "answers": [{"text": "a"}]},
+                            {"question": "Q1?", "answers": [{"text": "aa"}]},
                             {"question": "Shared?", "answers": [{"text": "b"}]},
                             {"question": "Q3?", "answers": [{"text": "c"}]},
                             {"question": "Q4?", "answers": [{"text": "d"}]},

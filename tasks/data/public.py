@@ -30,11 +30,12 @@ def answer_tokens(answer: str) -> int:
 
 
 def short_answers(answers: list[str]) -> tuple[str, ...]:
-    """The distinct, non-empty answers of at most ``MAX_ANSWER_TOKENS`` tokens, in order."""
+    """The distinct answers of at most ``MAX_ANSWER_TOKENS`` tokens, in order, without those that
+    normalise to nothing (SQuAD has "." as a gold answer, which an empty reply would match)."""
     kept: list[str] = []
     for answer in answers:
         answer = answer.strip()
-        if answer and answer_tokens(answer) <= MAX_ANSWER_TOKENS and answer not in kept:
+        if normalize_answer(answer) and answer_tokens(answer) <= MAX_ANSWER_TOKENS and answer not in kept:
             kept.append(answer)
     return tuple(kept)
 
