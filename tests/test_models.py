@@ -11,6 +11,9 @@ def test_answer_extraction_strips_prefixes_and_takes_first_line():
     assert first_answer_line(" A: 1721") == "1721"
     assert first_answer_line("The answer is:\nA:\n") == ""
     assert first_answer_line("Answer - blue glass") == "blue glass"
+    assert first_answer_line("The answer is Arketh.") == "Arketh."
+    assert first_answer_line("A-10 Warthog") == "A-10 Warthog"  # an answer, not an "A:" prefix
+    assert first_answer_line("Answers vary") == "Answers vary"
 
 
 def test_raw_prompt_format_with_and_without_context(tiny_lm):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from benchmark.errors import BenchError
 from benchmark.types import Prompt
 
+# Worked question-answer demonstrations about invented people and things (`fewshot`): one of
 # them lifts SmolLM2-135M's C+Q F1 on `fictional` from about 0.05 to 0.5, three (the `quick`
 # setting) to about 0.6: without them the model answers the paper's bare "Question: … Answer:"
 # mostly with an empty line.
@@ -45,11 +46,13 @@ def _raw_qa(context: str | None, question: str, answer: str | None = None) -> st
     return f"Context: {context}\n{text}" if context is not None else text
 
 
-_ANSWER_PREFIX = re.compile(r"^\s*(?:the answer is|answer|a)\s*[:\-]\s*", re.IGNORECASE)
+# "The answer is: X", "The answer is X", "Answer - X", "A: X"; "A" only with a colon, since "A-10
+# Warthog" is an answer
+_ANSWER_PREFIX = re.compile(r"^\s*(?:(?:the answer is|answer)\s*[:\-]|a\s*:|the answer is\b)\s*", re.IGNORECASE)
 
 
 def first_answer_line(text: str) -> str:
-    """The first non-empty line with a leading "The answer is:" / "Answer:" / "A:" removed.
+    """The first non-empty line with a leading "The answer is(:)" / "Answer:" / "A:" removed.
 
     Small instruct models answer the paper's raw prompt as "The answer is: X"; this is the
     answer-extraction filter an lm-eval task would apply, and it is the same for every method.
