@@ -229,6 +229,12 @@ class SelfParam(TrainedMethod):
             seed,
         )
 
+    def provenance(self) -> dict[str, Any]:
+        """Which unrelated text the retain terms read: ``retain_source=auto`` takes the first file
+        the shared data folder holds (C4, then WikiText) or samples the model, so the setting alone
+        does not say what the student was kept close to."""
+        return {"retain_source": self.retain.source}
+
     def inject(self, contexts: list[Context]) -> None:
         tick = time.perf_counter()
         p: SelfParamParams = self.params

@@ -182,6 +182,15 @@ def test_retain_texts_come_from_c4_when_present(tiny_lm, shared_data):
     assert first != second  # a stream hands out new texts
 
 
+def test_the_retain_source_that_auto_chose_is_recorded(tiny_lm):
+    from methods.retain import resolve_source
+
+    chosen = SelfParam(tiny_lm, small(retain_source="auto"), RunParams(), seed=0).provenance()
+    assert chosen == {"retain_source": resolve_source("auto")} and chosen["retain_source"] != "auto"
+    named = SelfParam(tiny_lm, small(retain_source="wikitext"), RunParams(), seed=0).provenance()
+    assert named == {"retain_source": "wikitext"}
+
+
 def test_unknown_settings_are_one_line_errors(bench, tmp_path):
     code, _, err = bench(
         "run",
