@@ -65,21 +65,32 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-# The folders the code is imported from (pyproject's packages): a new file there is discovered and
-# imported (methods/ and tasks/ register themselves), so it changes what a run does.
+# What a run executes: the packages pyproject lists (methods/ and tasks/ are discovered and
+# imported, so a new file there changes what a run does) and pyproject itself. The leaderboard's
+# page and plots are outputs written beside its code, and documentation changes no result.
 CODE_FOLDERS = ("benchmark", "methods", "tasks", "leaderboard")
 
 
+def is_code(path: str) -> bool:
+    """Whether a repository path (as git prints it) is part of the code a run executes."""
+    if path == "pyproject.toml":
+        return True
+    folder, _, rest = path.partition("/")
+    if folder == "leaderboard":
+        return rest.endswith(".py")
+    return folder in CODE_FOLDERS and bool(rest)
+
+
 def git_commit(root: Path = REPO_ROOT) -> str | None:
-    """The commit of this checkout, with ``-dirty`` when it has uncommitted changes: a modified
-    tracked file anywhere, or an untracked (not ignored) file under ``CODE_FOLDERS``. Untracked files
-    elsewhere (result files, notes) change no code, so they leave it clean."""
+    """The commit of this checkout, with ``-dirty`` when its code differs from the commit: a
+    modified, staged or untracked (not ignored) file that ``is_code``. A change to the README, the
+    leaderboard page or a sweep spec leaves it clean (a spec's settings are in each result)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
         status = subprocess.run(
-            ["git", "status", "--porcelain", "-z", "--untracked-files=normal"],
+            ["git", "status", "--porcelain", "-z", "--untracked-files=all"],
             cwd=root,
             capture_output=True,
             text=True,
@@ -93,13 +104,16 @@ def git_commit(root: Path = REPO_ROOT) -> str | None:
 
 
 def _dirty(porcelain_z: str) -> bool:
-    """Whether ``git status --porcelain -z`` lists a change that can alter what the code does."""
-    for entry in porcelain_z.split("\0"):
+    """Whether ``git status --porcelain -z`` lists a change to code (a rename or copy names its
+    source path in the entry after it)."""
+    entries = iter(porcelain_z.split("\0"))
+    for entry in entries:
         if not entry:
             continue
-        if not entry.startswith("?? "):
-            return True  # a tracked file changed (a rename's second field never gets here)
-        if entry[3:].startswith(tuple(f"{folder}/" for folder in CODE_FOLDERS)):
+        paths = [entry[3:]]
+        if entry[0] in "RC" or entry[1] in "RC":
+            paths.append(next(entries, ""))
+        if any(is_code(path) for path in paths):
             return True
     return False
 

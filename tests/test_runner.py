@@ -400,7 +400,7 @@ def _git(root, *args):
     )
 
 
-def test_untracked_files_where_code_is_imported_from_make_the_checkout_dirty(tmp_path):
+def test_code_changes_make_the_checkout_dirty_and_documentation_does_not(tmp_path):
     from benchmark.results import CODE_FOLDERS, git_commit
 
     assert set(CODE_FOLDERS) == {"benchmark", "methods", "tasks", "leaderboard"}  # pyproject's packages
@@ -430,6 +430,21 @@ def test_untracked_files_where_code_is_imported_from_make_the_checkout_dirty(tmp
         path.unlink()
     (root / "benchmark" / "__init__.py").write_text("changed = True\n")
     assert git_commit(root) == clean + "-dirty"
+    (root / "benchmark" / "__init__.py").write_text("")
+    assert git_commit(root) == clean
+
+    # documentation and the leaderboard's page change no code, so a sweep can go on beside them
+    (root / "README.md").write_text("# v1\n")
+    (root / "leaderboard" / "README.md").write_text("page v1\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "docs")
+    documented = git_commit(root)
+    (root / "README.md").write_text("# v2\n")
+    (root / "leaderboard" / "README.md").write_text("page v2\n")
+    assert documented is not None and not documented.endswith("-dirty")
+    assert git_commit(root) == documented
+    _git(root, "mv", "leaderboard/__init__.py", "leaderboard/board.py")  # a staged rename of code
+    assert git_commit(root) == documented + "-dirty"
 
 
 # ---- cost of a resumed run equals an uninterrupted run's ----------------------------------------
