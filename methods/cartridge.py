@@ -214,20 +214,28 @@ class CartridgeMethod(TrainedMethod):
     uses_targets = True
     profiles = {
         "smoke": {"prefix_tokens": 16, "epochs": 2, "batch_size": 8, "teacher_topk": 16},
-        # SmolLM2-135M on a 2-core CPU, not tuned yet: p = 128 KV positions instead of 2048
-        # (1.5 M numbers over 30 layers, near selfparam's 2.2 M LoRA numbers), much shorter than
-        # the ~1.4k tokens of 20 injected contexts, so the cartridge must compress them; batch 16
-        # instead of 64, with selfparam's quick sentence framing and epochs, so the two compare
-        # on where the knowledge goes (a KV prefix instead of LoRA weights).
+        # SmolLM2-135M on a 2-core CPU: p = 128 KV positions instead of 2048 (1.5 M numbers over
+        # 30 layers, near selfparam's 2.2 M LoRA numbers), much shorter than the ~1.4k tokens of
+        # 20 injected contexts, so the cartridge must compress them; batch 16 instead of 64, with
+        # selfparam's quick sentence framing, loss and epochs, so the two compare on where the
+        # knowledge goes (a KV prefix instead of LoRA weights). Given selfparam's own search on
+        # the same 20 fictional dev contexts: 20 epochs with the loss on the answer tokens beat
+        # 14 epochs on whole sentences by +0.091 [+0.021, +0.166] QA-F1 (0.33 against 0.24).
         "quick": {
             "prefix_tokens": 128,
-            "epochs": 14,
+            "epochs": 20,
+            "sentence_loss": "answer",
             "batch_size": 16,
             "prompt_style": "run",
             "end_answer": True,
             "share_prefix": 8,
         },
-        "quick@sequential": {"epochs": 8},  # selfparam's sequential budget when measured (now 10)
+        # selfparam's sequential epochs. On the dev sequences (3 x 4) all three measured settings
+        # tie over all probes: 10 epochs on answers (efficacy 0.37, mean retention 0.08,
+        # interference 0.19) against 8 on answers (0.25 / 0.09 / 0.13; +0.021 [-0.002, +0.050])
+        # and against the previous 8 on whole sentences (0.17 / 0.19 / 0.07; +0.018
+        # [-0.015, +0.050]); the tie goes to the budget and loss selfparam has.
+        "quick@sequential": {"epochs": 10},
         # The official code: p = 2048, lr 2e-2, top-20 teacher logits, Adam, batch 64, the first
         # position frozen (the defaults). Epochs stay the benchmark's 50 passes over the target
         # sentences: the official run is ~2 epochs over ~65k synthetic conversations.
