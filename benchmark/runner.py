@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import resource
 import sys
 import time
 import zlib
@@ -32,6 +31,7 @@ from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, 
 from benchmark.errors import BenchError, UnavailableError
 from benchmark.method_info import MethodInfo
 from benchmark.models import LM, load_lm
+from benchmark.peak_memory import peak_rss_bytes, reset_peak_rss
 from benchmark.registry import METHODS, TASKS
 from benchmark.results import (
     PartialLog,
@@ -222,6 +222,8 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     """Load the model and data, run the pending episodes into the partial log, write the result."""
     request, path = resolved.request, resolved.path
     commit = git_commit()  # the code this process runs: read before any work, not at the end
+    # This run's own peak memory, not that of whatever ran before it in the process.
+    peak_rss_scope = "run" if reset_peak_rss() else "process"
     lm, task = set_up(resolved, lm)
 
     log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config), "git_commit": commit})
@@ -310,7 +312,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "scores": scores,
         "details": details,
-        "cost": total_cost(records),
+        "cost": {**total_cost(records), "peak_rss_scope": peak_rss_scope},
         "episodes": [cast(EpisodeRecord, with_units(r)) for r in records],
     }
     distinct = sorted({json.dumps(r["provenance"], sort_keys=True) for r in records if r.get("provenance")})
@@ -481,7 +483,7 @@ def total_cost(records: list[dict[str, Any]]) -> dict[str, Any]:
         "train_tokens_per_s": sums.get("train_tokens", 0) / train_s if train_s else None,
         # Every example's whole sequence (a prefix shared by a batch once per example it serves).
         "train_example_tokens_per_s": sums.get("train_example_tokens", 0) / train_s if train_s else None,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "footprint_bytes": max((f.get("extra_bytes", 0) for f in footprints), default=0),
         "changed_params": max((f.get("changed_params", 0) for f in footprints), default=0),
     }

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 import benchmark.runner
-from benchmark.app.sweep import LocalExecutor, expand, load_spec, parse_resources, run_sweep, with_only
+from benchmark.app.sweep import LocalExecutor, executors, expand, load_spec, parse_resources, run_sweep, with_only
 from benchmark.errors import BenchError
 from benchmark.registry import METHODS, register_method
-from benchmark.runner import episode_seed
+from benchmark.runner import RunRequest, episode_seed
 from methods.base import Method
 
 SMOKE = {"tasks": "batch", "profiles": "smoke", "set": {"num_contexts": 1}}
@@ -320,23 +324,23 @@ def flaky_method(registrations):
 
 def test_resume_skips_finished_cells(tmp_path, counted_runs):
     spec = {**SMOKE, "methods": ["base_q"], "seeds": [0, 1, 2]}
-    first = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lambda s: None)
+    first = run_sweep(expand(spec, out=tmp_path), LocalExecutor(isolate=False), echo=lambda s: None)
     assert first.counts() == {"done": 3, "skipped": 0, "failed": 0, "pending": 0}
     assert len(counted_runs) == 3
 
     counted_runs.clear()
-    again = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lambda s: None)
+    again = run_sweep(expand(spec, out=tmp_path), LocalExecutor(isolate=False), echo=lambda s: None)
     assert again.counts()["skipped"] == 3 and counted_runs == []
 
     removed = next(c for c in expand(spec, out=tmp_path).cells if c.request.seed == 1)
     removed.path.unlink()
-    third = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lambda s: None)
+    third = run_sweep(expand(spec, out=tmp_path), LocalExecutor(isolate=False), echo=lambda s: None)
     assert counted_runs == [("base_q", 1)]
     assert third.counts() == {"done": 1, "skipped": 2, "failed": 0, "pending": 0}
 
     counted_runs.clear()
     forced = with_only(expand(spec, out=tmp_path, force=True), {"seed": "2"})
-    assert run_sweep(forced, LocalExecutor(), echo=lambda s: None).counts()["done"] == 1
+    assert run_sweep(forced, LocalExecutor(isolate=False), echo=lambda s: None).counts()["done"] == 1
     assert counted_runs == [("base_q", 2)]  # --force recomputes a finished cell
 
 
@@ -353,7 +357,7 @@ def test_failing_cell_is_recorded_and_the_rest_complete(tmp_path, counted_runs, 
             }
         )
     )
-    code, out, err = bench("sweep", spec_file)
+    code, out, err = bench("sweep", spec_file, "--in-process")
     assert code == 1  # some cell failed
     assert "3 done, 0 skipped, 3 failed" in out
     # base_q's cell after the flaky failure still ran: the failure did not stop the sweep.
@@ -373,7 +377,7 @@ def test_failing_cell_is_recorded_and_the_rest_complete(tmp_path, counted_runs, 
 
     # Run again: the finished cells are skipped, only the failing ones are tried again.
     counted_runs.clear()
-    code, out, _ = bench("sweep", spec_file)
+    code, out, _ = bench("sweep", spec_file, "--in-process")
     assert code == 1 and "0 done, 3 skipped, 3 failed" in out, out
     assert counted_runs == [("test-sweep-flaky", 1)]
 
@@ -388,7 +392,7 @@ def test_unavailable_method_fails_its_cells_only(tmp_path, counted_runs, registr
     sweep = expand({**SMOKE, "methods": ["test-sweep-needs-gpu", "base_q"]}, out=tmp_path)
     # The driver does not judge availability: a cluster's worker may have what it lacks.
     assert all(c.error is None and c.path for c in sweep.cells)
-    log = run_sweep(sweep, LocalExecutor(), echo=lambda s: None)
+    log = run_sweep(sweep, LocalExecutor(isolate=False), echo=lambda s: None)
     assert log.counts() == {"done": 1, "skipped": 0, "failed": 1, "pending": 0}
     assert "cannot run here: no GPU on this test machine" in log.rows[0]["error"]
     assert counted_runs == [("test-sweep-needs-gpu", 0), ("base_q", 0)]
@@ -409,7 +413,7 @@ def test_absent_data_skips_its_cells_and_the_rest_run(tmp_path, counted_runs, be
         ],
     }
     spec_file.write_text(yaml.safe_dump(spec))
-    code, out, err = bench("sweep", spec_file)
+    code, out, err = bench("sweep", spec_file, "--in-process")
     assert code == 0, err  # a skip, not a failure
     assert f"skipped: data not present (licensed/set under {data}): 1 cell" in out
     assert "1 done, 1 skipped (1 without their data), 0 failed" in out
@@ -421,14 +425,14 @@ def test_absent_data_skips_its_cells_and_the_rest_run(tmp_path, counted_runs, be
     # Once the data is there, the skipped cell runs and the finished one is not redone.
     (data / "licensed" / "set").mkdir(parents=True)
     counted_runs.clear()
-    code, out, _ = bench("sweep", spec_file)
+    code, out, _ = bench("sweep", spec_file, "--in-process")
     assert code == 0 and counted_runs == [("base_cq", 0)] and "1 done, 1 skipped, 0 failed" in out
 
 
 def test_summary_ends_with_cpu_and_wall_time(tmp_path, counted_runs, bench):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({**SMOKE, "name": "timed", "out": str(tmp_path / "out"), "methods": "base_q"}))
-    code, out, err = bench("sweep", spec_file)
+    code, out, err = bench("sweep", spec_file, "--in-process")
     assert code == 0, err
     header, row = [json.loads(line) for line in (tmp_path / "out" / "timed.sweep.jsonl").read_text().splitlines()]
     assert row["cpu_s"] > 0 and header["cpu_s"] == row["cpu_s"]
@@ -436,7 +440,7 @@ def test_summary_ends_with_cpu_and_wall_time(tmp_path, counted_runs, bench):
     last = out.strip().splitlines()[-1]
     assert last.startswith("CPU time ") and "(1 cell run now" in last and "wall time " in last
 
-    code, out, _ = bench("sweep", spec_file)  # resumed: nothing run, nothing counted
+    code, out, _ = bench("sweep", spec_file, "--in-process")  # resumed: nothing run, nothing counted
     assert code == 0 and "CPU time 0.0s (0 cells run now" in out
 
 
@@ -460,14 +464,14 @@ def test_interrupted_sweep_resumes(tmp_path, counted_runs, bench, registrations)
             }
         )
     )
-    code, out, err = bench("sweep", spec_file)
+    code, out, err = bench("sweep", spec_file, "--in-process")
     assert code == 130 and "run the same command to resume" in err
     header = json.loads((tmp_path / "out" / "stop.sweep.jsonl").read_text().splitlines()[0])
     assert header["counts"] == {"done": 1, "skipped": 0, "failed": 0, "pending": 2}
 
     CtrlC.armed = False
     counted_runs.clear()
-    code, out, _ = bench("sweep", spec_file)
+    code, out, _ = bench("sweep", spec_file, "--in-process")
     assert code == 0 and "2 done, 1 skipped, 0 failed" in out
     assert counted_runs == [("test-sweep-ctrl-c", 0), ("base_cq", 0)]
 
@@ -479,7 +483,7 @@ def test_only_and_dry_run(tmp_path, counted_runs, bench):
     )
     code, out, _ = bench("sweep", spec_file, "--dry-run")
     assert code == 0 and "4 to run, 0 already done, 0 invalid" in out
-    code, out, _ = bench("sweep", spec_file, "--only", "method=base_cq", "--only", "seed=1")
+    code, out, _ = bench("sweep", spec_file, "--in-process", "--only", "method=base_cq", "--only", "seed=1")
     assert code == 0 and counted_runs == [("base_cq", 1)] and "1 done, 0 skipped, 0 failed" in out
     code, out, _ = bench("sweep", spec_file, "--dry-run")
     assert "3 to run, 1 already done" in out
@@ -502,7 +506,7 @@ def test_a_changed_checkout_stops_the_sweep_before_the_next_cell(tmp_path, count
         return outcome
 
     monkeypatch.setattr(benchmark.runner, "run", commit_during_the_first_cell)
-    code, out, err = bench("sweep", spec_file)
+    code, out, err = bench("sweep", spec_file, "--in-process")
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [
         "bench: error: the checkout changed during the sweep (commit aaaaaaa when it started, bbbbbbb-dirty now): "
@@ -516,7 +520,7 @@ def test_a_changed_checkout_stops_the_sweep_before_the_next_cell(tmp_path, count
     assert rows[0]["git_commit"] == "a" * 40 and json.loads(Path(rows[0]["path"]).read_text())["git_commit"] == "a" * 40
 
     # The same command resumes at the new code, and says that the kept cell was written by the old one.
-    code, out, err = bench("sweep", spec_file)
+    code, out, err = bench("sweep", spec_file, "--in-process")
     assert code == 0, err
     assert "3 cells, 1 already done (1 at other commits: aaaaaaa x1), 0 invalid, 2 to run" in out
     assert counted_runs == [("base_q", 0), ("base_q", 1), ("base_q", 2)]
@@ -524,16 +528,71 @@ def test_a_changed_checkout_stops_the_sweep_before_the_next_cell(tmp_path, count
     assert code == 0 and "0 to run, 3 already done (1 at other commits: aaaaaaa x1), 0 invalid" in out
 
 
+def test_each_local_cell_runs_in_a_fresh_process_with_its_own_peak_memory(tmp_path, monkeypatch):
+    def not_here(request, lm=None):
+        raise AssertionError("the cell ran in the sweep's own process")
+
+    monkeypatch.setattr(benchmark.runner, "run", not_here)  # a monkeypatch does not reach a child process
+    log = run_sweep(expand({**SMOKE, "methods": "base_q", "seeds": [0, 1]}, out=tmp_path), LocalExecutor(), echo=print)
+    assert log.counts()["done"] == 2
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.rglob("base_q__*.json"))]
+    assert len(results) == 2 and {r["seed"] for r in results} == {0, 1}
+    if sys.platform == "linux":
+        assert all(r["cost"]["peak_rss_scope"] == "run" for r in results)
+
+
+@pytest.mark.parametrize(
+    "script, message",
+    [
+        ("import os; os._exit(3)", "ended with exit code 3 before reporting"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "ended with signal 9 before reporting"),
+    ],
+)
+def test_a_cell_process_that_dies_is_a_failed_cell_and_the_sweep_goes_on(tmp_path, monkeypatch, script, message):
+    monkeypatch.setattr(executors, "child_command", lambda request, outcome: [sys.executable, "-c", script])
+    log = run_sweep(expand({**SMOKE, "methods": "base_q", "seeds": [0, 1]}, out=tmp_path), LocalExecutor(), echo=print)
+    assert log.counts()["failed"] == 2
+    assert all(message in row["error"] for row in log.rows.values())
+
+
+def test_ctrl_c_in_the_sweep_is_handed_to_the_cells_process_once(tmp_path, monkeypatch):
+    marker = tmp_path / "child-saw-sigint"
+    child = f"""
+import json, signal, sys, time
+def stop(signum, frame):
+    open({str(marker)!r}, "a").write("SIGINT\\n")
+    open(sys.argv[2], "w").write(json.dumps({{"status": "interrupted", "terminated": False}}))
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+open({str(tmp_path / "started")!r}, "w").write("")
+time.sleep(60)
+"""
+    monkeypatch.setattr(
+        executors, "child_command", lambda request, outcome: [sys.executable, "-c", child, str(request), str(outcome)]
+    )
+
+    def ctrl_c_once_the_child_runs() -> None:
+        while not (tmp_path / "started").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C reaches the sweep's process only
+
+    threading.Thread(target=ctrl_c_once_the_child_runs, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        executors.run_in_child(RunRequest(method="base_q", task="batch", profile="smoke"))
+    assert marker.read_text() == "SIGINT\n"
+
+
 def test_an_unchanged_checkout_runs_every_cell(tmp_path, counted_runs, checkout):
     checkout["commit"] = "c" * 40 + "-dirty"  # dirty, but the same dirty state throughout
-    log = run_sweep(expand({**SMOKE, "methods": "base_q", "seeds": [0, 1]}, out=tmp_path), LocalExecutor(), echo=print)
+    sweep = expand({**SMOKE, "methods": "base_q", "seeds": [0, 1]}, out=tmp_path)
+    log = run_sweep(sweep, LocalExecutor(isolate=False), echo=print)
     assert log.counts()["done"] == 2 and log.header["git_commit"] == "c" * 40 + "-dirty"
 
 
 def test_existing_files_of_other_commits_are_counted_not_rerun(tmp_path, counted_runs, checkout):
     spec = {**SMOKE, "methods": "base_q", "seeds": [0, 1, 2, 3]}
     sweep = expand(spec, out=tmp_path)
-    run_sweep(sweep, LocalExecutor(), echo=lambda s: None)
+    run_sweep(sweep, LocalExecutor(isolate=False), echo=lambda s: None)
     paths = [c.path for c in sweep.cells]
     for path, commit in zip(paths[1:], ("b" * 40, "b" * 40, None)):  # as if written by other code
         data = json.loads(path.read_text())
@@ -541,7 +600,7 @@ def test_existing_files_of_other_commits_are_counted_not_rerun(tmp_path, counted
         path.write_text(json.dumps(data) if commit is None else json.dumps(data, indent=1))
     counted_runs.clear()
     lines: list[str] = []
-    log = run_sweep(expand(spec, out=tmp_path), LocalExecutor(), echo=lines.append)
+    log = run_sweep(expand(spec, out=tmp_path), LocalExecutor(isolate=False), echo=lines.append)
     assert counted_runs == [] and log.counts()["skipped"] == 4
     assert "4 already done (3 at other commits: bbbbbbb x2, unknown x1), 0 invalid, 0 to run" in lines[-1]
 

@@ -28,7 +28,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--executor",
         choices=("local", "ray"),
         default="local",
-        help="local: one cell after another in this process (default); ray: one Ray task per cell",
+        help="local: one cell after another, each in a fresh process (default); ray: one Ray task per cell",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="local: run the cells in this process instead (faster for tiny cells, but a cell's time "
+        "then depends on the cells before it)",
     )
     parser.add_argument(
         "--address",
@@ -83,7 +89,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             verbose=args.verbose,
         )
     else:
-        executor = LocalExecutor()
+        executor = LocalExecutor(isolate=not args.in_process)
     try:
         log = run_sweep(sweep, executor)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated

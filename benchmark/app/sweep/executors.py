@@ -1,14 +1,22 @@
-"""Running cells: one ordinary run per cell, one after another in this process (``LocalExecutor``) or
-as Ray tasks with each cell's resource request (``RayExecutor``)."""
+"""Running cells: one ordinary run per cell, one after another on this machine (``LocalExecutor``),
+each in a fresh process unless asked otherwise, or as Ray tasks with each cell's resource request
+(``RayExecutor``), each in a fresh worker."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,7 +24,7 @@ from benchmark import results, runner
 from benchmark.app import worker
 from benchmark.app.sweep.spec import Cell, one_line
 from benchmark.app.sweep.status import DONE, FAILED, SKIPPED
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, Terminated
 from benchmark.runner import RunRequest
 from benchmark.schema import nested_scores
 
@@ -72,8 +80,9 @@ Report = Callable[[Cell, dict[str, Any]], None]
 
 def check_checkout(start_commit: str | None, cell: Cell) -> None:
     """Stop before ``cell`` if the checkout's commit or dirty state is no longer the one the sweep
-    started at: this process imported the code then, so a cell run now would run the old code but
-    record the new commit. Rerunning the command resumes at the new code (finished cells are kept)."""
+    started at, so that one sweep's cells run one version of the code (a cell in this process would
+    even run the code imported at the start but record the new commit). Rerunning the command
+    resumes at the new code (finished cells are kept)."""
     now = results.git_commit()
     if now != start_commit:
         raise BenchError(
@@ -83,19 +92,68 @@ def check_checkout(start_commit: str | None, cell: Cell) -> None:
         )
 
 
+def child_command(request_file: Path, outcome_file: Path) -> list[str]:
+    """The command that runs one cell in a fresh Python process (``benchmark.app.worker``)."""
+    return [sys.executable, "-m", "benchmark.app.worker", str(request_file), str(outcome_file)]
+
+
+def run_in_child(request: RunRequest) -> dict[str, Any]:
+    """``run_cell`` in a fresh process, as ``bench run`` would run it, so that the cell's time and
+    peak memory owe nothing to the cells before it (the allocator's heap, kernels compiled by an
+    earlier cell, the process's peak resident size).
+
+    The child inherits the environment (the malloc ``bench`` chose, the OpenMP settings) and runs in
+    a session of its own, so a Ctrl-C at the terminal reaches this process only, which hands it on
+    once: the child then stops as an interrupted ``bench run`` does (finished episodes kept) and the
+    sweep stops. A second Ctrl-C kills it. A child that ends without reporting (killed, out of memory)
+    is a failed cell; the sweep goes on.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-cell-") as folder:
+        request_file, outcome_file = Path(folder) / "request.pickle", Path(folder) / "outcome.json"
+        request_file.write_bytes(pickle.dumps(asdict(request)))
+        tick = time.perf_counter()
+        child = subprocess.Popen(child_command(request_file, outcome_file), start_new_session=True)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt as exc:
+            child.send_signal(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+            try:
+                child.wait()
+            except KeyboardInterrupt:  # asked twice: stop it now
+                child.kill()
+                child.wait()
+            raise
+        if not outcome_file.exists():
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            return {
+                "status": FAILED,
+                "error": f"the cell's process ended with {how} before reporting (killed? out of memory?)",
+                "wall_s": time.perf_counter() - tick,
+            }
+        outcome: dict[str, Any] = json.loads(outcome_file.read_text())
+    if outcome.get("status") == "interrupted":  # stopped by a signal sent to it alone: the sweep stops too
+        raise Terminated() if outcome.get("terminated") else KeyboardInterrupt()
+    return outcome
+
+
 class LocalExecutor:
-    """Cells one after another in this process (each loads its model like ``bench run`` does)."""
+    """Cells one after another on this machine, each in a fresh process (``run_in_child``), or with
+    ``isolate=False`` in this process (faster for tiny cells; a cell's time then depends on what ran
+    before it in the process)."""
 
     name = "local"
 
+    def __init__(self, isolate: bool = True) -> None:
+        self.isolate = isolate
+
     def run(self, cells: list[Cell], report: Report, start_commit: str | None = None) -> None:
-        """Run ``cells``; ``start_commit`` is the commit the sweep started at (the code this process
-        imported), read here when not given."""
+        """Run ``cells``; ``start_commit`` is the commit the sweep started at, read here when not
+        given: a cell is not started once the checkout's code differs from it."""
         if start_commit is None:
             start_commit = results.git_commit()
         for cell in cells:
             check_checkout(start_commit, cell)
-            report(cell, run_cell(cell.request))
+            report(cell, run_in_child(cell.request) if self.isolate else run_cell(cell.request))
 
 
 def import_ray() -> ModuleType:
@@ -152,7 +210,9 @@ class RayExecutor:
         if not cells:
             return  # nothing to do: no need to start or join a cluster
         started = self._connect(ray)
-        remote = ray.remote(worker.run_cell)
+        # A fresh worker process per cell, as a local sweep gives: a reused one would carry the
+        # earlier cells' heap and compiled kernels into this cell's time and memory.
+        remote = ray.remote(max_calls=1)(worker.run_cell)
         pending: dict[Any, Cell] = {}
         try:
             totals = ray.cluster_resources()
