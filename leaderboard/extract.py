@@ -156,52 +156,41 @@ def settings(result: dict[str, Any]) -> dict[str, str]:
     return flat
 
 
-def _latest(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
+def chosen(
+    results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Any]
+) -> tuple[list[dict[str, Any]], str]:
+    """The runs one cell shows, and a note saying which configuration they are when there was a choice.
 
-
-def chosen(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
-    """The runs one cell shows: the seeds of the latest configuration that has a value. Runs at the
-    method's profile settings (no ``variant``) come before variants such as
-    ``targets=implications``, which a paper table's cell would otherwise show as the method's score
-    just because they ran last."""
-    runs = candidates(results, value)
-    if not runs:
-        return []
-    latest = config_without_seed(_latest(runs))
-    return [r for r in runs if config_without_seed(r) == latest]
-
-
-def candidates(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
-    """The runs a cell chooses among: those with a value, variants only when nothing else has one."""
+    The runs are the seeds of the latest configuration that has a value. Runs at the method's
+    profile settings (no ``variant``) come before variants such as ``targets=implications``, which a
+    paper table's cell would otherwise show as the method's score just because they ran last;
+    variants count only when nothing else has a value. The note is empty when those candidates share
+    one configuration; else it names the settings that differ among them, at the chosen runs'
+    values (``key=value, ...``), and how many configurations there were."""
     runs = [r for r in results if value(r) is not None]
-    return [r for r in runs if not variant(r)] or runs
-
-
-def other_configs(results: Iterable[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> str:
-    """Empty when a cell's candidate runs share one configuration; else which one it shows: the
-    settings that differ among the candidates, at the chosen runs' values (``key=value, ...``),
-    and how many configurations there were."""
-    runs = candidates(results, value)
+    runs = [r for r in runs if not variant(r)] or runs
+    if not runs:
+        return [], ""
+    latest = max(runs, key=lambda r: (str(r.get("finished_at")), str(r.get("_path"))))
+    shown = [r for r in runs if config_without_seed(r) == config_without_seed(latest)]
     configs = {config_without_seed(r) for r in runs}
     if len(configs) < 2:
-        return ""
-    shown = settings(_latest(runs))
+        return shown, ""
+    at = settings(latest)
     every = [settings(r) for r in runs]
     keys = sorted({k for s in every for k in s if any(o.get(k) != s.get(k) for o in every)})
-    label = ", ".join(f"{k}={shown.get(k, '—')}" for k in keys)
-    return f"the latest of {len(configs)} configurations, {label}"
+    label = ", ".join(f"{k}={at.get(k, '—')}" for k in keys)
+    return shown, f"the latest of {len(configs)} configurations, {label}"
 
 
 def pooled(
-    results: Iterable[dict[str, Any]],
+    runs: list[dict[str, Any]],
     value: Callable[[dict[str, Any]], Summary | None],
     units_of: Callable[[list[dict[str, Any]]], Units | None] | None = None,
 ) -> Summary | None:
-    """One cell from several runs: the ``chosen`` runs' seeds, pooled (see ``seeds_summary``);
+    """One cell from the runs it shows (``chosen``): their seeds, pooled (see ``seeds_summary``);
     several seeds add ``seeds`` to the summary."""
-    runs = chosen(results, value)
-    summary = seeds_summary(runs, value, units_of) if runs else None
+    summary = seeds_summary(runs, value, units_of)
     return summary if len(runs) == 1 or summary is None else {**summary, "seeds": len(runs)}
 
 

@@ -76,9 +76,9 @@ def _score(name: str) -> Callable[[Result], Any]:
     return lambda r: extract.metric(r, name)
 
 
-def _pooled(cell: list[Result], value: Callable[[Result], Any], metric: str, step: int = -1) -> extract.Summary | None:
-    """The cell's score over its seeds, bootstrapping the seeds' per-unit ``metric`` scores together."""
-    return extract.pooled(cell, value, lambda runs: extract.pooled_units(runs, metric, step))
+def _pooled(shown: list[Result], value: Callable[[Result], Any], metric: str, step: int = -1) -> extract.Summary | None:
+    """The score over a cell's shown seeds, bootstrapping the seeds' per-unit ``metric`` scores together."""
+    return extract.pooled(shown, value, lambda runs: extract.pooled_units(runs, metric, step))
 
 
 CHOSEN_MARK = "‡"  # a cell that shows one of several configurations
@@ -102,8 +102,8 @@ class Cells:
     ) -> str:
         """The cell's pooled score, marked when it chose a configuration (``where`` names the cell
         in the note)."""
-        text = fmt_score(_pooled(cell, value, metric, step), self.ci, digits)
-        which = extract.other_configs(cell, value)
+        shown, which = extract.chosen(cell, value)
+        text = fmt_score(_pooled(shown, value, metric, step), self.ci, digits)
         if which and text != MISSING:
             text += f" {CHOSEN_MARK}"
             self.notes.append(f"{CHOSEN_MARK} {where}: {which}.")
@@ -159,7 +159,8 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
                 cell = [
                     r for r in runs if r["method"] == method and r["model"] == model and extract.num_contexts(r) == n
                 ]
-                footprint = extract.pooled(extract.chosen(cell, _score(main.name)), _footprint)
+                shown, _ = extract.chosen(cell, _score(main.name))
+                footprint = extract.seeds_summary(shown, _footprint)  # of the runs whose score the cell shows
                 row += [
                     cells.score(cell, _score(main.name), main.name, f"{info.row_name}, {model} · {n}"),
                     fmt_bytes(footprint["mean"] if footprint else None),
