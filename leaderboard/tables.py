@@ -28,11 +28,12 @@ contexts match), and Tables 1, 2 and 4 are followed by the paper's own table as 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from benchmark.method_info import MethodInfo
 from benchmark.schema import upgrade_all
+from benchmark.task_info import TaskInfo
 from leaderboard import extract, meta
 from leaderboard.paper import (
     PAPER_TABLE1,
@@ -50,11 +51,20 @@ Result = dict[str, Any]
 TABLE_IDS = ("1", "2", "3", "4")
 
 
-def _group(results: list[Result], key: Callable[[Result], Any]) -> dict[Any, list[Result]]:
+def _groups(
+    results: list[Result], key: Callable[[Result], Any]
+) -> Iterator[tuple[Any, list[Result], list[Result], TaskInfo]]:
+    """The groups of ``results`` by ``key`` (a tuple), in key order, that make a table: (key, every run
+    of the group, those on the scored split, their task). A group without scored runs, or whose task
+    declares no ``paper_columns``, makes none."""
     groups: dict[Any, list[Result]] = defaultdict(list)
     for r in results:
         groups[key(r)].append(r)
-    return dict(sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
+    for group, every in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        runs = _scored(every)
+        task = meta.by_task(runs) if runs else None
+        if task is not None and task.paper_columns:
+            yield group, every, runs, task
 
 
 def _methods(results: list[Result]) -> list[MethodInfo]:
@@ -139,11 +149,7 @@ def table1(results: list[Result], ci: bool = False, paper: bool = False) -> list
     batch = [r for r in _filling(results, "1") if extract.num_contexts(r) is not None]
     tables = []
     key = lambda r: (r["task"], r["dataset"], r.get("profile"))  # noqa: E731
-    for (_, dataset, profile), every in _group(batch, key).items():
-        runs = _scored(every)
-        task = meta.by_task(runs) if runs else None
-        if task is None or not task.paper_columns:
-            continue
+    for (_, dataset, profile), every, runs, task in _groups(batch, key):
         main = task.metric(task.paper_columns[0])
         cells = Cells(ci)
         columns = sorted({(str(r["model"]), extract.num_contexts(r)) for r in runs})
@@ -252,12 +258,8 @@ PUBLISHED_TABLES: dict[str, Callable[[], Table]] = {"1": paper_table1, "2": pape
 def table2(results: list[Result], ci: bool = False) -> list[Table]:
     tables = []
     key = lambda r: (r["task"], r["model"], r.get("profile"))  # noqa: E731
-    for (_, model, profile), every in _group(_filling(results, "2"), key).items():
-        runs = _scored(every)
-        task = meta.by_task(runs) if runs else None
-        scores = [task.metric(name) for name in task.paper_columns] if task else []
-        if task is None or not scores:
-            continue
+    for (_, model, profile), every, runs, task in _groups(_filling(results, "2"), key):
+        scores = [task.metric(name) for name in task.paper_columns]
         cells = Cells(ci)
         datasets = sorted({str(r["dataset"]) for r in runs})
         headers = ["Method"] + [f"{d.upper()} {score.short}" for d in datasets for score in scores]
@@ -287,11 +289,7 @@ def table2(results: list[Result], ci: bool = False) -> list[Table]:
 def table3(results: list[Result], ci: bool = False) -> list[Table]:
     tables = []
     key = lambda r: (r["task"], r["dataset"], r["model"], r.get("profile"))  # noqa: E731
-    for (_, dataset, model, profile), every in _group(_filling(results, "3"), key).items():
-        runs = _scored(every)
-        task = meta.by_task(runs) if runs else None
-        if task is None or not task.paper_columns:
-            continue
+    for (_, dataset, model, profile), every, runs, task in _groups(_filling(results, "3"), key):
         main = task.metric(task.paper_columns[0])
         cells = Cells(ci)
         curves = {id(r): extract.step_curve(r, main.name) for r in runs}
@@ -331,11 +329,7 @@ def table3(results: list[Result], ci: bool = False) -> list[Table]:
 def table4(results: list[Result], ci: bool = False) -> list[Table]:
     trained = [r for r in _filling(results, "1") if extract.num_targets(r) > 0 and extract.num_contexts(r) is not None]
     tables = []
-    for (_, profile), every in _group(trained, lambda r: (r["task"], r.get("profile"))).items():
-        runs = _scored(every)
-        task = meta.by_task(runs) if runs else None
-        if task is None or not task.paper_columns:
-            continue
+    for (_, profile), every, runs, task in _groups(trained, lambda r: (r["task"], r.get("profile"))):
         main = task.paper_columns[0]
         cells = Cells(ci)
         columns = sorted({(str(r["dataset"]), str(r["model"]), extract.num_contexts(r)) for r in runs})
