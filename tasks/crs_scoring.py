@@ -15,16 +15,17 @@ first in sorted order, so a run is reproducible (the original breaks them by set
 
 Cutting a description or a final period also cuts real titles ("Mission: Impossible – Ghost
 Protocol", "John Q.", "When Harry Met Sally..."), and only the catalogue can tell which it is. So a
-line keeps every reading the cleaning passes through (``title_forms``), and the matcher takes the
-reading nearest to a catalogue title, the fullest on ties: a cut is used only where it brings the
-line strictly closer to the catalogue, and otherwise the line is read as written, as the original
-code reads it.
+parsed line (``ListItem``) keeps every reading the cleaning passes through (``title_forms``), and the
+matcher takes the reading nearest to a catalogue title, the fullest on ties: a cut is used only where
+it brings the line strictly closer to the catalogue, and otherwise the line is read as written, as
+the original code reads it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,19 +54,14 @@ _SPACES = re.compile(r"\s+")
 _QUOTES = "\"'“”‘’`*_"
 
 
-class Title(str):
-    """A cleaned title that also carries every reading of its line (``forms``, fullest first).
+@dataclass(frozen=True)
+class ListItem:
+    """One line of a generated list: its cleaned ``title`` (what records hold) and every reading of
+    the line (``title_forms``, fullest first, the title last), among which ``TitleMatcher`` picks
+    the nearest to the catalogue, to undo a cut that broke a real title."""
 
-    It is the plain cleaned title to whoever reads it (records, tests); ``TitleMatcher`` alone looks
-    at ``forms``, to undo a cut that broke a real title.
-    """
-
-    forms: tuple[str, ...]
-
-    def __new__(cls, text: str, forms: Sequence[str] = ()) -> Title:
-        title = super().__new__(cls, text)
-        title.forms = tuple(forms) or (text,)
-        return title
+    title: str
+    readings: tuple[str, ...]
 
 
 def _without_markup(line: str) -> str:
@@ -102,14 +98,14 @@ def title_forms(line: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(forms))
 
 
-def clean_item(line: str) -> Title:
+def clean_item(line: str) -> str:
     """A list line reduced to the title it names (numbering, markup, year, description dropped)."""
-    forms = title_forms(line)
-    return Title(forms[-1], forms)
+    return title_forms(line)[-1]
 
 
-def parse_recommendations(text: str) -> list[Title]:
-    """Titles of a generated list, in order: numbered lines, else bulleted lines, else comma lists."""
+def parse_recommendations(text: str) -> list[ListItem]:
+    """The items of a generated list, in order: numbered lines, else bulleted lines, else comma
+    lists; lines that clean to nothing are left out."""
     lines = [line for line in text.splitlines() if line.strip()]
     numbered = [line for line in lines if _NUMBERED.match(line)]
     bulleted = [line for line in lines if _BULLET.match(line)]
@@ -123,8 +119,8 @@ def parse_recommendations(text: str) -> list[Title]:
             if line.rstrip().endswith(":"):
                 continue
             chosen.extend(line.replace(";", ",").split(","))
-    items = [clean_item(line) for line in chosen]
-    return [item for item in items if item]
+    items = [ListItem(forms[-1], forms) for forms in map(title_forms, chosen)]
+    return [item for item in items if item.title]
 
 
 class TitleMatcher:
@@ -143,8 +139,8 @@ class TitleMatcher:
         self.chunk = chunk
         self.cache: dict[str, tuple[str, int]] = {}
 
-    def match(self, queries: Sequence[str]) -> list[tuple[str, int]]:
-        """(catalogue title, edit distance) for each query; for a ``Title``, its nearest reading.
+    def match(self, queries: Sequence[ListItem | str]) -> list[tuple[str, int]]:
+        """(catalogue title, edit distance) for each query; for a ``ListItem``, its nearest reading.
 
         Ties go to the fullest reading: a cut is taken only where it brings the line strictly closer.
         """
@@ -173,9 +169,9 @@ class TitleMatcher:
                 self.cache[query] = (self.choices[column], int(distances[row, column]))
 
 
-def _readings(query: str) -> tuple[str, ...]:
-    """The lower-cased forms a query may be matched by: all of a ``Title``'s, else the string."""
-    forms = query.forms if isinstance(query, Title) else (query,)
+def _readings(query: ListItem | str) -> tuple[str, ...]:
+    """The lower-cased forms a query may be matched by: all of a ``ListItem``'s, else the string."""
+    forms = query.readings if isinstance(query, ListItem) else (query,)
     return tuple(dict.fromkeys(form.lower() for form in forms))
 
 

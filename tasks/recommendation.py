@@ -258,7 +258,7 @@ class RecommendationTask(Task):
                 "dialog_id": probe.dialog_id,
                 "gold": gold,
                 "output": answer,
-                "items": lines,
+                "items": [line.title for line in lines],
                 "matches": [[title, distance] for title, distance in matched],
                 "hits": score_list(matched, gold, [titles[s] for s in probe.seen], self.params.max_distance),
             }

@@ -34,8 +34,12 @@ MISTRAL_REPLY = """Based on your preference for comedy, drama, and documentaries
 These recommendations offer a mix of comedy, drama, and documentaries."""  # noqa: E501
 
 
+def _titles(text: str) -> list[str]:
+    return [item.title for item in parse_recommendations(text)]
+
+
 def test_parser_reads_numbered_list_and_ignores_chatter():
-    assert parse_recommendations(MISTRAL_REPLY) == [
+    assert _titles(MISTRAL_REPLY) == [
         "The Grand Budapest Hotel",
         "The Intouchables",
         "The Queen of Versailles",
@@ -46,20 +50,20 @@ def test_parser_reads_numbered_list_and_ignores_chatter():
 
 
 def test_parser_reads_bullets_comma_lists_and_nothing():
-    assert parse_recommendations("Sure!\n- Inception (2010)\n* Titanic\n• Heat – a crime epic") == [
+    assert _titles("Sure!\n- Inception (2010)\n* Titanic\n• Heat – a crime epic") == [
         "Inception",
         "Titanic",
         "Heat",
     ]
-    assert parse_recommendations("Here are some movies:\nInception, Titanic; The Matrix.") == [
+    assert _titles("Here are some movies:\nInception, Titanic; The Matrix.") == [
         "Inception",
         "Titanic",
         "The Matrix",
     ]
-    assert parse_recommendations("") == []
-    assert parse_recommendations("\n\n  \n") == []
+    assert _titles("") == []
+    assert _titles("\n\n  \n") == []
     # a small model that keeps the dialog going: every line is kept, to be mapped (and mostly filtered)
-    assert parse_recommendations("System: Have you seen Heat?\nUser: no") == ["System: Have you seen Heat?", "User: no"]
+    assert _titles("System: Have you seen Heat?\nUser: no") == ["System: Have you seen Heat?", "User: no"]
 
 
 def test_clean_item_keeps_titles_with_dashes_colons_and_numbers():
@@ -106,7 +110,7 @@ def test_cleaning_does_not_break_real_catalogue_titles():
 def test_descriptions_and_periods_are_still_cut_where_that_is_nearer():
     matcher = TitleMatcher(REAL_TITLES)
     reply = "1. Heat – a crime epic\n2. Mission: Impossible - The first film\n3. The Matrix.\n4. *Heat*: a heist"
-    assert parse_recommendations(reply) == ["Heat", "Mission: Impossible", "The Matrix", "Heat"]
+    assert _titles(reply) == ["Heat", "Mission: Impossible", "The Matrix", "Heat"]
     assert matcher.match(parse_recommendations(reply)) == [
         ("heat", 0),
         ("mission: impossible", 0),
@@ -448,6 +452,8 @@ def test_scores_end_to_end_with_a_known_answer_method(tmp_path, oracle_method, t
     assert scores["recall@1_r4"]["mean"] == pytest.approx(3 / 4)
     assert scores["recall@5_r1"]["mean"] == pytest.approx(1.0)
     assert len(oracle_method.injected) == 1  # one injection serves every shard
+    items = [i for e in outcome.result["episodes"] for p in e["predictions"] for i in p["items"]]
+    assert items and all(type(i) is str for i in items)  # records hold the cleaned titles as text
     assert [e["episode"] for e in outcome.result["episodes"]] == ["probes-0000", "probes-0002"]
     contexts = oracle_method.injected[0]
     assert [c.id for c in contexts] == ["redial-777", "redial-778"]
