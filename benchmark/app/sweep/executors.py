@@ -93,8 +93,9 @@ def check_checkout(start_commit: str | None, cell: Cell) -> None:
 
 
 def child_command(request_file: Path, outcome_file: Path) -> list[str]:
-    """The command that runs one cell in a fresh Python process (``benchmark.app.worker``)."""
-    return [sys.executable, "-m", "benchmark.app.worker", str(request_file), str(outcome_file)]
+    """The command that runs one cell in a fresh Python process (``benchmark.app.worker``). ``-P``:
+    the child finds the code where this process found it, not in whatever folder it was started from."""
+    return [sys.executable, "-P", "-m", "benchmark.app.worker", str(request_file), str(outcome_file)]
 
 
 def run_in_child(request: RunRequest) -> dict[str, Any]:
