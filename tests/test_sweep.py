@@ -576,9 +576,15 @@ time.sleep(60)
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C reaches the sweep's process only
 
-    threading.Thread(target=ctrl_c_once_the_child_runs, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        executors.run_in_child(RunRequest(method="base_q", task="batch", profile="smoke"))
+    # A shell starts a background job with Ctrl-C ignored, and Python keeps that: give this process the
+    # handler a terminal's process has, whoever started the tests.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_the_child_runs, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            executors.run_in_child(RunRequest(method="base_q", task="batch", profile="smoke"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert marker.read_text() == "SIGINT\n"
 
 
