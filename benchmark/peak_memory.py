@@ -36,3 +36,11 @@ def peak_rss_bytes() -> int:
         pass
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
+
+
+def reset_peak_gpu_memory() -> None:
+    """Start a new peak of GPU memory allocated by torch, on every visible GPU."""
+    import torch
+
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        torch.cuda.reset_peak_memory_stats(index)

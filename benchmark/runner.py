@@ -28,10 +28,11 @@ from benchmark.allocator import jemalloc_decay_ms, malloc_in_use
 from benchmark.api import EpisodePlan, Method, Task
 from benchmark.checkpoint import Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
+from benchmark.device_info import device_record
 from benchmark.errors import BenchError, UnavailableError
 from benchmark.method_info import MethodInfo
 from benchmark.models import LM, load_lm
-from benchmark.peak_memory import peak_rss_bytes, reset_peak_rss
+from benchmark.peak_memory import peak_rss_bytes, reset_peak_gpu_memory, reset_peak_rss
 from benchmark.registry import METHODS, TASKS
 from benchmark.results import (
     PartialLog,
@@ -224,6 +225,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     commit = git_commit()  # the code this process runs: read before any work, not at the end
     # This run's own peak memory, not that of whatever ran before it in the process.
     peak_rss_scope = "run" if reset_peak_rss() else "process"
+    reset_peak_gpu_memory()
     lm, task = set_up(resolved, lm)
 
     log = PartialLog(partial_path(path), {"config_hash": config_hash(resolved.config), "git_commit": commit})
@@ -307,6 +309,7 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
             "malloc": malloc_in_use(),
             "malloc_decay_ms": jemalloc_decay_ms(),  # (dirty, muzzy) under jemalloc; -1: pages kept
         },
+        "device": device_record(lm.device),
         "git_commit": commit,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -92,6 +92,7 @@ class Result(TypedDict):
     model_info: dict[str, Any]
     versions: dict[str, str]
     threads: dict[str, Any]
+    device: NotRequired[dict[str, Any]]  # CPU instruction set, or GPU name, CUDA version, peak memory
     git_commit: str | None  # the checkout when the run started
     git_commit_at_end: NotRequired[str | None]  # only when the checkout changed during the run
     method_provenance: NotRequired[list[dict[str, Any]]]  # the episodes' distinct ``provenance``

@@ -44,6 +44,8 @@ def breakdown_run(tmp_path_factory):
                 "tiny-random-llama",
                 "--profile",
                 "smoke",
+                "--device",
+                "cpu",  # a CPU profile, also where torch sees a GPU
                 "--contexts",
                 "2",
                 "--rounds",
@@ -152,3 +154,18 @@ def test_perf_breakdown_prints_the_table(breakdown_run):
     overhead = figures["breakdown"]["kinds"][OVERHEAD]["s_per_step"]
     assert f"{overhead:.4f}" in text
     assert "official-style" not in text  # --rounds 0: the profile alone
+
+
+def test_the_breakdown_refuses_a_gpu_run_whose_kernels_it_cannot_see(monkeypatch, tiny_lm):
+    """On CUDA the profiler's CPU operators are launches, not the work: a breakdown of them would mislead."""
+    import dataclasses
+
+    import torch
+
+    from benchmark.app import perf
+    from benchmark.errors import BenchError
+
+    on_gpu = dataclasses.replace(tiny_lm, device=torch.device("cuda"))
+    monkeypatch.setattr(perf, "load_run_lm", lambda *args, **kwargs: on_gpu)
+    with pytest.raises(BenchError, match=r"--breakdown profiles CPU operators only; run it with --device cpu"):
+        perf.run_perf("tiny-random-llama", "smoke", num_contexts=1, rounds=0, breakdown=(1, 1))

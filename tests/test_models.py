@@ -33,7 +33,7 @@ def test_chat_prompt_uses_the_template(tiny_lm):
 
 
 def test_tiny_model_is_seeded_and_generates(tiny_lm):
-    other = load_lm("tiny-random-llama", precision="fp32")
+    other = load_lm("tiny-random-llama", precision="fp32", device="cpu")
     for a, b in zip(tiny_lm.model.parameters(), other.model.parameters()):
         assert torch.equal(a, b)
     outputs = tiny_lm.generate(["Question: a? Answer:", "Question: longer one here? Answer:"], max_new_tokens=3)

@@ -214,6 +214,11 @@ def test_bench_run_selfparam_smoke(smoke_batch):
     assert result["cost"]["footprint_bytes"] > 0
     assert result["config"]["params"]["method"]["teacher"] == "original"
     assert result["threads"]["torch"] >= 1 and result["threads"]["omp_wait_policy"]  # what cost depends on
+    device = result["device"]  # and where it ran
+    if device["type"] == "cuda":
+        assert device["name"] and device["cuda_version"] and device["peak_memory_allocated_bytes"] > 0
+    else:
+        assert device == {"type": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     assert "tok/s" in out
 
 
@@ -465,3 +470,16 @@ def test_making_and_merging_an_adapter_prints_no_library_deprecation_warning(tin
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         merge_adapter(build_student(tiny_lm, TrainParams()))
+
+
+def test_teacher_targets_move_to_the_students_device():
+    """``Trainer.loss`` moves its targets to the student's device (a teacher may sit elsewhere):
+    every tensor goes, and one already there is not copied."""
+    from methods.training.teacher import Dist
+
+    dist = Dist(torch.randn(3, 4), torch.zeros(3, 4, dtype=torch.long), torch.randn(3, 2, 8).bfloat16())
+    same = dist.to(torch.device("cpu"))
+    assert same.logp is dist.logp and same.index is dist.index and same.hidden is dist.hidden
+    moved = dist.to(torch.device("meta"))
+    assert {t.device.type for t in (moved.logp, moved.index, moved.hidden)} == {"meta"}
+    assert Dist(torch.randn(2, 5)).to(torch.device("meta")).index is None

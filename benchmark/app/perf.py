@@ -32,6 +32,7 @@ from benchmark.allocator import jemalloc_decay_ms, malloc_in_use
 from benchmark.app.breakdown import profile_steps
 from benchmark.app.breakdown import report as breakdown_report
 from benchmark.config import RunParams
+from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.runner import build_run_params, load_run_lm
 from benchmark.targets import make_targets
@@ -155,6 +156,9 @@ def run_perf(
     run, mp = params["run"], params["method"]
     torch.manual_seed(seed)
     lm = load_run_lm(model, run, device, seed)
+    if breakdown is not None and lm.device.type != "cpu":
+        # It sorts the CPU operators torch.profiler records; a GPU's kernels are not among them.
+        raise BenchError(f"--breakdown profiles CPU operators only; run it with --device cpu (not {lm.device.type})")
     documents = load_documents("fictional", "", num_contexts, 0)
     targets = make_targets(documents, run, lm, seed)
     contexts = [Context(d.id, d.text, targets[d.id]) for d in documents]

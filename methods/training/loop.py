@@ -122,7 +122,7 @@ class Trainer:
                 [torch.tensor(e.ids[e.first + 1 :], dtype=torch.long) for e in batch]
             ).to(hidden.device)
         else:
-            target = cat_dists(targets)
+            target = cat_dists(targets).to(hidden.device)  # teacher targets may come from another device
         size = self.p.loss_chunk_rows
         if self.fused_head(target) or size <= 0 or len(hidden) <= size:
             per_token = self.row_losses(hidden, target)

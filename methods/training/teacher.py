@@ -45,6 +45,14 @@ class Dist:
             None if self.hidden is None else self.hidden[rows],
         )
 
+    def to(self, device: torch.device) -> Dist:
+        """The same targets on ``device`` (no copy of a tensor that is there already)."""
+        return Dist(
+            self.logp.to(device),
+            None if self.index is None else self.index.to(device),
+            None if self.hidden is None else self.hidden.to(device),
+        )
+
 
 @torch.no_grad()
 def teacher_dists(
