@@ -32,6 +32,7 @@ from benchmark.device_info import device_record
 from benchmark.errors import BenchError, UnavailableError
 from benchmark.method_info import MethodInfo
 from benchmark.models import LM, load_lm
+from benchmark.models.bf16_matmul import bf16_matmul_policy
 from benchmark.peak_memory import peak_rss_bytes, reset_peak_gpu_memory, reset_peak_rss
 from benchmark.registry import METHODS, TASKS
 from benchmark.results import (
@@ -221,6 +222,11 @@ def reuse(path: Path, force: bool) -> RunOutcome | None:
 
 def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
     """Load the model and data, run the pending episodes into the partial log, write the result."""
+    with bf16_matmul_policy() as bf16_kernel:  # fast bf16 products on CPUs without bf16 instructions
+        return _compute(resolved, lm, bf16_kernel)
+
+
+def _compute(resolved: ResolvedRun, lm: LM | None, bf16_kernel: str) -> RunOutcome:
     request, path = resolved.request, resolved.path
     commit = git_commit()  # the code this process runs: read before any work, not at the end
     # This run's own peak memory, not that of whatever ran before it in the process.
@@ -302,12 +308,14 @@ def compute(resolved: ResolvedRun, lm: LM | None) -> RunOutcome:
             "fewshot": lm.fewshot,
         },
         "versions": package_versions(),
-        # What the cost figures depend on beyond the code: CPU threads, how idle ones wait, the malloc.
+        # What the cost figures depend on beyond the code: CPU threads, how idle ones wait, the malloc,
+        # the bf16 matrix-product kernel.
         "threads": {
             "torch": torch.get_num_threads(),
             "omp_wait_policy": omp_wait_policy(),
             "malloc": malloc_in_use(),
             "malloc_decay_ms": jemalloc_decay_ms(),  # (dirty, muzzy) under jemalloc; -1: pages kept
+            "bf16_matmul": bf16_kernel,  # how bf16 CPU products ran: "native" or "fp32 products"
         },
         "device": device_record(lm.device),
         "git_commit": commit,

@@ -34,6 +34,7 @@ from benchmark.app.breakdown import report as breakdown_report
 from benchmark.config import RunParams
 from benchmark.errors import BenchError
 from benchmark.models import LM
+from benchmark.models.bf16_matmul import NATIVE, kernel_in_effect
 from benchmark.runner import build_run_params, load_run_lm
 from benchmark.targets import make_targets
 from benchmark.threads import omp_wait_policy
@@ -189,6 +190,7 @@ def run_perf(
         "omp_wait_policy": omp_wait_policy(),
         "malloc": malloc_in_use(),
         "malloc_decay_ms": jemalloc_decay_ms(),
+        "bf16_matmul": kernel_in_effect(),
         "load_average": os.getloadavg(),
         "official_tok_s": official.rate,
         "official_tokens": official.tokens,
@@ -225,6 +227,8 @@ def report(figures: dict[str, Any]) -> str:
         f"{figures['threads']} threads (OpenMP wait policy {figures['omp_wait_policy']}, malloc "
         f"{figures['malloc']}{_decay(figures.get('malloc_decay_ms'))}), load average {load}"
     )
+    if figures.get("bf16_matmul", NATIVE) != NATIVE:
+        header += f"; bf16 matrix products as {figures['bf16_matmul']} (no bf16 instructions on this CPU)"
     extra = []
     if "breakdown" in figures:
         extra.append(breakdown_report(figures["breakdown"]))

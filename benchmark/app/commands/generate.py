@@ -63,7 +63,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             args.model or DEFAULT_MODELS["quick"], device=args.device, precision="bf16-autocast", seed=args.seed
         )
     run = RunParams(targets=args.generator, num_targets=args.count)
-    targets = make_targets(documents, run, lm, args.seed)
+    from benchmark.models.bf16_matmul import bf16_matmul_policy
+
+    with bf16_matmul_policy():
+        targets = make_targets(documents, run, lm, args.seed)
     check_no_leakage(documents, targets)
     total = sum(len(v) for v in targets.values())
     grounded = sum(grounding_counts(doc.text, targets[doc.id])["grounded"] for doc in documents)

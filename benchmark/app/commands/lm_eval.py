@@ -68,7 +68,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         return list_tasks()
     if args.export:
         return export(args)
-    return evaluate(args)
+    from benchmark.models.bf16_matmul import bf16_matmul_policy
+
+    with bf16_matmul_policy():
+        return evaluate(args)
 
 
 def task_manager(data_dir: Path | None = None) -> Any:

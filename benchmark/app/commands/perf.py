@@ -56,20 +56,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_perf(args: argparse.Namespace) -> int:
     from benchmark.app.perf import report, run_perf
+    from benchmark.models.bf16_matmul import bf16_matmul_policy
 
     if args.rounds < 0 or (args.rounds == 0 and not args.breakdown):
         raise BenchError("--rounds must be at least 1 (or 0 with --breakdown)")
-    figures = run_perf(
-        args.model,
-        args.profile,
-        args.contexts,
-        args.official_pairs,
-        args.rounds,
-        parse_overrides(args.overrides),
-        args.seed,
-        (args.breakdown_skip, args.breakdown_steps) if args.breakdown else None,
-        args.device,
-    )
+    with bf16_matmul_policy():
+        figures = run_perf(
+            args.model,
+            args.profile,
+            args.contexts,
+            args.official_pairs,
+            args.rounds,
+            parse_overrides(args.overrides),
+            args.seed,
+            (args.breakdown_skip, args.breakdown_steps) if args.breakdown else None,
+            args.device,
+        )
     print(report(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

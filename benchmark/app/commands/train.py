@@ -51,6 +51,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     run: RunParams = params["run"]
     seed_everything(args.seed)
     lm = load_run_lm(args.model or DEFAULT_MODELS[args.profile], run, args.device, args.seed)
-    summary = cls.train_mechanism(lm, params["method"], params["train"], args.seed)
+    from benchmark.models.bf16_matmul import bf16_matmul_policy
+
+    with bf16_matmul_policy():
+        summary = cls.train_mechanism(lm, params["method"], params["train"], args.seed)
     print(json.dumps(summary, indent=2, default=str))
     return 0

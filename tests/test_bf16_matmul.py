@@ -1,0 +1,164 @@
+"""bf16 matrix products as fp32 products of bf16 inputs, for CPUs without bf16 instructions."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+from benchmark.errors import BenchError
+from benchmark.models import bf16_matmul
+from benchmark.models.bf16_matmul import FP32_PRODUCTS, NATIVE, Fp32Products, bf16_matmul_policy
+
+
+def _bf16(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).to(torch.bfloat16)
+
+
+def _one_bf16_step(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal up to the order of fp32 sums: at most one bf16 rounding step apart, entry by entry."""
+    assert a.dtype == b.dtype == torch.bfloat16 and a.shape == b.shape
+    step = b.float().abs().clamp_min(1e-3) * 2**-7
+    assert ((a.float() - b.float()).abs() <= step).all()
+
+
+PRODUCTS = {
+    "mm": lambda: (torch.mm, (_bf16(40, 64), _bf16(64, 24))),
+    "addmm": lambda: (torch.addmm, (_bf16(24), _bf16(40, 64), _bf16(64, 24))),
+    "bmm": lambda: (torch.bmm, (_bf16(3, 40, 64), _bf16(3, 64, 24))),
+    "baddbmm": lambda: (torch.baddbmm, (_bf16(3, 40, 24), _bf16(3, 40, 64), _bf16(3, 64, 24))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRODUCTS))
+@pytest.mark.parametrize("out", [False, True], ids=["functional", "out="])
+def test_products_match_the_native_kernel(name, out):
+    torch.manual_seed(0)
+    op, args = PRODUCTS[name]()
+    native = op(*args)
+    with Fp32Products():
+        if out:
+            result = torch.empty_like(native)
+            returned = op(*args, out=result)
+            assert returned is result
+        else:
+            result = op(*args)
+    _one_bf16_step(result, native)
+    # and exactly the fp32 product of the same bf16 inputs, rounded once
+    assert torch.equal(result, op(*(a.float() for a in args)).to(torch.bfloat16))
+
+
+def test_other_dtypes_and_ops_are_untouched():
+    torch.manual_seed(0)
+    a, b = torch.randn(30, 20), torch.randn(20, 10)
+    x = _bf16(30, 20)
+    with Fp32Products():
+        product, total = a @ b, x.sum()
+    assert torch.equal(product, a @ b) and product.dtype == torch.float32
+    assert torch.equal(total, x.sum()) and total.dtype == torch.bfloat16
+
+
+def test_autocast_forward_and_backward_match_the_native_kernel():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(2, 10, 64)
+
+    def grads() -> tuple[torch.Tensor, torch.Tensor]:
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        y.float().square().sum().backward()
+        return y, layer.weight.grad.clone()
+
+    native_y, native_grad = grads()
+    with Fp32Products():
+        y, grad = grads()
+    _one_bf16_step(y, native_y)
+    torch.testing.assert_close(grad, native_grad, rtol=2e-2, atol=2e-2 * native_grad.abs().max().item())
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="torch.compile needs a C++ compiler")
+def test_compiled_code_still_compiles_and_its_products_come_through():
+    """Compiled layers (``compile_layers``) call the ``out=`` products; the mode must not make
+    torch.compile fall back to eager code, nor miss those products."""
+    from torch._inductor.compile_fx import compile_fx
+
+    seen: list[str] = []
+
+    class Recording(Fp32Products):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if bf16_matmul._bf16_on_cpu(args) and func.overloadpacket in bf16_matmul._PRODUCTS:
+                seen.append(func._overloadname)
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    graphs: list[int] = []
+
+    def inductor(gm, inputs):
+        graphs.append(1)
+        return compile_fx(gm, inputs)
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    x = torch.randn(4, 6, 32, requires_grad=True)
+    torch._dynamo.reset()
+    try:
+        with Recording(), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.compile(block, backend=inductor)(x)
+            y.float().sum().backward()
+    finally:
+        torch._dynamo.reset()
+    assert graphs  # compiled, not skipped because a dispatch mode is active
+    assert "out" in seen  # and the compiled code's products were computed here
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _one_bf16_step(y, block(x))
+
+
+@pytest.mark.parametrize(
+    ("setting", "cpu_native", "expected"),
+    [
+        (None, True, NATIVE),
+        (None, False, FP32_PRODUCTS),
+        ("auto", False, FP32_PRODUCTS),
+        ("native", False, NATIVE),
+        ("fp32", True, FP32_PRODUCTS),
+    ],
+)
+def test_the_policy_follows_the_setting_and_the_cpu(monkeypatch, setting, cpu_native, expected):
+    if setting is None:
+        monkeypatch.delenv(bf16_matmul.ENV, raising=False)
+    else:
+        monkeypatch.setenv(bf16_matmul.ENV, setting)
+    monkeypatch.setattr(bf16_matmul, "cpu_has_bf16_matmul", lambda: cpu_native)
+    depth = len(_get_current_dispatch_mode_stack())
+    with bf16_matmul_policy() as kernel:
+        assert kernel == expected == bf16_matmul.kernel_in_effect()
+        with bf16_matmul_policy() as inner:  # re-entering adds no second mode
+            assert inner == expected
+            assert len(_get_current_dispatch_mode_stack()) == depth + (expected == FP32_PRODUCTS)
+    assert bf16_matmul.kernel_in_effect() == NATIVE
+
+
+def test_a_bad_setting_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setenv(bf16_matmul.ENV, "fast")
+    with (
+        pytest.raises(BenchError, match=r"BENCH_BF16_MATMUL='fast' is not one of auto, native, fp32"),
+        bf16_matmul_policy(),
+    ):
+        pass
+
+
+def test_a_result_records_the_kernel_in_effect(monkeypatch, smoke_batch):
+    monkeypatch.setenv(bf16_matmul.ENV, "fp32")
+    result, _ = smoke_batch("base_q", "precision=bf16-autocast")
+    assert result["threads"]["bf16_matmul"] == FP32_PRODUCTS
+
+
+def test_a_bad_setting_stops_bench_run_with_exit_code_2(monkeypatch, bench, tmp_path):
+    monkeypatch.setenv(bf16_matmul.ENV, "fast")
+    code, _, err = bench("run", "--method", "base_q", "--task", "batch", "--profile", "smoke", "--out", tmp_path)
+    assert code == 2 and err.strip().splitlines() == [
+        "bench: error: BENCH_BF16_MATMUL='fast' is not one of auto, native, fp32"
+    ]
+    assert not list(tmp_path.rglob("*.json"))
