@@ -3,14 +3,15 @@
 On a CPU with AVX512-BF16 or AMX, torch multiplies bf16 matrices with oneDNN at several hundred
 GFLOP/s. Without them (AVX2-only CPUs: many laptops, older servers) torch falls back to a generic
 kernel: measured on a 2-core AVX2 AMD EPYC, a 800 x 576 x 1536 bf16 product ran at 17 GFLOP/s
-against 96 GFLOP/s in fp32, and `bench run --method base_q --task batch` took 112 s instead of 37 s.
+against 96 GFLOP/s in fp32, and `bench run --method base_q --task batch` took 106.6 s instead of 39.1 s.
 
 The product of two bf16 numbers is exact in fp32, and a native bf16 kernel sums those products in
 fp32 and rounds the result to bf16 once. So on such CPUs the harness computes a bf16 product as an
 fp32 product of the same bf16 inputs, rounded to bf16: the values a native kernel gives, up to the
 order of the fp32 sums (which differs between native kernels too). Measured on that CPU: the
 outputs equal torch's own kernel's in 99.99% of entries (the rest one bf16 step apart), and the
-100 answers of that run agree with an AMX machine's in 89 cases against 86 for torch's kernel.
+100 answers of that run agree with those of a CPU with bf16 instructions in 89 cases against 86
+for torch's kernel (README, "CPUs without bf16 arithmetic").
 
 ``BENCH_BF16_MATMUL`` chooses: ``auto`` (the default: fp32 products only where the CPU lacks bf16
 matrix instructions), ``native`` (torch's kernel always) or ``fp32`` (fp32 products on any CPU).
