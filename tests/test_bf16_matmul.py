@@ -162,3 +162,48 @@ def test_a_bad_setting_stops_bench_run_with_exit_code_2(monkeypatch, bench, tmp_
         "bench: error: BENCH_BF16_MATMUL='fast' is not one of auto, native, fp32"
     ]
     assert not list(tmp_path.rglob("*.json"))
+
+
+def _commands_seen_by(monkeypatch, handler) -> None:
+    """Make ``bench probe`` (a command that runs a model) and ``bench plain`` (one that does not)
+    call ``handler(name)`` in place of their work."""
+    import types
+
+    from benchmark.app import cli
+
+    def register(subparsers) -> None:
+        subparsers.add_parser("probe").set_defaults(handler=lambda args: handler("probe"), runs_a_model=True)
+        subparsers.add_parser("plain").set_defaults(handler=lambda args: handler("plain"))
+
+    probe = types.ModuleType("probe_command")
+    probe.register = register  # type: ignore[attr-defined]
+    modules = cli.command_modules()
+    monkeypatch.setattr(cli, "command_modules", lambda: [*modules, probe])
+
+
+def test_the_cli_enters_the_policy_for_commands_that_run_a_model_only(monkeypatch, bench):
+    monkeypatch.setenv(bf16_matmul.ENV, "fp32")
+    seen: dict[str, str] = {}
+
+    def record(name: str) -> int:
+        seen[name] = bf16_matmul.kernel_in_effect()
+        return 0
+
+    _commands_seen_by(monkeypatch, record)
+    assert bench("probe")[0] == 0 and bench("plain")[0] == 0
+    assert seen == {"probe": FP32_PRODUCTS, "plain": NATIVE}
+    assert bf16_matmul.kernel_in_effect() == NATIVE  # left when the command ends
+
+
+@pytest.mark.parametrize("command", ["generate", "lm-eval", "perf", "train"])
+def test_the_commands_that_run_a_model_outside_a_run_say_so(command):
+    """``bench run`` and sweep cells enter the policy in ``runner.compute``; these commands run a model
+    without it, so they must ask ``cli.main`` for it."""
+    import argparse
+
+    from benchmark.app import cli
+
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    for module in cli.command_modules():
+        module.register(subparsers)
+    assert subparsers.choices[command].get_default("runs_a_model") is True

@@ -229,6 +229,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def model_kernels(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """The bf16 product policy (``benchmark.models.bf16_matmul``) around a command that runs a model
+    (``runs_a_model`` in its parser's defaults); other commands never import torch for it. Runs
+    (``bench run``, sweep cells) enter it in ``runner.compute``, which also records the kernel."""
+    if not getattr(args, "runs_a_model", False):
+        return contextlib.nullcontext()
+    from benchmark.models.bf16_matmul import bf16_matmul_policy
+
+    return bf16_matmul_policy()
+
+
 def main(argv: list[str] | None = None) -> int:
     if "torch" not in sys.modules:  # OpenMP reads its wait policy once, when torch loads it
         choose_omp_wait_policy()
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
     keep_freed_memory()  # training steps reuse their activation memory instead of re-mapping it
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), model_kernels(args):
             code: int = args.handler(args)
             return code
     except BenchError as exc:

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--out", type=Path, help="also write {context_id, sentences} lines to this JSONL file")
     parser.add_argument("--show", type=int, default=3, help="print this many sentences per context (2 contexts)")
-    parser.set_defaults(handler=cmd_generate)
+    parser.set_defaults(handler=cmd_generate, runs_a_model=True)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -63,10 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             args.model or DEFAULT_MODELS["quick"], device=args.device, precision="bf16-autocast", seed=args.seed
         )
     run = RunParams(targets=args.generator, num_targets=args.count)
-    from benchmark.models.bf16_matmul import bf16_matmul_policy
-
-    with bf16_matmul_policy():
-        targets = make_targets(documents, run, lm, args.seed)
+    targets = make_targets(documents, run, lm, args.seed)
     check_no_leakage(documents, targets)
     total = sum(len(v) for v in targets.values())
     grounded = sum(grounding_counts(doc.text, targets[doc.id])["grounded"] for doc in documents)

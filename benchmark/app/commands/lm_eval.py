@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--no-harness", action="store_true", help="skip the harness's own generation on the same questions"
     )
     parser.add_argument("--output", type=Path, help="also write the scores as JSON to this file")
-    parser.set_defaults(handler=cmd_lm_eval)
+    parser.set_defaults(handler=cmd_lm_eval, runs_a_model=True)
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
@@ -68,10 +68,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         return list_tasks()
     if args.export:
         return export(args)
-    from benchmark.models.bf16_matmul import bf16_matmul_policy
-
-    with bf16_matmul_policy():
-        return evaluate(args)
+    return evaluate(args)
 
 
 def task_manager(data_dir: Path | None = None) -> Any:

@@ -51,27 +51,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="training steps profiled (default 4; fewer if the run ends first)",
     )
-    parser.set_defaults(handler=cmd_perf)
+    parser.set_defaults(handler=cmd_perf, runs_a_model=True)
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
     from benchmark.app.perf import report, run_perf
-    from benchmark.models.bf16_matmul import bf16_matmul_policy
 
     if args.rounds < 0 or (args.rounds == 0 and not args.breakdown):
         raise BenchError("--rounds must be at least 1 (or 0 with --breakdown)")
-    with bf16_matmul_policy():
-        figures = run_perf(
-            args.model,
-            args.profile,
-            args.contexts,
-            args.official_pairs,
-            args.rounds,
-            parse_overrides(args.overrides),
-            args.seed,
-            (args.breakdown_skip, args.breakdown_steps) if args.breakdown else None,
-            args.device,
-        )
+    figures = run_perf(
+        args.model,
+        args.profile,
+        args.contexts,
+        args.official_pairs,
+        args.rounds,
+        parse_overrides(args.overrides),
+        args.seed,
+        (args.breakdown_skip, args.breakdown_steps) if args.breakdown else None,
+        args.device,
+    )
     print(report(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--model", help="built-in name, HF id or local path (default: the profile's)")
     add_run_arguments(parser, set_help="override a parameter (run.x, method.x, train.x or a unique bare name)")
     parser.add_argument("--params", action="store_true", help="show the training parameters and exit")
-    parser.set_defaults(handler=cmd_train)
+    parser.set_defaults(handler=cmd_train, runs_a_model=True)
 
 
 def trainable_methods() -> list[str]:
@@ -51,9 +51,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     run: RunParams = params["run"]
     seed_everything(args.seed)
     lm = load_run_lm(args.model or DEFAULT_MODELS[args.profile], run, args.device, args.seed)
-    from benchmark.models.bf16_matmul import bf16_matmul_policy
-
-    with bf16_matmul_policy():
-        summary = cls.train_mechanism(lm, params["method"], params["train"], args.seed)
+    summary = cls.train_mechanism(lm, params["method"], params["train"], args.seed)
     print(json.dumps(summary, indent=2, default=str))
     return 0
