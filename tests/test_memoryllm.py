@@ -284,3 +284,12 @@ def test_bench_train_saves_a_mechanism_that_run_loads(bench, tiny_lm, monkeypatc
 
     code, _, err = bench("train", "base_q", "--profile", "smoke")
     assert code == 2 and "has nothing to train" in err
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_scored_profiles_train_the_mechanism_for_steps_not_minutes(profile):
+    """A wall-time cap would make how much the mechanism is trained depend on the machine."""
+    from methods.memoryllm.train import TRAIN_PROFILES, MiniTrainParams
+
+    params = MiniTrainParams(**TRAIN_PROFILES[profile])
+    assert params.max_minutes == 0 and params.steps >= 150

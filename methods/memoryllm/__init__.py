@@ -234,8 +234,8 @@ class MemoryLLMMini(Method):
         self.stats["injections"] = 0
 
     def provenance(self) -> dict[str, Any]:
-        """The mechanism's file and how it was trained: ``bench train`` keeps it in the cache, and
-        its ``quick`` training stops after ``max_minutes``, so the steps it got depend on the machine."""
+        """The mechanism's file and how it was trained: ``bench train`` keeps it in the cache, and its
+        weights differ in rounding between machines (their kernels), so results name the file they used."""
         if self.mechanism_file is None:
             return {"mechanism": "untrained (checkpoint=none)"}
         return {"mechanism": {"file": self.mechanism_file.name, "sha256": self.mechanism_sha256, **self.trained}}
