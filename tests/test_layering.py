@@ -128,3 +128,14 @@ def test_bench_probes_the_cpu_load_when_it_starts():
     """)
     done = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_cell_process_sets_itself_up_before_torch_loads():
+    """``worker.main`` imports these before ``run_cell`` chooses the wait policy: none may bring torch."""
+    code = textwrap.dedent("""
+        import sys
+        import benchmark.app.worker, benchmark.allocator, benchmark.app.cli, benchmark.errors
+        assert "torch" not in sys.modules, "the worker's set-up loads torch before the wait policy is chosen"
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     """Run the cell in REQUEST, set up as ``bench`` sets itself up, and write its outcome to OUTCOME."""
     request_file, outcome_file = (Path(a) for a in argv)
     request = pickle.loads(request_file.read_bytes())
-    choose_omp_wait_policy()
+    # None of these loads torch (run_cell chooses the wait policy first, here and in a Ray worker).
     from benchmark.allocator import keep_freed_memory
     from benchmark.app.cli import interrupted_code, sigterm_as_interrupt
     from benchmark.errors import Terminated
