@@ -267,6 +267,30 @@ def _date(row: Row) -> str:
     return stamp[:10] if isinstance(stamp, str) and stamp else MISSING
 
 
+FEW_UNITS = 10  # below this many resampled units a percentile bootstrap's 95% interval is too narrow
+
+
+def few_units_note(board: Board) -> list[str]:
+    """A note under a board whose bootstrap intervals rest on fewer than ``FEW_UNITS`` units (e.g. 4
+    sequences): such an interval covers less than 95%, and a tie there says little either way."""
+    counts = [
+        s["n"]
+        for row in board.rows
+        if (s := row.score(board.metrics[0]) if board.metrics else None)
+        and isinstance(s.get("n"), int)
+        and s.get("interval") != extract.SEED_RANGE
+    ]
+    if not counts or min(counts) >= FEW_UNITS:
+        return []
+    fewest = min(counts)
+    return [
+        f"Few units: the intervals on this board resample {fewest} {board.task_info.resampled_unit}"
+        f"{'' if fewest == max(counts) else ' or more'}. A percentile bootstrap over fewer than {FEW_UNITS} "
+        "units covers less than 95%, so an interval that excludes 0 is weak evidence, and one that "
+        "contains it means little either way."
+    ]
+
+
 def board_table(board: Board, link_from: Path | None = None) -> Table:
     """The board as a table; with ``link_from``, method names link to their (first seed's) result file."""
     main = board.metrics[:1]
@@ -301,4 +325,5 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
             _commit(row),
         ]
         rows.append(cells)
-    return Table(board.title, headers, rows, meta.stand_in_notes(board.info(row) for row in board.rows))
+    notes = meta.stand_in_notes(board.info(row) for row in board.rows) + few_units_note(board)
+    return Table(board.title, headers, rows, notes)

@@ -21,16 +21,13 @@ class Table:
     def render(self, fmt: str = "markdown", heading: bool = True) -> str:
         """Markdown (a ``###`` heading and a GitHub table) or plain text (an underlined title)."""
         body = tabulate(self.rows, headers=self.headers, tablefmt=FORMATS[fmt], disable_numparse=True)
+        notes: list[str] = []
+        for note in self.notes:  # after a blank line each: markdown would join adjacent lines into one paragraph
+            notes += ["", note] if fmt == "markdown" or not notes else [note]
         if not heading:
-            return "\n".join([body, *([""] + self.notes if self.notes else [])]) + "\n"
-        if fmt == "markdown":
-            parts = [f"### {self.title}", "", body]
-            if self.notes:
-                parts += ["", *(f"{n}" for n in self.notes)]
-        else:
-            parts = [self.title, "=" * len(self.title), body]
-            if self.notes:
-                parts += ["", *self.notes]
+            return "\n".join([body, *notes]) + "\n"
+        title = [f"### {self.title}", ""] if fmt == "markdown" else [self.title, "=" * len(self.title)]
+        parts = [*title, body, *notes]
         return "\n".join(parts) + "\n"
 
 

@@ -224,3 +224,15 @@ def test_the_commit_column_lists_every_commit_of_the_row():
     assert row[4] == "3" and row[-1] == "01234567-dirty, 89abcdef"
     (board,) = boards([batch("selfparam", 0.4, seed=0, commit=old), batch("selfparam", 0.5, seed=1, commit=old)])
     assert board_table(board).rows[0][-1] == "89abcdef"
+
+
+def test_a_board_whose_intervals_rest_on_few_units_says_so():
+    from leaderboard.board import FEW_UNITS
+
+    four_sequences = board_table(boards([_sequential_run("selfparam", 0.1, seed=0)])[0]).notes
+    assert any(n.startswith("Few units: the intervals on this board resample 4 sequences.") for n in four_sequences)
+    contexts = [f"c{i}" for i in range(FEW_UNITS)]
+    enough = with_contexts(batch("selfparam", 0.0), {"batch-0": {c: 0.1 * (i % 3) for i, c in enumerate(contexts)}})
+    (board,) = boards([enough])
+    assert board.rows[0].score("qa_f1")["n"] == FEW_UNITS
+    assert not any(n.startswith("Few units") for n in board_table(board).notes)
