@@ -32,6 +32,7 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
     plot_dir = out_dir / PLOTS
     found = boards(results)
     figures: list[Path] = []
+    floor = meta.floor_name(meta.by_method(results).values())
     lines = [
         "# Leaderboard",
         "",
@@ -49,9 +50,10 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "below show test-split runs only. Rank groups tied methods: "
         "a row starts the next rank only when the paired interval of its difference against the "
         "first row of the current rank excludes 0 (— when the two were not scored on the same "
-        f"questions). Δ vs {meta.floor_name(meta.by_method(results).values())} is the paired difference of the "
-        "first score against the floor "
-        "run on the same contexts and seeds. Cost columns: "
+        "questions), so rows of different ranks can still be tied with each other: a row ranked below "
+        "the floor's may have a Δ whose interval contains 0. "
+        f"Δ vs {floor} is the paired difference of the first score against the floor "
+        "run on the same contexts and seeds; read it, not the rank, to compare a row with the floor. Cost columns: "
         "injection seconds, student training tokens per second (every training example's whole "
         "sequence, so runs that share a prefix across a batch compare on the same work; † marks a "
         "run that shared prefixes but whose file predates that count: its rate counts each shared "
