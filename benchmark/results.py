@@ -69,6 +69,8 @@ def package_versions() -> dict[str, str]:
 # imported, so a new file there changes what a run does) and pyproject itself. The leaderboard's
 # page and plots are outputs written beside its code, and documentation changes no result.
 CODE_FOLDERS = ("benchmark", "methods", "tasks", "leaderboard")
+# The same paths as git pathspecs (``is_code`` in git's terms), for the last commit that changed code.
+CODE_PATHSPEC = ("benchmark/", "methods/", "tasks/", ":(glob)leaderboard/**/*.py", "pyproject.toml")
 
 
 def is_code(path: str) -> bool:
@@ -82,12 +84,20 @@ def is_code(path: str) -> bool:
 
 
 def git_commit(root: Path = REPO_ROOT) -> str | None:
-    """The commit of this checkout, with ``-dirty`` when its code differs from the commit: a
-    modified, staged or untracked (not ignored) file that ``is_code``. A change to the README, the
-    leaderboard page or a sweep spec leaves it clean (a spec's settings are in each result)."""
+    """The code's commit: the last commit of this checkout's history that changed code (``is_code``),
+    with ``-dirty`` when the checkout's code differs from it (a modified, staged or untracked, not
+    ignored, file that ``is_code``). A commit or change of the README, the tests, the leaderboard
+    page, results or a sweep spec leaves it as it was (a spec's settings are in each result), so
+    results of one version of the code keep one stamp however much is committed beside them."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "HEAD", "--", *CODE_PATHSPEC],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if commit.returncode != 0 or not commit.stdout.strip():  # no commit yet, or none with code
             return None
         status = subprocess.run(
             ["git", "status", "--porcelain", "-z", "--untracked-files=all"],

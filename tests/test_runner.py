@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import pytest
 
@@ -433,18 +434,40 @@ def test_code_changes_make_the_checkout_dirty_and_documentation_does_not(tmp_pat
     (root / "benchmark" / "__init__.py").write_text("")
     assert git_commit(root) == clean
 
-    # documentation and the leaderboard's page change no code, so a sweep can go on beside them
+    # documentation, tests and the leaderboard's page change no code, committed or not, so a sweep
+    # can go on beside them and its results keep the code's commit
     (root / "README.md").write_text("# v1\n")
     (root / "leaderboard" / "README.md").write_text("page v1\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_x.py").write_text("")
     _git(root, "add", ".")
     _git(root, "commit", "-q", "-m", "docs")
-    documented = git_commit(root)
+    assert git_commit(root) == clean
     (root / "README.md").write_text("# v2\n")
     (root / "leaderboard" / "README.md").write_text("page v2\n")
-    assert documented is not None and not documented.endswith("-dirty")
-    assert git_commit(root) == documented
+    assert git_commit(root) == clean
     _git(root, "mv", "leaderboard/__init__.py", "leaderboard/board.py")  # a staged rename of code
-    assert git_commit(root) == documented + "-dirty"
+    assert git_commit(root) == clean + "-dirty"
+    _git(root, "commit", "-q", "-m", "code")
+    recoded = git_commit(root)
+    assert recoded is not None and len(recoded) == 40 and recoded != clean
+    _git(root, "commit", "-q", "--allow-empty", "-m", "nothing")
+    assert git_commit(root) == recoded
+
+
+def test_the_code_pathspec_names_the_files_is_code_names():
+    """``git_commit`` finds the code's commit with git pathspecs, its dirty state with ``is_code``."""
+    from benchmark.results import CODE_PATHSPEC, REPO_ROOT, is_code
+
+    def tracked(*pathspec: str) -> set[str]:
+        listed = subprocess.run(["git", "ls-files", "--", *pathspec], cwd=REPO_ROOT, capture_output=True, text=True)
+        if listed.returncode != 0:
+            pytest.skip("not a git checkout")
+        return set(listed.stdout.splitlines())
+
+    every = tracked()
+    assert {p for p in every if is_code(p)} == tracked(*CODE_PATHSPEC)
+    assert any(p.startswith("leaderboard/") and not is_code(p) for p in every)  # the page: not code
 
 
 # ---- cost of a resumed run equals an uninterrupted run's ----------------------------------------
