@@ -270,15 +270,12 @@ def _date(row: Row) -> str:
 FEW_UNITS = 10  # below this many resampled units a percentile bootstrap's 95% interval is too narrow
 
 
-def few_units_note(board: Board) -> list[str]:
-    """A note under a board whose bootstrap intervals rest on fewer than ``FEW_UNITS`` units (e.g. 4
-    sequences): such an interval covers less than 95%, and a tie there says little either way."""
+def few_units_note(board: Board, main_scores: list[Summary | None]) -> list[str]:
+    """A note under a board whose bootstrap intervals (of its rows' ``main_scores``) rest on fewer
+    than ``FEW_UNITS`` units (e.g. 4 sequences): such an interval covers less than 95%, and a tie
+    there says little either way. Seed ranges are not bootstraps and do not count."""
     counts = [
-        s["n"]
-        for row in board.rows
-        if (s := row.score(board.metrics[0]) if board.metrics else None)
-        and isinstance(s.get("n"), int)
-        and s.get("interval") != extract.SEED_RANGE
+        s["n"] for s in main_scores if s and isinstance(s.get("n"), int) and s.get("interval") != extract.SEED_RANGE
     ]
     if not counts or min(counts) >= FEW_UNITS:
         return []
@@ -300,6 +297,7 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
     headers += [f"{board.heading(m)} [95% CI]" for m in board.metrics[1:]]
     headers += ["inject s", "train tok/s", "footprint", "wall s", "date", "commit"]
     rows = []
+    main_scores: list[Summary | None] = []
     for position, (row, delta, rank) in enumerate(zip(board.rows, board.deltas, board.ranks), start=1):
         name = board.display(row)
         path = row.first.get("_path")
@@ -313,7 +311,9 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
             str(row.first.get("profile", MISSING)),
             str(len(row.runs)),
         ]
-        scores = [fmt_score(row.score(m)) for m in board.metrics]
+        summaries = [row.score(m) for m in board.metrics]
+        main_scores += summaries[:1]
+        scores = [fmt_score(summary) for summary in summaries]
         cells += scores[:1] + ([fmt_score(delta)] if main else []) + scores[1:]
         cells += [
             fmt_number(_mean([extract.cost(r, "inject_s") for r in row.runs])),
@@ -325,5 +325,5 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
             _commit(row),
         ]
         rows.append(cells)
-    notes = meta.stand_in_notes(board.info(row) for row in board.rows) + few_units_note(board)
+    notes = meta.stand_in_notes(board.info(row) for row in board.rows) + few_units_note(board, main_scores)
     return Table(board.title, headers, rows, notes)
