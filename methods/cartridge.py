@@ -240,6 +240,7 @@ class CartridgeMethod(TrainedMethod):
         # position frozen (the defaults). Epochs stay the benchmark's 50 passes over the target
         # sentences: the official run is ~2 epochs over ~65k synthetic conversations.
         "paper": {},
+        "paper@sequential": {"epochs": 20},  # selfparam's official sequential budget: the same for rivals
     }
 
     def __init__(self, lm, params: CartridgeParams, run, seed: int = 0) -> None:

@@ -73,6 +73,7 @@ class FinetuneContext(_Finetune):
         "quick@sequential": {"epochs": 10, "merge_adapter": True},
         "quick@recommendation": {"attn_implementation": "sdpa"},  # long conversations: as selfparam's
         "paper": {},
+        "paper@sequential": {"epochs": 20},  # selfparam's official sequential budget: the same for rivals
     }
 
     def examples(self, contexts: list[Context]) -> list[Example]:
@@ -112,6 +113,7 @@ class FinetuneSentences(_Finetune):
         "quick@sequential": {"epochs": 10, "merge_adapter": True},
         "quick@recommendation": {"attn_implementation": "sdpa"},  # long conversations: as selfparam's
         "paper": {},
+        "paper@sequential": {"epochs": 20},  # selfparam's official sequential budget: the same for rivals
     }
 
     def examples(self, contexts: list[Context]) -> list[Example]:

@@ -182,6 +182,22 @@ def test_profiles_are_within_range():
                 )
 
 
+@pytest.mark.parametrize("rival", ["ft_context", "ft_sentences", "cartridge", "dcd"])
+def test_trained_rivals_train_selfparams_epochs_per_injection(rival):
+    """Same budget for rivals: each trained rival trains as many epochs per injection as SELF-PARAM
+    in both profiles, batch and sequential (the paper's: 50 and 20)."""
+    from benchmark.config import build_params
+
+    def epochs(name: str, profile: str, task: str) -> int:
+        method = METHODS.get(name)
+        return build_params({"method": (method.Params, method.profiles)}, profile, {}, task=task)["method"].epochs
+
+    assert epochs("selfparam", "paper", "sequential") == 20
+    for profile in ("quick", "paper"):
+        assert epochs(rival, profile, "sequential") == epochs("selfparam", profile, "sequential"), profile
+    assert epochs(rival, "paper", "batch") == epochs("selfparam", "paper", "batch") == 50
+
+
 def test_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
     from tasks.data.base import not_utf8
 
