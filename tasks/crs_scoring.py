@@ -10,8 +10,13 @@ Differences from that code, all in the parser and all on the side of reading the
 wrote: blank lines are skipped (the original maps an empty line to a two-letter entity at distance
 2, which then survives r3), only the numbered (or bulleted) lines of a list are read (not the
 chatter around it), and a description after the title ("Title (2014) - Comedy, Drama",
-"**Title**: a story…") is cut off before matching. Ties between equally near titles go to the
-first in sorted order, so a run is reproducible (the original breaks them by set order).
+"**Title**: a story…") is cut off before matching. A reply with no such lines is read as comma (or
+semicolon) lists, and since a comma may also be part of a title ("Crouching Tiger, Hidden Dragon"),
+neighbouring pieces of one line are joined back where together they are within the r3 distance of
+a catalogue title and apart at least one piece is not ("Toy Story, Up" stays two items);
+``TitleMatcher.joined`` does this before scoring, so Recall@k counts one item. Ties between
+equally near titles go to the first in sorted order, so a run is reproducible (the original breaks
+them by set order).
 
 Cutting a description or a final period also cuts real titles ("Mission: Impossible – Ghost
 Protocol", "John Q.", "When Harry Met Sally..."), and only the catalogue can tell which it is. So a
@@ -52,6 +57,18 @@ _DESCRIPTION = re.compile(r"\s+[-–—]\s.*$")
 _PARENS = re.compile(r"\([^()]*\)")
 _SPACES = re.compile(r"\s+")
 _QUOTES = "\"'“”‘’`*_"
+_PIECE = re.compile(r"[^,;]+")  # a free-text line's comma (or semicolon) pieces
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Where a free-text item was cut from: characters ``start:end`` of line ``number`` (``line``),
+    so that ``TitleMatcher.joined`` can join neighbouring pieces back with the text between them."""
+
+    number: int
+    line: str
+    start: int
+    end: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,13 @@ class ListItem:
 
     title: str
     readings: tuple[str, ...]
+    piece: Piece | None = None  # set for a comma piece of a free-text line; None for a list line
+
+    @classmethod
+    def of(cls, text: str, piece: Piece | None = None) -> ListItem:
+        """The item that a list line, or a free-text piece (with its ``piece``), reads as."""
+        forms = title_forms(text)
+        return cls(forms[-1], forms, piece)
 
 
 def _without_markup(line: str) -> str:
@@ -105,21 +129,20 @@ def clean_item(line: str) -> str:
 
 def parse_recommendations(text: str) -> list[ListItem]:
     """The items of a generated list, in order: numbered lines, else bulleted lines, else comma
-    lists; lines that clean to nothing are left out."""
+    lists; lines that clean to nothing are left out. A comma piece records its ``Piece``: only the
+    catalogue can tell whether a comma separates titles, so ``TitleMatcher.joined`` decides."""
     lines = [line for line in text.splitlines() if line.strip()]
     numbered = [line for line in lines if _NUMBERED.match(line)]
     bulleted = [line for line in lines if _BULLET.match(line)]
-    if numbered:
-        chosen = numbered
-    elif bulleted:
-        chosen = bulleted
+    if numbered or bulleted:
+        items = [ListItem.of(line) for line in numbered or bulleted]
     else:  # free text: "A, B and C" lines, with any "Here are …:" lead-in dropped
-        chosen = []
-        for line in lines:
-            if line.rstrip().endswith(":"):
-                continue
-            chosen.extend(line.replace(";", ",").split(","))
-    items = [ListItem(forms[-1], forms) for forms in map(title_forms, chosen)]
+        items = [
+            ListItem.of(found.group(), Piece(number, line, found.start(), found.end()))
+            for number, line in enumerate(lines)
+            if not line.rstrip().endswith(":")
+            for found in _PIECE.finditer(line)
+        ]
     return [item for item in items if item.title]
 
 
@@ -136,6 +159,7 @@ class TitleMatcher:
         if not self.choices:
             raise ValueError("empty catalogue")
         self.index = {title: i for i, title in enumerate(self.choices)}
+        self.longest = max(map(len, self.choices))
         self.chunk = chunk
         self.cache: dict[str, tuple[str, int]] = {}
 
@@ -147,6 +171,40 @@ class TitleMatcher:
         readings = [_readings(q) for q in queries]
         self._compute(dict.fromkeys(form for forms in readings for form in forms))
         return [min((self.cache[form] for form in forms), key=lambda found: found[1]) for forms in readings]
+
+    def joined(self, items: Sequence[ListItem], max_distance: int = 2) -> list[ListItem]:
+        """``items`` with neighbouring comma pieces of one free-text line joined back where the run
+        is a catalogue title (within ``max_distance``, r3's limit) and one of its pieces is not.
+
+        Left to right, the longest such run first, so "Sex, Lies, and Videotape" is one item and
+        "Toy Story, Up" (two titles) stays two. List lines (no ``piece``) are left as they are.
+        """
+        near = [distance <= max_distance for _, distance in self.match(items)]
+        out: list[ListItem] = []
+        i = 0
+        while i < len(items):
+            end = i + 1  # items[i:end]: the pieces of items[i]'s line from it on
+            while end < len(items) and _neighbours(items[end - 1], items[end]):
+                end += 1
+            for stop in range(end, i + 1, -1):
+                run = self._run(items[i:stop], max_distance) if not all(near[i:stop]) else None
+                if run is not None:
+                    out.append(run)
+                    i = stop
+                    break
+            else:
+                out.append(items[i])
+                i += 1
+        return out
+
+    def _run(self, pieces: Sequence[ListItem], max_distance: int) -> ListItem | None:
+        """The pieces joined as written in their line, if that is within ``max_distance`` of a title."""
+        first, last = pieces[0].piece, pieces[-1].piece
+        assert first is not None and last is not None
+        item = ListItem.of(first.line[first.start : last.end], Piece(first.number, first.line, first.start, last.end))
+        if not item.title or min(map(len, _readings(item))) > self.longest + max_distance:
+            return None  # longer than any title by more than max_distance: no search needed
+        return item if self.match([item])[0][1] <= max_distance else None
 
     def _compute(self, forms: Iterable[str]) -> None:
         """Cache the nearest catalogue title of each lower-cased form not cached yet."""
@@ -167,6 +225,16 @@ class TitleMatcher:
             best = distances.argmin(axis=1)
             for row, (query, column) in enumerate(zip(block, best)):
                 self.cache[query] = (self.choices[column], int(distances[row, column]))
+
+
+def _neighbours(left: ListItem, right: ListItem) -> bool:
+    """Whether ``right`` is the comma piece that follows ``left`` in the same free-text line."""
+    return (
+        left.piece is not None
+        and right.piece is not None
+        and left.piece.number == right.piece.number
+        and left.piece.end < right.piece.start
+    )
 
 
 def _readings(query: ListItem | str) -> tuple[str, ...]:

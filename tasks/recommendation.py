@@ -245,7 +245,7 @@ class RecommendationTask(Task):
 
     def score_replies(self, probes: list[RecProbe], answers: list[str]) -> list[dict[str, Any]]:
         titles = self.catalogue.titles
-        items = [parse_recommendations(a) for a in answers]
+        items = [self.matcher.joined(parse_recommendations(a), self.params.max_distance) for a in answers]
         matches = self.matcher.match([line for lines in items for line in lines])
         records: list[dict[str, Any]] = []
         offset = 0

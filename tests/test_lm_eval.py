@@ -213,7 +213,7 @@ def test_recommendation_task_scores_like_the_harness(tmp_path, shared_data, mana
     matcher = TitleMatcher(payload["catalogue"])
     hits: dict[str, list[int]] = {name: [] for name in FILTERS}
     for r in rows:
-        matched = matcher.match(parse_recommendations(replies[r["prompt"]]))
+        matched = matcher.match(matcher.joined(parse_recommendations(replies[r["prompt"]]), payload["max_distance"]))
         for name, by_k in score_list(matched, r["gold"], r["seen"], payload["max_distance"]).items():
             hits[name] += by_k["1"]
     for name in FILTERS:

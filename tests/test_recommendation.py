@@ -119,6 +119,85 @@ def test_descriptions_and_periods_are_still_cut_where_that_is_nearer():
     ]
 
 
+# Titles with commas in them, beside decoys that their comma pieces are nearest to.
+COMMA_TITLES = [
+    "Crouching Tiger, Hidden Dragon",
+    "Crouching Tiger, Hidden Dragon: Sword of Destiny",
+    "Hidden Dragon Returns",
+    "Sex, Lies, and Videotape",
+    "Videotape",
+    "Toy Story",
+    "Up",
+    "Heat",
+]
+
+
+def _read(matcher: TitleMatcher, text: str) -> list[tuple[str, str, int]]:
+    items = matcher.joined(parse_recommendations(text))
+    return [(item.title, *found) for item, found in zip(items, matcher.match(items))]
+
+
+def test_free_text_comma_pieces_join_back_into_a_catalogue_title():
+    matcher = TitleMatcher(COMMA_TITLES)
+    assert _titles("Crouching Tiger, Hidden Dragon") == ["Crouching Tiger", "Hidden Dragon"]  # the parser alone
+    assert _read(matcher, "Try Crouching Tiger, Hidden Dragon.\nHeat, Up") == [
+        ("Try Crouching Tiger", "toy story", 15),  # with the lead-in, the run is no title: kept apart
+        ("Hidden Dragon", "hidden dragon returns", 8),
+        ("Heat", "heat", 0),
+        ("Up", "up", 0),
+    ]
+    assert _read(matcher, "Heat, Crouching Tiger, Hidden Dragon, Up; Sex, Lies, and Videotape") == [
+        ("Heat", "heat", 0),
+        ("Crouching Tiger, Hidden Dragon", "crouching tiger, hidden dragon", 0),
+        ("Up", "up", 0),
+        ("Sex, Lies, and Videotape", "sex, lies, and videotape", 0),  # three commas, one title
+    ]
+    # the text between the pieces is kept as written, and a near miss still joins
+    assert _read(matcher, "Crouching Tigr; Hidden Dragon") == [
+        ("Crouching Tigr; Hidden Dragon", "crouching tiger, hidden dragon", 2)
+    ]
+
+
+def test_two_catalogue_titles_separated_by_a_comma_stay_two():
+    matcher = TitleMatcher(COMMA_TITLES)
+    assert _read(matcher, "Toy Story, Up") == [("Toy Story", "toy story", 0), ("Up", "up", 0)]
+    # a title before a comma title stays alone, and the comma title after it joins whole
+    assert _read(matcher, "Up, Sex, Lies, and Videotape") == [
+        ("Up", "up", 0),
+        ("Sex, Lies, and Videotape", "sex, lies, and videotape", 0),
+    ]
+
+
+def test_numbered_and_bulleted_lines_are_never_joined():
+    matcher = TitleMatcher(COMMA_TITLES)
+    for reply in ("1. Crouching Tiger\n2. Hidden Dragon", "- Crouching Tiger\n- Hidden Dragon"):
+        items = parse_recommendations(reply)
+        assert matcher.joined(items) == items
+        assert [found[1] for found in matcher.match(items)] == [12, 8]
+    assert _read(matcher, "1. Crouching Tiger, Hidden Dragon\n2. Toy Story, Up") == [
+        ("Crouching Tiger, Hidden Dragon", "crouching tiger, hidden dragon", 0),
+        ("Toy Story, Up", "toy story", 4),
+    ]
+
+
+def test_recommendation_records_and_recall_see_the_joined_title():
+    from types import SimpleNamespace
+
+    from tasks.data.crs import RecProbe
+
+    titles = dict(enumerate(COMMA_TITLES))
+    task = RecommendationTask.__new__(RecommendationTask)  # score_replies needs only these
+    task.params, task.dropped_turns = RecommendationTask.Params(), {}
+    task.catalogue = SimpleNamespace(titles=titles)
+    task.matcher = TitleMatcher(COMMA_TITLES)
+    probe = RecProbe("p", "d", "", gold=(0,), seen=(7,))
+    [record] = task.score_replies([probe], ["Heat, Crouching Tiger, Hidden Dragon"])
+    assert record["items"] == ["Heat", "Crouching Tiger, Hidden Dragon"]
+    assert record["matches"] == [["heat", 0], ["crouching tiger, hidden dragon", 0]]
+    assert record["hits"]["r1"] == {"1": [0], "5": [1], "10": [1]}
+    assert record["hits"]["r2"] == {"1": [1], "5": [1], "10": [1]}
+
+
 # ---- edit-distance mapping ---------------------------------------------------------------------
 
 CATALOGUE = ["Inception", "Titanic", "The Matrix", "Heat", "Aliens", "Alien"]

@@ -104,6 +104,6 @@ def _matcher(path: str) -> tuple[Any, int]:
 def score_reply(doc: dict[str, Any], reply: str) -> dict[str, list[int]]:
     """Recall@1 hits per gold item under r1..r4 for one generated reply."""
     matcher, max_distance = _matcher(doc["data_file"])
-    matches = matcher.match(parse_recommendations(reply))
+    matches = matcher.match(matcher.joined(parse_recommendations(reply), max_distance))
     hits = score_list(matches, doc["gold"], doc["seen"], max_distance)
     return {f"recall@1_{name}": hits[name]["1"] for name in FILTERS}
