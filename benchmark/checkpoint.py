@@ -6,6 +6,9 @@ progress counters, torch random state and its position in the data order every `
 seconds, atomically, into a folder beside the partial log. A rerun replays the data order up to
 that position (drawing the same batches, so every random stream advances as it did) without
 training, loads the saved state and goes on: the result equals an uninterrupted run's.
+
+Its cost too: the checkpoint also keeps the injection's training seconds up to it, which the
+rerun credits, and the rerun's replay is resume overhead (see the two keys below).
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ from typing import Any
 import torch
 
 from benchmark.results import safe_name
+
+# Cost keys of a resumed run, in a method's ``stats`` and an episode's cost, so that its seconds are
+# an uninterrupted run's (``benchmark.runner.episode_cost`` applies them to ``inject_s`` and ``wall_s``):
+# - seconds a resumed run spends that an uninterrupted one would not (replaying an injection's data
+#   order up to its checkpoint, setting up again a shared method an earlier episode recorded): kept
+#   apart, outside the method's costs (``train_s``, ``inject_s``, ``wall_s``);
+RESUME_OVERHEAD = "resume_overhead_s"
+# - training seconds a killed attempt spent up to its checkpoint, which the resumed run takes over
+#   instead of spending them again: included in ``train_s``, ``inject_s`` and ``wall_s``, which would
+#   otherwise lose them.
+RESUMED_TRAIN = "resumed_train_s"
 
 
 class InjectionCheckpoint:

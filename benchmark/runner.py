@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from benchmark.allocator import jemalloc_decay_ms, malloc_in_use
 from benchmark.api import EpisodePlan, Method, Task
-from benchmark.checkpoint import Checkpoints, checkpoint_folder
+from benchmark.checkpoint import RESUME_OVERHEAD, RESUMED_TRAIN, Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
 from benchmark.device_info import device_record
 from benchmark.errors import BenchError, UnavailableError
@@ -265,8 +265,7 @@ def _compute(resolved: ResolvedRun, lm: LM | None, bf16_kernel: str) -> RunOutco
         seed_everything(episode_seed(request.seed, episode))
         tick = time.perf_counter()
         record = run_episode(task, episode, methods)
-        # an uninterrupted run would not have spent the resume's re-injection: kept apart, in resume_overhead_s
-        record["cost"]["wall_s"] = time.perf_counter() - tick - record["cost"].get(RESUME_OVERHEAD, 0.0)
+        record["cost"]["wall_s"] = uninterrupted_seconds(time.perf_counter() - tick, record["cost"])
         log.append(record)
         checkpoints.remove_stream(episode)
         records.append(record)
@@ -343,9 +342,11 @@ def _compute(resolved: ResolvedRun, lm: LM | None, bf16_kernel: str) -> RunOutco
     return RunOutcome(path, dict(result), reused=False, resumed_episodes=len(done_ids & set(episodes)))
 
 
-# Seconds a resumed run spends rebuilding a shared method whose setup an episode of the interrupted
-# attempt already recorded: not part of the method's cost (inject_s, train_s, wall_s), kept apart.
-RESUME_OVERHEAD = "resume_overhead_s"
+def uninterrupted_seconds(seconds: float, cost: Mapping[str, Any]) -> float:
+    """What an uninterrupted run would have spent of ``seconds`` that include the episode's resume
+    costs (``cost``, as ``episode_cost`` makes it): without its ``resume_overhead_s``, with its
+    ``resumed_train_s`` (the keys' meaning is in ``benchmark.checkpoint``)."""
+    return seconds - float(cost.get(RESUME_OVERHEAD, 0.0)) + float(cost.get(RESUMED_TRAIN, 0.0))
 
 
 def rebuilt_after_resume(task: Task, episodes: list[str], done_ids: set[str]) -> set[str]:
@@ -454,7 +455,7 @@ def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]
     record: dict[str, Any] = {"episode": episode, **task.episode_record(plan, steps)}
     if injected:
         record.update(num_contexts=len(injected), num_targets=sum(len(c.targets) for c in injected))
-    record["cost"] = {**watch.seconds, **stats}
+    record["cost"] = episode_cost(watch.seconds, stats)
     record["footprint"] = {
         "extra_bytes": footprint.extra_bytes,
         "changed_params": footprint.changed_params,
@@ -463,6 +464,24 @@ def run_episode(task: Task, episode: str, methods: MethodPool) -> dict[str, Any]
     if provenance := method.provenance():
         record["provenance"] = provenance
     return record
+
+
+def episode_cost(seconds: dict[str, float], stats: dict[str, Any]) -> dict[str, Any]:
+    """An episode's cost: the stopwatch's ``seconds`` and what the method's counters (``stats``) added.
+
+    A method that resumed an injection from a checkpoint counts, in ``stats``, the seconds of its
+    replay (``resume_overhead_s``) and the killed attempt's training seconds up to the checkpoint
+    (``resumed_train_s``; see ``TrainedMethod.record``). The ``inject_s`` stopwatch timed the first
+    and missed the second: both are moved here, so that ``inject_s`` is an uninterrupted run's, and
+    ``resume_overhead_s`` adds the stopwatch's own (a repeated setup). ``wall_s`` takes the same
+    (``uninterrupted_seconds``).
+    """
+    cost = {**seconds, **stats}
+    if RESUME_OVERHEAD in seconds or RESUME_OVERHEAD in stats:
+        cost[RESUME_OVERHEAD] = seconds.get(RESUME_OVERHEAD, 0.0) + stats.get(RESUME_OVERHEAD, 0.0)
+    if "inject_s" in seconds:
+        cost["inject_s"] = uninterrupted_seconds(seconds["inject_s"], stats)
+    return cost
 
 
 class Stopwatch:

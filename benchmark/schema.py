@@ -67,8 +67,10 @@ class EpisodeRecord(TypedDict, total=False):
     asked: dict[str, list[str]]
     num_contexts: int
     num_targets: int
-    # seconds (inject_s, eval_s, score_s, wall_s) and the method's counters; resume_overhead_s only
-    # where a resumed run set up a shared method again whose setup an earlier episode records
+    # seconds (inject_s, eval_s, score_s, wall_s) and the method's counters, each an uninterrupted
+    # run's; only where a run resumed: resume_overhead_s (setting up again a shared method that an
+    # earlier episode records, replaying an injection up to its checkpoint) and resumed_train_s (the
+    # killed attempt's training seconds up to the checkpoint, included in the seconds above)
     cost: dict[str, Any]
     footprint: dict[str, Any]
     provenance: dict[str, Any]  # only for a method that loads something from outside the repository

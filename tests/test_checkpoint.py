@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,71 @@ def test_checkpoints_are_per_injection_and_removed_per_episode(tmp_path: Path) -
     checkpoints.remove_stream("seq-1")
     assert sorted(p.name for p in folder.iterdir()) == ["seq-10@0.pt"]
     assert Checkpoints(folder, "abc", every_s=None).for_stream("seq-1") is None  # turned off
+
+
+# ---- the cost of a resumed injection is an uninterrupted run's ----------------------------------
+
+
+@pytest.mark.parametrize("kills", [(3,), (3, 3)], ids=["killed once", "killed twice"])
+def test_a_resumed_injection_costs_what_an_uninterrupted_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tiny_lm, kills: tuple[int, ...]
+) -> None:
+    """On a fake clock, drawing a batch takes 1 s and a training step 10 s, nothing else any time.
+    Each killed attempt dies on its ``kills[i]``-th step, after checkpointing the ones before. The
+    finished run's train_s, inject_s and wall_s must be the uninterrupted 11 s a step: the replay of
+    the checkpointed batches (1 s each, in the last attempt) goes to resume_overhead_s, and the
+    killed attempts' training up to the last checkpoint, replays left out, is credited back."""
+    import types
+
+    import methods.training.loop as loop
+    from benchmark.runner import RunRequest, run
+
+    monkeypatch.setattr("benchmark.runner.git_commit", lambda: "c" * 40)  # others may edit the checkout
+    clock = {"now": 0.0, "steps": 0, "kill_at": 0}
+    fake_time = types.SimpleNamespace(perf_counter=lambda: clock["now"], monotonic=time.monotonic)
+    for module in ("benchmark.runner", "methods.training.loop", "methods.finetune"):
+        monkeypatch.setattr(f"{module}.time", fake_time)
+    draw, step = loop.batches, loop.Trainer.step
+
+    def slow_batches(*args, **kwargs):
+        for batch in draw(*args, **kwargs):
+            clock["now"] += 1.0
+            yield batch
+
+    def slow_step(self, batch, targets=None):
+        clock["steps"] += 1
+        if clock["steps"] == clock["kill_at"]:
+            raise KeyboardInterrupt  # the kill: the steps before it are checkpointed (every_s=0)
+        clock["now"] += 10.0
+        return step(self, batch, targets)
+
+    monkeypatch.setattr(loop, "batches", slow_batches)
+    monkeypatch.setattr(loop.Trainer, "step", slow_step)
+
+    def bench(out: Path) -> dict:
+        overrides = {"num_contexts": "3", "batch_size": "1"}  # 2 epochs of 3 one-context steps
+        request = RunRequest("ft_context", "batch", profile="smoke", out=out, overrides=overrides, checkpoint_every=0)
+        return run(request, lm=tiny_lm).result
+
+    clean = bench(tmp_path / "clean")["episodes"][0]["cost"]
+    steps = clean["train_steps"]
+    assert steps == 6
+    assert clean["train_s"] == clean["inject_s"] == clean["wall_s"] == 11.0 * steps
+    assert "resume_overhead_s" not in clean and "resumed_train_s" not in clean
+
+    saved = 0  # steps checkpointed so far
+    for kill_at in kills:
+        clock.update(steps=0, kill_at=kill_at)
+        with pytest.raises(KeyboardInterrupt):
+            bench(tmp_path / "resumed")
+        saved += kill_at - 1
+    capsys.readouterr()
+    clock.update(steps=0, kill_at=0)
+    cost = bench(tmp_path / "resumed")["episodes"][0]["cost"]
+    assert f"resumed at step {saved} of {steps}" in capsys.readouterr().err
+    assert clock["steps"] == steps - saved
+    assert cost["train_steps"] == steps and cost["train_tokens"] == clean["train_tokens"]
+    assert cost["resume_overhead_s"] == 1.0 * saved  # this attempt's replay: one draw per saved step
+    assert cost["resumed_train_s"] == 11.0 * saved  # the killed attempts' training, their replays left out
+    for key in ("train_s", "inject_s", "wall_s"):
+        assert cost[key] == clean[key], key

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from benchmark.api import Method
-from benchmark.checkpoint import InjectionCheckpoint
+from benchmark.checkpoint import RESUME_OVERHEAD, RESUMED_TRAIN, InjectionCheckpoint
 from benchmark.errors import BenchError
 from benchmark.models import LM
 from benchmark.types import Footprint, Prompt
@@ -57,6 +57,12 @@ class TrainReport:
     teacher_s: float = 0.0
     losses: list[float] = field(default_factory=list)
     passes: int = 0  # forward+backward passes: more than ``steps`` when ``step_tokens`` split batches
+    # Set by ``run_epochs`` when it resumed from a checkpoint (0 otherwise): the seconds this attempt
+    # spent replaying the data order up to it, which an uninterrupted run never spends, and the
+    # training seconds the killed attempts spent up to it, which this attempt never spends
+    # (``TrainedMethod.record`` turns them into costs).
+    replay_s: float = 0.0
+    resumed_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -333,7 +339,17 @@ def run_epochs(
     one of this injection is found, the batches before its position are drawn again (teacher
     targets included, so every random stream and cache evolves as in the first attempt) but not
     trained on, and the saved state is loaded at that position.
+
+    A checkpoint also keeps ``elapsed_s``, the injection's training seconds up to it: from the start
+    of this call, or on a resumed attempt the saved value plus the seconds since its replay ended,
+    so that no replay is ever counted. A resumed attempt reports its replay's seconds as
+    ``report.replay_s`` and the saved seconds as ``report.resumed_s``: the result's cost is then an
+    uninterrupted run's, up to the work after the last checkpoint, done twice.
     """
+    start = time.perf_counter()
+    # Training seconds of the killed attempts (up to the checkpoint) and when this attempt's own
+    # training began: at the start, or when the replay ended.
+    carried, training_from = 0.0, start
     saved = checkpoint.load(total_steps) if checkpoint is not None else None
     resume_at = saved["position"] if saved is not None else 0
     if resume_at:
@@ -347,13 +363,16 @@ def run_epochs(
             if position <= resume_at:
                 if position == resume_at:
                     trainer.load_state(saved)
+                    carried, training_from = float(saved.get("elapsed_s", 0.0)), time.perf_counter()
+                    trainer.report.replay_s, trainer.report.resumed_s = training_from - start, carried
                 bar.update(1)
                 continue
             loss = trainer.step(batch, targets)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if checkpoint is not None and checkpoint.due():
-                checkpoint.save({**trainer.state(), "position": position}, total_steps)
+                elapsed = carried + time.perf_counter() - training_from
+                checkpoint.save({**trainer.state(), "position": position, "elapsed_s": elapsed}, total_steps)
     bar.close()
     if position < resume_at:
         raise BenchError(
@@ -418,12 +437,23 @@ class TrainedMethod(Method):
             return super().generate(prompts)
 
     def record(self, report: TrainReport, wall_s: float) -> None:
-        """Add one injection's cost to ``stats`` (the runner sums them and reports tokens/s)."""
+        """Add one injection's cost to ``stats`` (the runner sums them and reports tokens/s).
+
+        ``wall_s`` is the seconds the injection (or one context's training) took in this attempt.
+        When ``run_epochs`` resumed it from a checkpoint, ``train_s`` is what an uninterrupted run
+        would have taken: without the replay, which goes to ``resume_overhead_s``, and with the
+        killed attempts' training seconds up to the checkpoint, kept as ``resumed_train_s`` too;
+        the runner moves the same seconds out of and into ``inject_s`` and ``wall_s``
+        (``benchmark.runner.episode_cost``). Only a resumed injection adds those two keys.
+        """
         self.last_report = report
+        if report.replay_s or report.resumed_s:
+            for key, value in ((RESUME_OVERHEAD, report.replay_s), (RESUMED_TRAIN, report.resumed_s)):
+                self.stats[key] = self.stats.get(key, 0) + value
         for key, value in (
             ("train_tokens", report.student_tokens),
             ("train_example_tokens", report.example_tokens),
-            ("train_s", wall_s),
+            ("train_s", wall_s - report.replay_s + report.resumed_s),
             ("train_steps", report.steps),
             ("student_s", report.student_s),
             ("teacher_tokens", report.teacher_tokens),
