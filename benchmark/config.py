@@ -60,6 +60,10 @@ RUN_PROFILES: dict[str, dict[str, Any]] = {
     # fine-tuned on raw contexts (FT(C)) keeps answering in the prompt's format.
     "quick": {"fewshot": 3},
     "paper": {"precision": "bf16", "targets": "openai", "fewshot": 0},
+    # The official code trains on a fresh slice of 10 pairs per epoch: 50 epochs x 10 for batch
+    # injection, 20 x 10 for sequential (methods take them in turn: ``targets_per_epoch``).
+    "paper@batch": {"num_targets": 500},
+    "paper@sequential": {"num_targets": 200},
 }
 
 DEFAULT_MODELS = {

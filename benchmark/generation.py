@@ -23,7 +23,9 @@ generator's. Differences from SEAL's prompt: the wording is ours, with a one-sho
 With ``+grounded`` (``targets=local+grounded``) only grounded sentences count
 (``benchmark.grounding``: a QA pair's answer occurs in the context; a statement has at least half
 of its content words in it), and each context is asked up to ``GROUNDED_ROUNDS`` times instead of
-``MAX_ROUNDS``; a context still short of the count after that keeps what it has, with a warning.
+``MAX_ROUNDS`` (``rounds_for``: both per ``DEFAULT_COUNT`` sentences asked for, so the paper's 500
+fresh pairs per context get as many replies per sentence as its 10); a context still short of the
+count after that keeps what it has, with a warning.
 
 Generated sets are cached under ``cache_dir()/targets/`` keyed by (context hash, generator and
 its filter, count, seed), so a rerun neither pays for nor changes them.
@@ -54,6 +56,14 @@ log = logging.getLogger(__name__)
 DEFAULT_COUNT = 10  # sentences per context when the run asks for "all" (the official 10 per epoch)
 MAX_ROUNDS = 6  # replies asked for per context before settling for fewer sentences
 GROUNDED_ROUNDS = 12  # the same with the grounding filter, which drops most of a small model's pairs
+
+
+def rounds_for(count: int, grounded: bool) -> int:
+    """Replies asked for per context before settling for fewer than ``count`` sentences: the rounds
+    that suffice for ``DEFAULT_COUNT``, once per ``DEFAULT_COUNT`` sentences asked for."""
+    per_ten = GROUNDED_ROUNDS if grounded else MAX_ROUNDS
+    return per_ten * max(1, -(-count // DEFAULT_COUNT))
+
 
 SYSTEM_PROMPT = (
     "Given a context, please generate related questions as comprehensively as possible with "
@@ -241,7 +251,7 @@ def collect(
 ) -> dict[str, list[str]]:
     """Ask for replies round after round until every context has ``count`` distinct sentences
     (``parse`` reads them from a reply; with ``grounded``: grounded ones), or the rounds run out."""
-    rounds = GROUNDED_ROUNDS if grounded else MAX_ROUNDS
+    rounds = rounds_for(count, grounded)
     tests = {doc.id: grounding(doc.text) for doc in documents} if grounded else {}
     pairs: dict[str, list[str]] = {doc.id: [] for doc in documents}
     for round_ in range(rounds):

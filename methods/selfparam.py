@@ -30,7 +30,7 @@ from benchmark.errors import BenchError
 from benchmark.registry import register_method
 from benchmark.types import Context
 from methods.retain import RetainChats, RetainQuestions, RetainStream
-from methods.sentences import SentenceParams, frame, sentence_prefixes
+from methods.sentences import SentenceParams, frame, sentence_prefixes, targets_in_turn
 from methods.training import (
     Dist,
     Example,
@@ -72,7 +72,6 @@ class SelfParamParams(SentenceParams):
     # model does (not in the official code; 0 = off). With teacher=current, injections that change
     # how the model reads a context also spoil the teacher of every later injection.
     retain_read_per_target: float = 0.0
-    targets_per_epoch: int = 0  # target sentences per context and epoch, taken in turn; 0 = all
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
     # The teacher of the retain terms (c) and (d); "" = the same as ``teacher``. "current" with
     # teacher=original: targets from the untouched model reading the context, while unrelated
@@ -101,7 +100,6 @@ class SelfParamParams(SentenceParams):
         "retain_read_per_target": ">= 0",
         "retain_chat_pool": ">= 1",
         "retain_chat_reply_tokens": ">= 1",
-        "targets_per_epoch": ">= 0",
         "teacher_topk": ">= 0",
         "teacher_share_prefix": ">= 0",
         "temperature": "> 0",
@@ -355,9 +353,7 @@ class InjectionPlan:
     def _counts(self, c: int) -> tuple[int, int, int, int, int, int]:
         """Examples of context ``c`` per epoch: targets, context suffixes, retain texts, retain QA,
         retain chats, documents read in context."""
-        n = len(self.sentences[c])
-        if self.p.targets_per_epoch:
-            n = min(n, self.p.targets_per_epoch)
+        n = len(targets_in_turn(len(self.sentences[c]), 0, self.p.targets_per_epoch))
         n_ctx = round(self.p.context_per_target * n) if self.p.context_loss else 0
         n_ret = round(self.p.retain_per_target * n)
         n_chat = round(self.p.retain_chat_per_target * n) if self.retain_chats is not None else 0
@@ -376,8 +372,7 @@ class InjectionPlan:
         for c, ctx in enumerate(self.contexts):
             n, n_ctx, n_ret, n_qa, n_chat, n_read = self._counts(c)
             sentences = self.sentences[c]
-            for i in range(n):
-                j = (epoch * n + i) % len(sentences)
+            for j in targets_in_turn(len(sentences), epoch, p.targets_per_epoch):
                 key = ("qa", c, j)
                 student, spec = sentences[j]
                 self.specs.setdefault(key, spec)

@@ -1,4 +1,5 @@
-"""How target sentences are framed for training, shared by SELF-PARAM and FT(S).
+"""How target sentences are framed for training, and which of them an epoch takes, shared by the
+methods that train on them (SELF-PARAM, FT(S), Cartridges, PRAG, DCD).
 
 A target sentence is "Question: … Answer: …", or a statement (an ``implications`` self-edit: any
 sentence without "Answer:"), which is plain text in the place where a question would stand, every
@@ -22,11 +23,15 @@ the evaluation prompt (where "Question" follows) never contains.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 from benchmark.errors import BenchError
 from benchmark.types import Context, Prompt
 from methods.training import TrainParams
+
+T = TypeVar("T")
 
 PROMPT_STYLES = ("raw", "run", "run-teacher", "chat")
 ANSWER_MARK = "Answer:"
@@ -61,9 +66,28 @@ class SentenceParams(TrainParams):
     # recommendation target, otherwise teaches the student to write dialog rather than answer.
     # A statement has no answer part: all of its tokens carry the loss either way.
     sentence_loss: str = "all"
+    # Target sentences per context and epoch, taken in turn; 0 = all of them every epoch. The
+    # official code trains a fresh slice of 10 per epoch (``paper``): rivals trained on the same
+    # sentences take the same slices, so every method sees each sentence as often.
+    targets_per_epoch: int = 0
+
+    RANGES: ClassVar[dict[str, str]] = {"targets_per_epoch": ">= 0"}
 
 
 SENTENCE_LOSSES = ("all", "answer")
+
+
+def targets_in_turn(count: int, epoch: int, per_epoch: int) -> list[int]:
+    """Indices of the ``count`` target sentences of a context that epoch ``epoch`` trains on: all of
+    them when ``per_epoch`` is 0, else ``per_epoch`` taken in turn, wrapping round when fewer."""
+    n = min(count, per_epoch) if per_epoch else count
+    return [(epoch * n + i) % count for i in range(n)]
+
+
+def epoch_share(groups: Sequence[Sequence[T]], epoch: int, per_epoch: int) -> list[T]:
+    """One epoch's share of examples grouped by context, one per target sentence: each context's
+    ``targets_in_turn``, in context order."""
+    return [group[j] for group in groups for j in targets_in_turn(len(group), epoch, per_epoch)]
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,8 @@ def test_a_cartridge_of_the_whole_context_reproduces_the_teacher(loud_lm):
     assert ids == lm.encode(CONTEXT)  # BOS + the context, nothing added, nothing cut
     method.cartridge = method.build_cartridge(ids)
     assert method.cartridge.length == len(ids)
-    examples, specs = method.examples(CONTEXTS)
+    groups, specs = method.examples(CONTEXTS)
+    examples = [e for group in groups for e in group]
     assert [tuple(s.ids) for s in specs] == [tuple(ids + lm.encode(t, add_bos=False)) for t in TARGETS]
     dists = teacher_dists(lm.model, lm, specs)  # full vocabulary
     trainer = CartridgeTrainer(method.cartridge, lm, method.params, 1)
@@ -120,7 +121,8 @@ def test_a_shared_prompt_head_gives_the_loss_of_separate_passes(loud_lm):
     for share in (0, 8):
         method = CartridgeMethod(lm, small(prompt_style="run", share_prefix=share), RunParams(fewshot=3))
         method.cartridge = method.build_cartridge(method.init_ids(CONTEXTS))
-        examples, specs = method.examples(CONTEXTS)
+        groups, specs = method.examples(CONTEXTS)
+        examples = [e for group in groups for e in group]
         assert all(e.first > 20 for e in examples)  # the demonstrations come first
         dists = teacher_dists(lm.model, lm, specs, topk=16)
         trainer = CartridgeTrainer(method.cartridge, lm, method.params, 1)

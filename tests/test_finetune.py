@@ -129,7 +129,7 @@ def test_end_answer_trains_the_line_break_after_the_answer(tiny_lm, end_answer):
     """With ``end_answer`` the last scored token is the newline that ends an answer in the prompt
     format, so the student learns where to stop; without it the sentence ends at the answer."""
     method = FinetuneSentences(tiny_lm, SentenceParams(end_answer=end_answer, prompt_style="run"), RunParams(), seed=0)
-    examples = method.examples(CONTEXTS)
+    examples = [e for group in method.examples(CONTEXTS) for e in group]
     newline = tiny_lm.encode("\n", add_bos=False)
     for example, sentence in zip(examples, CONTEXTS[0].targets):
         assert (example.ids[-len(newline) :] == newline) is end_answer

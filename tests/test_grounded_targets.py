@@ -129,6 +129,17 @@ def test_local_plus_grounded_asks_again_until_it_has_enough_grounded_pairs():
     assert again == result  # from the cache, not confused with the unfiltered set
 
 
+def test_asking_for_more_sentences_allows_proportionally_more_replies():
+    """The paper's 500 fresh pairs per context must not stop at the rounds that suffice for 10."""
+    replies = [f" Question {i}? Answer: {i}" for i in range(40)]  # one new pair a reply
+    lm = FakeLM(replies)
+    result = make_targets([DOC], RunParams(targets="local", num_targets=25), lm, 0)
+    assert generation.rounds_for(25, grounded=False) == 3 * generation.MAX_ROUNDS
+    assert lm.calls == 3 * generation.MAX_ROUNDS < 25  # one pair a reply: short after its rounds
+    assert len(result["d0"]) == 3 * generation.MAX_ROUNDS
+    assert generation.rounds_for(10, grounded=True) == generation.GROUNDED_ROUNDS
+
+
 def test_a_context_short_of_grounded_pairs_keeps_what_it_has_with_a_warning(caplog):
     lm = FakeLM([" Who founded Douprur? Answer: Drexrain Lintrim"])
     with caplog.at_level(logging.WARNING):

@@ -62,7 +62,7 @@ def test_selfparam_student_and_teacher_ids(tiny_lm, style, fewshot, end_answer):
 def test_ft_sentences_ids(tiny_lm, style, fewshot):
     lm = dataclasses.replace(tiny_lm, fewshot=fewshot)
     method = FinetuneSentences(lm, SentenceParams(prompt_style=style, end_answer=True), RunParams(), seed=0)
-    examples = method.examples([CONTEXT])
+    [examples] = method.examples([CONTEXT])
     assert [e.ids for e in examples] == [expected_ids(lm, s, True) for s in CONTEXT.targets]
     assert all(lm.tokenizer.decode(e.ids[e.first + 1 : e.first + 2]) == "Question" for e in examples)
 
@@ -131,3 +131,50 @@ def test_chat_style_needs_a_chat_template(tiny_lm, monkeypatch):
     p = SelfParamParams(prompt_style="chat", context_loss=False, retain_per_target=0)
     with pytest.raises(BenchError, match="no chat template"):
         InjectionPlan(tiny_lm, [CONTEXT], p, RetainStream(tiny_lm, "model", 8, 0), random.Random(0))
+
+
+# ---- which sentences an epoch takes ---------------------------------------------------------------
+
+THREE = Context(
+    "c1",
+    "Ada Fenwick keeps the Mirren lighthouse north of Port Ansel, lit in 1862.",
+    [
+        "Question: Who keeps the Mirren lighthouse? Answer: Ada Fenwick",
+        "Question: Where is the Mirren lighthouse? Answer: north of Port Ansel",
+        "Question: When was it first lit? Answer: 1862",
+    ],
+)
+
+
+def test_an_epoch_takes_each_contexts_sentences_in_turn():
+    """The official code's fresh slice per epoch: per context, ``targets_per_epoch`` in turn, wrapping."""
+    from methods.sentences import epoch_share
+
+    groups = [["a", "b", "c"], ["d"]]
+    assert [epoch_share(groups, e, 2) for e in range(3)] == [["a", "b", "d"], ["c", "a", "d"], ["b", "c", "d"]]
+    assert epoch_share(groups, 5, 0) == ["a", "b", "c", "d"]  # 0: every sentence every epoch
+
+
+def test_ft_sentences_and_selfparam_take_the_same_sentences_each_epoch(tiny_lm):
+    """Same budget for rivals: with ``targets_per_epoch`` FT(S) trains on the sentences SELF-PARAM's
+    plan takes in the same epoch, each context's in turn."""
+    contexts = [CONTEXT, THREE]
+    ft = FinetuneSentences(tiny_lm, SentenceParams(prompt_style="run", targets_per_epoch=1), RunParams(), seed=0)
+    groups = ft.examples(contexts)
+    p = SelfParamParams(prompt_style="run", context_loss=False, retain_per_target=0, targets_per_epoch=1)
+    plan = InjectionPlan(tiny_lm, contexts, p, RetainStream(tiny_lm, "model", 8, 0), random.Random(0))
+    seen = []
+    for epoch in range(3):
+        taken = ft.epoch(groups, epoch)
+        assert [e.ids for e in taken] == [e.ids for e in plan.epoch(epoch)]
+        seen.append([e.ids for e in taken])
+    assert [ids[1] for ids in seen] == [e.ids for e in groups[1]]  # the three-sentence context: a fresh one each epoch
+
+
+def test_paper_runs_ask_for_the_official_count_of_fresh_sentences():
+    from benchmark.config import RUN_PROFILES, build_params
+
+    def num_targets(task: str) -> int:
+        return build_params({"run": (RunParams, RUN_PROFILES)}, "paper", {}, task=task)["run"].num_targets
+
+    assert (num_targets("batch"), num_targets("sequential")) == (50 * 10, 20 * 10)
