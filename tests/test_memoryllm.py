@@ -293,3 +293,11 @@ def test_scored_profiles_train_the_mechanism_for_steps_not_minutes(profile):
 
     params = MiniTrainParams(**TRAIN_PROFILES[profile])
     assert params.max_minutes == 0 and params.steps >= 150
+
+
+def test_warm_up_raises_the_learning_rate_linearly_then_holds_it():
+    from methods.memoryllm.train import MiniTrainParams, warmed_up_lr
+
+    p = MiniTrainParams(lr=1e-3, warmup_steps=4)
+    assert [warmed_up_lr(p, s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert warmed_up_lr(MiniTrainParams(lr=1e-3), 0) == 1e-3  # no warm-up: lr from the first step

@@ -48,6 +48,9 @@ class MiniTrainParams:
     steps: int = 150
     max_minutes: float = 0.0  # stop earlier when this wall time is reached (0 = no limit)
     lr: float = 1e-3
+    # Steps over which the learning rate rises linearly to ``lr`` (0 = none): Adam's first steps
+    # move every parameter by about lr whatever its gradient, which the fresh embeddings may not bear.
+    warmup_steps: int = 0
     qa_fraction: float = 0.7  # share of QA steps (the rest: text continuation)
     max_distractors: int = 2
     context_tokens: int = 64
@@ -58,6 +61,7 @@ class MiniTrainParams:
         "steps": ">= 1",
         "max_minutes": ">= 0",
         "lr": "> 0",
+        "warmup_steps": ">= 0",
         "qa_fraction": "[0, 1]",
         "max_distractors": ">= 0",
         "context_tokens": ">= 1",
@@ -231,6 +235,8 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mechanism.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = warmed_up_lr(p, step)
         optimizer.step()
         memory = memory.detach()
         tokens += len(sample.inject) + len(sample.target)
@@ -251,6 +257,8 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
         "train_tokens": tokens,
         "loss_first": sum(losses[:window]) / window if losses else None,
         "loss_last": sum(losses[-window:]) / window if losses else None,
+        # the training loss's course, mean per 10 steps: a rise after the start shows instability
+        "loss_by_10_steps": [round(sum(chunk) / len(chunk), 3) for chunk in _chunks(losses, 10)],
         "heldout_before": before,
         "heldout_after": after,
         "c4_steps": bool(data.texts),
@@ -262,6 +270,18 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
     tmp.replace(path)
     summary["path"] = str(path)
     return summary
+
+
+def warmed_up_lr(p: MiniTrainParams, step: int) -> float:
+    """The learning rate of step ``step`` (from 0): rising linearly over ``warmup_steps``, then ``lr``."""
+    if p.warmup_steps and step < p.warmup_steps:
+        return p.lr * (step + 1) / p.warmup_steps
+    return p.lr
+
+
+def _chunks(values: list[float], size: int) -> Iterator[list[float]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def load_mechanism(mechanism: MemoryMechanism, path: Path) -> dict[str, Any]:
