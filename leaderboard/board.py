@@ -288,6 +288,23 @@ def few_units_note(board: Board, main_scores: list[Summary | None]) -> list[str]
     ]
 
 
+def _devices(runs: list[Result]) -> list[str]:
+    """The devices ``runs`` measured their costs on, sorted; "—" for files that recorded none."""
+    return sorted({extract.device(r) or MISSING for r in runs})
+
+
+def mixed_devices_note(board: Board) -> list[str]:
+    """A note under a board whose cost columns come from more than one device (or from files that
+    do not say which): seconds and rates compare only between runs of one device."""
+    devices = _devices([r for row in board.rows for r in row.runs])
+    if len(devices) < 2:
+        return []
+    return [
+        f"Mixed devices: this board's costs were measured on {len(devices)} devices ({'; '.join(devices)}). "
+        "Compare seconds and rates only between rows of the same device (and day: a CPU's speed drifts)."
+    ]
+
+
 def board_table(board: Board, link_from: Path | None = None) -> Table:
     """The board as a table; with ``link_from``, method names link to their (first seed's) result file."""
     main = board.metrics[:1]
@@ -295,7 +312,7 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
     headers += [f"{board.heading(m)} [95% CI]" for m in main]
     headers += [f"Δ vs {board.floor_name} [95% CI]"] if main else []
     headers += [f"{board.heading(m)} [95% CI]" for m in board.metrics[1:]]
-    headers += ["inject s", "train tok/s", "footprint", "wall s", "date", "commit"]
+    headers += ["inject s", "train tok/s", "footprint", "wall s", "device", "date", "commit"]
     rows = []
     main_scores: list[Summary | None] = []
     for position, (row, delta, rank) in enumerate(zip(board.rows, board.deltas, board.ranks), start=1):
@@ -321,9 +338,11 @@ def board_table(board: Board, link_from: Path | None = None) -> Table:
             + (" †" if any(extract.rate_counts_computed_tokens_only(r) for r in row.runs) else ""),
             fmt_bytes(_mean([extract.cost(r, "footprint_bytes") for r in row.runs])),
             fmt_number(_mean([extract.cost(r, "wall_s") for r in row.runs])),
+            ", ".join(_devices(row.runs)),
             _date(row),
             _commit(row),
         ]
         rows.append(cells)
     notes = meta.stand_in_notes(board.info(row) for row in board.rows) + few_units_note(board, main_scores)
+    notes += mixed_devices_note(board)
     return Table(board.title, headers, rows, notes)

@@ -82,6 +82,18 @@ def cost(result: dict[str, Any], key: str) -> float | None:
     return number(value.get(key)) if isinstance(value, dict) else None
 
 
+def device(result: dict[str, Any]) -> str | None:
+    """The device a run's costs were measured on: a GPU's name, a CPU's model and instruction set
+    ("+bf16" where it multiplies bf16 natively); None for a file that recorded none."""
+    record = result.get("device")
+    if not isinstance(record, dict) or not record.get("type"):
+        return None
+    if record["type"] == "cuda":
+        return str(record.get("name") or "cuda")
+    parts = [str(record[k]) for k in ("cpu_model", "cpu_capability") if record.get(k)]
+    return (" ".join(parts) or str(record["type"])) + ("+bf16" if record.get("bf16_instructions") else "")
+
+
 def train_rate(result: dict[str, Any]) -> float | None:
     """Training tokens per second, counting every example's whole sequence.
 

@@ -58,7 +58,10 @@ def build_page(results: list[dict[str, Any]], out_dir: Path, source: str) -> Pag
         "sequence, so runs that share a prefix across a batch compare on the same work; † marks a "
         "run that shared prefixes but whose file predates that count: its rate counts each shared "
         "prefix once per batch), the method's storage footprint (extra state it keeps), and the "
-        "whole run's wall seconds. Date is the row's latest run's; commit lists every commit "
+        "whole run's wall seconds; device names what they were measured on (a GPU, or a CPU's model "
+        "and instruction set, +bf16 where it multiplies bf16 natively; — where the file does not "
+        "say), and a board whose costs come from several devices says so below it. Date is the "
+        "row's latest run's; commit lists every commit "
         "the row's runs came from, so a row pooling runs of different code shows it; the "
         "method name links to its (first seed's) result file.",
         "",

@@ -59,7 +59,7 @@ def test_boards_are_ranked_per_task_dataset_model(tmp_path):
     assert table.headers[5:8] == ["QA-F1 [95% CI]", "Δ vs Base, Q [95% CI]", "acc [95% CI]"]
     selfparam = table.rows[1]
     assert selfparam[:5] == ["2", "—", "SELF-PARAM", "quick", "1"]
-    assert selfparam[8:] == ["12.5", "500", "2.0 KiB", "30.0", "2026-11-20", "01234567"]
+    assert selfparam[8:] == ["12.5", "500", "2.0 KiB", "30.0", "—", "2026-11-20", "01234567"]
 
 
 def test_a_variant_run_is_labelled_with_its_settings(tmp_path):
@@ -224,6 +224,20 @@ def test_the_commit_column_lists_every_commit_of_the_row():
     assert row[4] == "3" and row[-1] == "01234567-dirty, 89abcdef"
     (board,) = boards([batch("selfparam", 0.4, seed=0, commit=old), batch("selfparam", 0.5, seed=1, commit=old)])
     assert board_table(board).rows[0][-1] == "89abcdef"
+
+
+def test_the_device_column_and_a_note_say_where_costs_were_measured():
+    avx2 = {"type": "cpu", "cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "bf16_instructions": False}
+    amx = {"type": "cpu", "cpu_model": "Intel Xeon", "cpu_capability": "AVX512", "bf16_instructions": True}
+    runs = [batch("selfparam", 0.4), batch("base_q", 0.1), batch("bm25", 0.2)]
+    runs[0]["device"], runs[1]["device"] = avx2, amx  # the third file predates the record
+    table = board_table(boards(runs)[0])
+    devices = {row[2]: dict(zip(table.headers, row))["device"] for row in table.rows}
+    assert devices == {"SELF-PARAM": "AMD EPYC AVX2", "Base, Q": "Intel Xeon AVX512+bf16", "BM25": "—"}
+    (note,) = [n for n in table.notes if n.startswith("Mixed devices")]
+    assert "3 devices" in note and "AMD EPYC AVX2; Intel Xeon AVX512+bf16; —" in note
+    runs[1]["device"] = runs[2]["device"] = avx2
+    assert not any(n.startswith("Mixed devices") for n in board_table(boards(runs)[0]).notes)
 
 
 def test_a_board_whose_intervals_rest_on_few_units_says_so():
