@@ -239,7 +239,7 @@ class CartridgeMethod(TrainedMethod):
         # The official code: p = 2048, lr 2e-2, top-20 teacher logits, Adam, batch 64, the first
         # position frozen (the defaults). Epochs stay the benchmark's 50 passes over the target
         # sentences: the official run is ~2 epochs over ~65k synthetic conversations.
-        "paper": {"targets_per_epoch": 10},  # selfparam's fresh 10 a epoch: the same sentences as often
+        "paper": {"targets_per_epoch": 10},  # selfparam's 10 fresh sentences per epoch: each seen as often
         "paper@sequential": {"epochs": 20},  # selfparam's official sequential budget: the same for rivals
     }
 

@@ -118,7 +118,7 @@ class FinetuneSentences(_Finetune):
         # selfparam's merge; its 12 epochs tied 10 here on the dev sequences (README), so 10 stay.
         "quick@sequential": {"epochs": 10, "merge_adapter": True},
         "quick@recommendation": {"attn_implementation": "sdpa"},  # long conversations: as selfparam's
-        "paper": {"targets_per_epoch": 10},  # selfparam's fresh 10 a epoch: the same sentences as often
+        "paper": {"targets_per_epoch": 10},  # selfparam's 10 fresh sentences per epoch: each seen as often
         "paper@sequential": {"epochs": 20},  # selfparam's official sequential budget: the same for rivals
     }
 
