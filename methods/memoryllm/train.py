@@ -258,7 +258,9 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
         "loss_first": sum(losses[:window]) / window if losses else None,
         "loss_last": sum(losses[-window:]) / window if losses else None,
         # the training loss's course, mean per 10 steps: a rise after the start shows instability
-        "loss_by_10_steps": [round(sum(chunk) / len(chunk), 3) for chunk in _chunks(losses, 10)],
+        "loss_by_10_steps": [
+            round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 3) for i in range(0, len(losses), 10)
+        ],
         "heldout_before": before,
         "heldout_after": after,
         "c4_steps": bool(data.texts),
@@ -277,11 +279,6 @@ def warmed_up_lr(p: MiniTrainParams, step: int) -> float:
     if p.warmup_steps and step < p.warmup_steps:
         return p.lr * (step + 1) / p.warmup_steps
     return p.lr
-
-
-def _chunks(values: list[float], size: int) -> Iterator[list[float]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
 
 
 def load_mechanism(mechanism: MemoryMechanism, path: Path) -> dict[str, Any]:
