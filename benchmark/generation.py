@@ -319,7 +319,7 @@ def local_targets(
     temperature = local_temperature()
     generator_id = f"local-{lm.name}" + ("" if temperature == 1.0 else f"-t{temperature:g}")
     # Without a chat template the prompt ends in "Question:", so the reply starts mid-pair.
-    ask = _sampler(lm, local_prompt, seed, temperature, max_new_tokens, "writing QA pairs", "Question:")
+    ask = sampler(lm, local_prompt, seed, temperature, max_new_tokens, "writing QA pairs", "Question:")
     return cached(
         documents,
         cache_id(generator_id, grounded),
@@ -330,7 +330,7 @@ def local_targets(
     )
 
 
-def _sampler(
+def sampler(
     lm: Any,
     prompt: Callable[[Any, str], str],
     seed: int,
@@ -338,10 +338,12 @@ def _sampler(
     max_new_tokens: int,
     label: str,
     raw_start: str,
+    top_k: int = 0,
 ) -> Callable[[list[Document], int], list[str]]:
-    """``ask`` for ``collect``: one sampled reply per context from the run's model, seeded by the
-    run's seed and the round (the global torch generator is left as it was). ``raw_start``, the end
-    of a prompt without a chat template, is put back before each reply."""
+    """``ask`` for ``collect``: one sampled reply per context from the run's model (from its
+    ``top_k`` likeliest tokens, 0: all), seeded by the run's seed and the round (the global torch
+    generator is left as it was). ``raw_start``, the end of a prompt without a chat template, is
+    put back before each reply."""
     import torch
 
     def ask(pending: list[Document], round_: int) -> list[str]:
@@ -354,6 +356,7 @@ def _sampler(
                 max_new_tokens=max_new_tokens,
                 stop_at_newline=False,
                 sample_temperature=temperature,
+                sample_top_k=top_k,
                 progress=f"{label} (round {round_ + 1})",
             )
         finally:
@@ -400,7 +403,7 @@ def implications_targets(
     grounded = wants_grounded(run)
     temperature = local_temperature()
     generator_id = f"implications-{lm.name}" + ("" if temperature == 1.0 else f"-t{temperature:g}")
-    ask = _sampler(lm, implications_prompt, seed, temperature, max_new_tokens, "writing implications", "")
+    ask = sampler(lm, implications_prompt, seed, temperature, max_new_tokens, "writing implications", "")
     return cached(
         documents,
         cache_id(generator_id, grounded),

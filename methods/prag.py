@@ -3,10 +3,12 @@
 Offline, each injected context (a "document") gets a LoRA of its own on the FFN projections,
 trained from one initialisation shared by all documents, with next-token loss on PRAG's augmented
 document: the document followed by a question-answer pair about it. PRAG writes rewrites of the
-document and QA pairs with the LLM; here the context's target sentences ("Question: … Answer: …")
-are its QA pairs and no rewrites are made (the original document only). The official code puts
-the first half of the QA pairs after the document and trains the rest on their own
-(``qa_with_document="half"``); the paper's formula puts every pair after it (``"all"``).
+document and QA pairs with the LLM under test; here the context's target sentences ("Question: …
+Answer: …") are its QA pairs (the official code: three per document), and the model under test
+writes ``rewrites`` rewrites of it (the official code: one, sampled at temperature 0.7 from the 50
+likeliest tokens, up to 512 new tokens; the prompt's wording is ours). The official code puts the
+first half of the QA pairs after the document and after each rewrite and trains the rest on their
+own (``qa_with_document="half"``); the paper's formula puts every pair after them (``"all"``).
 
 Online, BM25 (``methods.retrieval``) ranks whole contexts for each question; the top-k documents'
 LoRAs are merged by concatenating their A matrices along the rank dimension and their B matrices
@@ -29,9 +31,10 @@ import torch
 
 from benchmark.config import RunParams
 from benchmark.errors import BenchError
+from benchmark.generation import cached, sampler
 from benchmark.models import LM
 from benchmark.registry import register_method
-from benchmark.types import Answer, Context, Footprint, Prompt
+from benchmark.types import Answer, Context, Document, Footprint, Prompt
 from methods.retrieval import BM25, BM25Params, Passage, count_tokens
 from methods.sentences import SentenceParams, frame, sentence_prefixes, targets_in_turn
 from methods.training import Example, TrainedMethod, Trainer, run_epochs, steps_per_epoch
@@ -43,6 +46,13 @@ INFERENCES = ("parametric", "combine")
 QA_WITH_DOCUMENT = ("half", "all")
 LOSS_SPANS = ("document", "sentence")
 
+# What the model under test is asked for a rewrite (the official code's request, in our words).
+REWRITE_PROMPT = (
+    "Rewrite the passage below in different words. Keep its names, places, numbers and terms as they are "
+    "and keep all of its information, but make the new text clearly different from the original.\n{passage}"
+)
+REWRITE_TEMPERATURE, REWRITE_TOP_K = 0.7, 50  # the official code's sampling for its augmentation
+
 # A document's LoRA: for each LoRA module of the student, its (A, B) weights, shapes (r, in) and (out, r).
 Adapter = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -50,8 +60,8 @@ Adapter = dict[str, tuple[torch.Tensor, torch.Tensor]]
 @dataclass
 class PRAGParams(SentenceParams):
     # PRAG's document encoding (the official scripts of the paper's runs): LoRA on the FFN
-    # projections, rank 2 (their value for the 1-1.5B models; 8 for LLaMA3-8B), alpha 32, no
-    # dropout, AdamW lr 3e-4, one epoch (two on PopQA), batch size 1.
+    # projections, rank 2 and alpha 32 (for every model in its current scripts), no dropout, AdamW
+    # lr 3e-4, one epoch (two on PopQA, and on HotpotQA with Qwen2.5-1.5B), batch size 1.
     lora_r: int = 2
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -71,8 +81,17 @@ class PRAGParams(SentenceParams):
     # the raw layout this is the same) or "sentence" (the sentence only, as ``sentence_loss`` says).
     loss_span: str = "document"
     max_context_tokens: int = 2000  # combine: budget for the retrieved text in the prompt
+    # Rewrites of each document by the model under test, each followed by the same QA pairs as the
+    # document (the official code: one, of up to 512 new tokens).
+    rewrites: int = 1
+    rewrite_max_tokens: int = 512
 
-    RANGES: ClassVar[dict[str, str]] = {"top_k": ">= 1", "max_context_tokens": ">= 1"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "top_k": ">= 1",
+        "max_context_tokens": ">= 1",
+        "rewrites": ">= 0",
+        "rewrite_max_tokens": ">= 1",
+    }
 
 
 class DocumentIndex(BM25):
@@ -163,7 +182,7 @@ class PRAG(TrainedMethod):
     Params = PRAGParams
     uses_targets = True
     profiles = {
-        "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
+        "smoke": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "rewrite_max_tokens": 16},
         # Chosen on fictional dev contexts (split=dev, 5 contexts, 25 questions; README): PRAG's one
         # epoch at lr 3e-4 is far less than what taught the 135M model anything for ft_sentences and
         # selfparam, so 14 epochs with linear decay and clipping, as they use. At batch 4 and lr
@@ -183,10 +202,13 @@ class PRAG(TrainedMethod):
             "prompt_style": "run",
             "end_answer": True,
             "share_prefix": 8,
+            # No rewrites: quick was chosen without them, and whether the 135M model's rewrites
+            # help has not been measured on dev contexts.
+            "rewrites": 0,
         },
-        # 10 pairs per document, as paper runs gave it before the run asked for SELF-PARAM's 500
-        # fresh ones (PRAG's own count is not taken from its code here).
-        "paper": {"targets_per_epoch": 10},
+        # The official code's three QA pairs per document: the first three of the run's target
+        # sentences (in the paper's runs, SELF-PARAM's 500 fresh ones per context).
+        "paper": {"targets_per_epoch": 3},
     }
 
     def __init__(self, lm: LM, params: PRAGParams, run: RunParams, seed: int = 0) -> None:
@@ -198,9 +220,12 @@ class PRAG(TrainedMethod):
         self.index = DocumentIndex(lm, index_params, run, seed)
         self.index.keep_text = params.inference == "combine"
         self.adapters: dict[str, Adapter] = {}  # context id -> its LoRA
+        self.rewritten: dict[str, list[str]] = {}  # context id -> its rewrites
         self.layers: dict[str, Any] = {}
         self.initial: Adapter = {}
         self.stats.update({"index_s": 0.0, "merge_s": 0.0, "merged_sets": 0})
+        if params.rewrites:
+            self.stats.update({"rewrite_s": 0.0, "rewrites": 0, "rewrites_empty": 0})
 
     @classmethod
     def params_problem(cls, params: Any) -> str | None:
@@ -234,22 +259,65 @@ class PRAG(TrainedMethod):
         peft_model.set_adapter(TRAINED)
         return student
 
-    def examples(self, context: Context) -> list[Example]:
-        """PRAG's augmented document: the document then a QA pair, or a pair on its own; a context
-        without target sentences trains on its text alone, so that every document has a LoRA."""
+    def rewrite(self, contexts: list[Context]) -> None:
+        """The model under test's rewrites of each new context (``rewrites`` of them), sampled as
+        the official code samples them and cached like generated target sentences, so that a rerun
+        or a resumed run trains on the same text. An empty rewrite is counted and left out."""
         p = self.params
-        with_document, alone = sentence_prefixes(self.lm, [context], p.prompt_style)
+        if not p.rewrites:
+            return
+        # As documents: what the generators' cache stores sentences for
+        new = [Document(c.id, c.text, ()) for c in contexts if c.id not in self.rewritten]
+        if not new:
+            return
+        tick = time.perf_counter()
+
+        def prompt(lm: LM, text: str) -> str:
+            request = REWRITE_PROMPT.format(passage=text)
+            return lm.apply_chat_template(request) if getattr(lm.tokenizer, "chat_template", None) else request
+
+        ask = sampler(
+            self.lm, prompt, self.seed, REWRITE_TEMPERATURE, p.rewrite_max_tokens, "writing rewrites", "", REWRITE_TOP_K
+        )
+
+        def make(docs: list[Document]) -> dict[str, list[str]]:
+            texts: dict[str, list[str]] = {doc.id: [] for doc in docs}
+            for round_ in range(p.rewrites):
+                for doc, reply in zip(docs, ask(docs, round_)):
+                    texts[doc.id].append(reply.strip())
+            return texts
+
+        generator = f"prag-rewrite-{self.lm.name}-t{REWRITE_TEMPERATURE:g}-k{REWRITE_TOP_K}-m{p.rewrite_max_tokens}"
+        made = cached(new, generator, p.rewrites, self.seed, make, allow_empty=True, what="rewrite")
+        for doc in new:
+            texts = made.get(doc.id, [])
+            self.rewritten[doc.id] = [t for t in texts if t]
+            self.stats["rewrites"] += len(self.rewritten[doc.id])
+            self.stats["rewrites_empty"] += len(texts) - len(self.rewritten[doc.id])
+        self.stats["rewrite_s"] += time.perf_counter() - tick
+
+    def examples(self, context: Context) -> list[Example]:
+        """PRAG's augmented document: the document (and each of its rewrites) then a QA pair, or a
+        pair on its own; a context without target sentences trains on its text alone, so that every
+        document has a LoRA."""
+        p = self.params
+        passages = [context] + [dataclasses.replace(context, text=t) for t in self.rewritten.get(context.id, [])]
+        with_passage, alone = sentence_prefixes(self.lm, passages, p.prompt_style)
         # PRAG's augmentation is fixed: one epoch's share of the sentences, the same every epoch
         targets = [context.targets[j] for j in targets_in_turn(len(context.targets), 0, p.targets_per_epoch)]
         share = len(targets) if p.qa_with_document == "all" else (len(targets) + 1) // 2
         examples = []
-        for i, sentence in enumerate(targets):
-            framed = frame(self.lm, with_document[0] if i < share else alone, sentence, p)
-            first = framed.first
-            if i < share and p.loss_span == "document":
-                bare = frame(self.lm, alone, sentence, p).ids
-                first = max(0, _common_prefix(framed.ids, bare) - 1)  # where the document begins
-            examples.append(Example(framed.ids, first, "sentence"))
+        for prefix in with_passage:
+            for sentence in targets[:share]:
+                framed = frame(self.lm, prefix, sentence, p)
+                first = framed.first
+                if p.loss_span == "document":
+                    bare = frame(self.lm, alone, sentence, p).ids
+                    first = max(0, _common_prefix(framed.ids, bare) - 1)  # where the passage begins
+                examples.append(Example(framed.ids, first, "sentence"))
+        for sentence in targets[share:]:
+            framed = frame(self.lm, alone, sentence, p)
+            examples.append(Example(framed.ids, framed.first, "sentence"))
         examples = [e for e in examples if e.rows > 0]
         return examples or [Example(self.lm.encode(context.text), 0, "context")]
 
@@ -277,6 +345,7 @@ class PRAG(TrainedMethod):
 
     def inject(self, contexts: list[Context]) -> None:
         """Add each new context's LoRA and index entry (sequential injection: one step's contexts)."""
+        self.rewrite(contexts)
         for context in contexts:
             self.adapters[context.id] = self.encode(context)
         tick = time.perf_counter()

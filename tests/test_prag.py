@@ -38,7 +38,7 @@ CONTEXTS = [
 
 def params(**overrides) -> PRAGParams:
     """Enough training on the random model that documents' LoRAs differ clearly."""
-    return PRAGParams(**{"epochs": 3, "batch_size": 2, "lr": 1e-2, **overrides})
+    return PRAGParams(**{"epochs": 3, "batch_size": 2, "lr": 1e-2, "rewrites": 0, **overrides})
 
 
 def injected(tiny_lm, contexts=CONTEXTS, **overrides) -> PRAG:
@@ -190,6 +190,67 @@ def test_training_examples_put_the_document_before_the_qa_pairs(tiny_lm, qa_with
         assert example.first == 0  # raw layout, loss_span=document: every token after BOS is scored
     sentence_only = PRAG(tiny_lm, params(loss_span="sentence"), RunParams(), seed=0).examples(context)
     assert sentence_only[0].first == len(document)  # the prediction of the sentence's first token
+
+
+REWRITE = "Drexrain Lintrim founded the harbour town of Douprur in 1526."
+
+
+def test_rewrites_by_the_model_under_test_are_trained_with_the_first_half_of_the_pairs(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFPARAM_BENCH_CACHE", str(tmp_path))
+    asked: list[tuple[list[str], dict]] = []
+
+    def generate(prompts, **kwargs):
+        asked.append((prompts, kwargs))
+        return [f" {REWRITE} \n" for _ in prompts]
+
+    monkeypatch.setattr(tiny_lm, "generate", generate)
+    context = Context("c", CONTEXTS[0].text, CONTEXTS[0].targets + CONTEXTS[1].targets[:1])  # three pairs
+    method = PRAG(tiny_lm, params(rewrites=1, rewrite_max_tokens=40), RunParams(), seed=0)
+    method.rewrite([context])
+    [(prompts, kwargs)] = asked
+    assert CONTEXTS[0].text in prompts[0]  # the model is asked to rewrite the document itself
+    assert (kwargs["sample_temperature"], kwargs["sample_top_k"], kwargs["max_new_tokens"]) == (0.7, 50, 40)
+    assert method.rewritten == {"c": [REWRITE]} and method.stats["rewrites"] == 1
+
+    examples = method.examples(context)
+    document, rewrite = (tiny_lm.encode(t, add_bos=False) for t in (context.text, REWRITE))
+
+    def passage(ids: list[int]) -> str:
+        for name, text in (("document", document), ("rewrite", rewrite)):
+            if ids[1 : 1 + len(text)] == text:
+                return name
+        return "alone"
+
+    after = [passage(e.ids) for e in examples]
+    assert after == ["document", "document", "rewrite", "rewrite", "alone"]  # the official code's five
+    pairs = [tiny_lm.encode(t, add_bos=False) for t in context.targets]
+    assert [e.ids[-len(pairs[i]) :] == pairs[i] for e, i in zip(examples, [0, 1, 0, 1, 2])] == [True] * 5
+
+    def refuse(prompts, **kwargs):
+        raise AssertionError("the rewrite should come from the cache")
+
+    monkeypatch.setattr(tiny_lm, "generate", refuse)
+    again = PRAG(tiny_lm, params(rewrites=1, rewrite_max_tokens=40), RunParams(), seed=0)
+    again.rewrite([context])
+    assert again.rewritten == method.rewritten
+
+
+def test_an_empty_rewrite_is_counted_and_not_trained(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFPARAM_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(tiny_lm, "generate", lambda prompts, **kwargs: ["  \n" for _ in prompts])
+    method = PRAG(tiny_lm, params(rewrites=1), RunParams(), seed=0)
+    method.rewrite([CONTEXTS[0]])
+    assert method.rewritten == {"douprur": []}
+    assert (method.stats["rewrites"], method.stats["rewrites_empty"]) == (0, 1)
+    assert len(method.examples(CONTEXTS[0])) == 2  # the document's pair, the pair alone
+
+
+def test_paper_profile_keeps_the_official_three_pairs_and_one_rewrite():
+    from benchmark.config import build_params
+
+    paper = build_params({"method": (PRAGParams, PRAG.profiles)}, "paper", {}, task="batch")["method"]
+    assert (paper.targets_per_epoch, paper.rewrites, paper.rewrite_max_tokens) == (3, 1, 512)
+    assert (paper.lora_r, paper.lora_alpha, paper.lr, paper.epochs, paper.top_k) == (2, 32, 3e-4, 1, 3)
 
 
 def test_a_context_without_target_sentences_trains_on_its_text(tiny_lm):

@@ -80,8 +80,10 @@ class LM:
         stop_at_newline: bool = True,
         progress: str | None = None,
         sample_temperature: float | None = None,
+        sample_top_k: int = 0,
     ) -> list[str]:
-        """Greedy (or sampled) continuation of each prompt, batched with left padding."""
+        """Greedy (or sampled) continuation of each prompt, batched with left padding. With
+        ``sample_temperature`` it samples, from the ``sample_top_k`` likeliest tokens (0: from all)."""
         model = model if model is not None else self.model
         tok = self.tokenizer
         was_training = model.training
@@ -100,7 +102,7 @@ class LM:
                 attention[row, width - len(ids) :] = 1
             kwargs: dict[str, Any] = dict(do_sample=False)
             if sample_temperature is not None:
-                kwargs = dict(do_sample=True, temperature=sample_temperature, top_p=1.0, top_k=0)
+                kwargs = dict(do_sample=True, temperature=sample_temperature, top_p=1.0, top_k=sample_top_k)
             with self.autocast():
                 # nn.Module's __getattr__ types generate as Tensor | Module; the model is a transformers one.
                 generated = model.generate(  # type: ignore[operator]
