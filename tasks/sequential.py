@@ -189,15 +189,12 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         row.update({m: over_sequences(cube[:, s, :].mean(axis=1)) for m, cube in cubes.items()})
         steps.append(row)
     retention = []
-    retained: dict[str, list[np.ndarray]] = {m: [] for m in metrics}  # per-sequence means at k >= 1
     for k in range(length):  # context injected at step s - k, seen at step s (k = 0: efficacy)
         row = {"distance": k, "gain": {}}
         steps_at, positions = cells_at_distance(n_steps, k)
         for m, cube in cubes.items():
             seen = cube[:, steps_at, positions]  # seq x cell
             row[m] = over_sequences(seen.mean(axis=1))
-            if k:
-                retained[m].append(seen.mean(axis=1))
             # minus the same contexts' step-0 score: what injection added, whatever their difficulty
             row["gain"][m] = over_sequences((seen - cube[:, 0, positions]).mean(axis=1))
         retention.append(row)
@@ -213,11 +210,13 @@ def aggregate_sequences(records: list[dict[str, Any]], seed: int) -> dict[str, A
         "retention": retention,
         "before": {m: steps[0][m] for m in metrics},
     }
+    per_sequence = [sequence_scores(r) for r in records]
     if length > 1:  # the mean over distances 1..L-1 of each distance's mean, per sequence
-        scores["retention_mean"] = {m: over_sequences(np.mean(retained[m], axis=0)) for m in metrics}
-    shares = [interference(r) for r in records]
-    if all(share is not None for share in shares):
-        scores["interference"] = summarize(shares, seed=seed)  # type: ignore[arg-type]
+        scores["retention_mean"] = {
+            m: over_sequences(np.asarray([s[f"retention_mean.{m}"] for s in per_sequence])) for m in metrics
+        }
+    if all("interference" in s for s in per_sequence):
+        scores["interference"] = summarize([s["interference"] for s in per_sequence], seed=seed)
     return scores
 
 
