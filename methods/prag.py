@@ -202,9 +202,8 @@ class PRAG(TrainedMethod):
             "prompt_style": "run",
             "end_answer": True,
             "share_prefix": 8,
-            # No rewrites: quick was chosen without them, and whether the 135M model's rewrites
-            # help has not been measured on dev contexts.
-            "rewrites": 0,
+            # and the official one rewrite per document (class default): on the same 5 dev
+            # contexts 0.84 against 0.72 without, paired +0.12 [+0.04, +0.20], in 1.9x the time.
         },
         # The official code's three QA pairs per document: the first three of the run's target
         # sentences (in the paper's runs, SELF-PARAM's 500 fresh ones per context).
