@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import methods.training as training
 from methods.training import (
@@ -49,10 +50,17 @@ def make_batch(lm, kind: str) -> tuple[list[Example], list[Dist] | None, list[in
     return batch, targets, prefix
 
 
-def trained(lm, batch, targets, step_tokens: int, share: int):
+def trained(lm, batch, targets, step_tokens: int, share: int, sdpa_above: int = 0):
     """One optimizer step from the same start: (trainer, loss, gradients, updated parameters)."""
     torch.manual_seed(0)
-    p = TrainParams(lora_dropout=0.0, step_tokens=step_tokens, share_prefix=share, lr=LR, loss_chunk_rows=16)
+    p = TrainParams(
+        lora_dropout=0.0,
+        step_tokens=step_tokens,
+        share_prefix=share,
+        lr=LR,
+        loss_chunk_rows=16,
+        sdpa_above_tokens=sdpa_above,
+    )
     student = build_student(lm, p)
     with torch.no_grad():
         for name, param in student.named_parameters():
@@ -85,6 +93,34 @@ def test_micro_batched_step_gives_the_same_loss_gradients_and_update(tiny_lm, ki
         # Adam's first step is ~lr * sign(gradient), so entries whose gradient is ~eps may move
         # differently by a fraction of lr; an optimizer step per micro-batch would be off by ~lr.
         assert torch.allclose(split_params[name], whole_params[name], rtol=0, atol=1e-2 * LR), name
+
+
+@pytest.mark.parametrize("share", [0, 8])
+def test_passes_with_a_long_example_train_with_sdpa_and_the_same_gradients(tiny_lm, monkeypatch, share):
+    batch, _, _ = make_batch(tiny_lm, "ce")
+    calls: list[int] = []  # key length of every call of the sdpa kernel
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def counted(module, query, key, *args, **kwargs):
+        calls.append(key.shape[-2])
+        return sdpa(module, query, key, *args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", counted)
+    eager, eager_loss, eager_grads, _ = trained(tiny_lm, batch, None, BUDGET, share)
+    assert not calls and eager.report.sdpa_passes == 0
+    mixed, mixed_loss, mixed_grads, _ = trained(tiny_lm, batch, None, BUDGET, share, sdpa_above=16)
+    kernels = [mixed.kernel([batch[i] for i in part]) for part in mixed.micro_batches(batch)]
+    assert kernels.count("sdpa") == mixed.report.sdpa_passes >= 1 and "" in kernels
+    layers = tiny_lm.model.config.num_hidden_layers
+    longest = [max(len(batch[i].ids) for i in part) for part in mixed.micro_batches(batch)]
+    runs = len(calls) // layers  # forward runs through sdpa (a shared prefix adds a run to its pass)
+    assert len(calls) % layers == 0 and runs >= sum(n > 16 for n in longest) == mixed.report.sdpa_passes
+    if not share:
+        assert runs == mixed.report.sdpa_passes  # the long passes only
+    assert mixed.model.get_base_model().config._attn_implementation == "eager"  # restored after each pass
+    assert mixed_loss == pytest.approx(eager_loss, rel=1e-5)
+    for name, grad in eager_grads.items():
+        assert torch.allclose(mixed_grads[name], grad, rtol=1e-4, atol=1e-6), name
 
 
 def test_padded_tokens_count_a_shared_prefix_once_as_the_student_runs_it(tiny_lm):

@@ -57,6 +57,7 @@ class TrainReport:
     teacher_s: float = 0.0
     losses: list[float] = field(default_factory=list)
     passes: int = 0  # forward+backward passes: more than ``steps`` when ``step_tokens`` split batches
+    sdpa_passes: int = 0  # of which trained with sdpa attention for their length (``sdpa_above_tokens``)
     # Set by ``run_epochs`` when it resumed from a checkpoint (0 otherwise): the seconds this attempt
     # spent replaying the data order up to it, which an uninterrupted run never spends, and the
     # training seconds the killed attempts spent up to it, which this attempt never spends
@@ -257,6 +258,12 @@ class Trainer:
             return even
         return parts
 
+    def kernel(self, examples: list[Example]) -> str:
+        """The attention kernel of one pass: sdpa when an example is longer than
+        ``sdpa_above_tokens`` (eager's (L, L) maps would fill memory), else "" (the student's own)."""
+        limit = self.p.sdpa_above_tokens
+        return "sdpa" if limit > 0 and max(len(e.ids) for e in examples) > limit else ""
+
     def backward(self, batch: list[Example], targets: list[Dist] | None = None) -> float:
         """Add the gradients of the batch's loss (``loss``) to the parameters' and return the loss.
 
@@ -268,11 +275,15 @@ class Trainer:
         value, tokens = 0.0, 0
         for part in self.micro_batches(batch):
             share = len(part) / len(batch)
-            loss = self.loss([batch[i] for i in part], None if targets is None else [targets[i] for i in part]) * share
-            loss.backward()
+            examples = [batch[i] for i in part]
+            kernel = self.kernel(examples)
+            with attention_kernel(self.model, kernel):
+                loss = self.loss(examples, None if targets is None else [targets[i] for i in part]) * share
+                loss.backward()
             value += float(loss.detach())
             tokens += self.tokens_in_step
             self.report.passes += 1
+            self.report.sdpa_passes += int(kernel == "sdpa")
         self.tokens_in_step = tokens
         return value
 
@@ -455,6 +466,7 @@ class TrainedMethod(Method):
             ("train_example_tokens", report.example_tokens),
             ("train_s", wall_s - report.replay_s + report.resumed_s),
             ("train_steps", report.steps),
+            ("train_sdpa_passes", report.sdpa_passes),
             ("student_s", report.student_s),
             ("teacher_tokens", report.teacher_tokens),
             ("teacher_s", report.teacher_s),

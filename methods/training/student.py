@@ -42,6 +42,13 @@ class TrainParams:
     # smaller for long ones (conversations). "" keeps the model's own. Answers always go through
     # the base model's kernel (``attention_kernel``).
     attn_implementation: str = "eager"
+    # A forward+backward pass whose longest example has more than this many tokens trains with
+    # sdpa attention whatever ``attn_implementation`` says; 0 = never. Eager keeps an (L, L) score
+    # map per head and layer for backward, so its memory grows with tokens x L: at a 2048-token
+    # pass, ~0.85 GB of maps at L = 256, 2.2 GB at 658 (the longest SQuAD test paragraph, where
+    # FT(C) and PRAG went over 4 GiB). Shorter passes (every QA example of the fictional set) keep
+    # eager and train as before. The same function either way: only float rounding differs.
+    sdpa_above_tokens: int = 256
     # Training examples whose unscored prefixes are identical and at least this long run the
     # prefix once and share its key/value cache; 0 = off (a ~17-token prefix ran no faster shared
     # on a CPU; a ~50-token one saves about a quarter of the step time).
@@ -86,6 +93,7 @@ class TrainParams:
         "share_prefix": ">= 0",
         "loss_chunk_rows": ">= 0",
         "step_tokens": ">= 0",
+        "sdpa_above_tokens": ">= 0",
     }
 
 
