@@ -31,7 +31,8 @@ cartridge); only the prefix tensors train.
   be O(n) and is not implemented.
 
 The student-parameterisation fields inherited from ``TrainParams`` (``params``, ``lora_*``,
-``frozen_bf16``, ``attn_implementation``) do not apply: the base model is used as loaded.
+``frozen_bf16``, ``attn_implementation``, ``sdpa_above_tokens``) do not apply: the base model is
+used as loaded.
 """
 
 from __future__ import annotations
@@ -178,6 +179,11 @@ class Cartridge(torch.nn.Module):
 
 class CartridgeTrainer(Trainer):
     """The shared ``Trainer`` whose student reads every example after the cartridge."""
+
+    def kernel(self, examples: list[Example]) -> str:
+        """Every pass through the base model's own attention: the cartridge is no transformers
+        model whose kernel could be switched, and the base model is used as loaded."""
+        return ""
 
     def student_hidden(self, batch: list[Example]) -> torch.Tensor:
         cart: Cartridge = self.model  # type: ignore[assignment]

@@ -156,9 +156,12 @@ def attention_kernel(model: torch.nn.Module, implementation: str) -> Iterator[No
     The student trains with ``attn_implementation`` (eager: faster for short examples on a CPU) but
     answers with the base model's kernel, so that trained methods and Base answer through the same
     attention code, and long prompts (conversations) need no (L, L) score maps per head."""
+    if not implementation:
+        yield
+        return
     base = unwrapped(model)
     own = base.config._attn_implementation  # transformers keeps the choice only on the config
-    if not implementation or implementation == own:
+    if implementation == own:
         yield
         return
     base.set_attn_implementation(implementation)
