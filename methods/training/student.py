@@ -45,9 +45,10 @@ class TrainParams:
     # A forward+backward pass whose longest example has more than this many tokens trains with
     # sdpa attention whatever ``attn_implementation`` says; 0 = never. Eager keeps an (L, L) score
     # map per head and layer for backward, so its memory grows with tokens x L: at a 2048-token
-    # pass, ~0.85 GB of maps at L = 256, 2.2 GB at 658 (the longest SQuAD test paragraph, where
-    # FT(C) and PRAG went over 4 GiB). Shorter passes (every QA example of the fictional set) keep
-    # eager and train as before. The same function either way: only float rounding differs.
+    # pass, by estimate ~0.85 GB of maps at L = 256, 2.2 GB at 658 (the longest SQuAD test
+    # paragraph, where FT(C) and PRAG went over 4 GiB; measured: README, Memory). Shorter passes
+    # (the fictional set's QA examples; not PRAG's long rewrites) keep eager and train as before.
+    # The same function either way: only float rounding differs.
     sdpa_above_tokens: int = 256
     # Training examples whose unscored prefixes are identical and at least this long run the
     # prefix once and share its key/value cache; 0 = off (a ~17-token prefix ran no faster shared
