@@ -50,7 +50,7 @@ def make_batch(lm, kind: str) -> tuple[list[Example], list[Dist] | None, list[in
     return batch, targets, prefix
 
 
-def trained(lm, batch, targets, step_tokens: int, share: int, sdpa_above: int = 0):
+def trained(lm, batch, targets, step_tokens: int, share: int, sdpa_above: int = 0, attn: str = "eager"):
     """One optimizer step from the same start: (trainer, loss, gradients, updated parameters)."""
     torch.manual_seed(0)
     p = TrainParams(
@@ -60,6 +60,7 @@ def trained(lm, batch, targets, step_tokens: int, share: int, sdpa_above: int = 
         lr=LR,
         loss_chunk_rows=16,
         sdpa_above_tokens=sdpa_above,
+        attn_implementation=attn,
     )
     student = build_student(lm, p)
     with torch.no_grad():
@@ -252,3 +253,11 @@ def test_prefix_caches_from_the_plain_pass_equal_their_own_pass(tiny_lm):
     assert hidden.shape[0] == sum(e.rows for e in plain)
     ridden.layers[0].keys.sum().backward()
     assert any(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def test_a_student_trained_with_sdpa_counts_no_switch_for_long_passes(tiny_lm):
+    batch, _, _ = make_batch(tiny_lm, "ce")
+    trainer, _, grads, _ = trained(tiny_lm, batch, None, BUDGET, 0, sdpa_above=16, attn="sdpa")
+    parts = [[batch[i] for i in part] for part in trainer.micro_batches(batch)]
+    assert max(len(e.ids) for part in parts for e in part) > 16 and grads  # long passes, trained
+    assert {trainer.kernel(part) for part in parts} == {""} and trainer.report.sdpa_passes == 0

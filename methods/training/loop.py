@@ -38,6 +38,7 @@ from methods.training.student import (
     head_dtype,
     head_logits,
     merge_adapter,
+    own_attention,
     split_lm,
     student_footprint,
     trainable_parameters,
@@ -57,7 +58,7 @@ class TrainReport:
     teacher_s: float = 0.0
     losses: list[float] = field(default_factory=list)
     passes: int = 0  # forward+backward passes: more than ``steps`` when ``step_tokens`` split batches
-    sdpa_passes: int = 0  # of which trained with sdpa attention for their length (``sdpa_above_tokens``)
+    sdpa_passes: int = 0  # of which switched to sdpa attention for their length (``sdpa_above_tokens``)
     # Set by ``run_epochs`` when it resumed from a checkpoint (0 otherwise): the seconds this attempt
     # spent replaying the data order up to it, which an uninterrupted run never spends, and the
     # training seconds the killed attempts spent up to it, which this attempt never spends
@@ -259,10 +260,12 @@ class Trainer:
         return parts
 
     def kernel(self, examples: list[Example]) -> str:
-        """The attention kernel of one pass: sdpa when an example is longer than
-        ``sdpa_above_tokens`` (eager's (L, L) maps would fill memory), else "" (the student's own)."""
+        """The attention kernel to switch to for one pass: sdpa when an example is longer than
+        ``sdpa_above_tokens`` (eager's (L, L) maps would fill memory) and the student runs another
+        kernel, else "" (the student's own), so that ``sdpa_passes`` counts real switches only."""
         limit = self.p.sdpa_above_tokens
-        return "sdpa" if limit > 0 and max(len(e.ids) for e in examples) > limit else ""
+        long = limit > 0 and max(len(e.ids) for e in examples) > limit
+        return "sdpa" if long and own_attention(self.model) != "sdpa" else ""
 
     def backward(self, batch: list[Example], targets: list[Dist] | None = None) -> float:
         """Add the gradients of the batch's loss (``loss``) to the parameters' and return the loss.

@@ -150,6 +150,11 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
     return model
 
 
+def own_attention(model: torch.nn.Module) -> str:
+    """The attention kernel ``model`` runs now (transformers keeps the choice only on the config)."""
+    return unwrapped(model).config._attn_implementation
+
+
 @contextlib.contextmanager
 def attention_kernel(model: torch.nn.Module, implementation: str) -> Iterator[None]:
     """Run ``model`` with another attention implementation for the duration, then restore its own.
@@ -157,14 +162,11 @@ def attention_kernel(model: torch.nn.Module, implementation: str) -> Iterator[No
     The student trains with ``attn_implementation`` (eager: faster for short examples on a CPU) but
     answers with the base model's kernel, so that trained methods and Base answer through the same
     attention code, and long prompts (conversations) need no (L, L) score maps per head."""
-    if not implementation:
+    own = own_attention(model) if implementation else ""
+    if implementation == own:  # nothing asked (no config read: a cartridge has none), or no switch
         yield
         return
     base = unwrapped(model)
-    own = base.config._attn_implementation  # transformers keeps the choice only on the config
-    if implementation == own:
-        yield
-        return
     base.set_attn_implementation(implementation)
     try:
         yield
