@@ -3,6 +3,7 @@ memoryllm-mini's memory pool."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from benchmark.config import RunParams
 from benchmark.errors import BenchError
+from benchmark.results import git_commit
 from benchmark.types import Context, Prompt
 from methods import memoryllm as memoryllm_module
 from methods.memoryllm import MemoryLLM, MemoryLLMMini, MemoryLLMMiniParams, MemoryLLMParams
@@ -274,9 +276,9 @@ def test_bench_train_saves_a_mechanism_that_run_loads(bench, tiny_lm, monkeypatc
     assert '"steps": 2' in out and "heldout_after" in out
     saved = list((tmp_path / "trained" / "memoryllm-mini").glob("*.pt"))
     assert len(saved) == 1
-    params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto")
+    params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto", train_profile="smoke")
     method = MemoryLLMMini(tiny_lm, params, RunParams(precision="fp32"), seed=0)
-    assert method.trained["steps"] == 2
+    assert method.trained["steps"] == 2 and method.trained["git_commit"] == git_commit()
     recorded = method.provenance()["mechanism"]  # which file, and how it was trained
     assert recorded["sha256"] == hashlib.sha256(saved[0].read_bytes()).hexdigest()
     assert (recorded["file"], recorded["steps"], recorded["train"]["max_minutes"]) == (saved[0].name, 2, 1.0)
@@ -284,6 +286,25 @@ def test_bench_train_saves_a_mechanism_that_run_loads(bench, tiny_lm, monkeypatc
 
     code, _, err = bench("train", "base_q", "--profile", "smoke")
     assert code == 2 and "has nothing to train" in err
+
+
+def test_mini_refuses_a_cached_mechanism_trained_with_other_settings(bench, tiny_lm, monkeypatch, tmp_path):
+    """The cache keeps one mechanism per model and pool shape, whatever trained it last (an
+    experiment with other settings, an older profile): "auto" must not pick that up silently."""
+    import methods.memoryllm.train as memoryllm_train
+
+    monkeypatch.setattr(memoryllm_train, "cache_dir", lambda: tmp_path)
+    code, _, err = bench("train", "memoryllm-mini", "--profile", "smoke", "--model", "tiny-random-llama")
+    assert code == 0, err
+    quick = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto", train_profile="quick")
+    with pytest.raises(BenchError, match=r"steps=2 \(expected 150\).*bench train memoryllm-mini --profile quick"):
+        MemoryLLMMini(tiny_lm, quick, RunParams(precision="fp32"), seed=0)
+    (saved,) = (tmp_path / "trained" / "memoryllm-mini").glob("*.pt")
+    explicit = dataclasses.replace(quick, checkpoint=str(saved))  # a file named on purpose is used as it is
+    assert MemoryLLMMini(tiny_lm, explicit, RunParams(precision="fp32"), seed=0).trained["steps"] == 2
+    assert MemoryLLMMini.params_problem(dataclasses.replace(quick, train_profile="fast")) == (
+        "unknown train_profile 'fast'; known: smoke, quick, paper"
+    )
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])
@@ -301,3 +322,20 @@ def test_warm_up_raises_the_learning_rate_linearly_then_holds_it():
     p = MiniTrainParams(lr=1e-3, warmup_steps=4)
     assert [warmed_up_lr(p, s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert warmed_up_lr(MiniTrainParams(lr=1e-3), 0) == 1e-3  # no warm-up: lr from the first step
+
+
+def test_bench_train_if_needed_trains_only_what_the_cache_lacks(bench, monkeypatch, tmp_path):
+    import methods.memoryllm.train as memoryllm_train
+
+    monkeypatch.setattr(memoryllm_train, "cache_dir", lambda: tmp_path)
+    args = ("train", "all", "--if-needed", "--profile", "smoke", "--model", "tiny-random-llama")
+    code, out, err = bench(*args)
+    assert code == 0, err
+    assert "memoryllm-mini: training (none cached at" in out and '"steps": 2' in out
+    (saved,) = (tmp_path / "trained" / "memoryllm-mini").glob("*.pt")
+    first = saved.read_bytes()
+    code, out, err = bench(*args)
+    assert code == 0 and "already holds a mechanism trained with these settings" in out and "steps" not in out
+    assert saved.read_bytes() == first
+    code, out, err = bench(*args, "--set", "steps=3")
+    assert code == 0 and "trained with steps=2 (expected 3)" in out and '"steps": 3' in out

@@ -32,7 +32,15 @@ from benchmark.models import LM, first_answer_line
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
 from methods.memoryllm.mini import MemoryPool, PoolConfig, build
-from methods.memoryllm.train import TRAIN_PROFILES, MiniTrainParams, checkpoint_path, load_mechanism, train_mechanism
+from methods.memoryllm.train import (
+    TRAIN_PROFILES,
+    MiniTrainParams,
+    checkpoint_path,
+    load_mechanism,
+    saved_summary,
+    settings_mismatch,
+    train_mechanism,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +196,9 @@ class MemoryLLMMiniParams:
     # "auto": the mechanism `bench train memoryllm-mini` saved for this model and pool shape;
     # "none": the untrained mechanism (the frozen model reading raw hidden states); or a file path
     checkpoint: str = "auto"
+    # The `bench train` profile an "auto" mechanism must have been trained with, setting for setting:
+    # the cache keeps one file per model and pool shape, whatever trained it last.
+    train_profile: str = "quick"
     max_inject_tokens: int = 256  # longer contexts are injected in pieces
 
     RANGES: ClassVar[dict[str, str]] = {
@@ -214,12 +225,19 @@ class MemoryLLMMini(Method):
     table_order = 60
     Params = MemoryLLMMiniParams
     profiles = {
-        "smoke": {"num_tokens": 4, "num_blocks": 4, "lora_r": 2, "checkpoint": "none"},
+        "smoke": {"num_tokens": 4, "num_blocks": 4, "lora_r": 2, "checkpoint": "none", "train_profile": "smoke"},
         "quick": {},
-        "paper": {"num_tokens": 256, "num_blocks": 30},  # memoryllm-7b: 30 x 256 tokens per layer
+        # memoryllm-7b: 30 x 256 tokens per layer
+        "paper": {"num_tokens": 256, "num_blocks": 30, "train_profile": "paper"},
     }
     TrainParams = MiniTrainParams
     train_profiles = TRAIN_PROFILES
+
+    @classmethod
+    def params_problem(cls, params: MemoryLLMMiniParams) -> str | None:
+        if params.train_profile not in TRAIN_PROFILES:
+            return f"unknown train_profile {params.train_profile!r}; known: {', '.join(TRAIN_PROFILES)}"
+        return None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -254,10 +272,19 @@ class MemoryLLMMini(Method):
         self.mechanism_file = path
         self.mechanism_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         try:
-            return load_mechanism(self.mechanism, path)
+            summary = load_mechanism(self.mechanism, path)
         except (RuntimeError, KeyError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise BenchError(f"{path} does not fit this model and pool shape: {first}") from None
+        profile = self.params.train_profile
+        differ = settings_mismatch(summary, MiniTrainParams(**TRAIN_PROFILES[profile])) if choice == "auto" else []
+        if differ:
+            raise BenchError(
+                f"the cached memoryllm-mini mechanism {path} was not trained with train profile {profile!r}: "
+                f"{', '.join(differ)}; run `bench train memoryllm-mini --profile {profile}` (same --model), "
+                f"or --set checkpoint={path} to use it as it is"
+            )
+        return summary
 
     @torch.no_grad()
     def inject(self, contexts: list[Context]) -> None:
@@ -308,6 +335,15 @@ class MemoryLLMMini(Method):
                 "memory_tokens": self.pool_config.pool_size * len(self.parts.layers),
             },
         )
+
+    @classmethod
+    def cached_mechanism_problem(cls, lm: LM, params: MemoryLLMMiniParams, train: MiniTrainParams) -> str | None:
+        """Why the cache holds no mechanism for this model and pool shape trained with ``train``, or None."""
+        path = checkpoint_path(lm.name, PoolConfig(params.num_tokens, params.num_blocks, lora_r=params.lora_r))
+        if not path.is_file():
+            return f"none cached at {path}"
+        differ = settings_mismatch(saved_summary(path), train)
+        return f"the cached one was trained with {', '.join(differ)}" if differ else None
 
     @classmethod
     def train_mechanism(cls, lm: LM, params: MemoryLLMMiniParams, train: MiniTrainParams, seed: int) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from benchmark.models import LM
 from benchmark.paths import cache_dir, shared_data
 from benchmark.registry import open_dataset
-from benchmark.results import safe_name
+from benchmark.results import git_commit, safe_name
 from benchmark.types import QA, Document, Prompt
 from methods.memoryllm.mini import MemoryMechanism, MemoryPool, PoolConfig, build
 
@@ -264,6 +264,7 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
         "heldout_before": before,
         "heldout_after": after,
         "c4_steps": bool(data.texts),
+        "git_commit": git_commit(),  # the code that trained it, beside the runs' own commit
     }
     path = checkpoint_path(lm.name, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,11 +275,27 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
     return summary
 
 
+def settings_mismatch(summary: dict[str, Any], expected: MiniTrainParams) -> list[str]:
+    """The training settings in which a saved mechanism's summary differs from ``expected``, as
+    ``name=saved (expected value)``; empty when it was trained with exactly these settings."""
+    saved = summary.get("train", {})
+    return [
+        f"{name}={saved.get(name, '(not recorded)')} (expected {value})"
+        for name, value in asdict(expected).items()
+        if saved.get(name) != value
+    ]
+
+
 def warmed_up_lr(p: MiniTrainParams, step: int) -> float:
     """The learning rate of step ``step`` (from 0): rising linearly over ``warmup_steps``, then ``lr``."""
     if p.warmup_steps and step < p.warmup_steps:
         return p.lr * (step + 1) / p.warmup_steps
     return p.lr
+
+
+def saved_summary(path: Path) -> dict[str, Any]:
+    """The training summary stored with a saved mechanism."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("summary", {})
 
 
 def load_mechanism(mechanism: MemoryMechanism, path: Path) -> dict[str, Any]:
