@@ -78,3 +78,34 @@ def test_compile_layers_needs_a_cpp_compiler_on_cpu(tiny_lm, monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(BenchError, match="no C\\+\\+ compiler"):
         build_student(tiny_lm, TrainParams(compile_layers=True))
+
+
+def test_compiled_layers_follow_a_switch_of_the_attention_kernel(tiny_lm, monkeypatch):
+    """Long passes switch the student to sdpa (``sdpa_above_tokens``); the compiled halves must run
+    the switched kernel, not the one they were first traced with. A stand-in "sdpa" that halves its
+    output shows which kernel ran: the compiled student matches the eager one under the switch and
+    differs from both without it."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from methods.training.student import attention_kernel, own_attention
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def halved(*args, **kwargs):
+        out, weights = sdpa(*args, **kwargs)
+        return out * 0.5, weights
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", halved)
+    eager, compiled = students(tiny_lm)
+    ids = torch.randint(100, tiny_lm.model.config.vocab_size, (2, 11))
+    mask = torch.ones_like(ids)
+    plain, _ = logits_and_grads(eager, ids, mask, 0)
+    with attention_kernel(eager, "sdpa"):
+        out, grads = logits_and_grads(eager, ids, mask, 0)
+    with attention_kernel(compiled, "sdpa"):
+        compiled_out, compiled_grads = logits_and_grads(compiled, ids, mask, 0)
+    assert own_attention(compiled) == own_attention(eager) == "eager"  # restored
+    assert not torch.allclose(out, plain, atol=1e-2 * plain.abs().max())  # the stand-in ran
+    assert torch.allclose(compiled_out, out, atol=1e-4 * out.abs().max())
+    for name, grad in grads.items():
+        assert torch.allclose(compiled_grads[name], grad, atol=1e-4 * grad.abs().max()), name
