@@ -198,6 +198,22 @@ def test_trained_rivals_train_selfparams_epochs_per_injection(rival):
     assert epochs(rival, "paper", "batch") == epochs("selfparam", "paper", "batch") == 50
 
 
+def test_ft_sentences_takes_selfparams_recommendation_regime_where_it_applies():
+    """Same budget for rivals: SELF-PARAM's recommendation settings were searched on dev points;
+    FT(S), trained on the same targets, gets the settings of that search it has."""
+    from benchmark.config import build_params
+
+    def resolved(name: str) -> dict:
+        method = METHODS.get(name)
+        params = build_params({"method": (method.Params, method.profiles)}, "quick", {}, task="recommendation")
+        return dataclasses.asdict(params["method"])
+
+    selfparam, rival = resolved("selfparam"), resolved("ft_sentences")
+    shared = ("lr", "sentence_loss", "prompt_style", "epochs", "attn_implementation")
+    assert {k: rival[k] for k in shared} == {k: selfparam[k] for k in shared}
+    assert (rival["lr"], rival["prompt_style"]) == (1e-3, "chat")  # not the batch regime's
+
+
 def test_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
     from tasks.data.base import not_utf8
 
