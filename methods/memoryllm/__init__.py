@@ -208,6 +208,10 @@ class MemoryLLMMiniParams:
         "max_inject_tokens": ">= 1",
     }
 
+    def pool_config(self) -> PoolConfig:
+        """The pool shape, which also names the trained mechanism's file."""
+        return PoolConfig(self.num_tokens, self.num_blocks, lora_r=self.lora_r)
+
 
 @register_method("memoryllm-mini")
 class MemoryLLMMini(Method):
@@ -242,7 +246,7 @@ class MemoryLLMMini(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        self.pool_config = PoolConfig(p.num_tokens, p.num_blocks, lora_r=p.lora_r)
+        self.pool_config = p.pool_config()
         self.parts, self.mechanism = build(self.model, self.pool_config)
         self.mechanism_file: Path | None = None  # the trained mechanism loaded, and its SHA-256
         self.mechanism_sha256 = ""
@@ -339,7 +343,7 @@ class MemoryLLMMini(Method):
     @classmethod
     def cached_mechanism_problem(cls, lm: LM, params: MemoryLLMMiniParams, train: MiniTrainParams) -> str | None:
         """Why the cache holds no mechanism for this model and pool shape trained with ``train``, or None."""
-        path = checkpoint_path(lm.name, PoolConfig(params.num_tokens, params.num_blocks, lora_r=params.lora_r))
+        path = checkpoint_path(lm.name, params.pool_config())
         if not path.is_file():
             return f"none cached at {path}"
         differ = settings_mismatch(saved_summary(path), train)
@@ -348,5 +352,4 @@ class MemoryLLMMini(Method):
     @classmethod
     def train_mechanism(cls, lm: LM, params: MemoryLLMMiniParams, train: MiniTrainParams, seed: int) -> dict[str, Any]:
         """What `bench train memoryllm-mini` runs: train and save the mechanism for this model."""
-        cfg = PoolConfig(params.num_tokens, params.num_blocks, lora_r=params.lora_r)
-        return train_mechanism(lm, cfg, train, seed)
+        return train_mechanism(lm, params.pool_config(), train, seed)
