@@ -75,18 +75,19 @@ def test_busy_cores_sees_a_spinning_process():
 
 
 def _malloc_of_child(env_value: str | None, **extra: str) -> subprocess.CompletedProcess[str]:
-    """A fresh interpreter that preloads jemalloc as ``bench`` does, then names its malloc and
-    jemalloc's page decay times."""
+    """A fresh interpreter that preloads jemalloc as ``bench`` does, then names its malloc,
+    jemalloc's page decay times and its extent fit."""
     drop = ("LD_PRELOAD", "_SELFPARAM_BENCH_PRELOADED", "SELFPARAM_BENCH_MALLOC", "MALLOC_CONF")
     env = {k: v for k, v in os.environ.items() if k not in drop} | extra
     if env_value is not None:
         env["SELFPARAM_BENCH_MALLOC"] = env_value
     code = (
-        "import sys; from benchmark.allocator import preload_jemalloc, malloc_in_use, jemalloc_decay_ms\n"
+        "import sys\n"
+        "from benchmark.allocator import preload_jemalloc, malloc_in_use, jemalloc_decay_ms, jemalloc_max_active_fit\n"
         "from benchmark.errors import BenchError\n"
         "try: preload_jemalloc()\n"
         "except BenchError as e: print(e); sys.exit(2)\n"
-        "print(malloc_in_use(), jemalloc_decay_ms())"
+        "print(malloc_in_use(), jemalloc_decay_ms(), jemalloc_max_active_fit())"
     )
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
 
@@ -97,9 +98,11 @@ def test_bench_restarts_itself_under_jemalloc_unless_told_glibc():
 
     if jemalloc_library() is None:
         pytest.skip("no jemalloc on this machine (neither ray's nor the system's)")
-    assert _malloc_of_child(None).stdout.startswith("jemalloc (")  # the library's own decay times
-    # a user's MALLOC_CONF reaches the preloaded jemalloc, and the decay recorded is the one in force
-    assert _malloc_of_child(None, MALLOC_CONF="dirty_decay_ms:5000").stdout.startswith("jemalloc (5000, ")
-    assert _malloc_of_child("glibc").stdout.strip() == "glibc None"
+    # bench's own settings: freed pages kept, any cached extent split for a smaller request
+    assert _malloc_of_child(None).stdout.strip() == "jemalloc (-1, -1) 20"
+    # a user's MALLOC_CONF replaces them whole, and what is recorded is what is in force
+    user = _malloc_of_child(None, MALLOC_CONF="dirty_decay_ms:5000").stdout.split()
+    assert user[:2] == ["jemalloc", "(5000,"] and user[-1] != "20"
+    assert _malloc_of_child("glibc").stdout.strip() == "glibc None None"
     missing = _malloc_of_child("/nonexistent/libjemalloc.so")
     assert missing.returncode == 2 and "SELFPARAM_BENCH_MALLOC" in missing.stdout
