@@ -138,6 +138,16 @@ def jemalloc_max_active_fit() -> int | None:
     return _jemalloc_option("lg_extent_max_active_fit")
 
 
+def malloc_record() -> dict[str, object]:
+    """The malloc in use and the jemalloc settings that cost figures depend on, as results and
+    ``bench perf`` record them: decay (dirty, muzzy; -1: pages kept) and the extent fit."""
+    return {
+        "malloc": malloc_in_use(),
+        "malloc_decay_ms": jemalloc_decay_ms(),
+        "malloc_lg_max_active_fit": jemalloc_max_active_fit(),
+    }
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds; True if they were set.
 

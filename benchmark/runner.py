@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.allocator import jemalloc_decay_ms, jemalloc_max_active_fit, malloc_in_use
+from benchmark.allocator import malloc_record
 from benchmark.api import EpisodePlan, Method, Task
 from benchmark.checkpoint import RESUME_OVERHEAD, RESUMED_TRAIN, Checkpoints, checkpoint_folder
 from benchmark.config import DEFAULT_MODELS, RUN_PROFILES, TASK_SEP, RunParams, build_params
@@ -312,9 +312,7 @@ def _compute(resolved: ResolvedRun, lm: LM | None, bf16_kernel: str) -> RunOutco
         "threads": {
             "torch": torch.get_num_threads(),
             "omp_wait_policy": omp_wait_policy(),
-            "malloc": malloc_in_use(),
-            "malloc_decay_ms": jemalloc_decay_ms(),  # (dirty, muzzy) under jemalloc; -1: pages kept
-            "malloc_lg_max_active_fit": jemalloc_max_active_fit(),  # which cached extents serve a request
+            **malloc_record(),
             "bf16_matmul": bf16_kernel,  # how bf16 CPU products ran: "native" or "fp32 products"
         },
         "device": device_record(lm.device),

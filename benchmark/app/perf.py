@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmark.allocator import jemalloc_decay_ms, jemalloc_max_active_fit, malloc_in_use
+from benchmark.allocator import malloc_record
 from benchmark.app.breakdown import profile_steps
 from benchmark.app.breakdown import report as breakdown_report
 from benchmark.config import RunParams
@@ -188,9 +188,7 @@ def run_perf(
         "profile": profile,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": omp_wait_policy(),
-        "malloc": malloc_in_use(),
-        "malloc_decay_ms": jemalloc_decay_ms(),
-        "malloc_lg_max_active_fit": jemalloc_max_active_fit(),
+        **malloc_record(),
         "bf16_matmul": kernel_in_effect(),
         "load_average": os.getloadavg(),
         "official_tok_s": official.rate,
