@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from benchmark.errors import BenchError
@@ -207,3 +209,103 @@ def test_the_commands_that_run_a_model_outside_a_run_say_so(command):
     for module in cli.command_modules():
         module.register(subparsers)
     assert subparsers.choices[command].get_default("runs_a_model") is True
+
+
+# ---- answering: the same products from the function level -----------------------------------------
+
+
+class _NoBf16ProductBelow(torch.utils._python_dispatch.TorchDispatchMode):
+    """Sits below the modes under test and records any bf16 product that reached aten unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaked: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in bf16_matmul._PRODUCTS and bf16_matmul._bf16_on_cpu(args):
+            self.leaked.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class _Block(torch.nn.Module):
+    """A linear layer with bias on 2-d and 3-d inputs, one without, a matmul, a bmm and attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(32, 48)
+        self.out = torch.nn.Linear(48, 32, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)  # 3-d input with bias
+        flat = self.proj(x.reshape(-1, 32)).reshape(h.shape)  # 2-d input with bias
+        q = k = v = (h + flat).reshape(2, 5, 4, 12).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 5, 48)
+        scores = torch.bmm(attended, attended.transpose(1, 2)) @ attended
+        return self.out(scores + torch.matmul(h, self.out.weight.t()).sum())
+
+
+def _answering(block: torch.nn.Module, x: torch.Tensor, autocast: bool, function_level: bool) -> tuple:
+    below = _NoBf16ProductBelow()
+    with below, Fp32Products(), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        if function_level:
+            with bf16_matmul.inference_products():
+                assert isinstance(torch.overrides._get_current_function_mode(), bf16_matmul.InferenceProducts)
+                y = block(x)
+        else:
+            y = block(x)
+    return y, below.leaked
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["autocast", "bf16 weights"])
+def test_answering_products_are_the_same_to_the_bit_and_none_escapes(autocast):
+    torch.manual_seed(0)
+    block = _Block() if autocast else _Block().to(torch.bfloat16)
+    x = torch.randn(2, 5, 32) if autocast else _bf16(2, 5, 32)
+    expected, leaked_before = _answering(block, x, autocast, function_level=False)
+    result, leaked = _answering(block, x, autocast, function_level=True)
+    assert not leaked_before and not leaked  # every bf16 product ran as an fp32 product
+    assert result.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(result, expected)
+
+
+def test_a_widened_weight_is_made_once_and_follows_the_weight():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 8, bias=False)
+    x = torch.randn(3, 16)
+    with Fp32Products(), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with bf16_matmul.inference_products():
+            mode = torch.overrides._get_current_function_mode()
+            first = [layer(x) for _ in range(3)][-1]
+            assert len(mode.widened) == 1  # one copy for three calls
+            layer.weight.mul_(2)  # an in-place change (a merged adapter, say) must be seen
+            second = layer(x)
+        expected = layer(x)  # Fp32Products alone, after the change
+    assert torch.equal(second, expected) and not torch.equal(first, second)
+
+
+def test_inference_products_leave_training_and_the_native_kernel_alone():
+    with Fp32Products():
+        with bf16_matmul.inference_products():  # autograd on: a training pass keeps Fp32Products
+            assert torch.overrides._get_current_function_mode() is None
+            assert bf16_matmul.kernel_in_effect() == FP32_PRODUCTS
+        with torch.no_grad(), bf16_matmul.inference_products():
+            assert isinstance(torch.overrides._get_current_function_mode(), bf16_matmul.InferenceProducts)
+        assert bf16_matmul.kernel_in_effect() == FP32_PRODUCTS  # back when it exits
+    with torch.no_grad(), bf16_matmul.inference_products():  # no Fp32Products: nothing to replace
+        assert torch.overrides._get_current_function_mode() is None
+
+
+def test_generated_answers_are_those_of_fp32_products(monkeypatch, tiny_lm):
+    from dataclasses import replace
+
+    from benchmark.models import lm as lm_module
+
+    lm = replace(tiny_lm, precision="bf16-autocast")
+    prompts = ["Question: Where is Douprur? Answer:", "The capital of", "Question: Who?"]
+    below = _NoBf16ProductBelow()
+    with below, Fp32Products():
+        fast = lm.generate(prompts, max_new_tokens=6, batch_size=2)
+        monkeypatch.setattr(lm_module, "inference_products", contextlib.nullcontext)
+        plain = lm.generate(prompts, max_new_tokens=6, batch_size=2)
+    assert fast == plain and any(fast)
+    assert not below.leaked

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.errors import BenchError
+from benchmark.models.bf16_matmul import inference_products
 from benchmark.models.prompts import first_answer_line, format_prompt
 from benchmark.types import Prompt
 
@@ -103,7 +104,7 @@ class LM:
             kwargs: dict[str, Any] = dict(do_sample=False)
             if sample_temperature is not None:
                 kwargs = dict(do_sample=True, temperature=sample_temperature, top_p=1.0, top_k=sample_top_k)
-            with self.autocast():
+            with self.autocast(), inference_products():
                 # nn.Module's __getattr__ types generate as Tensor | Module; the model is a transformers one.
                 generated = model.generate(  # type: ignore[operator]
                     input_ids=input_ids.to(self.device),
