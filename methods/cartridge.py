@@ -404,8 +404,8 @@ class CartridgeMethod(TrainedMethod):
         step_ids = ids.to(lm.device)
         done = torch.zeros(n, dtype=torch.bool, device=lm.device)
         generated: list[torch.Tensor] = []
-        for _ in range(max_new_tokens):
-            with lm.autocast():
+        with lm.answering():
+            for _ in range(max_new_tokens):
                 logits = lm.model(
                     input_ids=step_ids,
                     attention_mask=attention,
@@ -414,14 +414,15 @@ class CartridgeMethod(TrainedMethod):
                     logits_to_keep=1,
                     **{kwarg: cache},
                 ).logits[:, -1]
-            token = logits.argmax(-1).masked_fill(done, tok.pad_token_id)
-            generated.append(token)
-            done |= token == tok.eos_token_id
-            if bool(done.all()):
-                break
-            step_ids = token.unsqueeze(1)
-            attention = torch.cat([attention, torch.ones((n, 1), dtype=attention.dtype, device=lm.device)], dim=1)
-            positions = positions[:, -1:] + 1
+                token = logits.argmax(-1).masked_fill(done, tok.pad_token_id)
+                generated.append(token)
+                done |= token == tok.eos_token_id
+                if bool(done.all()):
+                    break
+                step_ids = token.unsqueeze(1)
+                ones = torch.ones((n, 1), dtype=attention.dtype, device=lm.device)
+                attention = torch.cat([attention, ones], dim=1)
+                positions = positions[:, -1:] + 1
         out = torch.stack(generated, dim=1).tolist()
         texts_out = []
         for row in out:

@@ -309,3 +309,30 @@ def test_generated_answers_are_those_of_fp32_products(monkeypatch, tiny_lm):
         plain = lm.generate(prompts, max_new_tokens=6, batch_size=2)
     assert fast == plain and any(fast)
     assert not below.leaked
+
+
+@pytest.mark.parametrize("method", ["base_q", "cartridge", "infllm", "memoryllm-mini"])
+def test_methods_that_decode_themselves_answer_the_same(monkeypatch, bench, tmp_path, method):
+    """Cartridges, InfLLM and MemoryLLM-mini run their own decoding loops under ``LM.answering``."""
+    import json
+
+    from benchmark.models import lm as lm_module
+
+    monkeypatch.setenv(bf16_matmul.ENV, "fp32")
+
+    def predictions(out) -> tuple[list, list[str]]:
+        below = _NoBf16ProductBelow()
+        with below:
+            code, _, err = bench(
+                "run", "--method", method, "--task", "batch", "--profile", "smoke", "--set", "num_contexts=2",
+                "--set", "num_targets=3", "--set", "precision=bf16-autocast", "--out", out,
+            )  # fmt: skip
+        assert code == 0, err
+        result = json.loads(next(out.rglob(f"{method}__*.json")).read_text())
+        return [e["predictions"] for e in result["episodes"]], below.leaked
+
+    fast, leaked = predictions(tmp_path / "function level")
+    monkeypatch.setattr(lm_module, "inference_products", contextlib.nullcontext)
+    plain, _ = predictions(tmp_path / "dispatch level")
+    assert fast == plain and any(p for episode in fast for p in episode)
+    assert not leaked

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,15 @@ class LM:
         if self.precision == "bf16-autocast":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """``autocast`` for passes without autograd that answer: where bf16 products run as fp32
+        products (CPUs without bf16 instructions) it computes them from the function level
+        (``InferenceProducts``), the same values for less time. Use it around a whole decoding loop:
+        each weight is widened once per use."""
+        with self.autocast(), inference_products():
+            yield
 
     # ---- prompts -------------------------------------------------------------------------
     def format_prompt(self, prompt: Prompt) -> str:
@@ -104,7 +114,7 @@ class LM:
             kwargs: dict[str, Any] = dict(do_sample=False)
             if sample_temperature is not None:
                 kwargs = dict(do_sample=True, temperature=sample_temperature, top_p=1.0, top_k=sample_top_k)
-            with self.autocast(), inference_products():
+            with self.answering():
                 # nn.Module's __getattr__ types generate as Tensor | Module; the model is a transformers one.
                 generated = model.generate(  # type: ignore[operator]
                     input_ids=input_ids.to(self.device),

@@ -198,7 +198,7 @@ class InfLLM(Method):
         fork = base.fork()
         ids = self.lm.encode(text, add_bos=fork.length == 0)
         generated: list[int] = []
-        with self.lm.autocast():
+        with self.lm.answering():
             logits, retrievals = fork.feed(ids, label="question")
             if self.contexts:
                 self._record(prompt, base, fork, retrievals[-1])

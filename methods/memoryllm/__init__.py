@@ -310,7 +310,7 @@ class MemoryLLMMini(Method):
             # the pool's own bos embedding stands for BOS; with an empty pool the model gets a real one
             ids = self.lm.encode(self.lm.format_prompt(prompt), add_bos=pool.memory is None)
             generated: list[int] = []
-            with self.lm.autocast():
+            with self.lm.answering():
                 logits, cache = pool.read(torch.tensor(ids), caches, start)
                 position = start + len(ids)
                 for _ in range(prompt.max_new_tokens or self.run.max_new_tokens):
