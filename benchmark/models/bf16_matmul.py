@@ -158,7 +158,7 @@ def _bf16_on_cpu(args: Any) -> bool:
 
 
 class InferenceProducts(TorchFunctionMode):
-    """``Fp32Products``' values for passes without autograd (answering), at about 0.6x the time.
+    """``Fp32Products``' values for passes without autograd (answering), in 0.6-0.8x the time.
 
     Under ``Fp32Products`` every aten operator of a pass goes through Python (a decoding step of
     SmolLM2-135M is thousands of them), and every projection widens its weight again: autocast casts
