@@ -209,13 +209,12 @@ class InferenceProducts(TorchFunctionMode):
 
     def _widen(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight rounded to bf16, in fp32; kept for parameters until they change."""
-        if not isinstance(weight, torch.nn.Parameter):
-            return weight.to(torch.bfloat16).float()
         kept = self.widened.get(id(weight))
         if kept is not None and kept[0] is weight and kept[1] == weight._version:
             return kept[2]
         widened = weight.detach().to(torch.bfloat16).float()
-        self.widened[id(weight)] = (weight, weight._version, widened)
+        if isinstance(weight, torch.nn.Parameter):  # a weight made per call is not seen again
+            self.widened[id(weight)] = (weight, weight._version, widened)
         return widened
 
 
