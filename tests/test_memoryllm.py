@@ -214,6 +214,33 @@ def test_pool_keeps_its_size_and_replaces_k_random_tokens_per_injection(tiny_lm)
     assert not torch.equal(drops[0], drops[1])  # and differently at each injection
 
 
+def test_the_stream_check_reads_each_question_from_one_shared_pool_and_leaves_training_as_it_was(tiny_lm, monkeypatch):
+    import methods.memoryllm.train as memoryllm_train
+
+    pool = _pool(tiny_lm)
+    texts = [f"Person {i} lives in the town of Orvik{i} and keeps {i} goats." for i in range(9)]
+    examples = [
+        (memoryllm_train.Sample(_ids(tiny_lm, t), _ids(tiny_lm, "Question: Where? Answer: Orvik"), 4), [])
+        for t in texts
+    ]
+    read: list[torch.Tensor] = []
+    real_loss = memoryllm_train.answer_loss
+
+    def spy(stream_pool, memory, sample):
+        read.append(memory.clone())
+        return real_loss(stream_pool, memory, sample)
+
+    monkeypatch.setattr(memoryllm_train, "answer_loss", spy)
+    drops_before = pool.generator.get_state().clone()
+    out = memoryllm_train.evaluate_stream(tiny_lm, pool, examples)
+    assert len(read) == 9 and len(out["answer_loss_by_8"]) == 2  # 8 injections, then 1
+    k = pool.cfg.num_tokens
+    torch.testing.assert_close(read[0][:, :k], read[0][:, -k:])  # the first fills the pool by repeating
+    assert not torch.equal(read[1][:, :k], read[1][:, -k:])  # the second lands in that same pool
+    assert torch.equal(pool.generator.get_state(), drops_before)  # training's drops are untouched
+    assert pool.memory is None and pool.injections == 0
+
+
 def test_queries_attend_to_the_pool(tiny_lm):
     pool = _pool(tiny_lm)
     pool.inject(_ids(tiny_lm, "Lena Hart is a baker who lives in the city of Orvik."))
@@ -273,7 +300,7 @@ def test_bench_train_saves_a_mechanism_that_run_loads(bench, tiny_lm, monkeypatc
     monkeypatch.setattr(memoryllm_train, "cache_dir", lambda: tmp_path)  # models stay where they are
     code, out, err = bench("train", "memoryllm-mini", "--profile", "smoke", "--model", "tiny-random-llama")
     assert code == 0, err
-    assert '"steps": 2' in out and "heldout_after" in out
+    assert '"steps": 2' in out and "heldout_after" in out and "heldout_stream_after" in out
     saved = list((tmp_path / "trained" / "memoryllm-mini").glob("*.pt"))
     assert len(saved) == 1
     params = MemoryLLMMiniParams(num_tokens=4, num_blocks=4, lora_r=2, checkpoint="auto", train_profile="smoke")
