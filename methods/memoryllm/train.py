@@ -199,7 +199,7 @@ def evaluate(lm: LM, pool: MemoryPool, examples: list[tuple[Sample, list[torch.T
             loss, hit = answer_loss(pool, memory, sample)
         losses.append(float(loss.detach()))
         hits.append(float(hit.mean()))
-    return {"answer_loss": sum(losses) / len(losses), "answer_token_acc": sum(hits) / len(hits)}
+    return {"answer_loss": _mean(losses), "answer_token_acc": _mean(hits)}
 
 
 @torch.no_grad()
@@ -219,12 +219,16 @@ def evaluate_stream(lm: LM, pool: MemoryPool, examples: list[tuple[Sample, list[
             loss, hit = answer_loss(stream, memory, sample)
         losses.append(float(loss))
         hits.append(float(hit.mean()))
-    by_8 = [losses[i : i + 8] for i in range(0, len(losses), 8)]
-    return {
-        "answer_loss": sum(losses) / len(losses),
-        "answer_token_acc": sum(hits) / len(hits),
-        "answer_loss_by_8": [round(sum(part) / len(part), 3) for part in by_8],
-    }
+    return {"answer_loss": _mean(losses), "answer_token_acc": _mean(hits), "answer_loss_by_8": _means_per(losses, 8)}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _means_per(values: list[float], size: int) -> list[float]:
+    """The mean of each run of ``size`` values (the last may be shorter), rounded for the summary."""
+    return [round(_mean(values[i : i + size]), 3) for i in range(0, len(values), size)]
 
 
 def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> dict[str, Any]:
@@ -267,7 +271,7 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
         memory = memory.detach()
         tokens += len(sample.inject) + len(sample.target)
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        bar.set_postfix(loss=f"{_mean(losses[-20:]):.3f}")
     wall = time.perf_counter() - started
     after = evaluate(lm, pool, heldout)
     stream_after = evaluate_stream(lm, pool, heldout)
@@ -282,12 +286,10 @@ def train_mechanism(lm: LM, cfg: PoolConfig, p: MiniTrainParams, seed: int) -> d
         "steps": len(losses),
         "train_s": wall,
         "train_tokens": tokens,
-        "loss_first": sum(losses[:window]) / window if losses else None,
-        "loss_last": sum(losses[-window:]) / window if losses else None,
+        "loss_first": _mean(losses[:window]) if losses else None,
+        "loss_last": _mean(losses[-window:]) if losses else None,
         # the training loss's course, mean per 10 steps: a rise after the start shows instability
-        "loss_by_10_steps": [
-            round(sum(losses[i : i + 10]) / len(losses[i : i + 10]), 3) for i in range(0, len(losses), 10)
-        ],
+        "loss_by_10_steps": _means_per(losses, 10),
         "heldout_before": before,
         "heldout_after": after,
         "heldout_stream_before": stream_before,
