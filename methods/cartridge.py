@@ -201,7 +201,14 @@ class CartridgeTrainer(Trainer):
             cache = cart.extended(self.lm, list(key))
             tails = [batch[i].ids[len(key) :] for i in members]
             hidden = hidden_after_prefix(
-                cart, self.lm, cache, cart.length + len(key), tails, [counts[i] for i in members], keep_cache=False
+                cart,
+                self.lm,
+                cache,
+                cart.length + len(key),
+                tails,
+                [counts[i] for i in members],
+                keep_cache=False,
+                starts=[batch[i].first - len(key) for i in members],
             )
             parts.update(zip(members, hidden.split([counts[i] for i in members])))
             tokens += len(key) + sum(len(t) for t in tails)

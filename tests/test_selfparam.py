@@ -20,6 +20,7 @@ from methods.training import (
     TrainParams,
     build_student,
     frozen_copy,
+    group_by_prefix,
     kl_rows,
     teacher_dists,
 )
@@ -263,6 +264,35 @@ def test_student_prefix_sharing_gives_the_same_loss_and_gradients(tiny_lm):
     assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
     assert all(torch.allclose(shared_grads[n], plain_grads[n], atol=1e-6, rtol=1e-4) for n in plain_grads)
     assert plain_tokens - shared_tokens == len(prefix)  # the shared prefix was run once, not twice
+
+
+def test_answer_only_examples_share_the_demonstrations_before_their_different_questions(tiny_lm):
+    # With the loss on the answer alone each example's unscored part ends with its own question; the
+    # demonstrations before it still run once, for the student and for the teacher.
+    demos = tiny_lm.encode("Question: Where does Lena Hart live? Answer: Orvik\n\n", add_bos=False)
+    bos = [tiny_lm.tokenizer.bos_token_id]
+    framed = []
+    for question, answer in (
+        ("Question: Who founded Douprur? Answer:", " Drexrain"),
+        ("Question: When? Answer:", " 1526"),
+    ):
+        head = bos + demos + tiny_lm.encode(question, add_bos=False)
+        framed.append((head + tiny_lm.encode(answer, add_bos=False), len(head)))
+    groups, plain = group_by_prefix(framed, 8)
+    common = len(bos + demos) + 2  # the demonstrations and "Question:" (two tokens here)
+    assert not plain and [len(k) for k in groups] == [common] and framed[0][1] > common
+    batch = [Example(ids, first, "qa") for ids, first in framed]
+    losses, tokens = [], []
+    for share in (8, 0):
+        torch.manual_seed(0)
+        p = TrainParams(lora_dropout=0.0, share_prefix=share)
+        trainer = Trainer(build_student(tiny_lm, p), tiny_lm, p, 1)
+        losses.append(float(trainer.loss(batch, None)))
+        tokens.append(trainer.tokens_in_step)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and tokens[1] - tokens[0] == common
+    specs = [TeacherSpec(ids, first - 1) for ids, first in framed]
+    shared, alone = (teacher_dists(tiny_lm.model, tiny_lm, specs, topk=16, share_prefix=share) for share in (8, 0))
+    assert all(torch.allclose(a.logp, b.logp, atol=1e-4) for a, b in zip(shared, alone))
 
 
 def test_step_counts_shared_prefixes_once_as_computed_and_per_example_as_work(tiny_lm):

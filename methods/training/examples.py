@@ -76,22 +76,30 @@ def padded_tokens(batch: list[Example], share_prefix: int) -> int:
 def group_by_prefix(
     sequences: list[tuple[list[int], int]], min_length: int
 ) -> tuple[dict[tuple[int, ...], list[int]], list[int]]:
-    """Indices of (ids, first) pairs grouped by their unscored prefix ``ids[:first]``.
+    """Indices of (ids, first) pairs grouped by an unscored prefix they share.
 
-    Only prefixes of at least ``min_length`` tokens shared by two or more sequences form a group
-    (0 = no grouping); every other index is returned in the plain list.
+    Sequences whose unscored parts ``ids[:first]`` start with the same ``min_length`` tokens form a
+    group keyed by the longest prefix common to all of them (never past any member's ``first``), so
+    prompts that share their demonstrations but differ in the question still run them once; a
+    member's scored rows then start ``first - len(key)`` tokens into its tail. Only groups of two or
+    more are kept (0 = no grouping); every other index is returned in the plain list.
     """
-    groups: dict[tuple[int, ...], list[int]] = {}
+    buckets: dict[tuple[int, ...], list[int]] = {}
     plain: list[int] = []
     for i, (ids, first) in enumerate(sequences):
         if min_length and first >= min_length:
-            groups.setdefault(tuple(ids[:first]), []).append(i)
+            buckets.setdefault(tuple(ids[:min_length]), []).append(i)
         else:
             plain.append(i)
-    for key, members in list(groups.items()):
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for members in buckets.values():
         if len(members) < 2:
             plain.extend(members)
-            del groups[key]
+            continue
+        heads = [sequences[i][0][: sequences[i][1]] for i in members]
+        length = min(len(h) for h in heads)
+        common = next((k for k in range(min_length, length) if any(h[k] != heads[0][k] for h in heads)), length)
+        groups.setdefault(tuple(heads[0][:common]), []).extend(members)
     return groups, plain
 
 
@@ -205,12 +213,14 @@ def hidden_after_prefix(
     tails: list[list[int]],
     counts: list[int],
     keep_cache: bool = True,
+    starts: list[int] | None = None,
 ) -> torch.Tensor:
-    """Final hidden states at the first ``count`` positions of each tail, continuing the cached prefix.
+    """Final hidden states at ``count`` positions of each tail, from its ``start`` (default 0),
+    continuing the cached prefix.
 
     With ``keep_cache=False`` the cache is consumed (and gradients flow back into the prefix).
     """
-    return states_after_prefix(model, lm, cache, prefix_len, tails, counts, keep_cache)[0]
+    return states_after_prefix(model, lm, cache, prefix_len, tails, counts, keep_cache, starts=starts)[0]
 
 
 def states_after_prefix(
@@ -222,6 +232,7 @@ def states_after_prefix(
     counts: list[int],
     keep_cache: bool = True,
     layers: tuple[int, ...] | None = None,
+    starts: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``hidden_after_prefix`` and, with ``layers``, those layers' hidden states at the same
     positions (see ``pick_layers``)."""
@@ -232,7 +243,7 @@ def states_after_prefix(
     batch_cache.batch_repeat_interleave(n)
     attention = torch.cat([torch.ones((n, prefix_len), dtype=mask.dtype), mask], dim=1)
     positions = torch.arange(prefix_len, prefix_len + width).unsqueeze(0).expand(n, -1)
-    rows, cols = _positions([0] * n, counts, lm.device)
+    rows, cols = _positions(starts or [0] * n, counts, lm.device)
     with lm.autocast():
         out = backbone(
             input_ids=ids.to(lm.device),

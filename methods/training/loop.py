@@ -225,8 +225,9 @@ class Trainer:
         for key, cache in zip(keys, caches):
             members = groups[key]
             tails = [batch[i].ids[len(key) :] for i in members]
+            starts = [batch[i].first - len(key) for i in members]
             hidden, states = states_after_prefix(
-                self.model, self.lm, cache, len(key), tails, [counts[i] for i in members], False, layers
+                self.model, self.lm, cache, len(key), tails, [counts[i] for i in members], False, layers, starts
             )
             parts.update(zip(members, _split_pairs(hidden, states, [counts[i] for i in members])))
             tokens += len(key) + sum(len(t) for t in tails)

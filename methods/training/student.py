@@ -50,9 +50,10 @@ class TrainParams:
     # (the fictional set's QA examples; not PRAG's long rewrites) keep eager and train as before.
     # The same function either way: only float rounding differs.
     sdpa_above_tokens: int = 256
-    # Training examples whose unscored prefixes are identical and at least this long run the
-    # prefix once and share its key/value cache; 0 = off (a ~17-token prefix ran no faster shared
-    # on a CPU; a ~50-token one saves about a quarter of the step time).
+    # Training examples whose unscored parts start with the same tokens, at least this many, run
+    # the longest prefix they share once and share its key/value cache (the demonstrations before
+    # each question, also when the loss is on the answer alone); 0 = off (a ~17-token prefix ran
+    # no faster shared on a CPU; a ~50-token one saves about a quarter of the step time).
     share_prefix: int = 0
     # The LM head, log-softmax and loss run on at most this many scored rows at a time, and a batch
     # with more rows recomputes each chunk's logits in the backward pass: with a 49k vocabulary,

@@ -72,10 +72,11 @@ def teacher_dists(
     With ``layers`` (indices as in ``examples.pick_layers``) each ``Dist`` also carries the
     teacher's hidden states of those layers at its rows, stored in bf16 to halve their memory.
 
-    Specs whose unscored prefixes (``ids[:first]``, e.g. BOS + context) are identical and at least
-    ``share_prefix`` tokens long are run as one prefix pass whose key/value cache is reused by all
-    of them (0 turns this off); the rest are batched by length. The LM head, log-softmax and top-k
-    run on at most ``chunk_rows`` rows of a bucket at a time (0 = all at once).
+    Specs whose unscored parts (``ids[:first]``, e.g. BOS + context + a question) start with the
+    same ``share_prefix`` tokens run the longest prefix they share (``group_by_prefix``) as one pass
+    whose key/value cache is reused by all of them (0 turns this off); the rest are batched by
+    length. The LM head, log-softmax and top-k run on at most ``chunk_rows`` rows of a bucket at a
+    time (0 = all at once).
     """
     was_training = teacher.training
     teacher.eval()
@@ -99,7 +100,10 @@ def teacher_dists(
                 prefix_cache.clear()  # one context's prefix at a time
                 prefix_cache[key] = cache_prefix(teacher, lm, list(key))
             tails = [specs[i].ids[len(key) :] for i in group]
-            hidden, states = states_after_prefix(teacher, lm, prefix_cache[key], len(key), tails, counts, layers=layers)
+            starts = [specs[i].first - len(key) for i in group]
+            hidden, states = states_after_prefix(
+                teacher, lm, prefix_cache[key], len(key), tails, counts, layers=layers, starts=starts
+            )
         out_group = _dists_from_hidden(teacher, lm, hidden, counts, topk, temperature, chunk_rows)
         if states is not None:
             for dist, part in zip(out_group, states.split(counts)):
