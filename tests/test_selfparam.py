@@ -496,6 +496,21 @@ def test_merge_adapter_freezes_what_was_learned_into_the_weights_and_trains_a_fr
         SelfParam(tiny_lm, small(merge_adapter=True, params="full"), RunParams(), seed=0)
 
 
+def adapted_layers(model: torch.nn.Module) -> set[int]:
+    return {int(n.split(".layers.")[1].split(".")[0]) for n, _ in model.named_modules() if n.endswith("lora_A")}
+
+
+def test_lora_depth_adapts_only_the_top_layers_and_backward_stops_below_them(tiny_lm):
+    layers = tiny_lm.model.config.num_hidden_layers
+    student = build_student(tiny_lm, TrainParams(lora_depth=0.5))
+    assert adapted_layers(student) == {layers - 1}
+    assert adapted_layers(build_student(tiny_lm, TrainParams())) == set(range(layers))
+    ids = torch.tensor([tiny_lm.encode(SENTENCE)])
+    hidden = student(ids, output_hidden_states=True).hidden_states  # embeddings, then each layer's output
+    assert [h.requires_grad for h in hidden] == [False] * layers + [True]  # no graph below the adapter
+    assert adapted_layers(merge_adapter(student)) == {layers - 1}  # the fresh adapter keeps the depth
+
+
 def test_making_and_merging_an_adapter_prints_no_library_deprecation_warning(tiny_lm):
     # peft's check of the model triggers a transformers FutureWarning that would otherwise be
     # printed at every injection of a sequence.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ class TrainParams:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    # LoRA only: the share of decoder layers, counted from the top, that get adapters (1.0 = all,
+    # as the official code). Nothing below the lowest adapted layer trains, so the backward pass
+    # stops there: fewer operations a step, at the cost of what only lower layers could learn.
+    lora_depth: float = 1.0
     lr: float = 2e-5
     weight_decay: float = 0.01  # AdamW's default, as in the official code
     schedule: str = "constant"  # constant | linear (decay to zero over the run)
@@ -87,6 +92,7 @@ class TrainParams:
         "lora_r": ">= 1",
         "lora_alpha": "> 0",
         "lora_dropout": "[0, 1)",
+        "lora_depth": "(0, 1]",
         "lr": "> 0",
         "weight_decay": ">= 0",
         "epochs": ">= 0",
@@ -122,6 +128,7 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
             lora_alpha=p.lora_alpha,
             lora_dropout=p.lora_dropout,
             target_modules=targets,
+            layers_to_transform=_top_layers(model, p.lora_depth, lm.name),
             task_type="CAUSAL_LM",
         )
         model = _with_adapter(model, config)
@@ -149,6 +156,17 @@ def build_student(lm: LM, p: TrainParams) -> torch.nn.Module:
             raise BenchError(f"{message}; use --set compile_layers=false")
         compile_decoder_layers(decoder.layers)
     return model
+
+
+def _top_layers(model: torch.nn.Module, depth: float, name: str) -> list[int] | None:
+    """Indices of the top ``depth`` share of the decoder layers (at least one); None = all."""
+    if depth >= 1.0:
+        return None
+    count = getattr(unwrapped(model).config, "num_hidden_layers", None)
+    if not isinstance(count, int):
+        raise BenchError(f"lora_depth: model {name!r} does not say how many layers it has; use --set lora_depth=1")
+    keep = max(1, math.ceil(depth * count))
+    return list(range(count - keep, count))
 
 
 def own_attention(model: torch.nn.Module) -> str:
