@@ -99,7 +99,7 @@ def group_by_prefix(
         heads = [sequences[i][0][: sequences[i][1]] for i in members]
         length = min(len(h) for h in heads)
         common = next((k for k in range(min_length, length) if any(h[k] != heads[0][k] for h in heads)), length)
-        groups.setdefault(tuple(heads[0][:common]), []).extend(members)
+        groups[tuple(heads[0][:common])] = members  # buckets differ in their first tokens, so keys do too
     return groups, plain
 
 
