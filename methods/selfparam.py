@@ -472,6 +472,7 @@ class InjectionPlan:
                     progress="teacher" if len(specs) > 64 else None,
                     share_prefix=p.teacher_share_prefix,
                     layers=layers,
+                    frozen=trainer.frozen,
                 )
                 trainer.report.teacher_s += time.perf_counter() - tick
                 trainer.report.teacher_tokens += sum(len(s.ids) for s in specs)

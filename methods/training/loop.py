@@ -30,6 +30,7 @@ from methods.training.examples import (
     states_after_prefix,
     states_and_prefix_caches,
 )
+from methods.training.frozen_layers import FrozenLayers
 from methods.training.head_loss import linear_head, picked_logits
 from methods.training.student import (
     TrainParams,
@@ -111,6 +112,8 @@ class Trainer:
         self.temperature = temperature
         self.tokens_in_step = 0
         self.report = TrainReport()
+        # The layers below the lowest adapter, run once per sequence (None: every pass runs all).
+        self.frozen = FrozenLayers.of(model, lm, p)
 
     def _lr(self) -> float:
         if self.p.schedule == "linear":
@@ -198,8 +201,17 @@ class Trainer:
     def student_states(
         self, batch: list[Example], layers: tuple[int, ...] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``student_hidden`` and, with ``layers``, those layers' hidden states at the same rows."""
+        """``student_hidden`` and, with ``layers``, those layers' hidden states at the same rows.
+
+        Without ``layers``, a student with frozen lowest layers runs only the layers above them
+        (``FrozenLayers``); hidden states of chosen layers come from a pass through every layer."""
         counts = [e.rows for e in batch]
+        if self.frozen is not None and layers is None:
+            ids, firsts = [e.ids for e in batch], [e.first for e in batch]
+            hidden, self.tokens_in_step = self.frozen.selected_states(
+                self.model, ids, firsts, counts, self.p.share_prefix
+            )
+            return hidden, None
         groups, plain = group_by_prefix([(e.ids, e.first) for e in batch], self.p.share_prefix)
         if not groups:
             self.tokens_in_step = sum(len(e.ids) for e in batch)

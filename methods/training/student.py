@@ -35,6 +35,12 @@ class TrainParams:
     # as the official code). Nothing below the lowest adapted layer trains, so the backward pass
     # stops there: fewer operations a step, at the cost of what only lower layers could learn.
     lora_depth: float = 1.0
+    # Under lora_depth < 1: keep the output of the layers below the lowest adapter per token
+    # sequence, up to this many MiB, and run only the layers above in the student's passes and in
+    # those of a teacher sharing those weights (the current model's frozen copy), so that an
+    # example trained on every epoch, or read by both, runs the frozen layers once (``frozen_layers``;
+    # the same function). 0 = every pass runs every layer.
+    frozen_layer_cache_mb: int = 512
     lr: float = 2e-5
     weight_decay: float = 0.01  # AdamW's default, as in the official code
     schedule: str = "constant"  # constant | linear (decay to zero over the run)
@@ -101,6 +107,7 @@ class TrainParams:
         "share_prefix": ">= 0",
         "loss_chunk_rows": ">= 0",
         "step_tokens": ">= 0",
+        "frozen_layer_cache_mb": ">= 0",
         "sdpa_above_tokens": ">= 0",
     }
 

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from benchmark.models import LM
 from methods.training.examples import cache_prefix, group_by_prefix, selected_states, states_after_prefix
+from methods.training.frozen_layers import FrozenLayers
 from methods.training.head_loss import top_logp
 from methods.training.student import head_dtype, head_logits, split_lm
 
@@ -66,6 +67,7 @@ def teacher_dists(
     share_prefix: int = 8,
     chunk_rows: int = 1024,
     layers: tuple[int, ...] | None = None,
+    frozen: FrozenLayers | None = None,
 ) -> list[Dist]:
     """The teacher's (tempered) log-probabilities at every scored row of every spec.
 
@@ -77,6 +79,10 @@ def teacher_dists(
     whose key/value cache is reused by all of them (0 turns this off); the rest are batched by
     length. The LM head, log-softmax and top-k run on at most ``chunk_rows`` rows of a bucket at a
     time (0 = all at once).
+
+    With ``frozen`` layers that serve the teacher (``FrozenLayers.serves``: a frozen copy of the
+    student), and no ``layers`` asked for, it runs only the layers above them, and the student
+    later finds the states of the sequences it reads as the teacher did already kept.
     """
     was_training = teacher.training
     teacher.eval()
@@ -91,7 +97,10 @@ def teacher_dists(
     prefix_cache: dict[tuple[int, ...], object] = {}
     for key, group in bar:
         counts = [specs[i].rows for i in group]
-        if key is None:
+        if frozen is not None and layers is None and frozen.serves(teacher):
+            ids, firsts = [specs[i].ids for i in group], [specs[i].first for i in group]
+            hidden, states = frozen.selected_states(teacher, ids, firsts, counts, share_prefix)[0], None
+        elif key is None:
             hidden, states = selected_states(
                 teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts, layers
             )
