@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from benchmark.errors import BenchError
 from benchmark.models import LM
 from methods.training.examples import group_by_prefix
-from methods.training.student import TrainParams, split_lm
+from methods.training.student import TrainParams, own_attention, split_lm
 
 KERNELS = ("eager", "sdpa")  # the attention kernels whose masks ``attention_mask`` builds
 
@@ -89,7 +90,7 @@ def run_layers(
     config = layers[0].self_attn.config
     kernel = config._attn_implementation
     if kernel not in KERNELS:
-        raise ValueError(f"frozen layers: attention kernel {kernel!r} is not one of {KERNELS}")
+        raise BenchError(f"frozen layers: attention kernel {kernel!r} is not one of {', '.join(KERNELS)}")
     positions = torch.arange(prefix_len, prefix_len + hidden.shape[1], device=hidden.device).unsqueeze(0)
     mask = attention_mask(valid, prefix_len, kernel, hidden.dtype)
     position_embeddings = rotary(hidden, positions)
@@ -149,6 +150,8 @@ class FrozenLayers:
         decoder = split_lm(model)[0]
         if not all(hasattr(decoder, name) for name in ("embed_tokens", "rotary_emb", "layers", "norm")):
             return None  # not a Llama-style decoder: every pass runs all layers
+        if own_attention(model) not in KERNELS:
+            return None  # a kernel whose mask is not built here (flash attention): every pass runs all
         layers = list(decoder.layers)
         count = next((i for i, layer in enumerate(layers) if any(t.requires_grad for t in layer.parameters())), 0)
         return cls(model, lm, count, p.share_prefix, p.frozen_layer_cache_mb) if count else None
