@@ -152,3 +152,27 @@ def test_compiled_layers_above_frozen_ones_give_the_eager_layers_states_and_grad
     assert torch.allclose(compiled_hidden, hidden, atol=1e-4)
     for name, grad in grads.items():
         assert torch.allclose(compiled_grads[name], grad, atol=1e-3 * grad.abs().max()), name
+
+
+def test_a_training_pass_of_one_row_runs_it_twice_and_keeps_one(tiny_lm, monkeypatch):
+    """A batch whose only rows before the shared tails are their prefix runs that prefix as two
+    rows (compiled layers would otherwise build graphs for a batch of one), with the same result."""
+    import methods.training.frozen_layers as frozen_layers
+
+    batch, _, _ = make_batch(tiny_lm, "ce")
+    grouped = batch[5:]  # the four examples sharing a prefix, no plain example
+    _, trainer = student_and_trainer(tiny_lm)
+    sizes: list[int] = []
+    real = frozen_layers.run_layers
+
+    def counting(layers, rotary, hidden, *args, **kwargs):
+        if torch.is_grad_enabled():
+            sizes.append(hidden.shape[0])
+        return real(layers, rotary, hidden, *args, **kwargs)
+
+    monkeypatch.setattr(frozen_layers, "run_layers", counting)
+    hidden, _ = hidden_and_grads(trainer, grouped)
+    assert sizes == [2, 4]  # the prefix twice, then the four tails
+    trainer.frozen = None
+    plain_hidden, _ = hidden_and_grads(trainer, grouped)
+    assert torch.allclose(hidden, plain_hidden, atol=1e-4)

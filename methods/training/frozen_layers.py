@@ -234,6 +234,11 @@ class FrozenLayers:
         """``model``'s layers above the frozen ones and its final norm, on frozen-layer states."""
         decoder = split_lm(model)[0]
         hidden, valid = pad_states(rows)
+        if torch.is_grad_enabled():
+            # The first layer above then takes an input that needs gradients, as every later one
+            # does: compiled layers use one graph for all of them, not another for the first. The
+            # gradient with respect to the kept states, never used, is under 1% of a step's work.
+            hidden.requires_grad_(True)
         with self.lm.autocast():
             out = run_layers(list(decoder.layers)[self.count :], decoder.rotary_emb, hidden, valid, cache, prefix_len)
             return decoder.norm(out)
@@ -259,6 +264,11 @@ class FrozenLayers:
         parts: dict[int, torch.Tensor] = {}
         cache = PrefixKV() if prefixes else None
         rows = [lower[i] for i in plain] + [lower[groups[p][0]][: len(p)] for p in prefixes]
+        if len(rows) == 1 and torch.is_grad_enabled():
+            # Compiled layers (``compile_layers``) would build graphs of their own for a pass of one
+            # row, torch specialising sizes of 1, a few seconds each; a copy of the row, its output
+            # unused, costs less.
+            rows = rows * 2
         out = self.above(model, rows, cache)
         if plain:
             chosen = picked(out, [starts[i] for i in plain], [counts[i] for i in plain])
