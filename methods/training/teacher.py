@@ -95,11 +95,13 @@ def teacher_dists(
             jobs.append((key, [members[j] for j in group]))
     bar = tqdm(jobs, desc=progress, disable=progress is None or len(jobs) < 4, leave=False)
     prefix_cache: dict[tuple[int, ...], object] = {}
+    # The frozen layers this teacher shares, checked once for all its passes.
+    shared_frozen = frozen if frozen is not None and layers is None and frozen.serves(teacher) else None
     for key, group in bar:
         counts = [specs[i].rows for i in group]
-        if frozen is not None and layers is None and frozen.serves(teacher):
+        if shared_frozen is not None:
             ids, firsts = [specs[i].ids for i in group], [specs[i].first for i in group]
-            hidden, states = frozen.selected_states(teacher, ids, firsts, counts, share_prefix)[0], None
+            hidden, states = shared_frozen.selected_states(teacher, ids, firsts, counts, share_prefix)[0], None
         elif key is None:
             hidden, states = selected_states(
                 teacher, lm, [specs[i].ids for i in group], [specs[i].first for i in group], counts, layers
