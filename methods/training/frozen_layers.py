@@ -25,7 +25,7 @@ import torch
 
 from benchmark.errors import BenchError
 from benchmark.models import LM
-from methods.training.examples import group_by_prefix
+from methods.training.examples import group_by_prefix, pad_right
 from methods.training.student import TrainParams, own_attention, split_lm
 
 KERNELS = ("eager", "sdpa")  # the attention kernels whose masks ``attention_mask`` builds
@@ -194,7 +194,6 @@ class FrozenLayers:
 
     def _run(self, keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
         """Run the frozen layers on new sequences; those sharing a prefix run it once."""
-        device = self.lm.device
         # Each sequence may share all but its last token: group_by_prefix keeps a tail of one or more.
         groups, plain = group_by_prefix([(list(k), len(k) - 1) for k in keys], self.share_prefix)
         out: dict[tuple[int, ...], torch.Tensor] = {}
@@ -206,10 +205,7 @@ class FrozenLayers:
                 self.tokens_run += sum(len(k) for k in ids)
             for prefix, members in groups.items():
                 cache = PrefixKV()
-                start = torch.tensor([prefix], device=device)
-                head = run_layers(
-                    self.layers, self.rotary, self.embed(start), torch.ones_like(start, dtype=torch.bool), cache
-                )
+                head = run_layers(self.layers, self.rotary, *self._embedded([prefix]), cache)
                 cache.recording = False
                 tails = [keys[i][len(prefix) :] for i in members]
                 hidden = run_layers(self.layers, self.rotary, *self._embedded(tails), cache, len(prefix))
@@ -220,13 +216,8 @@ class FrozenLayers:
 
     def _embedded(self, sequences: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings of right-padded sequences (pad id 0: masked out) and their valid mask."""
-        width = max(len(s) for s in sequences)
-        ids = torch.zeros((len(sequences), width), dtype=torch.long)
-        valid = torch.zeros((len(sequences), width), dtype=torch.bool)
-        for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            valid[row, : len(seq)] = True
-        return self.embed(ids.to(self.lm.device)), valid.to(self.lm.device)
+        ids, mask = pad_right([list(s) for s in sequences], 0)
+        return self.embed(ids.to(self.lm.device)), mask.bool().to(self.lm.device)
 
     def above(
         self, model: torch.nn.Module, rows: list[torch.Tensor], cache: PrefixKV | None = None, prefix_len: int = 0
