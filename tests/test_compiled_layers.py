@@ -109,3 +109,26 @@ def test_compiled_layers_follow_a_switch_of_the_attention_kernel(tiny_lm, monkey
     assert torch.allclose(compiled_out, out, atol=1e-4 * out.abs().max())
     for name, grad in grads.items():
         assert torch.allclose(compiled_grads[name], grad, atol=1e-4 * grad.abs().max()), name
+
+
+def test_compiled_layers_compile_nothing_new_for_a_pass_after_a_prefix(tiny_lm):
+    """A pass after a prefix reuses the graphs of a pass without one (keys of one layout, sizes not
+    assumed equal), and no graph holds anything that keeps the compiler from caching it on disk
+    (an autocast region did), so a later run does not trace its training graphs again."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = students(tiny_lm)[1]
+    ids = torch.randint(100, tiny_lm.model.config.vocab_size, (2, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the short LoRA forward's path
+        logits_and_grads(compiled, ids, mask, 0)
+        graphs = counters["stats"]["unique_graphs"]
+        logits_and_grads(compiled, ids, mask, 4)
+        logits_and_grads(compiled, ids[:, :9], mask[:, :9], 0)
+    assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
+    if torch._inductor.config.fx_graph_cache:
+        assert counters["aot_autograd"]["autograd_cache_bypass"] == 0
+        assert counters["aot_autograd"]["autograd_cache_miss"] + counters["aot_autograd"]["autograd_cache_hit"] > 0

@@ -16,19 +16,23 @@ So each layer runs as two compiled halves with the cache update between them, in
 Both halves are the layer's own modules called in the order of the model's forward, so the result
 is the same function (float rounding aside). Passes without autograd (teachers, answers) run the
 layer's own forward. ``dynamic=True``: one graph serves every batch shape and
-every layer (the layers' parameters are graph inputs), so compiling costs once per process (tens of
-seconds on a CPU, less with the compiler's on-disk cache), not once per layer or batch.
+every layer (the layers' parameters are graph inputs), and passes with a cached prefix and without
+(``_compiled``, contiguous keys), so compiling costs once per process (about half a minute on a CPU;
+a few seconds once the compiler's on-disk caches hold the graphs), not once per layer or batch.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.fx.experimental._config as fx_config
 from tqdm.auto import tqdm
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
@@ -121,7 +125,26 @@ def _layer_forward(
     return _attend_and_feed_forward(self, attend, hidden_states, query, key, value, attention_mask, kwargs)
 
 
-@torch.compile(dynamic=True)
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` compiled with dynamic sizes, sizes that happen to be equal when it is first traced
+    kept as distinct symbols (``use_duck_shape`` off): the first pass, without a prefix, has as many
+    keys as queries, and with duck sizing the graph would assume so and be compiled again for the
+    first pass after a prefix."""
+    compiled = torch.compile(function, dynamic=True)
+
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
+        duck = fx_config.use_duck_shape  # set and restored directly: a fifth of ``patch``'s cost per call
+        fx_config.use_duck_shape = False
+        try:
+            return compiled(*args)
+        finally:
+            fx_config.use_duck_shape = duck
+
+    return call
+
+
+@_compiled
 def _project(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
     attn = layer.self_attn
     normed = layer.input_layernorm(hidden)
@@ -130,10 +153,12 @@ def _project(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     key = attn.k_proj(normed).view(shape).transpose(1, 2)
     value = attn.v_proj(normed).view(shape).transpose(1, 2)
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
-    return query, key, value
+    # Contiguous, as a key/value cache's concatenation returns them: the attention half then takes
+    # keys of one layout with a cache and without, one compiled graph instead of two.
+    return query, key.contiguous(), value.contiguous()
 
 
-@torch.compile(dynamic=True)
+@_compiled
 def _attend_and_feed_forward(
     layer: Any,
     attend: Any,

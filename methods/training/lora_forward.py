@@ -51,11 +51,13 @@ def _short_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     name = adapters[0]
     dtype = torch.get_autocast_dtype(device)
     base = self.base_layer
-    with torch.autocast(device, enabled=False):
-        xc = x.to(dtype)
-        bias = None if base.bias is None else base.bias.to(dtype)
-        out = F.linear(xc, base.weight.to(dtype), bias)
-        down = F.linear(self.lora_dropout[name](xc), self.lora_A[name].weight.to(dtype))
-        up = (self.lora_B[name].weight * self.scaling[name]).to(dtype)
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), down.reshape(-1, down.shape[-1]), up.t())
+    # Every operand is cast to the autocast dtype here, so autocast's own casts find nothing to do.
+    # (No ``torch.autocast(enabled=False)`` block: inside a compiled layer it keeps the compiler from
+    # caching the layer's training graph on disk, which then costs every run tens of seconds.)
+    xc = x.to(dtype)
+    bias = None if base.bias is None else base.bias.to(dtype)
+    out = F.linear(xc, base.weight.to(dtype), bias)
+    down = F.linear(self.lora_dropout[name](xc), self.lora_A[name].weight.to(dtype))
+    up = (self.lora_B[name].weight * self.scaling[name]).to(dtype)
+    flat = torch.addmm(out.reshape(-1, out.shape[-1]), down.reshape(-1, down.shape[-1]), up.t())
     return flat.view(out.shape)
