@@ -46,3 +46,55 @@ def test_generation_is_independent_of_batching(tiny_lm):
     together = tiny_lm.generate(prompts, max_new_tokens=4, batch_size=5, stop_at_newline=False)
     alone = [tiny_lm.generate([p], max_new_tokens=4, stop_at_newline=False)[0] for p in prompts]
     assert together == alone
+
+
+def test_a_row_is_done_once_its_first_answer_line_is_complete(tiny_lm):
+    from benchmark.models.lm import AnswerLineDone
+
+    texts = ["Rome\nmore", "\n\nRo", "Answer:\n", "The answer is: Arketh\n", "Rome", "A:\nB\n"]
+    encoded = [tiny_lm.encode(t, add_bos=False) for t in texts]
+    width = max(len(e) for e in encoded)
+    pad = tiny_lm.tokenizer.pad_token_id
+    rows = torch.tensor([[7, 8] + e + [pad] * (width - len(e)) for e in encoded])  # a two-token "prompt"
+    done = AnswerLineDone(tiny_lm.tokenizer, prompt_width=2)(rows, torch.zeros(len(texts), 5))
+    assert done.tolist() == [True, False, False, True, False, True]
+
+
+def test_generation_stops_when_every_answer_line_is_complete_with_the_same_answers(tiny_lm):
+    """Scripted continuations (a logits processor allows one token per step): the batch stops once
+    all rows have a complete answer line, and ``first_answer_line`` reads what it read from the
+    full continuation."""
+    from transformers import LogitsProcessorList
+
+    from benchmark.models.lm import AnswerLineDone
+
+    scripts = ["Paris\nthen more text", "\n\nRome\nthen", "Answer:\nBerlin\nand"]
+    encoded = [tiny_lm.encode(s, add_bos=False) for s in scripts]
+    longest = max(len(e) for e in encoded)
+
+    def scripted(input_ids, scores):
+        step = input_ids.shape[1] - 2
+        forced = torch.full_like(scores, float("-inf"))
+        for row, ids in enumerate(encoded):
+            forced[row, ids[min(step, len(ids) - 1)]] = 0.0
+        return forced
+
+    prompt = torch.tensor([[7, 8]] * len(scripts))
+
+    def answers(stopping):
+        out = tiny_lm.model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=longest,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([scripted]),
+            stopping_criteria=stopping,
+            pad_token_id=tiny_lm.tokenizer.pad_token_id,
+        )
+        texts = [tiny_lm.tokenizer.decode(row[2:], skip_special_tokens=True) for row in out]
+        return out.shape[1] - 2, [first_answer_line(t) for t in texts]
+
+    stopped_after, stopped = answers([AnswerLineDone(tiny_lm.tokenizer, prompt_width=2)])
+    full_length, full = answers(None)
+    assert stopped == full == ["Paris", "Rome", "Berlin"]
+    assert stopped_after < full_length == longest
