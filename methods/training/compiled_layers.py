@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch._dynamo.config as dynamo_config
 import torch.fx.experimental._config as fx_config
 from tqdm.auto import tqdm
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -126,20 +127,25 @@ def _layer_forward(
 
 
 def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` compiled with dynamic sizes, sizes that happen to be equal when it is first traced
-    kept as distinct symbols (``use_duck_shape`` off): the first pass, without a prefix, has as many
-    keys as queries, and with duck sizing the graph would assume so and be compiled again for the
-    first pass after a prefix."""
+    """``function`` compiled with dynamic sizes, with two settings that save compiling it again:
+
+    - sizes that happen to be equal when it is first traced stay distinct symbols (``use_duck_shape``
+      off): the first pass, without a prefix, has as many keys as queries, and with duck sizing the
+      graph would assume so and be compiled again for the first pass after a prefix;
+    - float arguments (the attention's scaling) are constants (``specialize_float``): as symbols they
+      made the compiler give up on its first trace of the attention half and start over.
+    """
     compiled = torch.compile(function, dynamic=True)
 
     @functools.wraps(function)
     def call(*args: Any) -> Any:
-        duck = fx_config.use_duck_shape  # set and restored directly: a fifth of ``patch``'s cost per call
-        fx_config.use_duck_shape = False
+        # Set and restored directly: a fifth of ``config.patch``'s cost per call.
+        duck, floats = fx_config.use_duck_shape, dynamo_config.specialize_float
+        fx_config.use_duck_shape, dynamo_config.specialize_float = False, True
         try:
             return compiled(*args)
         finally:
-            fx_config.use_duck_shape = duck
+            fx_config.use_duck_shape, dynamo_config.specialize_float = duck, floats
 
     return call
 
