@@ -176,3 +176,38 @@ def test_a_training_pass_of_one_row_runs_it_twice_and_keeps_one(tiny_lm, monkeyp
     trainer.frozen = None
     plain_hidden, _ = hidden_and_grads(trainer, grouped)
     assert torch.allclose(hidden, plain_hidden, atol=1e-4)
+
+
+def test_tails_of_very_different_lengths_run_in_two_passes_of_two_rows_or_more():
+    from methods.training.frozen_layers import length_runs
+
+    lengths = [9, 3, 4, 50, 52, 51]  # 6 x 52 padded in one run, 3 x 9 + 3 x 52 in two: 129 fewer
+    assert length_runs(lengths, min_saving=64) == [[1, 2, 0], [3, 5, 4]]
+    assert length_runs(lengths, min_saving=129) == [[1, 2, 0], [3, 5, 4]]
+    assert length_runs(lengths, min_saving=130) == [[0, 1, 2, 3, 4, 5]]
+    assert length_runs([3, 90, 91], min_saving=0) == [[0, 1, 2]]  # a run of one row would compile anew
+    assert length_runs([5, 5, 5, 5], min_saving=0) == [[0, 1, 2, 3]]  # nothing saved
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_tails_split_by_length_give_the_same_states_and_gradients(tiny_lm, monkeypatch, grad):
+    """The frozen layers' and the layers above's passes over a shared prefix's tails, cut into two
+    runs by length (``length_runs``), give what one padded run gives."""
+    from methods.training import frozen_layers
+
+    batch, _, _ = make_batch(tiny_lm, "ce")
+    results = []
+    for saving in (10**9, 0):  # one run, then two
+        monkeypatch.setattr(frozen_layers, "TAIL_SPLIT_MIN_SAVING", saving)
+        student, trainer = student_and_trainer(tiny_lm)
+        if grad:
+            results.append(hidden_and_grads(trainer, batch))
+        else:
+            with torch.no_grad():
+                results.append((trainer.student_hidden(batch), {}))
+    (one, one_grads), (two, two_grads) = results
+    assert torch.allclose(two, one, atol=1e-5)
+    assert one_grads.keys() == two_grads.keys()
+    for name, grad_one in one_grads.items():
+        # fp32 sums in another order (two passes' gradients added; the states agree to 2e-7): rounding
+        assert torch.allclose(two_grads[name], grad_one, atol=1e-3 * grad_one.abs().max()), name

@@ -29,6 +29,9 @@ from methods.training.examples import group_by_prefix, pad_right
 from methods.training.student import TrainParams, own_attention, split_lm
 
 KERNELS = ("eager", "sdpa")  # the attention kernels whose masks ``attention_mask`` builds
+# Padded tokens a second pass over a shared prefix's tails must save (``length_runs``): about what
+# the fixed cost of a pass through the upper layers with backward is worth on a CPU.
+TAIL_SPLIT_MIN_SAVING = 64
 
 
 class PrefixKV:
@@ -116,6 +119,26 @@ def pad_states(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden[i, : len(r)] = r
         valid[i, : len(r)] = True
     return hidden, valid
+
+
+def length_runs(lengths: list[int], min_saving: int | None = None) -> list[list[int]]:
+    """Indices of sequences of these lengths as one padded run (in their order), or as two runs of
+    similar lengths when that pads at least ``min_saving`` fewer tokens: a second pass through the
+    layers costs a fixed overhead, so it pays only for enough padding saved. Each run keeps two
+    rows or more (compiled layers would build graphs of their own for one). ``min_saving`` defaults
+    to ``TAIL_SPLIT_MIN_SAVING``."""
+    min_saving = TAIL_SPLIT_MIN_SAVING if min_saving is None else min_saving
+    n = len(lengths)
+    order = sorted(range(n), key=lengths.__getitem__)
+    whole = n * lengths[order[-1]]
+    best, cut = whole, 0
+    for k in range(2, n - 1):
+        padded = k * lengths[order[k - 1]] + (n - k) * lengths[order[-1]]
+        if padded < best:
+            best, cut = padded, k
+    if not cut or whole - best < min_saving:
+        return [list(range(n))]
+    return [order[:cut], order[cut:]]
 
 
 def picked(out: torch.Tensor, starts: list[int], counts: list[int]) -> torch.Tensor:
@@ -208,9 +231,11 @@ class FrozenLayers:
                 head = run_layers(self.layers, self.rotary, *self._embedded([prefix]), cache)
                 cache.recording = False
                 tails = [keys[i][len(prefix) :] for i in members]
-                hidden = run_layers(self.layers, self.rotary, *self._embedded(tails), cache, len(prefix))
-                for row, i in enumerate(members):
-                    out[keys[i]] = torch.cat([head[0], hidden[row, : len(tails[row])]])
+                for run in length_runs([len(t) for t in tails]):
+                    part = [tails[r] for r in run]
+                    hidden = run_layers(self.layers, self.rotary, *self._embedded(part), cache, len(prefix))
+                    for row, r in enumerate(run):
+                        out[keys[members[r]]] = torch.cat([head[0], hidden[row, : len(tails[r])]])
                 self.tokens_run += len(prefix) + sum(len(t) for t in tails)
         return out
 
@@ -266,10 +291,14 @@ class FrozenLayers:
             parts.update(zip(plain, chosen.split([counts[i] for i in plain])))
         tokens = sum(len(sequences[i]) for i in plain)
         for j, prefix in enumerate(prefixes):
-            members, size = groups[prefix], len(prefix)
+            size = len(prefix)
             assert cache is not None
-            out = self.above(model, [lower[i][size:] for i in members], cache.row(len(plain) + j, size), size)
-            chosen = picked(out, [starts[i] - size for i in members], [counts[i] for i in members])
-            parts.update(zip(members, chosen.split([counts[i] for i in members])))
-            tokens += size + sum(len(sequences[i]) - size for i in members)
+            prefix_kv = cache.row(len(plain) + j, size)
+            for run in length_runs([len(sequences[i]) - size for i in groups[prefix]]):
+                members = [groups[prefix][r] for r in run]
+                out = self.above(model, [lower[i][size:] for i in members], prefix_kv, size)
+                chosen = picked(out, [starts[i] - size for i in members], [counts[i] for i in members])
+                parts.update(zip(members, chosen.split([counts[i] for i in members])))
+                tokens += sum(len(sequences[i]) - size for i in members)
+            tokens += size
         return torch.cat([parts[i] for i in range(len(sequences))]), tokens
