@@ -299,6 +299,5 @@ class FrozenLayers:
                 out = self.above(model, [lower[i][size:] for i in members], prefix_kv, size)
                 chosen = picked(out, [starts[i] - size for i in members], [counts[i] for i in members])
                 parts.update(zip(members, chosen.split([counts[i] for i in members])))
-                tokens += sum(len(sequences[i]) - size for i in members)
-            tokens += size
+            tokens += size + sum(len(sequences[i]) - size for i in groups[prefix])
         return torch.cat([parts[i] for i in range(len(sequences))]), tokens
