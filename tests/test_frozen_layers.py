@@ -211,3 +211,19 @@ def test_tails_split_by_length_give_the_same_states_and_gradients(tiny_lm, monke
     for name, grad_one in one_grads.items():
         # fp32 sums in another order (two passes' gradients added; the states agree to 2e-7): rounding
         assert torch.allclose(two_grads[name], grad_one, atol=1e-3 * grad_one.abs().max()), name
+
+
+def test_a_shared_prefix_runs_once_and_later_tails_continue_it_exactly(tiny_lm):
+    """New sequences after a prefix that an earlier call ran reuse its kept output and keys and
+    values: only their tails run, and their states are bitwise those of a first run."""
+    batch, _, prefix = make_batch(tiny_lm, "ce")
+    _, trainer = student_and_trainer(tiny_lm)
+    frozen = trainer.frozen
+    first, later = [e.ids for e in batch[5:7]], [e.ids for e in batch[7:]]
+    frozen.states(first)
+    run = frozen.tokens_run
+    states = frozen.states(later)
+    assert frozen.tokens_run == run + sum(len(s) - len(prefix) for s in later)
+    _, fresh = student_and_trainer(tiny_lm)
+    for mine, theirs in zip(states, fresh.frozen.states(later), strict=True):
+        assert torch.equal(mine, theirs)

@@ -32,6 +32,9 @@ KERNELS = ("eager", "sdpa")  # the attention kernels whose masks ``attention_mas
 # Padded tokens a second pass over a shared prefix's tails must save (``length_runs``): about what
 # the fixed cost of a pass through the upper layers with backward is worth on a CPU.
 TAIL_SPLIT_MIN_SAVING = 64
+# Shared prefixes whose frozen-layer output and keys/values are kept between calls (``_run``): the
+# few-shot framing every retain question and target sentence starts with recurs in each epoch.
+PREFIXES_KEPT = 4
 
 
 class PrefixKV:
@@ -160,6 +163,7 @@ class FrozenLayers:
         self.embed, self.rotary = decoder.embed_tokens, decoder.rotary_emb
         self.layers = list(decoder.layers[:count])
         self.kept: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self.prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, PrefixKV]] = OrderedDict()
         self.budget, self.bytes = budget_mb * 2**20, 0
         self.tokens_run = 0  # tokens these layers ran (the rest came from what was kept)
         self.tokens_kept = 0  # tokens whose states were kept from an earlier call
@@ -227,17 +231,32 @@ class FrozenLayers:
                 out.update((k, hidden[row, : len(k)].clone()) for row, k in enumerate(ids))
                 self.tokens_run += sum(len(k) for k in ids)
             for prefix, members in groups.items():
-                cache = PrefixKV()
-                head = run_layers(self.layers, self.rotary, *self._embedded([prefix]), cache)
-                cache.recording = False
+                head, cache = self._prefix(prefix)
                 tails = [keys[i][len(prefix) :] for i in members]
                 for run in length_runs([len(t) for t in tails]):
                     part = [tails[r] for r in run]
                     hidden = run_layers(self.layers, self.rotary, *self._embedded(part), cache, len(prefix))
                     for row, r in enumerate(run):
-                        out[keys[members[r]]] = torch.cat([head[0], hidden[row, : len(tails[r])]])
-                self.tokens_run += len(prefix) + sum(len(t) for t in tails)
+                        out[keys[members[r]]] = torch.cat([head, hidden[row, : len(tails[r])]])
+                self.tokens_run += sum(len(t) for t in tails)
         return out
+
+    def _prefix(self, prefix: tuple[int, ...]) -> tuple[torch.Tensor, PrefixKV]:
+        """A shared prefix's frozen-layer output (length, H) and its keys and values, run once and
+        kept for the next calls (the ``PREFIXES_KEPT`` most recently used): the same one-row pass
+        each time, so what is kept is exactly what a new run would give."""
+        if prefix in self.prefixes:
+            self.prefixes.move_to_end(prefix)
+            self.tokens_kept += len(prefix)
+            return self.prefixes[prefix]
+        cache = PrefixKV()
+        head = run_layers(self.layers, self.rotary, *self._embedded([prefix]), cache)
+        cache.recording = False
+        self.prefixes[prefix] = head[0], cache
+        self.tokens_run += len(prefix)
+        while len(self.prefixes) > PREFIXES_KEPT:
+            self.prefixes.popitem(last=False)
+        return self.prefixes[prefix]
 
     def _embedded(self, sequences: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings of right-padded sequences (pad id 0: masked out) and their valid mask."""
