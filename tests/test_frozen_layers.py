@@ -227,3 +227,26 @@ def test_a_shared_prefix_runs_once_and_later_tails_continue_it_exactly(tiny_lm):
     _, fresh = student_and_trainer(tiny_lm)
     for mine, theirs in zip(states, fresh.frozen.states(later), strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_a_frozen_teacher_runs_a_shared_prefix_above_the_frozen_layers_once(tiny_lm):
+    """A current-model teacher (no trainable parameter) keeps a prefix's keys and values from its
+    layers above between calls, with the states a first call gives; the student, whose weights
+    change between steps, runs the prefix every time."""
+    batch, _, prefix = make_batch(tiny_lm, "ce")
+    student, trainer = student_and_trainer(tiny_lm)
+    frozen = trainer.frozen
+    snapshot = frozen_copy(student)
+    first, later = [e.ids for e in batch[5:7]], [e.ids for e in batch[7:]]
+
+    def states(model, sequences):
+        with torch.no_grad():
+            return frozen.selected_states(model, sequences, [len(prefix)] * 2, [2, 3], share_prefix=8)
+
+    states(snapshot, first)
+    kept, tokens = states(snapshot, later)
+    assert tokens == sum(len(s) - len(prefix) for s in later)  # the tails only
+    fresh, fresh_tokens = states(frozen_copy(student), later)
+    assert fresh_tokens == tokens + len(prefix) and torch.equal(kept, fresh)
+    states(student, first)
+    assert states(student, later)[1] == fresh_tokens  # no prefix kept for a model that trains

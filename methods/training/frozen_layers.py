@@ -17,6 +17,7 @@ so it cannot start a pass at a middle layer.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -58,6 +59,10 @@ class PrefixKV:
             torch.cat([prefix_key.expand(n, -1, -1, -1), key], dim=2),
             torch.cat([prefix_value.expand(n, -1, -1, -1), value], dim=2),
         )
+
+    def copy(self) -> PrefixKV:
+        """The same keys and values in tensors of their own (not views of a larger pass's)."""
+        return PrefixKV({i: (k.clone(), v.clone()) for i, (k, v) in self.layers.items()})
 
     def row(self, index: int, length: int) -> PrefixKV:
         """The first ``length`` positions of row ``index``, for passes that continue it."""
@@ -164,6 +169,11 @@ class FrozenLayers:
         self.layers = list(decoder.layers[:count])
         self.kept: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self.prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, PrefixKV]] = OrderedDict()
+        # Per frozen model (a current-model teacher), the keys and values its layers above these
+        # give a shared prefix; an entry goes with its model.
+        self.prefixes_above: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple[int, ...], PrefixKV]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.budget, self.bytes = budget_mb * 2**20, 0
         self.tokens_run = 0  # tokens these layers ran (the rest came from what was kept)
         self.tokens_kept = 0  # tokens whose states were kept from an earlier call
@@ -295,28 +305,49 @@ class FrozenLayers:
         the sharing sequences then continue (as ``examples.states_and_prefix_caches``)."""
         lower = self.states(sequences)
         groups, plain = group_by_prefix(list(zip(sequences, starts)), share_prefix)
+        kept = self._kept_above(model)
         prefixes = list(groups)
+        to_run = [p for p in prefixes if kept is None or p not in kept]
         parts: dict[int, torch.Tensor] = {}
-        cache = PrefixKV() if prefixes else None
-        rows = [lower[i] for i in plain] + [lower[groups[p][0]][: len(p)] for p in prefixes]
+        cache = PrefixKV() if to_run else None
+        rows = [lower[i] for i in plain] + [lower[groups[p][0]][: len(p)] for p in to_run]
         if len(rows) == 1 and torch.is_grad_enabled():
             # Compiled layers (``compile_layers``) would build graphs of their own for a pass of one
             # row, torch specialising sizes of 1, a few seconds each; a copy of the row, its output
             # unused, costs less.
             rows = rows * 2
-        out = self.above(model, rows, cache)
+        out = self.above(model, rows, cache) if rows else None
         if plain:
+            assert out is not None
             chosen = picked(out, [starts[i] for i in plain], [counts[i] for i in plain])
             parts.update(zip(plain, chosen.split([counts[i] for i in plain])))
         tokens = sum(len(sequences[i]) for i in plain)
-        for j, prefix in enumerate(prefixes):
+        for prefix in prefixes:
             size = len(prefix)
-            assert cache is not None
-            prefix_kv = cache.row(len(plain) + j, size)
+            if kept is not None and prefix in kept:
+                kept.move_to_end(prefix)
+                prefix_kv = kept[prefix]
+            else:
+                assert cache is not None
+                prefix_kv = cache.row(len(plain) + to_run.index(prefix), size)
+                tokens += size
+                if kept is not None:
+                    kept[prefix] = prefix_kv.copy()
+                    while len(kept) > PREFIXES_KEPT:
+                        kept.popitem(last=False)
             for run in length_runs([len(sequences[i]) - size for i in groups[prefix]]):
                 members = [groups[prefix][r] for r in run]
                 out = self.above(model, [lower[i][size:] for i in members], prefix_kv, size)
                 chosen = picked(out, [starts[i] - size for i in members], [counts[i] for i in members])
                 parts.update(zip(members, chosen.split([counts[i] for i in members])))
-            tokens += size + sum(len(sequences[i]) - size for i in groups[prefix])
+            tokens += sum(len(sequences[i]) - size for i in groups[prefix])
         return torch.cat([parts[i] for i in range(len(sequences))]), tokens
+
+    def _kept_above(self, model: torch.nn.Module) -> OrderedDict[tuple[int, ...], PrefixKV] | None:
+        """The prefixes' keys and values kept for ``model``'s layers above these, or None: kept
+        only for a model that cannot change (no gradient asked, no trainable parameter: a
+        current-model teacher, which scores each epoch's retain questions after the same few-shot
+        framing). The ``PREFIXES_KEPT`` most recently used ones."""
+        if torch.is_grad_enabled() or any(p.requires_grad for p in model.parameters()):
+            return None
+        return self.prefixes_above.setdefault(model, OrderedDict())
