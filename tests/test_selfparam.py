@@ -162,6 +162,23 @@ def test_current_teacher_shares_the_frozen_weights_and_copies_the_trained_ones(t
     assert all(not torch.equal(copied[n], own[n]) for n in trained)
 
 
+def test_a_current_teacher_copied_with_a_fresh_adapter_runs_without_it(tiny_lm):
+    """A fresh adapter adds nothing, so the copy leaves it out (the same logits, fewer operations);
+    an adapter that learned something stays on."""
+    student = build_student(tiny_lm, TrainParams(lora_dropout=0.0))
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad(), tiny_lm.autocast():
+        fresh = frozen_copy(student)
+        assert all(m.disable_adapters for m in fresh.modules() if hasattr(m, "lora_B"))
+        assert torch.equal(fresh(input_ids=ids).logits, student(input_ids=ids).logits)
+        for name, param in student.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+        trained = frozen_copy(student)
+        assert not any(m.disable_adapters for m in trained.modules() if hasattr(m, "lora_B"))
+        assert torch.equal(trained(input_ids=ids).logits, student(input_ids=ids).logits)
+
+
 def test_uncached_teacher_gives_the_same_first_step_as_the_cached_one(tiny_lm):
     def first_loss(cache: bool) -> float:
         method = SelfParam(tiny_lm, small(epochs=1, teacher_cache=cache, lora_dropout=0.0), RunParams(), seed=3)

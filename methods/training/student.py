@@ -211,6 +211,11 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     teacher.eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
+    lora_up = [p for name, p in teacher.named_parameters() if "lora_B" in name]
+    if lora_up and all(not p.any() for p in lora_up):
+        # A fresh adapter (after a merge, or before any training) adds exactly nothing: the copy
+        # runs without it, a few small operations fewer in each adapted layer of every pass.
+        teacher.base_model.disable_adapter_layers()
     return teacher
 
 
