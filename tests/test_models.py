@@ -98,3 +98,37 @@ def test_generation_stops_when_every_answer_line_is_complete_with_the_same_answe
     full_length, full = answers(None)
     assert stopped == full == ["Paris", "Rome", "Berlin"]
     assert stopped_after < full_length == longest
+
+
+def test_the_prefix_all_prompts_share_leaves_each_a_token_of_its_own():
+    from benchmark.models.lm import SHARED_PREFIX_MIN, shared_prefix
+
+    base = list(range(100, 100 + SHARED_PREFIX_MIN))
+    assert shared_prefix([base + [1, 2], base + [1, 3], base + [1, 2, 4]]) == base + [1]
+    assert shared_prefix([base + [1], base + [1, 2]]) == base  # the shorter keeps its last token
+    assert shared_prefix([base[:-1] + [1], base[:-1] + [2]]) == []  # too short to be worth a pass
+    assert shared_prefix([base + [1]]) == []  # one prompt: nothing shared
+
+
+def test_greedy_answers_after_a_shared_prefix_continue_one_pass_over_it(tiny_lm, monkeypatch):
+    """Prompts that start with the same demonstrations run them once for the whole call; the
+    answers are those of passes over each whole prompt, batched with padding before the rest."""
+    import benchmark.models.lm as lm_module
+
+    demos = "Question: Where does Lena Hart live? Answer: Orvik\n\n" * 3
+    prompts = [
+        demos + f"Question: {q}? Answer:" for q in ("a", "who built the big stone bridge", "b c", "d", "e f g h")
+    ]
+    prefix = len(lm_module.shared_prefix([tiny_lm.encode(p) for p in prompts]))
+    seen = []
+    hook = tiny_lm.model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    try:
+        shared = tiny_lm.generate(prompts, max_new_tokens=4, batch_size=2, stop_at_newline=False)
+        shared_tokens = sum(seen)
+        seen.clear()
+        monkeypatch.setattr(lm_module, "SHARED_PREFIX_MIN", 10**9)
+        whole = tiny_lm.generate(prompts, max_new_tokens=4, batch_size=2, stop_at_newline=False)
+    finally:
+        hook.remove()
+    assert shared == whole
+    assert prefix > 30 and shared_tokens < sum(seen) - 2 * prefix  # three batches, the prefix run once

