@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 class SequentialParams(ContextParams):
     """``quick`` (the defaults) is 4 sequences of 3 contexts on ``fictional``: intervals resample
     sequences, so four give a usable interval (two do not), at 12 injections of selfparam's quick
-    sequential training (about 35 s each on 2 idle CPU cores)."""
+    sequential training (about 20 s each on 2 CPU cores with bf16 instructions, the first one
+    longer: it compiles)."""
 
     num_sequences: int = 4  # independent sequences over consecutive, disjoint slices of the data
     sequence_length: int = 3  # contexts injected one per step in each sequence (L)
