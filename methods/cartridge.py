@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 
 from benchmark.errors import BenchError
-from benchmark.models import first_answer_line
+from benchmark.models import cache_kwarg, first_answer_line
 from benchmark.registry import register_method
 from benchmark.types import Context, Footprint, Prompt
 from methods.sentences import SentenceParams, epoch_share, frame, sentence_prefixes
@@ -63,7 +63,6 @@ from methods.training import (
     steps_per_epoch,
     teacher_dists,
 )
-from methods.training.examples import _cache_kwarg
 
 INIT_FILLS = ("repeat", "shrink")
 
@@ -156,7 +155,7 @@ class Cartridge(torch.nn.Module):
                 attention_mask=attention.to(lm.device),
                 position_ids=positions.to(lm.device),
                 use_cache=True,
-                **{_cache_kwarg(backbone): self.cache(n)},
+                **{cache_kwarg(backbone): self.cache(n)},
             ).last_hidden_state
         rows = torch.cat([torch.full((c,), r, dtype=torch.long) for r, c in enumerate(counts)])
         cols = torch.cat([torch.arange(s, s + c, dtype=torch.long) for s, c in zip(starts, counts)])
@@ -172,7 +171,7 @@ class Cartridge(torch.nn.Module):
                 attention_mask=torch.ones((1, self.length + len(prefix)), dtype=torch.long, device=lm.device),
                 position_ids=torch.arange(self.length, self.length + len(prefix), device=lm.device).unsqueeze(0),
                 use_cache=True,
-                **{_cache_kwarg(backbone): cache},
+                **{cache_kwarg(backbone): cache},
             )
         return cache
 
@@ -408,7 +407,7 @@ class CartridgeMethod(TrainedMethod):
         attention = torch.cat([torch.ones((n, cart.length), dtype=torch.long), mask], dim=1).to(lm.device)
         positions = (cart.length + (mask.cumsum(-1) - 1).clamp_min(0)).to(lm.device)
         cache = cart.cache(n)
-        kwarg = _cache_kwarg(lm.model)
+        kwarg = cache_kwarg(lm.model)
         step_ids = ids.to(lm.device)
         done = torch.zeros(n, dtype=torch.bool, device=lm.device)
         generated: list[torch.Tensor] = []

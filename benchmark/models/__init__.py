@@ -8,7 +8,7 @@ The parts: ``lm`` (the ``LM`` wrapper: model, tokenizer, precision, batched gene
 
 from __future__ import annotations
 
-from benchmark.models.lm import LM
+from benchmark.models.lm import LM, cache_kwarg
 from benchmark.models.loading import DEFAULT_MODEL, SMOLLM2_PACKAGE, TINY_MODEL, load_lm
 from benchmark.models.prompts import DEMONSTRATIONS, first_answer_line, format_prompt
 
@@ -18,6 +18,7 @@ __all__ = [
     "SMOLLM2_PACKAGE",
     "TINY_MODEL",
     "LM",
+    "cache_kwarg",
     "first_answer_line",
     "format_prompt",
     "load_lm",

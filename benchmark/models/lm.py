@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,7 +143,7 @@ class LM:
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(len(batch))
-                kwargs["cache"] = cache
+                kwargs[cache_kwarg(self.model)] = cache
             with self.answering():
                 # nn.Module's __getattr__ types generate as Tensor | Module; the model is a transformers one.
                 generated = model.generate(  # type: ignore[operator]
@@ -163,7 +164,9 @@ class LM:
         """The key/value cache of one pass over ``prefix``, for batches to continue."""
         ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
         with self.answering():
-            return model(input_ids=ids, use_cache=True).cache
+            out = model(input_ids=ids, use_cache=True)
+        cache = getattr(out, "cache", None)
+        return cache if cache is not None else out.past_key_values
 
     def clone_model(self) -> torch.nn.Module:
         """An independent copy of the weights, for methods that train."""
@@ -171,6 +174,12 @@ class LM:
 
     def parameters_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name of a transformers model's key/value cache argument: ``cache`` in newer releases,
+    ``past_key_values`` in older ones."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def shared_prefix(sequences: list[list[int]]) -> list[int]:

@@ -5,14 +5,13 @@ several examples run once and its key/value cache reused."""
 from __future__ import annotations
 
 import copy
-import inspect
 import random
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from benchmark.models import LM
+from benchmark.models import LM, cache_kwarg
 from methods.training.student import split_lm
 
 
@@ -192,11 +191,6 @@ def pick_layers(out, rows: torch.Tensor, cols: torch.Tensor, layers: tuple[int, 
     return torch.stack([(final if i == -1 else out.hidden_states[i])[rows, cols] for i in layers], dim=1)
 
 
-def _cache_kwarg(backbone: torch.nn.Module) -> str:
-    """Newer transformers name the key/value cache argument ``cache``, older ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-
-
 def cache_prefix(model: torch.nn.Module, lm: LM, prefix: list[int]):
     backbone, _ = split_lm(model)
     with lm.autocast():
@@ -250,7 +244,7 @@ def states_after_prefix(
             attention_mask=attention.to(lm.device),
             position_ids=positions.to(lm.device),
             use_cache=True,
-            **{_cache_kwarg(backbone): batch_cache},
+            **{cache_kwarg(backbone): batch_cache},
             **_layer_kwargs(layers),
         )
     return out.last_hidden_state[rows, cols], pick_layers(out, rows, cols, layers)
