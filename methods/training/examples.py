@@ -102,7 +102,8 @@ def group_by_prefix(
     return groups, plain
 
 
-def _positions(starts: list[int], counts: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def span_indices(starts: list[int], counts: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) indices of positions ``start .. start + count - 1`` of each row, in order."""
     rows = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(counts)])
     cols = torch.cat([torch.arange(s, s + n, dtype=torch.long) for s, n in zip(starts, counts)])
     return rows.to(device), cols.to(device)
@@ -127,7 +128,7 @@ def selected_states(
     positions (sum(counts), len(layers), H); see ``pick_layers``."""
     backbone, _ = split_lm(model)
     ids, mask = pad_right(sequences, lm.tokenizer.pad_token_id)
-    rows, cols = _positions(starts, counts, lm.device)
+    rows, cols = span_indices(starts, counts, lm.device)
     with lm.autocast():
         out = backbone(
             input_ids=ids.to(lm.device),
@@ -156,7 +157,7 @@ def states_and_prefix_caches(
     """
     backbone, _ = split_lm(model)
     ids, mask = pad_right(sequences + prefixes, lm.tokenizer.pad_token_id)
-    rows, cols = _positions(starts, counts, lm.device)
+    rows, cols = span_indices(starts, counts, lm.device)
     with lm.autocast():
         out = backbone(
             input_ids=ids.to(lm.device),
@@ -236,13 +237,13 @@ def states_after_prefix(
     batch_cache = copy.deepcopy(cache) if keep_cache else cache
     batch_cache.batch_repeat_interleave(n)
     attention = torch.cat([torch.ones((n, prefix_len), dtype=mask.dtype), mask], dim=1)
-    positions = torch.arange(prefix_len, prefix_len + width).unsqueeze(0).expand(n, -1)
-    rows, cols = _positions(starts or [0] * n, counts, lm.device)
+    position_ids = torch.arange(prefix_len, prefix_len + width).unsqueeze(0).expand(n, -1)
+    rows, cols = span_indices(starts or [0] * n, counts, lm.device)
     with lm.autocast():
         out = backbone(
             input_ids=ids.to(lm.device),
             attention_mask=attention.to(lm.device),
-            position_ids=positions.to(lm.device),
+            position_ids=position_ids.to(lm.device),
             use_cache=True,
             **{cache_kwarg(backbone): batch_cache},
             **_layer_kwargs(layers),

@@ -26,7 +26,7 @@ import torch
 
 from benchmark.errors import BenchError
 from benchmark.models import LM
-from methods.training.examples import group_by_prefix, pad_right
+from methods.training.examples import group_by_prefix, pad_right, span_indices
 from methods.training.student import TrainParams, own_attention, split_lm
 
 KERNELS = ("eager", "sdpa")  # the attention kernels whose masks ``attention_mask`` builds
@@ -147,11 +147,6 @@ def length_runs(lengths: list[int], min_saving: int | None = None) -> list[list[
     if not cut or whole - best < min_saving:
         return [list(range(n))]
     return [order[:cut], order[cut:]]
-
-
-def picked(out: torch.Tensor, starts: list[int], counts: list[int]) -> torch.Tensor:
-    """Rows ``start .. start + count - 1`` of each sequence of a padded pass, in order."""
-    return torch.cat([out[i, s : s + n] for i, (s, n) in enumerate(zip(starts, counts))])
 
 
 class FrozenLayers:
@@ -319,7 +314,7 @@ class FrozenLayers:
         out = self.above(model, rows, cache) if rows else None
         if plain:
             assert out is not None
-            chosen = picked(out, [starts[i] for i in plain], [counts[i] for i in plain])
+            chosen = out[span_indices([starts[i] for i in plain], [counts[i] for i in plain], out.device)]
             parts.update(zip(plain, chosen.split([counts[i] for i in plain])))
         tokens = sum(len(sequences[i]) for i in plain)
         for prefix in prefixes:
@@ -338,7 +333,9 @@ class FrozenLayers:
             for run in length_runs([len(sequences[i]) - size for i in groups[prefix]]):
                 members = [groups[prefix][r] for r in run]
                 out = self.above(model, [lower[i][size:] for i in members], prefix_kv, size)
-                chosen = picked(out, [starts[i] - size for i in members], [counts[i] for i in members])
+                chosen = out[
+                    span_indices([starts[i] - size for i in members], [counts[i] for i in members], out.device)
+                ]
                 parts.update(zip(members, chosen.split([counts[i] for i in members])))
             tokens += sum(len(sequences[i]) - size for i in groups[prefix])
         return torch.cat([parts[i] for i in range(len(sequences))]), tokens
