@@ -104,7 +104,7 @@ class LM:
 
         Greedy answers to prompts that all start with the same ``SHARED_PREFIX_MIN`` tokens or more
         (the run's demonstrations) continue one pass over that prefix, padded between it and the
-        rest: 40% less time answering the sequential demo's questions. The answers are those of
+        rest: a third less time answering the sequential demo's questions. The answers are those of
         passes over whole prompts up to float rounding, which moves a few greedy answers of a
         135M model in bf16 as batching them differently does (measured on 60 dev questions of the
         untouched model: 3 or 12 of 60 changed, with eager or sdpa attention, against 6 or 10
