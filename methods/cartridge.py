@@ -63,6 +63,7 @@ from methods.training import (
     steps_per_epoch,
     teacher_dists,
 )
+from methods.training.examples import span_indices
 
 INIT_FILLS = ("repeat", "shrink")
 
@@ -157,9 +158,7 @@ class Cartridge(torch.nn.Module):
                 use_cache=True,
                 **{cache_kwarg(backbone): self.cache(n)},
             ).last_hidden_state
-        rows = torch.cat([torch.full((c,), r, dtype=torch.long) for r, c in enumerate(counts)])
-        cols = torch.cat([torch.arange(s, s + c, dtype=torch.long) for s, c in zip(starts, counts)])
-        return hidden[rows.to(hidden.device), cols.to(hidden.device)]
+        return hidden[span_indices(starts, counts, hidden.device)]
 
     def extended(self, lm, prefix: list[int]):
         """The cartridge followed by ``prefix`` as one batch-1 cache (the shared part of a batch)."""

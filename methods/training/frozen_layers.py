@@ -314,8 +314,9 @@ class FrozenLayers:
         out = self.above(model, rows, cache) if rows else None
         if plain:
             assert out is not None
-            chosen = out[span_indices([starts[i] for i in plain], [counts[i] for i in plain], out.device)]
-            parts.update(zip(plain, chosen.split([counts[i] for i in plain])))
+            sizes = [counts[i] for i in plain]
+            chosen = out[span_indices([starts[i] for i in plain], sizes, out.device)]
+            parts.update(zip(plain, chosen.split(sizes)))
         tokens = sum(len(sequences[i]) for i in plain)
         for prefix in prefixes:
             size = len(prefix)
@@ -333,10 +334,9 @@ class FrozenLayers:
             for run in length_runs([len(sequences[i]) - size for i in groups[prefix]]):
                 members = [groups[prefix][r] for r in run]
                 out = self.above(model, [lower[i][size:] for i in members], prefix_kv, size)
-                chosen = out[
-                    span_indices([starts[i] - size for i in members], [counts[i] for i in members], out.device)
-                ]
-                parts.update(zip(members, chosen.split([counts[i] for i in members])))
+                sizes = [counts[i] for i in members]
+                chosen = out[span_indices([starts[i] - size for i in members], sizes, out.device)]
+                parts.update(zip(members, chosen.split(sizes)))
             tokens += sum(len(sequences[i]) - size for i in groups[prefix])
         return torch.cat([parts[i] for i in range(len(sequences))]), tokens
 
