@@ -123,6 +123,7 @@ class LM:
         # values are computed once and continued by every batch, instead of once per prompt.
         shared = shared_prefix(encoded_all) if sample_temperature is None else []
         prefix_cache = self._prefix_cache(model, shared) if shared else None
+        cache_name = cache_kwarg(self.model)
         for batch in bar:
             encoded = [encoded_all[i][len(shared) :] for i in batch]
             width = len(shared) + max(len(e) for e in encoded)
@@ -143,7 +144,7 @@ class LM:
             if prefix_cache is not None:
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(len(batch))
-                kwargs[cache_kwarg(self.model)] = cache
+                kwargs[cache_name] = cache
             with self.answering():
                 # nn.Module's __getattr__ types generate as Tensor | Module; the model is a transformers one.
                 generated = model.generate(  # type: ignore[operator]
