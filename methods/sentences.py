@@ -175,7 +175,9 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
 def _frame_chat(lm, chat: ChatFrame, question: str, answer: str, p: SentenceParams, has_answer: bool) -> Framed:
     """The question as the user message, the answer as the assistant's reply (see the module)."""
     if has_answer:
-        text = chat.before + question.removeprefix(QUESTION_MARK).removesuffix(ANSWER_MARK).strip() + chat.after
+        # exactly the text between "Question: " and " Answer:": a probe's prompt may end in a space
+        asked = question.removeprefix(QUESTION_MARK).removesuffix(ANSWER_MARK)
+        text = chat.before + asked.removeprefix(" ").removesuffix(" ") + chat.after
     else:  # a statement: the user's message alone, every token scored
         text = chat.before + question.strip()
     answer = answer.strip()

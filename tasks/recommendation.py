@@ -11,11 +11,13 @@ evaluation only: every shard shares one method key (``method_key``), so the runn
 them with the same injected model, as in one episode.
 
 Target sentences (for methods that train on them) come from the conversations themselves: at
-every recommender turn that names a movie not mentioned before, "Question: <the last few turns>
-Which movies should the recommender suggest next? Answer: <those titles>". They teach the mapping
-the probe asks for — dialog so far -> recommended titles — in the paper's "Question: … Answer: …"
-form. ``--set targets=local`` (or ``openai``) generates QA pairs from the conversation text
-instead, as the paper did with gpt-4o-mini.
+every recommender turn that names a movie not mentioned before, "Question: <the probe's prompt
+around the last few turns> Answer: 1. <title>\n2. …" (``target_form=probe``), or "Question: <the
+last few turns> Which movies should the recommender suggest next? Answer: <titles>"
+(``question``). They teach the mapping the probe asks for — dialog so far -> recommended titles —
+in the paper's "Question: … Answer: …" form; the probe form asks it exactly as the probes do.
+``--set targets=local`` (or ``openai``) generates QA pairs from the conversation text instead, as
+the paper did with gpt-4o-mini.
 
 A test dialog found inside the training conversations stops the run before anything is asked
 (``check_probes_not_injected``).
@@ -27,6 +29,7 @@ context.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -63,6 +66,7 @@ RECOMMENDER_PROMPT = (
 LIST_INSTRUCTION = "\n\nNow list 20 movie titles, one per line, numbered 1 to 20."
 PROMPT_STYLES = ("paper", "list")
 TARGET_QUESTION = "Which movies should the recommender suggest next?"
+TARGET_FORMS = ("question", "probe")
 
 
 @dataclass
@@ -78,6 +82,12 @@ class RecommendationParams:
     candidates: str = "entities"  # titles a line may map to: entities (the paper's code) | items
     max_distance: int = 2  # r3/r4 drop matches farther than this edit distance (the paper: 2)
     target_turns: int = 6  # dialog turns quoted in a target sentence's question
+    # How a target sentence asks for the titles: "probe" (the probe's own prompt around the turns,
+    # ``prompt_style`` included, and the titles as the numbered list it asks for), or "question"
+    # ("<turns>\nWhich movies should the recommender suggest next?", the titles joined by commas).
+    # On INSPIRED dev points SELF-PARAM trained on "question" targets opened 27 of 40 replies with
+    # "System: …", on "probe" targets 9 (README, recommendation).
+    target_form: str = "probe"
 
     RANGES: ClassVar[dict[str, str]] = {
         "num_probes": ">= 0",
@@ -121,6 +131,8 @@ class RecommendationTask(Task):
         p = self.params
         if p.candidates not in ("entities", "items"):
             raise BenchError(f"candidates must be 'entities' or 'items', not {p.candidates!r}")
+        if p.target_form not in TARGET_FORMS:
+            raise BenchError(f"target_form must be one of {', '.join(TARGET_FORMS)}, not {p.target_form!r}")
         if p.prompt_style not in PROMPT_STYLES:
             raise BenchError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, not {p.prompt_style!r}")
         if p.probes_per_episode < 1 or p.num_probes < 0 or p.num_conversations < 0 or p.max_list_tokens < 1:
@@ -184,9 +196,11 @@ class RecommendationTask(Task):
         movie (about 1 in 100) has no target sentence; it is still injected as context.
         """
         if self._targets is None:
-            turns = self.params.target_turns
+            p = self.params
+            ask = probe_asker(p.prompt_style) if p.target_form == "probe" else None
             documents = [
-                Document(c.id, c.text(), (), tuple(recommendation_qa(c, turns)), c.source) for c in self.conversations
+                Document(c.id, c.text(), (), tuple(recommendation_qa(c, p.target_turns, ask)), c.source)
+                for c in self.conversations
             ]
             if split_generator(self.run.targets)[0] == "dataset":
                 documents = [d for d in documents if d.train_qa]
@@ -348,14 +362,35 @@ def target_question(turns: list[Turn] | tuple[Turn, ...]) -> str:
     return f"{render_turns(turns)}\n{TARGET_QUESTION}"
 
 
-def recommendation_qa(conversation: Conversation, window: int) -> list[QA]:
+# A target's question and answer from the turns before a recommendation and the titles it names.
+Asker = Callable[[Sequence[Turn], list[str]], tuple[str, str]]
+
+
+def ask_as_question(turns: Sequence[Turn], titles: list[str]) -> tuple[str, str]:
+    return target_question(list(turns)), ", ".join(titles)
+
+
+def probe_asker(style: str) -> Asker:
+    """Targets asked exactly as a probe is: the test file's dialog layout ("\nSystem: …" lines
+    ending in the empty reply slot) inside the probe's prompt, answered by a numbered list."""
+
+    def ask(turns: Sequence[Turn], titles: list[str]) -> tuple[str, str]:
+        dialog = f"\n{render_turns(list(turns))}\n{SYSTEM}: "
+        return build_question(dialog, style), "\n".join(f"{n}. {t}" for n, t in enumerate(titles, 1))
+
+    return ask
+
+
+def recommendation_qa(conversation: Conversation, window: int, ask: Asker | None = None) -> list[QA]:
     """A QA pair at every recommender turn that names movies not mentioned earlier in the dialog."""
+    ask = ask or ask_as_question
     pairs: list[QA] = []
     mentioned: set[str] = set()
     for i, turn in enumerate(conversation.turns):
         new = [m for m in turn.movies if m.lower() not in mentioned]
         if turn.speaker == SYSTEM and new and i > 0:
-            pairs.append(QA(target_question(conversation.turns[max(0, i - window) : i]), (", ".join(new),)))
+            question, answer = ask(conversation.turns[max(0, i - window) : i], new)
+            pairs.append(QA(question, (answer,)))
         mentioned.update(m.lower() for m in turn.movies)
     return pairs
 

@@ -12,12 +12,22 @@ import pytest
 from benchmark.errors import BenchError
 from benchmark.registry import register_method
 from benchmark.runner import RunRequest, run
+from benchmark.types import Prompt
 from methods.base import Method
+from methods.sentences import SentenceParams, frame, sentence_prefixes
 from tasks.crs_scoring import TitleMatcher, clean_item, filtered, parse_recommendations, recall_at_k, score_list
 from tasks.data.crs import entity_title, parse_dialog
 from tasks.data.inspired import Inspired
 from tasks.data.redial import ReDial
-from tasks.recommendation import RECOMMENDER_PROMPT, RecommendationTask, recommendation_qa, select_evenly, select_probes
+from tasks.recommendation import (
+    RECOMMENDER_PROMPT,
+    RecommendationTask,
+    build_question,
+    probe_asker,
+    recommendation_qa,
+    select_evenly,
+    select_probes,
+)
 
 # ---- the list parser ---------------------------------------------------------------------------
 
@@ -398,6 +408,28 @@ def test_recommendation_targets_name_new_titles_only(tmp_path):
         "Question: System: Have you seen Aliens (1986) ?\nUser: yes, great\n"
         "Which movies should the recommender suggest next? Answer: Predator (1987)"
     )
+
+
+@pytest.mark.parametrize("style", ["list", "paper"])
+def test_probe_form_targets_are_asked_as_the_probe_and_trained_on_its_ids(tmp_path, tiny_lm, style):
+    train = write_jsonl(tmp_path / "train.jsonl", [REDIAL_LINE])
+    write_movies(tmp_path / "movies_with_mentions.csv")
+    (conv,) = ReDial(path=str(train)).conversations()
+    pair = recommendation_qa(conv, window=2, ask=probe_asker(style))[1]
+    # the test file's layout of the dialog so far: a line per turn, ending in the empty reply slot
+    assert pair.question == build_question("\nSystem: Have you seen Aliens (1986) ?\nUser: yes, great\nSystem: ", style)
+    assert pair.answers == ("1. Predator (1987)",)
+    student = sentence_prefixes(tiny_lm, [], "chat")[1]
+    framed = frame(tiny_lm, student, pair.sentence(), SentenceParams(prompt_style="chat", sentence_loss="answer"))
+    probe = tiny_lm.encode(tiny_lm.format_prompt(Prompt("p", pair.question, chat=True)))  # as the probe is asked
+    assert framed.ids == probe + tiny_lm.encode("1. Predator (1987)", add_bos=False)
+    assert framed.start == len(probe)
+
+
+def test_an_unknown_target_form_is_refused(tmp_path, oracle_method, tiny_lm):
+    make_data_root(tmp_path / "data", PROBES)
+    with pytest.raises(BenchError, match="target_form must be one of question, probe, not 'probes'"):
+        run(request(tmp_path, target_form="probes"), lm=tiny_lm)
 
 
 def test_select_evenly_spreads_over_the_file():
