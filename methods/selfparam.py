@@ -30,7 +30,7 @@ from benchmark.errors import BenchError
 from benchmark.registry import register_method
 from benchmark.types import Context
 from methods.retain import RetainChats, RetainQuestions, RetainStream
-from methods.sentences import SentenceParams, frame, sentence_prefixes, targets_in_turn
+from methods.sentences import Framed, SentenceParams, frame, sentence_prefixes, targets_in_turn
 from methods.training import (
     Dist,
     Example,
@@ -72,6 +72,12 @@ class SelfParamParams(SentenceParams):
     # model does (not in the official code; 0 = off). With teacher=current, injections that change
     # how the model reads a context also spoil the teacher of every later injection.
     retain_read_per_target: float = 0.0
+    # With ``sentence_loss=content``: score the rows of an answer's leading list marker ("1.")
+    # against the retain teacher reading the student's input, without the context, instead of
+    # leaving them unscored: the reply opens as the model opened it before injection, and the
+    # context-reading teacher teaches what follows (not in the official code; README,
+    # recommendation: a 135M model reading a conversation opens its reply with "System").
+    marker_retain: bool = False
     teacher: str = "original"  # original | current (a frozen copy of the model being updated)
     # The teacher of the retain terms (c) and (d); "" = the same as ``teacher``. "current" with
     # teacher=original: targets from the untouched model reading the context, while unrelated
@@ -202,10 +208,13 @@ class SelfParam(TrainedMethod):
         # answers alone; all three together keep title lists (59%). On INSPIRED dev points the
         # targets asked as the probes are (in the chat template) keep more titles (19% of lines
         # against 3%; Base 41%): the teacher reading a conversation still starts its reply with
-        # "System" (README), so most replies still continue the dialog.
+        # "System" (README), so most replies still continue the dialog. With the task's probe-form
+        # targets 9 of 40 dev replies still did; with the list marker ("1.") taught by the model
+        # without the conversation and what follows it by the teacher, 1 of 40 (README).
         "quick@recommendation": {
             "lr": 1e-3,
-            "sentence_loss": "answer",
+            "sentence_loss": "content",
+            "marker_retain": True,
             "context_loss": False,
             "epochs": 14,  # the epochs these settings were chosen at (batch later moved to 20)
             "prompt_style": "chat",
@@ -224,6 +233,10 @@ class SelfParam(TrainedMethod):
             value = getattr(params, name)
             if value not in ("original", "current") and not (name == "retain_teacher" and value == ""):
                 raise BenchError(f"unknown {name} {value!r}; use original or current")
+        if params.marker_retain and params.sentence_loss != "content":
+            raise BenchError(
+                "marker_retain needs sentence_loss=content (the rows it scores are those content leaves out)"
+            )
         self.retain = RetainStream(lm, params.retain_source, params.retain_tokens, seed)
         self.retain_questions = RetainQuestions(seed)
         self.retain_chats = RetainChats(
@@ -330,8 +343,10 @@ class InjectionPlan:
         # Per context, each target sentence framed for the student and for the teacher. Both score
         # the same sentence tokens, so row i of the teacher predicts what row i of the student does.
         self.sentences: list[list[tuple[Example, TeacherSpec]]] = []
+        self.markers: list[list[Example | None]] = []  # the list-marker rows of each target, if scored
         for c, t_prefix in zip(contexts, teacher_prefix):
             pairs = []
+            markers: list[Example | None] = []
             for text in c.targets:
                 student, teacher = frame(lm, self.student_prefix, text, p), frame(lm, t_prefix, text, p)
                 if student.sentence != teacher.sentence:
@@ -346,7 +361,9 @@ class InjectionPlan:
                         TeacherSpec(teacher.ids, teacher.start - 1 + skip),
                     )
                 )
+                markers.append(self._marker(text, student) if p.marker_retain else None)
             self.sentences.append(pairs)
+            self.markers.append(markers)
         self.specs: dict[Any, TeacherSpec] = {}
         self.cache: dict[Any, Dist] = {}
         self.pools = [retain.take(p.retain_pool) for _ in contexts] if p.retain_pool > 0 else None
@@ -368,7 +385,13 @@ class InjectionPlan:
         return n, n_ctx, n_ret, round(self.p.retain_qa_per_target * n), n_chat, round(self.p.retain_read_per_target * n)
 
     def examples_per_epoch(self) -> int:
-        return sum(sum(self._counts(c)) for c in range(len(self.contexts)))
+        per_epoch = self.p.targets_per_epoch
+        markers = sum(
+            self.markers[c][j] is not None
+            for c in range(len(self.contexts))
+            for j in targets_in_turn(len(self.sentences[c]), 0, per_epoch)
+        )
+        return markers + sum(sum(self._counts(c)) for c in range(len(self.contexts)))
 
     def epoch(self, epoch: int) -> list[Example]:
         p, bos = self.p, self.bos
@@ -385,6 +408,11 @@ class InjectionPlan:
                 student, spec = sentences[j]
                 self.specs.setdefault(key, spec)
                 examples.append(dataclasses.replace(student, teacher=(key, 0)))
+                marker = self.markers[c][j]
+                if marker is not None:
+                    key = ("ret-marker", c, j)
+                    self.specs.setdefault(key, TeacherSpec(marker.ids, marker.first))
+                    examples.append(dataclasses.replace(marker, teacher=(key, 0)))
             if n_ctx:
                 key = ("ctx", c)
                 self.specs.setdefault(key, TeacherSpec(bos + ctx, 0))
@@ -427,6 +455,14 @@ class InjectionPlan:
                 framed = frame(self.lm, prefixes[0], sentence, p)
                 examples.append(self._one_off("read", c, framed.ids, framed.first))
         return examples
+
+    def _marker(self, text: str, student: Framed) -> Example | None:
+        """The student's input up to the end of the answer's list marker, scored on the marker's
+        rows alone (``marker_retain``); None when the answer opens with no marker."""
+        answer = frame(self.lm, self.student_prefix, text, dataclasses.replace(self.p, sentence_loss="answer"))
+        if answer.start == student.start:
+            return None
+        return Example(student.ids[: student.start], answer.first, "marker", self.p.qa_weight)
 
     def _framed(self, questions: list[str]) -> list[tuple[list[int], int]]:
         """Unrelated questions framed as the student's target sentences are: (ids, first)."""

@@ -23,6 +23,7 @@ the evaluation prompt (where "Question" follows) never contains.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
@@ -64,6 +65,9 @@ class SentenceParams(TrainParams):
     # Which tokens of a sentence carry the loss: "all" (the official code: question and answer) or
     # "answer" (the tokens after "Answer:"). A long question, such as the dialog turns of a
     # recommendation target, otherwise teaches the student to write dialog rather than answer.
+    # "content": the answer's tokens after a leading list marker ("1.", "-"): a numbered reply's
+    # opening is the format the prompt asks for, not knowledge, and a small model reading a
+    # conversation picks it badly (README, recommendation). Without a marker it is "answer".
     # A statement has no answer part: all of its tokens carry the loss either way.
     sentence_loss: str = "all"
     # Target sentences per context and epoch, taken in turn; 0 = all of them every epoch. The
@@ -74,7 +78,8 @@ class SentenceParams(TrainParams):
     RANGES: ClassVar[dict[str, str]] = {"targets_per_epoch": ">= 0"}
 
 
-SENTENCE_LOSSES = ("all", "answer")
+SENTENCE_LOSSES = ("all", "answer", "content")
+LIST_MARKER = re.compile(r"\s*(?:\d+[.)]|[-*•])(?=\s)")
 
 
 def targets_in_turn(count: int, epoch: int, per_epoch: int) -> list[int]:
@@ -167,8 +172,8 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
     else:
         head = list(prefix) + lm.encode(question, add_bos=False)
         start = len(bos) + len(prefix)
-    if p.sentence_loss == "answer" and cut >= 0:
-        start = len(bos) + len(head)
+    if p.sentence_loss != "all" and cut >= 0:
+        start = len(bos) + len(head) + _marker_tokens(lm, answer, p)
     return Framed(bos + head + lm.encode(answer, add_bos=False), start)
 
 
@@ -183,11 +188,17 @@ def _frame_chat(lm, chat: ChatFrame, question: str, answer: str, p: SentencePara
     answer = answer.strip()
     head = lm.encode(text)  # BOS first unless the template starts with it: as generation encodes
     start = len(head) - len(lm.encode(text, add_bos=False)) + _tokens_before(lm, text, len(chat.before))
-    if p.sentence_loss == "answer" and has_answer:
-        start = len(head)
+    if p.sentence_loss != "all" and has_answer:
+        start = len(head) + _marker_tokens(lm, answer, p)
     eos = lm.tokenizer.eos_token_id
     end = [eos] if p.end_answer and has_answer and eos is not None else []  # where generation stops
     return Framed(head + lm.encode(answer, add_bos=False) + end, start)
+
+
+def _marker_tokens(lm, answer: str, p: SentenceParams) -> int:
+    """How many of the answer's first tokens are its list marker, left unscored by ``content``."""
+    marker = LIST_MARKER.match(answer) if p.sentence_loss == "content" else None
+    return _tokens_before(lm, answer, marker.end()) if marker else 0
 
 
 def _tokens_before(lm, text: str, chars: int) -> int:

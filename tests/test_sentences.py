@@ -12,7 +12,7 @@ from benchmark.errors import BenchError
 from benchmark.types import Context, Prompt
 from methods.finetune import FinetuneSentences
 from methods.retain import RetainStream
-from methods.selfparam import InjectionPlan, SelfParamParams
+from methods.selfparam import InjectionPlan, SelfParam, SelfParamParams, _role
 from methods.sentences import SentenceParams
 
 CONTEXT = Context(
@@ -90,6 +90,50 @@ def test_answer_only_loss_scores_the_answer_tokens_alone(tiny_lm, style, fewshot
         assert example.ids[example.first + 1 :] == answer  # but only the answer is scored
         spec = plan.specs[example.teacher[0]]
         assert spec.ids[spec.first + 1 :] == answer  # the teacher's rows are the same tokens
+
+
+@pytest.mark.parametrize("style", ["chat", "run", "raw"])
+def test_content_loss_leaves_a_list_marker_unscored_and_is_the_answer_without_one(tiny_lm, style):
+    lm = dataclasses.replace(tiny_lm, fewshot=3 if style == "run" else 0)
+    listed = Context("c1", "Two films.", ["Question: Which films? Answer: 1. Heat (1995)\n2. Alien (1979)"])
+    plain = Context("c2", "Two films.", ["Question: Which film? Answer: 12 Angry Men (1957)"])
+    scored = {}
+    for loss in ("answer", "content"):
+        p = SelfParamParams(
+            prompt_style=style, end_answer=True, context_loss=False, retain_per_target=0, sentence_loss=loss
+        )
+        plan = InjectionPlan(lm, [listed, plain], p, RetainStream(lm, "model", 8, 0), random.Random(0))
+        scored[loss] = [lm.tokenizer.decode(e.ids[e.first + 1 :]) for e in plan.epoch(0)]
+        for example in plan.epoch(0):
+            spec = plan.specs[example.teacher[0]]
+            assert spec.ids[spec.first + 1 :] == example.ids[example.first + 1 :]  # the teacher scores the same
+    assert scored["answer"][0].lstrip().startswith("1. Heat")
+    assert scored["content"][0].startswith(" Heat (1995)\n2. Alien")  # the number and its dot left out
+    assert scored["content"][1] == scored["answer"][1]  # "12 Angry Men" opens with no marker
+
+
+def test_marker_retain_scores_the_list_marker_against_the_model_without_the_context(tiny_lm):
+    listed = Context("c1", "Two films.", ["Question: Which films? Answer: 1. Heat (1995)\n2. Alien (1979)"])
+    plain = Context("c2", "Two films.", ["Question: Which film? Answer: 12 Angry Men (1957)"])
+    p = SelfParamParams(
+        prompt_style="chat", context_loss=False, retain_per_target=0, sentence_loss="content", marker_retain=True
+    )
+    plan = InjectionPlan(tiny_lm, [listed, plain], p, RetainStream(tiny_lm, "model", 8, 0), random.Random(0))
+    examples = plan.epoch(0)
+    assert [e.kind for e in examples] == ["qa", "marker", "qa"]  # no marker, no extra example
+    assert plan.examples_per_epoch() == 3
+    target, marker = examples[0], examples[1]
+    assert target.ids[: len(marker.ids)] == marker.ids  # the same input, cut after the marker
+    assert tiny_lm.tokenizer.decode(marker.ids[marker.first + 1 :]) == "1."
+    key = marker.teacher[0]
+    assert _role(key) == "retain" and plan.specs[key].ids == marker.ids  # read as the student reads it
+    assert plan.specs[target.teacher[0]].ids != target.ids  # while the target's teacher reads the context
+
+
+def test_marker_retain_needs_the_content_loss(tiny_lm):
+    p = SelfParamParams(prompt_style="chat", marker_retain=True)
+    with pytest.raises(BenchError, match="marker_retain needs sentence_loss=content"):
+        SelfParam(tiny_lm, p, RunParams(), seed=0)
 
 
 def test_unknown_sentence_loss_is_refused(tiny_lm):
