@@ -12,7 +12,7 @@ them with the same injected model, as in one episode.
 
 Target sentences (for methods that train on them) come from the conversations themselves: at
 every recommender turn that names a movie not mentioned before, "Question: <the probe's prompt
-around the last few turns> Answer: 1. <title>\n2. …" (``target_form=probe``), or "Question: <the
+around the last few turns> Answer: 1. <title>\\n2. …" (``target_form=probe``), or "Question: <the
 last few turns> Which movies should the recommender suggest next? Answer: <titles>"
 (``question``). They teach the mapping the probe asks for — dialog so far -> recommended titles —
 in the paper's "Question: … Answer: …" form; the probe form asks it exactly as the probes do.
@@ -371,7 +371,7 @@ def ask_as_question(turns: Sequence[Turn], titles: list[str]) -> tuple[str, str]
 
 
 def probe_asker(style: str) -> Asker:
-    """Targets asked exactly as a probe is: the test file's dialog layout ("\nSystem: …" lines
+    """Targets asked exactly as a probe is: the test file's dialog layout ("\\nSystem: …" lines
     ending in the empty reply slot) inside the probe's prompt, answered by a numbered list."""
 
     def ask(turns: Sequence[Turn], titles: list[str]) -> tuple[str, str]:
