@@ -209,9 +209,13 @@ def test_ft_sentences_takes_selfparams_recommendation_regime_where_it_applies():
         return dataclasses.asdict(params["method"])
 
     selfparam, rival = resolved("selfparam"), resolved("ft_sentences")
-    shared = ("lr", "sentence_loss", "prompt_style", "epochs", "attn_implementation")
+    shared = ("lr", "prompt_style", "epochs", "attn_implementation")
     assert {k: rival[k] for k in shared} == {k: selfparam[k] for k in shared}
     assert (rival["lr"], rival["prompt_style"]) == (1e-3, "chat")  # not the batch regime's
+    # Both score the answer's list marker: SELF-PARAM against the model without the conversation,
+    # FT(S), which has no teacher, against the gold "1." with the rest of the answer.
+    assert (selfparam["sentence_loss"], selfparam["marker_retain"]) == ("content", True)
+    assert rival["sentence_loss"] == "answer"
 
 
 def test_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path):
