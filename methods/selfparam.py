@@ -361,7 +361,7 @@ class InjectionPlan:
                         TeacherSpec(teacher.ids, teacher.start - 1 + skip),
                     )
                 )
-                markers.append(self._marker(text, student) if p.marker_retain else None)
+                markers.append(self._marker(student) if p.marker_retain else None)
             self.sentences.append(pairs)
             self.markers.append(markers)
         self.specs: dict[Any, TeacherSpec] = {}
@@ -375,23 +375,20 @@ class InjectionPlan:
         self.fresh_retain: list[Any] = []  # keys of this epoch's one-off retain texts
         self.next_text = 0
 
-    def _counts(self, c: int) -> tuple[int, int, int, int, int, int]:
+    def _counts(self, c: int) -> tuple[int, int, int, int, int, int, int]:
         """Examples of context ``c`` per epoch: targets, context suffixes, retain texts, retain QA,
-        retain chats, documents read in context."""
-        n = len(targets_in_turn(len(self.sentences[c]), 0, self.p.targets_per_epoch))
+        retain chats, documents read in context, list markers (those of the first epoch's targets)."""
+        in_turn = targets_in_turn(len(self.sentences[c]), 0, self.p.targets_per_epoch)
+        n = len(in_turn)
+        n_marker = sum(self.markers[c][j] is not None for j in in_turn)
         n_ctx = round(self.p.context_per_target * n) if self.p.context_loss else 0
         n_ret = round(self.p.retain_per_target * n)
         n_chat = round(self.p.retain_chat_per_target * n) if self.retain_chats is not None else 0
-        return n, n_ctx, n_ret, round(self.p.retain_qa_per_target * n), n_chat, round(self.p.retain_read_per_target * n)
+        n_qa, n_read = round(self.p.retain_qa_per_target * n), round(self.p.retain_read_per_target * n)
+        return n, n_ctx, n_ret, n_qa, n_chat, n_read, n_marker
 
     def examples_per_epoch(self) -> int:
-        per_epoch = self.p.targets_per_epoch
-        markers = sum(
-            self.markers[c][j] is not None
-            for c in range(len(self.contexts))
-            for j in targets_in_turn(len(self.sentences[c]), 0, per_epoch)
-        )
-        return markers + sum(sum(self._counts(c)) for c in range(len(self.contexts)))
+        return sum(sum(self._counts(c)) for c in range(len(self.contexts)))
 
     def epoch(self, epoch: int) -> list[Example]:
         p, bos = self.p, self.bos
@@ -401,7 +398,7 @@ class InjectionPlan:
         self.fresh_retain = []
         examples: list[Example] = []
         for c, ctx in enumerate(self.contexts):
-            n, n_ctx, n_ret, n_qa, n_chat, n_read = self._counts(c)
+            n, n_ctx, n_ret, n_qa, n_chat, n_read, _ = self._counts(c)
             sentences = self.sentences[c]
             for j in targets_in_turn(len(sentences), epoch, p.targets_per_epoch):
                 key = ("qa", c, j)
@@ -456,13 +453,12 @@ class InjectionPlan:
                 examples.append(self._one_off("read", c, framed.ids, framed.first))
         return examples
 
-    def _marker(self, text: str, student: Framed) -> Example | None:
+    def _marker(self, student: Framed) -> Example | None:
         """The student's input up to the end of the answer's list marker, scored on the marker's
         rows alone (``marker_retain``); None when the answer opens with no marker."""
-        answer = frame(self.lm, self.student_prefix, text, dataclasses.replace(self.p, sentence_loss="answer"))
-        if answer.start == student.start:
+        if not student.marker:
             return None
-        return Example(student.ids[: student.start], answer.first, "marker", self.p.qa_weight)
+        return Example(student.ids[: student.start], student.start - student.marker - 1, "marker", self.p.qa_weight)
 
     def _framed(self, questions: list[str]) -> list[tuple[list[int], int]]:
         """Unrelated questions framed as the student's target sentences are: (ids, first)."""

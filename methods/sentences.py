@@ -101,11 +101,13 @@ class Framed:
 
     ``start`` is the index of the first scored token: the sentence's first token, or with
     ``sentence_loss=answer`` the answer's; ``first`` the position whose prediction is the first
-    scored token (``Example.first`` / ``TeacherSpec.first``).
+    scored token (``Example.first`` / ``TeacherSpec.first``). ``marker``: how many tokens right
+    before ``start`` are the answer's list marker, left unscored by ``sentence_loss=content``.
     """
 
     ids: list[int]
     start: int
+    marker: int = 0
 
     @property
     def first(self) -> int:
@@ -172,9 +174,10 @@ def frame(lm, prefix: Prefix, sentence: str, p: SentenceParams) -> Framed:
     else:
         head = list(prefix) + lm.encode(question, add_bos=False)
         start = len(bos) + len(prefix)
+    marker = _marker_tokens(lm, answer, p) if cut >= 0 else 0
     if p.sentence_loss != "all" and cut >= 0:
-        start = len(bos) + len(head) + _marker_tokens(lm, answer, p)
-    return Framed(bos + head + lm.encode(answer, add_bos=False), start)
+        start = len(bos) + len(head) + marker
+    return Framed(bos + head + lm.encode(answer, add_bos=False), start, marker)
 
 
 def _frame_chat(lm, chat: ChatFrame, question: str, answer: str, p: SentenceParams, has_answer: bool) -> Framed:
@@ -188,11 +191,12 @@ def _frame_chat(lm, chat: ChatFrame, question: str, answer: str, p: SentencePara
     answer = answer.strip()
     head = lm.encode(text)  # BOS first unless the template starts with it: as generation encodes
     start = len(head) - len(lm.encode(text, add_bos=False)) + _tokens_before(lm, text, len(chat.before))
+    marker = _marker_tokens(lm, answer, p) if has_answer else 0
     if p.sentence_loss != "all" and has_answer:
-        start = len(head) + _marker_tokens(lm, answer, p)
+        start = len(head) + marker
     eos = lm.tokenizer.eos_token_id
     end = [eos] if p.end_answer and has_answer and eos is not None else []  # where generation stops
-    return Framed(head + lm.encode(answer, add_bos=False) + end, start)
+    return Framed(head + lm.encode(answer, add_bos=False) + end, start, marker)
 
 
 def _marker_tokens(lm, answer: str, p: SentenceParams) -> int:
