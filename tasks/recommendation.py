@@ -197,7 +197,7 @@ class RecommendationTask(Task):
         """
         if self._targets is None:
             p = self.params
-            ask = probe_asker(p.prompt_style) if p.target_form == "probe" else None
+            ask = probe_asker(p.prompt_style) if p.target_form == "probe" else ask_as_question
             documents = [
                 Document(c.id, c.text(), (), tuple(recommendation_qa(c, p.target_turns, ask)), c.source)
                 for c in self.conversations
@@ -381,9 +381,8 @@ def probe_asker(style: str) -> Asker:
     return ask
 
 
-def recommendation_qa(conversation: Conversation, window: int, ask: Asker | None = None) -> list[QA]:
+def recommendation_qa(conversation: Conversation, window: int, ask: Asker = ask_as_question) -> list[QA]:
     """A QA pair at every recommender turn that names movies not mentioned earlier in the dialog."""
-    ask = ask or ask_as_question
     pairs: list[QA] = []
     mentioned: set[str] = set()
     for i, turn in enumerate(conversation.turns):
